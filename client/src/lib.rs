@@ -1,0 +1,1 @@
+//! Hanmadi client library.

@@ -1,0 +1,1 @@
+//! Hanmadi gateway: listeners, connection tasks and the connection registry.

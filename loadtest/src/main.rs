@@ -1,0 +1,6 @@
+//! `hanmadi-loadtest`: drives many real connections against a Hanmadi server.
+
+fn main() {
+    eprintln!("hanmadi-loadtest: not implemented yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! Hanmadi wire protocol: schema, generated types and frame codec.

@@ -1,0 +1,1 @@
+//! Hanmadi router: authorization, message ids, the appender, presence and delivery.
