@@ -9,3 +9,13 @@
 
 pub mod backend;
 pub mod kv;
+
+#[cfg(feature = "foundationdb")]
+pub mod fdb;
+pub mod embedded;
+pub mod memory;
+pub mod occ;
+pub mod sim;
+pub mod chat;
+
+pub use chat::{ChatStore, StoreConfig, StoreError};

@@ -1,0 +1,407 @@
+//! Reading the message sync queue: sync after a cursor, history, read and
+//! delivery state, push pending, and inbox retention.
+
+use bytes::Bytes;
+use hanmadi_proto::ConversationId;
+
+use super::append::parse_inbox_value;
+use super::keys::{self, CURSOR_LEN};
+use super::records::MemberRecord;
+use super::{be_u64, decode, le_u64, transact, ChatStore, StoreError};
+use crate::kv::{AtomicOp, Kv, KvTxn, RangeRead, Versionstamp, VERSIONSTAMP_LEN};
+
+/// A position in a user's inbox. Opaque to clients; sorts bytewise in
+/// commit order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor(pub [u8; CURSOR_LEN]);
+
+impl Cursor {
+    /// The cursor of the `order`-th inbox entry of commit `stamp`.
+    pub fn new(stamp: Versionstamp, order: u16) -> Self {
+        let mut c = [0u8; CURSOR_LEN];
+        c[..VERSIONSTAMP_LEN].copy_from_slice(&stamp.0);
+        c[VERSIONSTAMP_LEN..].copy_from_slice(&order.to_be_bytes());
+        Self(c)
+    }
+
+    /// Parses a cursor from a client; empty means "from the start".
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`] for a wrong length.
+    pub fn parse(bytes: &[u8]) -> Result<Option<Self>, StoreError> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let raw: [u8; CURSOR_LEN] = bytes
+            .try_into()
+            .map_err(|_| StoreError::Invalid("malformed cursor"))?;
+        Ok(Some(Self(raw)))
+    }
+
+    /// The cursor's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// One inbox entry with its message.
+#[derive(Clone, Debug)]
+pub struct SyncEntry {
+    /// The entry's cursor.
+    pub cursor: Cursor,
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// The message id.
+    pub message_id: u64,
+    /// The stored message, encoded (`hanmadi.v1.Message`).
+    pub message: Bytes,
+}
+
+/// A page of a user's inbox.
+#[derive(Clone, Debug, Default)]
+pub struct SyncBatch {
+    /// Entries in commit order.
+    pub entries: Vec<SyncEntry>,
+    /// Where the next page starts (the last entry's cursor, or the cursor
+    /// asked for when the page is empty).
+    pub next: Option<Cursor>,
+    /// More entries follow.
+    pub has_more: bool,
+}
+
+/// A page of a conversation's history, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryPage {
+    /// Encoded messages, newest first.
+    pub messages: Vec<Bytes>,
+    /// Older messages exist within what the reader may see.
+    pub has_more: bool,
+}
+
+/// A user with messages waiting for a push notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushPending {
+    /// The user.
+    pub user: u64,
+    /// The latest inbox cursor covered.
+    pub cursor: Option<Cursor>,
+    /// Messages since the last push.
+    pub count: u64,
+    /// When the first of them was sent (ms).
+    pub since: u64,
+}
+
+impl<K: Kv> ChatStore<K> {
+    /// Reads `user`'s inbox after `after` (`None`: from the oldest kept
+    /// entry), at most `limit` entries, in commit order.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::CursorExpired`] when `after` lies before the retention
+    /// window; a storage failure.
+    pub async fn sync(
+        &self,
+        user: u64,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<SyncBatch, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let prefix = keys::inbox_of(user);
+        let begin = match &after {
+            Some(c) => keys::key_after(&keys::inbox_at(user, &c.0)),
+            None => prefix.clone(),
+        };
+        let end = keys::prefix_end(&prefix);
+        let floor_key = keys::inbox_floor(user);
+        transact!(&self.kv, |txn| {
+            if let (Some(c), Some(floor)) = (&after, txn.get(&floor_key, true).await?) {
+                if c.0.as_slice() < floor.as_ref() {
+                    return Err(StoreError::CursorExpired);
+                }
+            }
+            let rows = txn
+                .get_range(
+                    RangeRead::new(&begin, &end)
+                        .limit(limit + 1)
+                        .snapshot(true),
+                )
+                .await?;
+            let has_more = rows.len() > limit;
+            let mut entries = Vec::with_capacity(rows.len().min(limit));
+            for kv in rows.iter().take(limit) {
+                let cursor = keys::cursor_of_inbox_key(&kv.key)
+                    .map(Cursor)
+                    .ok_or(StoreError::Corrupt("inbox"))?;
+                let (conversation, message_id, _) =
+                    parse_inbox_value(&kv.value).ok_or(StoreError::Corrupt("inbox"))?;
+                let message = txn
+                    .get(&keys::message(conversation, message_id), true)
+                    .await?
+                    .ok_or(StoreError::Corrupt("inbox entry without its message"))?;
+                entries.push(SyncEntry {
+                    cursor,
+                    conversation,
+                    message_id,
+                    message,
+                });
+            }
+            let next = entries.last().map(|e| e.cursor).or(after);
+            Ok(SyncBatch {
+                entries,
+                next,
+                has_more,
+            })
+        })
+    }
+
+    /// Pages a conversation's history, newest first, before message id
+    /// `before` (`0`: from the newest). A group member (`reader`) sees
+    /// messages from their join on; `reader: None` reads everything.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotMember`] when `reader` is not in the group.
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        reader: Option<u64>,
+        before: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let prefix = keys::messages_of(conversation);
+        let upper = if before == 0 {
+            keys::prefix_end(&prefix)
+        } else {
+            keys::message(conversation, before)
+        };
+        transact!(&self.kv, |txn| {
+            let floor = match (conversation, reader) {
+                (ConversationId::Group(g), Some(u)) => {
+                    let Some(m) = txn.get(&keys::member(g, u), true).await? else {
+                        return Err(StoreError::NotMember);
+                    };
+                    decode::<MemberRecord>(&m, "members")?.joined_at
+                }
+                (ConversationId::Direct { .. }, Some(u))
+                    if conversation.peer_of(u).is_none() =>
+                {
+                    return Err(StoreError::NotMember);
+                }
+                _ => 0,
+            };
+            let lower = keys::message(conversation, floor);
+            let rows = txn
+                .get_range(
+                    RangeRead::new(&lower, &upper)
+                        .limit(limit + 1)
+                        .reverse(true)
+                        .snapshot(true),
+                )
+                .await?;
+            let has_more = rows.len() > limit;
+            Ok(HistoryPage {
+                messages: rows.into_iter().take(limit).map(|kv| kv.value).collect(),
+                has_more,
+            })
+        })
+    }
+
+    /// The id of a conversation's latest message (`0`: none).
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn head(&self, conversation: ConversationId) -> Result<u64, StoreError> {
+        let key = keys::head(conversation);
+        transact!(&self.kv, |txn| match txn.get(&key, true).await? {
+            Some(v) => be_u64(&v, "heads"),
+            None => Ok(0),
+        })
+    }
+
+    /// Records that `user` read `conversation` up to `message_id`. Read marks
+    /// only move forward.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn mark_read(
+        &self,
+        user: u64,
+        conversation: ConversationId,
+        message_id: u64,
+    ) -> Result<(), StoreError> {
+        let key = keys::read_mark(user, conversation);
+        transact!(&self.kv, |txn| {
+            txn.atomic_op(&key, AtomicOp::Max, &message_id.to_le_bytes());
+            Ok(())
+        })
+    }
+
+    /// The id `user` last read in `conversation` (`0`: none).
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn read_mark(&self, user: u64, conversation: ConversationId) -> Result<u64, StoreError> {
+        let key = keys::read_mark(user, conversation);
+        transact!(&self.kv, |txn| Ok(txn
+            .get(&key, true)
+            .await?
+            .map(|v| le_u64(&v))
+            .unwrap_or(0)))
+    }
+
+    /// Messages in `conversation` after `user`'s read mark and not sent by
+    /// `user`, counted up to `cap`.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn unread_count(
+        &self,
+        user: u64,
+        conversation: ConversationId,
+        cap: usize,
+    ) -> Result<usize, StoreError> {
+        let mark_key = keys::read_mark(user, conversation);
+        let prefix = keys::messages_of(conversation);
+        let end = keys::prefix_end(&prefix);
+        transact!(&self.kv, |txn| {
+            let mark = txn.get(&mark_key, true).await?.map(|v| le_u64(&v)).unwrap_or(0);
+            let begin = keys::key_after(&keys::message(conversation, mark));
+            let rows = txn
+                .get_range(RangeRead::new(&begin, &end).limit(cap).snapshot(true))
+                .await?;
+            let mut n = 0;
+            for kv in &rows {
+                let m = decode::<hanmadi_proto::pb::Message>(&kv.value, "messages")?;
+                if m.sender != user {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    /// Records the last cursor delivered to one of `user`'s devices; it only
+    /// moves forward.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn ack_delivered(&self, user: u64, device: &str, cursor: Cursor) -> Result<(), StoreError> {
+        let key = keys::delivered(user, device);
+        transact!(&self.kv, |txn| {
+            let current = txn.get(&key, false).await?;
+            if current.as_deref().is_none_or(|c| c < cursor.as_bytes()) {
+                txn.set(&key, cursor.as_bytes());
+            }
+            Ok(())
+        })
+    }
+
+    /// The last cursor acknowledged by one of `user`'s devices.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure or a corrupt record.
+    pub async fn delivered(&self, user: u64, device: &str) -> Result<Option<Cursor>, StoreError> {
+        let key = keys::delivered(user, device);
+        transact!(&self.kv, |txn| match txn.get(&key, true).await? {
+            Some(v) => Ok(Cursor::parse(&v).map_err(|_| StoreError::Corrupt("delivered"))?),
+            None => Ok(None),
+        })
+    }
+
+    /// Takes up to `limit` users' push-pending marks, clearing them, for the
+    /// push sender.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn take_push_pending(&self, limit: usize) -> Result<Vec<PushPending>, StoreError> {
+        let begin = keys::push_all();
+        let end = keys::prefix_end(&begin);
+        transact!(&self.kv, |txn| {
+            // Three fields per user.
+            let rows = txn
+                .get_range(RangeRead::new(&begin, &end).limit(limit.saturating_mul(3)))
+                .await?;
+            let mut out: Vec<PushPending> = Vec::new();
+            for kv in &rows {
+                let (_, user, field) = foundationdb_tuple::unpack::<(u16, u64, u16)>(&kv.key)
+                    .map_err(|_| StoreError::Corrupt("push_pending"))?;
+                if out.last().is_none_or(|p| p.user != user) {
+                    out.push(PushPending {
+                        user,
+                        cursor: None,
+                        count: 0,
+                        since: 0,
+                    });
+                }
+                let Some(p) = out.last_mut() else { continue };
+                match field {
+                    0 => p.cursor = kv.value.get(..CURSOR_LEN).and_then(|c| Cursor::parse(c).ok().flatten()),
+                    1 => p.count = le_u64(&kv.value),
+                    _ => p.since = le_u64(&kv.value),
+                }
+            }
+            // A user cut by the limit is left for the next call.
+            if rows.len() == limit.saturating_mul(3) && out.len() > 1 {
+                out.pop();
+            }
+            for p in &out {
+                let k = keys::push_of(p.user);
+                txn.clear_range(&k, &keys::prefix_end(&k));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes `user`'s inbox entries for messages sent before
+    /// `older_than_ms`; syncing after a removed cursor then answers
+    /// [`StoreError::CursorExpired`]. Returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn trim_inbox(&self, user: u64, older_than_ms: u64) -> Result<usize, StoreError> {
+        let prefix = keys::inbox_of(user);
+        let end = keys::prefix_end(&prefix);
+        let floor_key = keys::inbox_floor(user);
+        let mut total = 0;
+        loop {
+            // Chunks keep each transaction small and short.
+            let removed = transact!(&self.kv, |txn| {
+                let rows = txn
+                    .get_range(RangeRead::new(&prefix, &end).limit(500))
+                    .await?;
+                let mut last: Option<Bytes> = None;
+                for kv in &rows {
+                    let (_, _, sent_at) =
+                        parse_inbox_value(&kv.value).ok_or(StoreError::Corrupt("inbox"))?;
+                    if sent_at >= older_than_ms {
+                        break;
+                    }
+                    last = Some(kv.key.clone());
+                }
+                let Some(last) = last else { return Ok(0usize) };
+                let n = rows.iter().take_while(|kv| kv.key <= last).count();
+                txn.clear_range(&prefix, &keys::key_after(&last));
+                let cursor = keys::cursor_of_inbox_key(&last).ok_or(StoreError::Corrupt("inbox"))?;
+                // Cursors up to and including the last removed one are gone.
+                let mut floor = cursor.to_vec();
+                floor.push(0);
+                txn.set(&floor_key, &floor);
+                Ok(n)
+            })?;
+            total += removed;
+            if removed < 500 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The chat keyspace's keys: one tuple-encoded subspace per table of
+//! DESIGN §5, so the layout is the same on every engine and ordered the way
+//! the reads need it.
+
+use foundationdb_tuple::{pack_into, TuplePack, Versionstamp as TupleStamp};
+use hanmadi_proto::ConversationId;
+
+use crate::kv::VERSIONSTAMP_LEN;
+
+/// First element of every key: which table it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Space {
+    Users = 1,
+    Usernames = 2,
+    Blocks = 3,
+    Groups = 4,
+    Members = 5,
+    UserGroups = 6,
+    Messages = 7,
+    Heads = 8,
+    Dedup = 9,
+    Inbox = 10,
+    InboxFloor = 11,
+    ReadMarks = 12,
+    Delivered = 13,
+    PushPending = 14,
+    Nodes = 15,
+    Presence = 16,
+    Directs = 17,
+}
+
+impl TuplePack for Space {
+    fn pack<W: std::io::Write>(
+        &self,
+        w: &mut W,
+        tuple_depth: foundationdb_tuple::TupleDepth,
+    ) -> std::io::Result<foundationdb_tuple::VersionstampOffset> {
+        u16::from(*self as u8).pack(w, tuple_depth)
+    }
+}
+
+/// A conversation as tuple elements: `(0, low, high)` for a direct
+/// conversation, `(1, group)` for a group, so each kind's keys are contiguous.
+pub(crate) fn conv_elems(c: ConversationId) -> (u16, u64, u64) {
+    match c {
+        ConversationId::Direct {
+            user_low,
+            user_high,
+        } => (0, user_low, user_high),
+        ConversationId::Group(g) => (1, g, 0),
+    }
+}
+
+/// Length of an inbox cursor: the commit's 10-byte versionstamp and a 2-byte
+/// order inside the commit, as in a tuple-layer versionstamp.
+pub const CURSOR_LEN: usize = VERSIONSTAMP_LEN + 2;
+
+/// Packs `t` into a new key.
+pub(crate) fn key<T: TuplePack>(t: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    pack_into(t, &mut out);
+    out
+}
+
+/// The first key after every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end
+}
+
+/// The first key after `key` itself.
+pub(crate) fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.push(0);
+    k
+}
+
+pub(crate) fn user(id: u64) -> Vec<u8> {
+    key(&(Space::Users, id))
+}
+
+pub(crate) fn username(name: &str) -> Vec<u8> {
+    key(&(Space::Usernames, name))
+}
+
+pub(crate) fn block(user: u64, other: u64) -> Vec<u8> {
+    key(&(Space::Blocks, user, other))
+}
+
+pub(crate) fn group(id: u64) -> Vec<u8> {
+    key(&(Space::Groups, id))
+}
+
+pub(crate) fn member(group: u64, user: u64) -> Vec<u8> {
+    key(&(Space::Members, group, user))
+}
+
+pub(crate) fn members_of(group: u64) -> Vec<u8> {
+    key(&(Space::Members, group))
+}
+
+pub(crate) fn user_group(user: u64, group: u64) -> Vec<u8> {
+    key(&(Space::UserGroups, user, group))
+}
+
+pub(crate) fn user_groups(user: u64) -> Vec<u8> {
+    key(&(Space::UserGroups, user))
+}
+
+pub(crate) fn direct(user: u64, peer: u64) -> Vec<u8> {
+    key(&(Space::Directs, user, peer))
+}
+
+pub(crate) fn directs(user: u64) -> Vec<u8> {
+    key(&(Space::Directs, user))
+}
+
+pub(crate) fn message(c: ConversationId, id: u64) -> Vec<u8> {
+    let (kind, a, b) = conv_elems(c);
+    key(&(Space::Messages, kind, a, b, id))
+}
+
+pub(crate) fn messages_of(c: ConversationId) -> Vec<u8> {
+    let (kind, a, b) = conv_elems(c);
+    key(&(Space::Messages, kind, a, b))
+}
+
+pub(crate) fn head(c: ConversationId) -> Vec<u8> {
+    let (kind, a, b) = conv_elems(c);
+    key(&(Space::Heads, kind, a, b))
+}
+
+pub(crate) fn dedup(sender: u64, client_msg_id: &[u8]) -> Vec<u8> {
+    key(&(Space::Dedup, sender, client_msg_id))
+}
+
+pub(crate) fn inbox_of(user: u64) -> Vec<u8> {
+    key(&(Space::Inbox, user))
+}
+
+/// An inbox key whose cursor the commit completes (FoundationDB's
+/// versionstamped-key format: placeholder plus 4-byte offset).
+pub(crate) fn inbox_stamped(user: u64, order: u16) -> Vec<u8> {
+    foundationdb_tuple::pack_with_versionstamp(&(
+        Space::Inbox,
+        user,
+        TupleStamp::incomplete(order),
+    ))
+}
+
+/// The inbox key of a known cursor.
+pub(crate) fn inbox_at(user: u64, cursor: &[u8; CURSOR_LEN]) -> Vec<u8> {
+    let mut stamp = [0u8; VERSIONSTAMP_LEN];
+    stamp.copy_from_slice(&cursor[..VERSIONSTAMP_LEN]);
+    let order = u16::from_be_bytes([cursor[VERSIONSTAMP_LEN], cursor[VERSIONSTAMP_LEN + 1]]);
+    key(&(Space::Inbox, user, TupleStamp::complete(stamp, order)))
+}
+
+/// The cursor at the end of an inbox key: tuple versionstamps are the last
+/// 12 bytes.
+pub(crate) fn cursor_of_inbox_key(key: &[u8]) -> Option<[u8; CURSOR_LEN]> {
+    let start = key.len().checked_sub(CURSOR_LEN)?;
+    key[start..].try_into().ok()
+}
+
+pub(crate) fn inbox_floor(user: u64) -> Vec<u8> {
+    key(&(Space::InboxFloor, user))
+}
+
+pub(crate) fn read_mark(user: u64, c: ConversationId) -> Vec<u8> {
+    let (kind, a, b) = conv_elems(c);
+    key(&(Space::ReadMarks, user, kind, a, b))
+}
+
+pub(crate) fn delivered(user: u64, device: &str) -> Vec<u8> {
+    key(&(Space::Delivered, user, device))
+}
+
+/// Push-pending entries: `(user, 0)` latest cursor, `(user, 1)` count,
+/// `(user, 2)` first pending time; kept apart so each is one blind atomic
+/// write.
+pub(crate) fn push_field(user: u64, field: u16) -> Vec<u8> {
+    key(&(Space::PushPending, user, field))
+}
+
+pub(crate) fn push_of(user: u64) -> Vec<u8> {
+    key(&(Space::PushPending, user))
+}
+
+pub(crate) fn push_all() -> Vec<u8> {
+    key(&(Space::PushPending,))
+}
+
+/// A versionstamped value holding only the commit's cursor.
+pub(crate) fn stamped_cursor_value(order: u16) -> Vec<u8> {
+    let mut v = vec![0u8; CURSOR_LEN + 4];
+    v[VERSIONSTAMP_LEN..CURSOR_LEN].copy_from_slice(&order.to_be_bytes());
+    // Offset of the 10-byte placeholder: the start.
+    v[CURSOR_LEN..].copy_from_slice(&0u32.to_le_bytes());
+    v
+}
+
+pub(crate) fn node(id: u64) -> Vec<u8> {
+    key(&(Space::Nodes, id))
+}
+
+pub(crate) fn nodes() -> Vec<u8> {
+    key(&(Space::Nodes,))
+}
+
+pub(crate) fn presence(user: u64, node: u64) -> Vec<u8> {
+    key(&(Space::Presence, user, node))
+}
+
+pub(crate) fn presence_of(user: u64) -> Vec<u8> {
+    key(&(Space::Presence, user))
+}

@@ -1,0 +1,178 @@
+//! The chat keyspace, written once over the KV layer (DESIGN §5).
+//!
+//! - [`keys`]: the subspaces and their tuple-encoded keys.
+//! - [`records`]: stored values.
+//! - `users`, `groups`: accounts, blocks, groups and memberships.
+//! - `append`: the atomic append of a batch of messages.
+//! - `inbox`: sync after a cursor, history, read state, push pending,
+//!   retention.
+//! - `nodes`: node registrations and presence.
+
+mod append;
+mod groups;
+mod inbox;
+pub mod keys;
+mod nodes;
+pub mod records;
+mod users;
+
+pub use append::{Appended, IdSource, MembershipChange, NewMessage};
+pub use inbox::{Cursor, HistoryPage, PushPending, SyncBatch, SyncEntry};
+pub use keys::CURSOR_LEN;
+pub use records::{GroupRecord, MemberRecord, NodeRecord, Role, UserRecord};
+
+use crate::kv::{Kv, KvError};
+
+/// What a chat-store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Sign-up with a username that is in use.
+    #[error("username is taken")]
+    UsernameTaken,
+    /// The thing named does not exist (or was deleted).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The user is not a member of the group.
+    #[error("not a member of this conversation")]
+    NotMember,
+    /// Adding would pass the group's size cap.
+    #[error("the group is full ({max} members)")]
+    GroupFull {
+        /// The cap.
+        max: u32,
+    },
+    /// The cursor points before the retention window: page history instead.
+    #[error("cursor expired: its messages are past the retention window")]
+    CursorExpired,
+    /// A malformed argument.
+    #[error("invalid input: {0}")]
+    Invalid(&'static str),
+    /// Stored data that does not decode.
+    #[error("corrupt record in {0}")]
+    Corrupt(&'static str),
+    /// The KV layer failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+impl StoreError {
+    /// Whether the operation may succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Kv(e) if e.is_retryable())
+    }
+}
+
+/// Tunables of the chat keyspace.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreConfig {
+    /// Commit each conversation's slice of a batch in its own transactions,
+    /// so a conflict on one hot conversation never aborts the others
+    /// (FoundationDB). Off: a batch commits in as few transactions as the
+    /// limits allow (the embedded engine, whose resolver writes them all in
+    /// one durable batch anyway).
+    pub split_by_conversation: bool,
+    /// Most bytes of mutations one append transaction collects before the
+    /// rest of the batch goes to the next one.
+    pub max_txn_bytes: usize,
+    /// Default group size cap.
+    pub max_group_members: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            split_by_conversation: false,
+            max_txn_bytes: 8_000_000,
+            max_group_members: 1000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// FoundationDB's shape: per-conversation transactions under 1 MB.
+    pub fn for_cluster() -> Self {
+        Self {
+            split_by_conversation: true,
+            max_txn_bytes: 900_000,
+            ..Self::default()
+        }
+    }
+}
+
+/// The chat keyspace over a KV engine.
+#[derive(Clone, Debug)]
+pub struct ChatStore<K: Kv> {
+    kv: K,
+    config: StoreConfig,
+}
+
+impl<K: Kv> ChatStore<K> {
+    /// The keyspace over `kv`.
+    pub fn new(kv: K, config: StoreConfig) -> Self {
+        Self { kv, config }
+    }
+
+    /// The engine under the store.
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+}
+
+/// Runs a transaction body in a retry loop and commits it.
+///
+/// The body is an expression using the transaction named by `$txn` and
+/// evaluating to `Result<T, StoreError>`; it runs again, on a fresh
+/// transaction, after a retryable KV error. Yields `Result<T, StoreError>`.
+/// Bodies must be safe to re-run after `commit_unknown_result`.
+macro_rules! transact {
+    ($kv:expr, |$txn:ident| $body:expr) => {{
+        let mut retry = $crate::kv::Retry::default();
+        loop {
+            #[allow(unused_mut)]
+            let mut $txn = match $crate::kv::Kv::begin($kv) {
+                Ok(t) => t,
+                Err(e) => break Err($crate::chat::StoreError::Kv(e)),
+            };
+            let outcome: Result<_, $crate::chat::StoreError> = async { $body }.await;
+            let err = match outcome {
+                Ok(v) => match $crate::kv::KvTxn::commit($txn).await {
+                    Ok(_) => break Ok(v),
+                    Err(e) => e,
+                },
+                Err($crate::chat::StoreError::Kv(e)) => e,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = retry.backoff(err).await {
+                break Err($crate::chat::StoreError::Kv(e));
+            }
+        }
+    }};
+}
+pub(crate) use transact;
+
+/// Decodes a stored protobuf record.
+pub(crate) fn decode<M: prost::Message + Default>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|_| StoreError::Corrupt(what))
+}
+
+/// Reads a big-endian u64 value.
+pub(crate) fn be_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(what))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+/// Reads a little-endian u64 value (atomic-operation operands).
+pub(crate) fn le_u64(bytes: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    let n = bytes.len().min(8);
+    raw[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(raw)
+}

@@ -1,0 +1,176 @@
+//! Accounts, unique usernames and blocks.
+
+use prost::Message;
+
+use super::records::UserRecord;
+use super::{decode, keys, transact, ChatStore, StoreError};
+use crate::kv::{Kv, KvTxn, RangeRead};
+
+/// Usernames are unique regardless of case.
+fn fold(username: &str) -> String {
+    username.to_lowercase()
+}
+
+impl<K: Kv> ChatStore<K> {
+    /// Creates a user with a caller-chosen id (so a retry after an unknown
+    /// commit result recognises its own sign-up).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UsernameTaken`], or a storage failure.
+    pub async fn create_user(&self, user_id: u64, record: &UserRecord) -> Result<(), StoreError> {
+        if record.username.is_empty() {
+            return Err(StoreError::Invalid("empty username"));
+        }
+        let name_key = keys::username(&fold(&record.username));
+        let user_key = keys::user(user_id);
+        let value = record.encode_to_vec();
+        transact!(&self.kv, |txn| {
+            if let Some(owner) = txn.get(&name_key, false).await? {
+                if owner.as_ref() == user_id.to_be_bytes() {
+                    return Ok(());
+                }
+                return Err(StoreError::UsernameTaken);
+            }
+            if txn.get(&user_key, false).await?.is_some() {
+                return Err(StoreError::Invalid("user id in use"));
+            }
+            txn.set(&name_key, &user_id.to_be_bytes());
+            txn.set(&user_key, &value);
+            Ok(())
+        })
+    }
+
+    /// A user's record, deleted accounts included.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure or a corrupt record.
+    pub async fn user(&self, user_id: u64) -> Result<Option<UserRecord>, StoreError> {
+        let key = keys::user(user_id);
+        transact!(&self.kv, |txn| {
+            match txn.get(&key, true).await? {
+                Some(v) => Ok(Some(decode::<UserRecord>(&v, "users")?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// The id of a live account by username (any case).
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn user_id_by_name(&self, username: &str) -> Result<Option<u64>, StoreError> {
+        let key = keys::username(&fold(username));
+        transact!(&self.kv, |txn| {
+            match txn.get(&key, true).await? {
+                Some(v) => Ok(Some(super::be_u64(&v, "usernames")?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Rewrites a user's record with `update` (which must keep the username).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] for an unknown or deleted user.
+    pub async fn update_user(
+        &self,
+        user_id: u64,
+        update: impl Fn(&mut UserRecord) + Send + Sync,
+    ) -> Result<UserRecord, StoreError> {
+        let key = keys::user(user_id);
+        transact!(&self.kv, |txn| {
+            let Some(v) = txn.get(&key, false).await? else {
+                return Err(StoreError::NotFound("user"));
+            };
+            let mut rec = decode::<UserRecord>(&v, "users")?;
+            if rec.deleted {
+                return Err(StoreError::NotFound("user"));
+            }
+            let username = rec.username.clone();
+            update(&mut rec);
+            rec.username = username;
+            txn.set(&key, &rec.encode_to_vec());
+            Ok(rec)
+        })
+    }
+
+    /// Deletes an account: frees its username and voids its tokens. Its id
+    /// stays, since stored messages name it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] for an unknown user.
+    pub async fn delete_user(&self, user_id: u64, now_ms: u64) -> Result<(), StoreError> {
+        let key = keys::user(user_id);
+        transact!(&self.kv, |txn| {
+            let Some(v) = txn.get(&key, false).await? else {
+                return Err(StoreError::NotFound("user"));
+            };
+            let mut rec = decode::<UserRecord>(&v, "users")?;
+            if rec.deleted {
+                return Ok(());
+            }
+            txn.clear(&keys::username(&fold(&rec.username)));
+            rec.deleted = true;
+            rec.password_hash.clear();
+            rec.tokens_valid_after = now_ms;
+            txn.set(&key, &rec.encode_to_vec());
+            Ok(())
+        })
+    }
+
+    /// Blocks (or unblocks) `other` for `user`.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn set_blocked(&self, user: u64, other: u64, blocked: bool) -> Result<(), StoreError> {
+        let key = keys::block(user, other);
+        transact!(&self.kv, |txn| {
+            if blocked {
+                txn.set(&key, b"");
+            } else {
+                txn.clear(&key);
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether either user blocked the other.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn blocked_either(&self, a: u64, b: u64) -> Result<bool, StoreError> {
+        let (ab, ba) = (keys::block(a, b), keys::block(b, a));
+        transact!(&self.kv, |txn| {
+            Ok(txn.get(&ab, true).await?.is_some() || txn.get(&ba, true).await?.is_some())
+        })
+    }
+
+    /// Users that `user` blocked.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn blocked_by(&self, user: u64) -> Result<Vec<u64>, StoreError> {
+        let begin = keys::key(&(keys::Space::Blocks, user));
+        let end = keys::prefix_end(&begin);
+        transact!(&self.kv, |txn| {
+            let rows = txn
+                .get_range(RangeRead::new(&begin, &end).snapshot(true))
+                .await?;
+            rows.iter()
+                .map(|kv| {
+                    foundationdb_tuple::unpack::<(u16, u64, u64)>(&kv.key)
+                        .map(|(_, _, other)| other)
+                        .map_err(|_| StoreError::Corrupt("blocks"))
+                })
+                .collect()
+        })
+    }
+}

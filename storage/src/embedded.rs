@@ -1,0 +1,188 @@
+//! The embedded engine: FoundationDB's transaction semantics (from
+//! [`crate::occ`]) over an on-disk [`Backend`], with group commit.
+//!
+//! Commits go to one resolver thread. It takes every commit that queued
+//! while the previous batch was being written and applies them together in
+//! one durable backend write, so one fsync serves them all. At low load a
+//! commit is written alone and at once. The async caller only awaits a
+//! channel: fsync never blocks an async worker.
+
+use std::future::Future;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::backend::Backend;
+use crate::kv::{AtomicOp, KeyValue, Kv, KvError, KvTxn, RangeRead, Versionstamp};
+use crate::occ::{CommitRequest, Core, Limits, Txn};
+
+/// Most commits resolved and written together in one backend batch.
+const MAX_GROUP: usize = 1024;
+
+/// Options of the embedded engine.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddedOptions {
+    /// Wait for fsync before a commit returns (the default). Without it a
+    /// crash may lose the last commits, but never tears one.
+    pub sync: bool,
+    /// Transaction limits.
+    pub limits: Limits,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            sync: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Versionstamp, KvError>>;
+
+/// A database on a local backend.
+#[derive(Debug)]
+pub struct EmbeddedKv<B: Backend> {
+    core: Arc<Core<B>>,
+    commits: mpsc::Sender<(CommitRequest, Reply)>,
+}
+
+impl<B: Backend> Clone for EmbeddedKv<B> {
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+            commits: self.commits.clone(),
+        }
+    }
+}
+
+impl<B: Backend> EmbeddedKv<B> {
+    /// Runs the engine over `backend`, resuming its commit version. The
+    /// resolver thread ends when the last clone of the handle is dropped.
+    ///
+    /// # Errors
+    ///
+    /// A failure reading the stored version or starting the thread.
+    pub fn with_backend(backend: B, options: EmbeddedOptions) -> Result<Self, KvError> {
+        let core = Core::open(backend, options.limits)?;
+        let (tx, rx) = mpsc::channel::<(CommitRequest, Reply)>();
+        let resolver = Arc::clone(&core);
+        std::thread::Builder::new()
+            .name("hanmadi-commit".into())
+            .spawn(move || resolve_loop(&resolver, &rx, options.sync))
+            .map_err(KvError::engine)?;
+        Ok(Self { core, commits: tx })
+    }
+
+    /// The backend under the engine.
+    pub fn backend(&self) -> &B {
+        self.core.backend()
+    }
+}
+
+fn resolve_loop<B: Backend>(
+    core: &Core<B>,
+    rx: &mpsc::Receiver<(CommitRequest, Reply)>,
+    sync: bool,
+) {
+    let mut requests = Vec::with_capacity(MAX_GROUP);
+    let mut replies = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = rx.recv() {
+        requests.push(first.0);
+        replies.push(first.1);
+        while requests.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok((req, reply)) => {
+                    requests.push(req);
+                    replies.push(reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let outcomes = core.commit_group(std::mem::take(&mut requests), sync);
+        for (reply, outcome) in replies.drain(..).zip(outcomes) {
+            // The committer may have gone away (its future was dropped); the
+            // commit's outcome stands either way.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+impl<B: Backend> Kv for EmbeddedKv<B> {
+    type Txn = EmbeddedTxn<B>;
+
+    fn begin(&self) -> Result<Self::Txn, KvError> {
+        Ok(EmbeddedTxn {
+            txn: self.core.begin(),
+            commits: self.commits.clone(),
+        })
+    }
+}
+
+/// A transaction on an [`EmbeddedKv`].
+#[derive(Debug)]
+pub struct EmbeddedTxn<B: Backend> {
+    txn: Txn<B>,
+    commits: mpsc::Sender<(CommitRequest, Reply)>,
+}
+
+impl<B: Backend> KvTxn for EmbeddedTxn<B> {
+    fn get(
+        &self,
+        key: &[u8],
+        snapshot: bool,
+    ) -> impl Future<Output = Result<Option<Bytes>, KvError>> + Send {
+        std::future::ready(self.txn.get_now(key, snapshot))
+    }
+
+    fn get_range(
+        &self,
+        range: RangeRead<'_>,
+    ) -> impl Future<Output = Result<Vec<KeyValue>, KvError>> + Send {
+        std::future::ready(self.txn.get_range_now(range))
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.txn.set_now(key, value);
+    }
+
+    fn clear(&mut self, key: &[u8]) {
+        self.txn.clear_now(key);
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+        self.txn.clear_range_now(begin, end);
+    }
+
+    fn atomic_op(&mut self, key: &[u8], op: AtomicOp, param: &[u8]) {
+        self.txn.atomic_now(key, op, param);
+    }
+
+    fn set_versionstamped_key(&mut self, key: &[u8], value: &[u8]) {
+        self.txn.stamped_now(key, value, true);
+    }
+
+    fn set_versionstamped_value(&mut self, key: &[u8], value: &[u8]) {
+        self.txn.stamped_now(key, value, false);
+    }
+
+    fn commit(self) -> impl Future<Output = Result<Versionstamp, KvError>> + Send {
+        let commits = self.commits;
+        let prepared = self.txn.into_request();
+        async move {
+            let (core, req) = prepared?;
+            if req.is_read_only() {
+                return Ok(core.finish_read_only(req));
+            }
+            let (tx, rx) = oneshot::channel();
+            commits.send((req, tx)).map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())?
+        }
+    }
+}
+
+fn closed() -> KvError {
+    KvError::engine(std::io::Error::other("the embedded engine's commit thread has stopped"))
+}
