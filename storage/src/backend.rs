@@ -7,6 +7,9 @@ use bytes::Bytes;
 
 use crate::kv::{KeyValue, KvError};
 
+pub mod fjall;
+pub mod redb;
+
 /// One resolved mutation: atomic operations and versionstamps are already
 /// applied by the time a backend sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -210,7 +210,7 @@ pub trait Kv: Clone + Send + Sync + 'static {
 /// One transaction. Reads see the transaction's own writes. Mutations are
 /// buffered and take effect at [`KvTxn::commit`]. Dropping a transaction
 /// without committing discards it.
-pub trait KvTxn: Send + Sized + 'static {
+pub trait KvTxn: Send + Sync + Sized + 'static {
     /// Reads one key.
     ///
     /// # Errors

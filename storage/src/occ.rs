@@ -199,6 +199,9 @@ pub struct Core<B: Backend> {
     backend: B,
     limits: Limits,
     resolver: Mutex<Resolver>,
+    /// Held for a whole group resolution: versions are assigned, checked and
+    /// applied by one committer at a time.
+    commit: Mutex<()>,
 }
 
 impl<B: Backend> Core<B> {
@@ -229,6 +232,7 @@ impl<B: Backend> Core<B> {
                 log: VecDeque::new(),
                 readers: BTreeMap::new(),
             }),
+            commit: Mutex::new(()),
         }))
     }
 
@@ -286,6 +290,7 @@ impl<B: Backend> Core<B> {
     /// Resolves and applies a group of commits as one backend batch with
     /// `sync` durability. Returns one outcome per commit, in order.
     pub fn commit_group(&self, group: Vec<CommitRequest>, sync: bool) -> Vec<Result<Versionstamp, KvError>> {
+        let _committer = self.commit.lock();
         let mut outcomes: Vec<Result<Versionstamp, KvError>> = Vec::with_capacity(group.len());
         let version = self.resolver.lock().version + 1;
         let now = Instant::now();

@@ -392,10 +392,9 @@ impl<K: Kv> ChatStore<K> {
                 let n = rows.iter().take_while(|kv| kv.key <= last).count();
                 txn.clear_range(&prefix, &keys::key_after(&last));
                 let cursor = keys::cursor_of_inbox_key(&last).ok_or(StoreError::Corrupt("inbox"))?;
-                // Cursors up to and including the last removed one are gone.
-                let mut floor = cursor.to_vec();
-                floor.push(0);
-                txn.set(&floor_key, &floor);
+                // A reader who saw the last removed entry missed nothing; one
+                // whose cursor is older did.
+                txn.set(&floor_key, &cursor);
                 Ok(n)
             })?;
             total += removed;

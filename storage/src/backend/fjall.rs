@@ -1,0 +1,560 @@
+//! A [`Backend`] over fjall 3, a log-structured merge tree.
+//!
+//! One database directory holds one keyspace, `kv`. A batch becomes one fjall
+//! write batch: a single journal record, then the memtable, published to
+//! readers at one sequence number, so it is all or nothing both on disk and
+//! to snapshots. With `sync` the journal is flushed and fsynced before
+//! `apply` returns; without, it is only handed to the OS (it survives a crash
+//! of the process, not of the machine).
+//!
+//! fjall has no range tombstone, so a `ClearRange` reads the keys in its range
+//! and removes them one by one. A write batch also carries a single sequence
+//! number for all of its items, so two writes to one key in a batch would be
+//! ambiguous; such batches are first resolved into one final write per key
+//! (see [`FjallBackend::apply`]).
+//!
+//! Keys must not be empty (fjall refuses them): setting an empty key fails
+//! with [`KvError::Engine`], reading one finds nothing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::path::Path;
+
+use ::fjall::{
+    CompressionType, Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode,
+    Readable, Slice,
+};
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::backend::{Backend, Snapshot, Write};
+use crate::kv::{KeyValue, KvError};
+
+/// The one keyspace every key lives in.
+const KEYSPACE: &str = "kv";
+
+/// Longest key fjall stores (its key length is a `u16`).
+const MAX_FJALL_KEY: usize = u16::MAX as usize;
+
+/// Smallest journal budget fjall accepts (it panics below).
+const MIN_JOURNALING_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Tuning of a [`FjallBackend`]. [`FjallOptions::default`] suits the chat
+/// workload; see `docs/STORAGE.md` for the measurements behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FjallOptions {
+    /// Block cache, in bytes: data and index blocks of the on-disk tables.
+    /// Range reads of recent history and inboxes hit it. fjall's own default
+    /// is 32 MiB, sized for a library, not a server.
+    pub cache_size: u64,
+    /// Size at which the active memtable is sealed and flushed to a table.
+    /// Bigger means fewer, larger flushes and fewer level-0 tables for reads
+    /// to merge, at the cost of memory and replay time after a crash.
+    pub max_memtable_size: u64,
+    /// Budget of all journal files, in bytes (at least 64 MiB). Past it,
+    /// fjall flushes memtables so old journals can be dropped.
+    pub max_journaling_size: u64,
+    /// Make a `sync` batch durable with `fdatasync` rather than `fsync`.
+    /// The journal is append-only, so `fdatasync` still writes the new file
+    /// length; it skips only timestamps.
+    pub fdatasync: bool,
+}
+
+impl Default for FjallOptions {
+    fn default() -> Self {
+        Self {
+            cache_size: 256 * 1024 * 1024,
+            max_memtable_size: 64 * 1024 * 1024,
+            max_journaling_size: 512 * 1024 * 1024,
+            fdatasync: false,
+        }
+    }
+}
+
+/// A key fjall cannot store.
+#[derive(Debug, thiserror::Error)]
+enum KeyError {
+    #[error("fjall cannot store an empty key")]
+    Empty,
+    #[error("fjall cannot store a key of {0} bytes (at most {MAX_FJALL_KEY})")]
+    TooLong(usize),
+}
+
+/// Checks that fjall accepts `key` (it would panic otherwise).
+fn check_key(key: &[u8]) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::engine(KeyError::Empty));
+    }
+    if key.len() > MAX_FJALL_KEY {
+        return Err(KvError::engine(KeyError::TooLong(key.len())));
+    }
+    Ok(())
+}
+
+/// An ordered map on disk, in a fjall database.
+pub struct FjallBackend {
+    db: Database,
+    keyspace: Keyspace,
+    /// How a `sync` batch reaches the disk.
+    sync_mode: PersistMode,
+    /// Held through `apply`: a `ClearRange` reads the keys it removes, and no
+    /// other batch may land between that read and the write.
+    write_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for FjallBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallBackend")
+            .field("keyspace", &KEYSPACE)
+            .field("sync_mode", &self.sync_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FjallBackend {
+    /// Opens the database in directory `path`, creating the directory and the
+    /// database if needed. A database left by a crash is recovered from its
+    /// journal.
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Engine`] when the directory cannot be created or fjall
+    /// cannot open or recover the database.
+    pub fn open(path: &Path, options: FjallOptions) -> Result<Self, KvError> {
+        std::fs::create_dir_all(path).map_err(KvError::engine)?;
+        let db = Database::builder(path)
+            .cache_size(options.cache_size)
+            .max_journaling_size(options.max_journaling_size.max(MIN_JOURNALING_SIZE))
+            // Journal entries here are a few hundred bytes, under fjall's
+            // 4 KiB compression threshold: compressing would never pay.
+            .journal_compression(CompressionType::None)
+            // Every batch states its own durability (`apply`), so nothing
+            // should flush the journal behind our back.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(KvError::engine)?;
+        let memtable = options.max_memtable_size;
+        let keyspace = db
+            .keyspace(KEYSPACE, move || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .manual_journal_persist(true)
+            })
+            .map_err(KvError::engine)?;
+        let sync_mode = if options.fdatasync {
+            PersistMode::SyncData
+        } else {
+            PersistMode::SyncAll
+        };
+        Ok(Self {
+            db,
+            keyspace,
+            sync_mode,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Queues `writes`, which touch each key at most once and hold no
+    /// `ClearRange`, as they are.
+    fn add_distinct(&self, batch: &mut OwnedWriteBatch, writes: &[Write]) -> Result<(), KvError> {
+        for write in writes {
+            match write {
+                Write::Set(key, value) => {
+                    check_key(key)?;
+                    batch.insert(&self.keyspace, key.as_ref(), value.as_ref());
+                }
+                Write::Clear(key) => {
+                    if !key.is_empty() {
+                        check_key(key)?;
+                        batch.remove(&self.keyspace, key.as_ref());
+                    }
+                }
+                Write::ClearRange(..) => unreachable!("resolved by add_resolved"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `writes` after folding them, in order, into one final state per
+    /// key: a later write to a key replaces an earlier one, and a
+    /// `ClearRange` removes both the stored keys in its range and the keys
+    /// this batch set in it before.
+    fn add_resolved(&self, batch: &mut OwnedWriteBatch, writes: &[Write]) -> Result<(), KvError> {
+        // Under `write_lock`, so this view is the state the batch applies to.
+        let snapshot = self.db.snapshot();
+        let mut last: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        for write in writes {
+            match write {
+                Write::Set(key, value) => {
+                    check_key(key)?;
+                    last.insert(key.clone(), Some(value.clone()));
+                }
+                Write::Clear(key) => {
+                    last.insert(key.clone(), None);
+                }
+                Write::ClearRange(begin, end) => {
+                    if begin >= end {
+                        continue;
+                    }
+                    let bounds = (Bound::Included(begin.clone()), Bound::Excluded(end.clone()));
+                    for (_, value) in last.range_mut(bounds) {
+                        *value = None;
+                    }
+                    let stored = snapshot.range::<&[u8], _>(
+                        &self.keyspace,
+                        (
+                            Bound::Included(begin.as_ref()),
+                            Bound::Excluded(end.as_ref()),
+                        ),
+                    );
+                    for guard in stored {
+                        let key = guard.key().map_err(KvError::engine)?;
+                        last.insert(Bytes::copy_from_slice(&key), None);
+                    }
+                }
+            }
+        }
+        for (key, value) in &last {
+            match value {
+                Some(value) => batch.insert(&self.keyspace, key.as_ref(), value.as_ref()),
+                None if key.is_empty() => {}
+                None => batch.remove(&self.keyspace, key.as_ref()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `writes` must be folded per key before fjall sees them: they hold
+/// a `ClearRange` or touch a key twice.
+fn needs_resolution(writes: &[Write]) -> bool {
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(writes.len());
+    for write in writes {
+        let key = match write {
+            Write::Set(key, _) | Write::Clear(key) => key,
+            Write::ClearRange(..) => return true,
+        };
+        if !seen.insert(key.as_ref()) {
+            return true;
+        }
+    }
+    false
+}
+
+impl Backend for FjallBackend {
+    type Snapshot = FjallSnapshot;
+
+    fn snapshot(&self) -> FjallSnapshot {
+        FjallSnapshot {
+            snapshot: self.db.snapshot(),
+            keyspace: self.keyspace.clone(),
+        }
+    }
+
+    /// Applies `writes` as one fjall write batch.
+    ///
+    /// Batches that touch a key twice or hold a `ClearRange` are folded into
+    /// one write per key first: fjall stamps every item of a batch with the
+    /// same sequence number, so the batch itself must not order writes to
+    /// one key. The common batch (distinct keys, no range clear) goes through
+    /// as is.
+    fn apply(&self, writes: &[Write], sync: bool) -> Result<(), KvError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let durability = if sync {
+            self.sync_mode
+        } else {
+            PersistMode::Buffer
+        };
+        let _writer = self.write_lock.lock();
+        let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), writes.len())
+            .durability(Some(durability));
+        if needs_resolution(writes) {
+            self.add_resolved(&mut batch, writes)?;
+        } else {
+            self.add_distinct(&mut batch, writes)?;
+        }
+        batch.commit().map_err(KvError::engine)
+    }
+}
+
+/// A fjall snapshot: every batch committed before it was taken, none after.
+/// Holding one keeps fjall from dropping the versions it can see, so keep it
+/// short-lived.
+#[derive(Clone)]
+pub struct FjallSnapshot {
+    snapshot: ::fjall::Snapshot,
+    keyspace: Keyspace,
+}
+
+impl std::fmt::Debug for FjallSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallSnapshot")
+            .field("seqno", &self.snapshot.seqno())
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_bytes(slice: &Slice) -> Bytes {
+    Bytes::copy_from_slice(slice)
+}
+
+impl Snapshot for FjallSnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let value = self
+            .snapshot
+            .get(&self.keyspace, key)
+            .map_err(KvError::engine)?;
+        Ok(value.as_ref().map(to_bytes))
+    }
+
+    fn range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, KvError> {
+        if begin >= end {
+            return Ok(Vec::new());
+        }
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let iter = self.snapshot.range::<&[u8], _>(
+            &self.keyspace,
+            (Bound::Included(begin), Bound::Excluded(end)),
+        );
+        let mut out = Vec::with_capacity(limit.min(256));
+        let mut push = |guard: ::fjall::Guard| -> Result<(), KvError> {
+            let (key, value) = guard.into_inner().map_err(KvError::engine)?;
+            out.push(KeyValue {
+                key: to_bytes(&key),
+                value: to_bytes(&value),
+            });
+            Ok(())
+        };
+        if reverse {
+            for guard in iter.rev().take(limit) {
+                push(guard)?;
+            }
+        } else {
+            for guard in iter.take(limit) {
+                push(guard)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn open(dir: &Path) -> FjallBackend {
+        FjallBackend::open(dir, FjallOptions::default()).unwrap()
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn set(k: &str, v: &str) -> Write {
+        Write::Set(b(k), b(v))
+    }
+
+    fn get(backend: &FjallBackend, k: &str) -> Option<Bytes> {
+        backend.snapshot().get(k.as_bytes()).unwrap()
+    }
+
+    fn keys(pairs: &[KeyValue]) -> Vec<&[u8]> {
+        pairs.iter().map(|kv| kv.key.as_ref()).collect()
+    }
+
+    #[test]
+    fn set_get_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path());
+        assert_eq!(get(&backend, "a"), None);
+        backend.apply(&[set("a", "1"), set("b", "2")], false).unwrap();
+        assert_eq!(get(&backend, "a"), Some(b("1")));
+        assert_eq!(get(&backend, "b"), Some(b("2")));
+        backend.apply(&[set("a", "3"), Write::Clear(b("b"))], true).unwrap();
+        assert_eq!(get(&backend, "a"), Some(b("3")));
+        assert_eq!(get(&backend, "b"), None);
+        // Clearing a missing key is fine; an empty batch is a no-op.
+        backend.apply(&[Write::Clear(b("zz"))], false).unwrap();
+        backend.apply(&[], true).unwrap();
+        assert_eq!(get(&backend, "a"), Some(b("3")));
+    }
+
+    #[test]
+    fn writes_apply_in_order_within_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path());
+        backend.apply(&[set("k", "1"), set("k", "2")], false).unwrap();
+        assert_eq!(get(&backend, "k"), Some(b("2")));
+        backend.apply(&[set("k", "3"), Write::Clear(b("k"))], false).unwrap();
+        assert_eq!(get(&backend, "k"), None);
+        backend.apply(&[Write::Clear(b("k")), set("k", "4")], false).unwrap();
+        assert_eq!(get(&backend, "k"), Some(b("4")));
+    }
+
+    #[test]
+    fn clear_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path());
+        let fill: Vec<Write> = ["a", "b", "c", "d", "e"].iter().map(|k| set(k, k)).collect();
+        backend.apply(&fill, false).unwrap();
+        backend.apply(&[Write::ClearRange(b("b"), b("d"))], false).unwrap();
+        let all = backend.snapshot().range(b"", b"\xff", 0, false).unwrap();
+        assert_eq!(keys(&all), [&b"a"[..], b"d", b"e"]);
+
+        // Inside one batch: a key set before the clear goes, one set after
+        // stays; an empty or inverted range clears nothing.
+        let batch = [
+            set("b1", "x"),
+            Write::ClearRange(b("a"), b("e")),
+            set("c1", "y"),
+            Write::ClearRange(b("e"), b("e")),
+            Write::ClearRange(b("z"), b("a")),
+        ];
+        backend.apply(&batch, true).unwrap();
+        let all = backend.snapshot().range(b"", b"\xff", 0, false).unwrap();
+        assert_eq!(keys(&all), [&b"c1"[..], b"e"]);
+        assert_eq!(all[0].value, b("y"));
+    }
+
+    #[test]
+    fn range_forward_reverse_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path());
+        let fill: Vec<Write> = (0..10).map(|i| set(&format!("k{i}"), &i.to_string())).collect();
+        backend.apply(&fill, false).unwrap();
+        let snap = backend.snapshot();
+        let k = |i: u8| vec![b'k', b'0' + i];
+
+        let forward = snap.range(b"k2", b"k7", 0, false).unwrap();
+        assert_eq!(keys(&forward), (2..7).map(k).collect::<Vec<_>>());
+        assert_eq!(forward[0].value, b("2"));
+        let reverse = snap.range(b"k2", b"k7", 0, true).unwrap();
+        assert_eq!(keys(&reverse), (2..7).rev().map(k).collect::<Vec<_>>());
+        let first = snap.range(b"k2", b"k7", 3, false).unwrap();
+        assert_eq!(keys(&first), (2..5).map(k).collect::<Vec<_>>());
+        let last = snap.range(b"k2", b"k7", 3, true).unwrap();
+        assert_eq!(keys(&last), [k(6), k(5), k(4)]);
+        assert_eq!(snap.range(b"k2", b"k7", 100, false).unwrap().len(), 5);
+        assert!(snap.range(b"k7", b"k2", 0, false).unwrap().is_empty());
+        assert!(snap.range(b"k3", b"k3", 0, true).unwrap().is_empty());
+        assert_eq!(snap.range(b"", b"\xff", 0, false).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn snapshot_isolation() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path());
+        backend.apply(&[set("a", "1"), set("b", "1")], false).unwrap();
+        let before = backend.snapshot();
+        backend
+            .apply(&[set("a", "2"), Write::Clear(b("b")), set("c", "2")], true)
+            .unwrap();
+        assert_eq!(before.get(b"a").unwrap(), Some(b("1")));
+        assert_eq!(before.get(b"b").unwrap(), Some(b("1")));
+        assert_eq!(before.get(b"c").unwrap(), None);
+        assert_eq!(keys(&before.range(b"a", b"z", 0, false).unwrap()), [&b"a"[..], b"b"]);
+        let after = backend.snapshot();
+        assert_eq!(after.get(b"a").unwrap(), Some(b("2")));
+        assert_eq!(keys(&after.range(b"a", b"z", 0, true).unwrap()), [&b"c"[..], b"a"]);
+    }
+
+    #[test]
+    fn failed_batch_applies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path());
+        let batch = [set("a", "1"), Write::Set(Bytes::new(), b("v"))];
+        assert!(matches!(backend.apply(&batch, true), Err(KvError::Engine(_))));
+        assert_eq!(get(&backend, "a"), None);
+        // Clearing the empty key is a no-op, reading it finds nothing.
+        backend.apply(&[Write::Clear(Bytes::new())], false).unwrap();
+        assert_eq!(backend.snapshot().get(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn snapshots_see_whole_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(open(dir.path()));
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (backend, done) = (Arc::clone(&backend), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut checked = 0;
+                while !done.load(Ordering::Acquire) || checked == 0 {
+                    let pairs = backend.snapshot().range(b"", b"\xff", 0, false).unwrap();
+                    if let Some(first) = pairs.first() {
+                        assert_eq!(pairs.len(), 100, "a batch was seen in part");
+                        assert!(pairs.iter().all(|kv| kv.value == first.value));
+                    }
+                    checked += 1;
+                }
+            })
+        };
+        for round in 0..200u32 {
+            let batch: Vec<Write> = (0..100u32)
+                .map(|i| Write::Set(Bytes::from(format!("k{i:03}")), Bytes::from(round.to_string())))
+                .collect();
+            backend.apply(&batch, false).unwrap();
+        }
+        done.store(true, Ordering::Release);
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn synced_batch_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("db");
+        {
+            let backend = open(&path);
+            backend.apply(&[set("a", "1"), set("b", "2")], true).unwrap();
+            backend.apply(&[Write::ClearRange(b("b"), b("c"))], true).unwrap();
+        }
+        let backend = open(&path);
+        assert_eq!(get(&backend, "a"), Some(b("1")));
+        assert_eq!(get(&backend, "b"), None);
+    }
+
+    /// Runs in a child process started by `synced_batch_survives_a_crash`:
+    /// commits, then aborts without closing anything.
+    #[test]
+    #[ignore = "the child process of synced_batch_survives_a_crash"]
+    fn crash_child() {
+        let Some(path) = std::env::var_os("HANMADI_CRASH_DIR") else {
+            return;
+        };
+        let backend = open(Path::new(&path));
+        backend.apply(&[set("a", "1"), set("b", "2")], true).unwrap();
+        backend.apply(&[Write::Clear(b("b"))], true).unwrap();
+        std::process::abort();
+    }
+
+    #[test]
+    fn synced_batch_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "backend::fjall::tests::crash_child", "--ignored"])
+            .env("HANMADI_CRASH_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child should have aborted");
+        let backend = open(dir.path());
+        assert_eq!(get(&backend, "a"), Some(b("1")));
+        assert_eq!(get(&backend, "b"), None);
+    }
+}

@@ -1,0 +1,40 @@
+//! The chat keyspace's behavioural suite on the embedded engine (fjall,
+//! fsync on).
+
+#[allow(dead_code)]
+mod common;
+
+use common::chat_suite as suite;
+use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::{ChatStore, StoreConfig};
+
+fn store() -> (tempfile::TempDir, ChatStore<EmbeddedKv<FjallBackend>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open fjall");
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
+    (dir, ChatStore::new(kv, StoreConfig::default()))
+}
+
+macro_rules! embedded_tests {
+    ($($name:ident => $call:expr),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_dir, store) = store();
+            #[allow(clippy::redundant_closure_call)]
+            ($call)(store).await;
+        }
+    )*};
+}
+
+embedded_tests!(
+    inbox_after_any_cursor => |s| suite::inbox_after_any_cursor(s, 4, 40, 1),
+    faults_lose_and_duplicate_nothing => suite::faults_lose_and_duplicate_nothing,
+    exactly_once_sends => suite::exactly_once_sends,
+    usernames_stay_unique => suite::usernames_stay_unique,
+    history_from_joined_at => suite::history_from_joined_at,
+    trimmed_cursor_expires => suite::trimmed_cursor_expires,
+    push_pending_collapses_bursts => suite::push_pending_collapses_bursts,
+    read_marks_and_unread => suite::read_marks_and_unread,
+    blocks => suite::blocks,
+);

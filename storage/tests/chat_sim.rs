@@ -1,0 +1,98 @@
+//! The chat keyspace's behavioural suite on the simulated engine, healthy
+//! and with faults injected (conflicts, `commit_unknown_result` after
+//! commits that applied and that did not).
+
+#[allow(dead_code)]
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::chat_suite as suite;
+use hanmadi_storage::sim::{SimKv, SimOptions};
+use hanmadi_storage::{ChatStore, StoreConfig};
+
+fn healthy() -> ChatStore<SimKv> {
+    ChatStore::new(SimKv::new(SimOptions::healthy()), StoreConfig::default())
+}
+
+fn faulty(seed: u64, config: StoreConfig) -> (SimKv, ChatStore<SimKv>) {
+    let kv = SimKv::new(SimOptions::faulty(seed));
+    (kv.clone(), ChatStore::new(kv, config))
+}
+
+#[tokio::test]
+async fn inbox_after_any_cursor() {
+    suite::inbox_after_any_cursor(healthy(), 4, 40, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_after_any_cursor_with_faults() {
+    for seed in 0..3 {
+        let (kv, store) = faulty(seed, StoreConfig::default());
+        suite::inbox_after_any_cursor(store, 4, 40, seed).await;
+        assert!(kv.fault_counts().unknown_applied.load(Ordering::Relaxed) > 0, "seed {seed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_after_any_cursor_split_by_conversation_with_faults() {
+    let (_, store) = faulty(7, StoreConfig::for_cluster());
+    suite::inbox_after_any_cursor(store, 4, 40, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_and_duplicate_nothing() {
+    for seed in 10..13 {
+        let (kv, store) = faulty(seed, StoreConfig::default());
+        suite::faults_lose_and_duplicate_nothing(store).await;
+        let c = kv.fault_counts();
+        assert!(c.unknown_applied.load(Ordering::Relaxed) > 0, "seed {seed}: no applied-unknown fault");
+        assert!(c.conflicts.load(Ordering::Relaxed) > 0, "seed {seed}: no conflict");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_and_duplicate_nothing_split_by_conversation() {
+    let (_, store) = faulty(21, StoreConfig::for_cluster());
+    suite::faults_lose_and_duplicate_nothing(store).await;
+}
+
+#[tokio::test]
+async fn exactly_once_sends() {
+    suite::exactly_once_sends(healthy()).await;
+    suite::exactly_once_sends(faulty(3, StoreConfig::default()).1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usernames_stay_unique() {
+    suite::usernames_stay_unique(healthy()).await;
+    suite::usernames_stay_unique(faulty(4, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
+async fn history_from_joined_at() {
+    suite::history_from_joined_at(healthy()).await;
+    suite::history_from_joined_at(faulty(5, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
+async fn trimmed_cursor_expires() {
+    suite::trimmed_cursor_expires(healthy()).await;
+    suite::trimmed_cursor_expires(faulty(6, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
+async fn push_pending_collapses_bursts() {
+    suite::push_pending_collapses_bursts(healthy()).await;
+}
+
+#[tokio::test]
+async fn read_marks_and_unread() {
+    suite::read_marks_and_unread(healthy()).await;
+    suite::read_marks_and_unread(faulty(8, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
+async fn blocks() {
+    suite::blocks(healthy()).await;
+}

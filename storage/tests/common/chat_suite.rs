@@ -1,0 +1,572 @@
+//! The chat keyspace's behavioural suite, written once and run on every
+//! engine. Each check takes a fresh-enough store and works with user, group
+//! and name ids of its own, so checks can share one FoundationDB cluster.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hanmadi_proto::pb::{self, MessageKind};
+use hanmadi_proto::prost::Message as _;
+use hanmadi_proto::ConversationId;
+use hanmadi_storage::chat::{
+    Cursor, IdSource, MembershipChange, NewMessage, Role, UserRecord,
+};
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::{ChatStore, StoreError};
+
+/// Ids that increase across the process and pass every head.
+#[derive(Debug, Default)]
+pub struct TestIds(AtomicU64);
+
+impl IdSource for TestIds {
+    fn next_id(&self, head: u64) -> u64 {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = cur.max(head) + 1;
+            match self
+                .0
+                .compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// A range of ids no other check (or run) uses.
+pub fn fresh_base() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let run = u64::from(rand::random::<u32>()) << 24;
+    (run | (NEXT.fetch_add(1, Ordering::Relaxed) << 12)) + 1
+}
+
+fn nobody_online(_: u64) -> bool {
+    false
+}
+
+fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage {
+    NewMessage {
+        conversation: conv,
+        sender,
+        client_msg_id: Bytes::copy_from_slice(cmid.as_bytes()),
+        sent_at: 1_700_000_000_000,
+        kind: MessageKind::Text,
+        body: body.to_owned(),
+        membership: None,
+    }
+}
+
+fn decode(bytes: &[u8]) -> pb::Message {
+    pb::Message::decode(bytes).expect("stored message decodes")
+}
+
+/// Reads a user's whole inbox from `after`, page by page.
+pub async fn read_inbox<K: Kv>(
+    store: &ChatStore<K>,
+    user: u64,
+    after: Option<Cursor>,
+) -> Vec<(Cursor, pb::Message)> {
+    let mut out = Vec::new();
+    let mut cursor = after;
+    loop {
+        let batch = store.sync(user, cursor, 7).await.expect("sync");
+        for e in &batch.entries {
+            out.push((e.cursor, decode(&e.message)));
+        }
+        cursor = batch.next;
+        if !batch.has_more {
+            return out;
+        }
+    }
+}
+
+async fn create_group<K: Kv>(
+    store: &ChatStore<K>,
+    ids: &TestIds,
+    group: u64,
+    owner: u64,
+    members: &[u64],
+) {
+    let msg = NewMessage {
+        membership: Some(MembershipChange::Create {
+            name: format!("group {group}"),
+            members: members.to_vec(),
+            max_members: 1000,
+        }),
+        kind: MessageKind::GroupCreated,
+        ..text(ConversationId::Group(group), owner, &format!("create-{group}"), "")
+    };
+    let out = store.append(vec![msg], ids, &nobody_online).await;
+    out.into_iter().next().expect("one outcome").expect("group created");
+}
+
+/// Every user's inbox, read from the start or after any of its cursors,
+/// returns every later message once, in commit order — with `writers`
+/// concurrent appenders sending `per_writer` messages each among `users`
+/// users and one group.
+pub async fn inbox_after_any_cursor<K: Kv>(
+    store: ChatStore<K>,
+    writers: usize,
+    per_writer: usize,
+    seed: u64,
+) {
+    let base = fresh_base();
+    let users: Vec<u64> = (0..5).map(|i| base + i).collect();
+    let group = base + 100;
+    let ids = Arc::new(TestIds::default());
+    create_group(&store, &ids, group, users[0], &users[1..4]).await;
+
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let ids = Arc::clone(&ids);
+        let users = users.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = seed.wrapping_mul(31).wrapping_add(w as u64);
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut sent = Vec::new();
+            let mut i = 0;
+            while i < per_writer {
+                let n = (next() % 5 + 1) as usize;
+                let mut batch = Vec::new();
+                for _ in 0..n.min(per_writer - i) {
+                    let sender = users[(next() % 4) as usize];
+                    let conv = if next() % 3 == 0 {
+                        ConversationId::Group(group)
+                    } else {
+                        let mut peer = users[(next() % 5) as usize];
+                        if peer == sender {
+                            peer = users[4];
+                        }
+                        ConversationId::direct(sender, peer)
+                    };
+                    batch.push(text(conv, sender, &format!("w{w}-{i}"), &format!("body {w} {i}")));
+                    i += 1;
+                }
+                for r in store.append(batch, &*ids, &nobody_online).await {
+                    let a = r.expect("append succeeds (retries hide faults)");
+                    sent.push(a);
+                }
+            }
+            sent
+        }));
+    }
+    let mut sent = Vec::new();
+    for t in tasks {
+        sent.extend(t.await.expect("writer task"));
+    }
+    assert_eq!(sent.len(), writers * per_writer);
+
+    // What each user must see: every message of a conversation they are in.
+    let mut expected: HashMap<u64, HashSet<(ConversationId, u64)>> = HashMap::new();
+    for a in &sent {
+        assert!(!a.duplicate, "no message was a retry");
+        let members: Vec<u64> = match a.conversation {
+            ConversationId::Group(_) => users[..4].to_vec(),
+            ConversationId::Direct {
+                user_low,
+                user_high,
+            } => vec![user_low, user_high],
+        };
+        for u in members {
+            expected.entry(u).or_default().insert((a.conversation, a.message_id));
+        }
+    }
+    for &u in &users {
+        let inbox = read_inbox(&store, u, None).await;
+        let got: Vec<(ConversationId, u64)> = inbox
+            .iter()
+            .filter(|(_, m)| m.kind == MessageKind::Text as i32)
+            .map(|(_, m)| {
+                (
+                    ConversationId::try_from(m.conversation.as_ref()).expect("valid conversation"),
+                    m.message_id,
+                )
+            })
+            .collect();
+        let got_set: HashSet<_> = got.iter().copied().collect();
+        assert_eq!(got.len(), got_set.len(), "user {u}: an inbox entry repeats");
+        assert_eq!(
+            got_set,
+            expected.remove(&u).unwrap_or_default(),
+            "user {u}: inbox differs from what was sent to them"
+        );
+        // Cursors strictly increase, and message ids increase within each
+        // conversation in cursor (commit) order.
+        let mut last_in_conv: BTreeMap<ConversationId, u64> = BTreeMap::new();
+        for w in inbox.windows(2) {
+            assert!(w[0].0 < w[1].0, "user {u}: cursors out of order");
+        }
+        for (_, m) in &inbox {
+            let c = ConversationId::try_from(m.conversation.as_ref()).expect("valid conversation");
+            let last = last_in_conv.insert(c, m.message_id).unwrap_or(0);
+            assert!(m.message_id > last, "user {u}: ids out of commit order in {c}");
+        }
+        // Reading after any cursor returns exactly the later suffix.
+        for k in (0..inbox.len()).step_by(3) {
+            let after = read_inbox(&store, u, Some(inbox[k].0)).await;
+            let tail: Vec<Cursor> = inbox[k + 1..].iter().map(|(c, _)| *c).collect();
+            let got: Vec<Cursor> = after.iter().map(|(c, _)| *c).collect();
+            assert_eq!(got, tail, "user {u}: sync after entry {k}");
+        }
+    }
+}
+
+/// A send retried with the same client id — later, or twice in one batch —
+/// returns the same id and stores one message.
+pub async fn exactly_once_sends<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b) = (base, base + 1);
+    let conv = ConversationId::direct(a, b);
+    let ids = TestIds::default();
+    let out = store
+        .append(
+            vec![
+                text(conv, a, "m1", "hello"),
+                text(conv, a, "m1", "hello"),
+                text(conv, a, "m2", "again"),
+            ],
+            &ids,
+            &nobody_online,
+        )
+        .await;
+    let out: Vec<_> = out.into_iter().map(|r| r.expect("append")).collect();
+    assert_eq!(out[0].message_id, out[1].message_id);
+    assert!(!out[0].duplicate && out[1].duplicate);
+    assert_ne!(out[0].message_id, out[2].message_id);
+    let later = store
+        .append(vec![text(conv, a, "m1", "hello")], &ids, &nobody_online)
+        .await
+        .pop()
+        .expect("outcome")
+        .expect("append");
+    assert_eq!(later.message_id, out[0].message_id);
+    assert!(later.duplicate);
+    assert_eq!(later.sent_at, out[0].sent_at);
+    let page = store.history(conv, Some(b), 0, 100).await.expect("history");
+    assert_eq!(page.messages.len(), 2, "two distinct messages stored");
+    assert_eq!(read_inbox(&store, b, None).await.len(), 2);
+    // An invalid client id is refused.
+    let bad = store
+        .append(vec![text(conv, a, "", "x")], &ids, &nobody_online)
+        .await
+        .pop()
+        .expect("outcome");
+    assert!(matches!(bad, Err(StoreError::Invalid(_))));
+}
+
+/// Under injected faults every acknowledged message is stored exactly once
+/// and reaches every inbox once.
+pub async fn faults_lose_and_duplicate_nothing<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let users: Vec<u64> = (0..4).map(|i| base + i).collect();
+    let ids = Arc::new(TestIds::default());
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let store = store.clone();
+        let ids = Arc::clone(&ids);
+        let users = users.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..60u64 {
+                let sender = users[(w % 4) as usize];
+                let peer = users[((w + 1 + i % 3) % 4) as usize];
+                let conv = ConversationId::direct(sender, peer);
+                // Every message is sent twice, as a client retrying would.
+                let m = text(conv, sender, &format!("f{w}-{i}"), "x");
+                let out = store.append(vec![m.clone(), m], &*ids, &nobody_online).await;
+                let first = out[0].as_ref().expect("append").message_id;
+                assert_eq!(out[1].as_ref().expect("append").message_id, first);
+                acked.push((conv, first));
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("task"));
+    }
+    for (conv, id) in &acked {
+        let page = store.history(*conv, None, id + 1, 1).await.expect("history");
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(decode(&page.messages[0]).message_id, *id, "acked message stored");
+    }
+    for &u in &users {
+        let inbox = read_inbox(&store, u, None).await;
+        let mut seen = HashSet::new();
+        for (_, m) in &inbox {
+            assert!(seen.insert(m.message_id), "user {u}: message {} twice", m.message_id);
+        }
+        let mine = acked
+            .iter()
+            .filter(|(c, _)| c.peer_of(u).is_some())
+            .count();
+        assert_eq!(inbox.len(), mine, "user {u}: inbox holds every acked message once");
+    }
+    let total_rows: usize = {
+        let mut convs: HashSet<ConversationId> = HashSet::new();
+        convs.extend(acked.iter().map(|(c, _)| *c));
+        let mut n = 0;
+        for c in convs {
+            n += store.history(c, None, 0, 1000).await.expect("history").messages.len();
+        }
+        n
+    };
+    assert_eq!(total_rows, acked.len(), "each acked message stored once");
+}
+
+/// Concurrent sign-ups for one username: exactly one wins.
+pub async fn usernames_stay_unique<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let name = format!("alice-{base}");
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        let store = store.clone();
+        let rec = UserRecord {
+            username: if i % 2 == 0 { name.clone() } else { name.to_uppercase() },
+            display_name: format!("Alice {i}"),
+            ..UserRecord::default()
+        };
+        tasks.push(tokio::spawn(async move { store.create_user(base + i, &rec).await }));
+    }
+    let mut winners = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.expect("task") {
+            Ok(()) => winners.push(base + i as u64),
+            Err(StoreError::UsernameTaken) => {}
+            Err(e) => panic!("unexpected sign-up error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one sign-up wins");
+    let owner = store
+        .user_id_by_name(&name)
+        .await
+        .expect("lookup")
+        .expect("name is taken");
+    assert_eq!(owner, winners[0]);
+    // Retrying the winner's own sign-up is harmless.
+    let rec = store.user(owner).await.expect("read").expect("exists");
+    store.create_user(owner, &rec).await.expect("idempotent sign-up");
+    // Deleting the account frees the name.
+    store.delete_user(owner, 1).await.expect("delete");
+    assert_eq!(store.user_id_by_name(&name).await.expect("lookup"), None);
+    let fresh = UserRecord {
+        username: name.clone(),
+        ..UserRecord::default()
+    };
+    store.create_user(base + 100, &fresh).await.expect("name free again");
+}
+
+/// A member reads history from their join on; non-members read nothing;
+/// removed members get no new inbox entries.
+pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (owner, bob, carol) = (base, base + 1, base + 2);
+    let group = base + 50;
+    let conv = ConversationId::Group(group);
+    let ids = TestIds::default();
+    create_group(&store, &ids, group, owner, &[bob]).await;
+    for i in 0..3 {
+        store
+            .append(vec![text(conv, owner, &format!("before-{i}"), "early")], &ids, &nobody_online)
+            .await
+            .pop()
+            .expect("outcome")
+            .expect("append");
+    }
+    assert!(matches!(
+        store.history(conv, Some(carol), 0, 50).await,
+        Err(StoreError::NotMember)
+    ));
+    let join = store
+        .append(
+            vec![NewMessage {
+                kind: MessageKind::MembersAdded,
+                membership: Some(MembershipChange::Add {
+                    users: vec![carol],
+                    role: Role::Member,
+                }),
+                ..text(conv, owner, "add-carol", "")
+            }],
+            &ids,
+            &nobody_online,
+        )
+        .await
+        .pop()
+        .expect("outcome")
+        .expect("add member");
+    assert!(join.recipients.contains(&carol));
+    store
+        .append(vec![text(conv, bob, "after", "late")], &ids, &nobody_online)
+        .await
+        .pop()
+        .expect("outcome")
+        .expect("append");
+    let carol_view = store.history(conv, Some(carol), 0, 50).await.expect("history");
+    let ids_seen: Vec<u64> = carol_view.messages.iter().map(|m| decode(m).message_id).collect();
+    assert_eq!(ids_seen.len(), 2, "carol sees her join and what followed");
+    assert!(ids_seen.iter().all(|&id| id >= join.message_id));
+    let bob_view = store.history(conv, Some(bob), 0, 50).await.expect("history");
+    assert_eq!(bob_view.messages.len(), 6, "bob sees everything since creation");
+    // Paging: newest first, `before` excludes.
+    let page = store.history(conv, Some(bob), 0, 2).await.expect("history");
+    assert!(page.has_more);
+    let newest = decode(&page.messages[0]).message_id;
+    let older = store.history(conv, Some(bob), newest, 10).await.expect("history");
+    assert_eq!(older.messages.len(), 5);
+    assert_eq!(store.member(group, carol).await.expect("member").map(|m| m.joined_at), Some(join.message_id));
+
+    // Removing bob: he learns of it, then receives nothing more.
+    store
+        .append(
+            vec![NewMessage {
+                kind: MessageKind::MembersRemoved,
+                membership: Some(MembershipChange::Remove { users: vec![bob] }),
+                ..text(conv, owner, "rm-bob", "")
+            }],
+            &ids,
+            &nobody_online,
+        )
+        .await
+        .pop()
+        .expect("outcome")
+        .expect("remove");
+    let before = read_inbox(&store, bob, None).await.len();
+    let after_rm = store
+        .append(vec![text(conv, owner, "after-rm", "secret")], &ids, &nobody_online)
+        .await
+        .pop()
+        .expect("outcome")
+        .expect("append");
+    assert!(!after_rm.recipients.contains(&bob));
+    assert_eq!(read_inbox(&store, bob, None).await.len(), before);
+    assert!(matches!(
+        store.history(conv, Some(bob), 0, 50).await,
+        Err(StoreError::NotMember)
+    ));
+    let groups = store.groups_of(carol).await.expect("groups");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(store.group(group).await.expect("group").map(|g| g.member_count), Some(2));
+}
+
+/// After a retention trim, sync after a trimmed cursor is refused and
+/// after a kept one still works.
+pub async fn trimmed_cursor_expires<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b) = (base, base + 1);
+    let conv = ConversationId::direct(a, b);
+    let ids = TestIds::default();
+    for (i, at) in [100u64, 200, 300, 400].into_iter().enumerate() {
+        let m = NewMessage {
+            sent_at: at,
+            ..text(conv, a, &format!("t{i}"), "x")
+        };
+        store
+            .append(vec![m], &ids, &nobody_online)
+            .await
+            .pop()
+            .expect("outcome")
+            .expect("append");
+    }
+    let inbox = read_inbox(&store, b, None).await;
+    assert_eq!(inbox.len(), 4);
+    let removed = store.trim_inbox(b, 250).await.expect("trim");
+    assert_eq!(removed, 2);
+    assert!(matches!(
+        store.sync(b, Some(inbox[0].0), 10).await,
+        Err(StoreError::CursorExpired)
+    ));
+    let after_kept = read_inbox(&store, b, Some(inbox[2].0)).await;
+    assert_eq!(after_kept.len(), 1);
+    // The last trimmed cursor is where a fully caught-up reader stands:
+    // nothing was lost for them, so it still syncs.
+    let from_edge = store.sync(b, Some(inbox[1].0), 10).await.expect("edge cursor");
+    assert_eq!(from_edge.entries.len(), 2);
+    // History is kept.
+    assert_eq!(store.history(conv, Some(b), 0, 10).await.expect("history").messages.len(), 4);
+}
+
+/// Push pending collects offline recipients' bursts into one entry; online
+/// users get none.
+pub async fn push_pending_collapses_bursts<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b, c) = (base, base + 1, base + 2);
+    let ids = TestIds::default();
+    let online = move |u: u64| u == c;
+    for i in 0..3 {
+        store
+            .append(
+                vec![
+                    text(ConversationId::direct(a, b), a, &format!("p{i}"), "x"),
+                    text(ConversationId::direct(a, c), a, &format!("q{i}"), "x"),
+                ],
+                &ids,
+                &online,
+            )
+            .await;
+    }
+    let mut mine = Vec::new();
+    for _ in 0..100 {
+        let taken = store.take_push_pending(1000).await.expect("take");
+        if taken.is_empty() {
+            break;
+        }
+        mine.extend(taken.into_iter().filter(|p| [a, b, c].contains(&p.user)));
+    }
+    assert_eq!(mine.len(), 1, "only the offline recipient: {mine:?}");
+    assert_eq!(mine[0].user, b);
+    assert_eq!(mine[0].count, 3);
+    let last = read_inbox(&store, b, None).await.last().map(|(c, _)| *c);
+    assert_eq!(mine[0].cursor, last, "points at the newest entry");
+}
+
+/// Read marks move forward only; unread counts follow them.
+pub async fn read_marks_and_unread<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b) = (base, base + 1);
+    let conv = ConversationId::direct(a, b);
+    let ids = TestIds::default();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            store
+                .append(vec![text(conv, a, &format!("r{i}"), "x")], &ids, &nobody_online)
+                .await
+                .pop()
+                .expect("outcome")
+                .expect("append")
+                .message_id,
+        );
+    }
+    assert_eq!(store.unread_count(b, conv, 100).await.expect("unread"), 5);
+    assert_eq!(store.unread_count(a, conv, 100).await.expect("unread"), 0);
+    store.mark_read(b, conv, sent[2]).await.expect("read");
+    store.mark_read(b, conv, sent[1]).await.expect("read");
+    assert_eq!(store.read_mark(b, conv).await.expect("mark"), sent[2]);
+    assert_eq!(store.unread_count(b, conv, 100).await.expect("unread"), 2);
+    let inbox = read_inbox(&store, b, None).await;
+    store.ack_delivered(b, "phone", inbox[3].0).await.expect("ack");
+    store.ack_delivered(b, "phone", inbox[1].0).await.expect("ack");
+    assert_eq!(store.delivered(b, "phone").await.expect("delivered"), Some(inbox[3].0));
+    assert_eq!(store.direct_peers(a).await.expect("peers"), vec![b]);
+}
+
+/// Blocks are per direction and reversible.
+pub async fn blocks<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b) = (base, base + 1);
+    assert!(!store.blocked_either(a, b).await.expect("read"));
+    store.set_blocked(a, b, true).await.expect("block");
+    assert!(store.blocked_either(b, a).await.expect("read"));
+    assert_eq!(store.blocked_by(a).await.expect("list"), vec![b]);
+    store.set_blocked(a, b, false).await.expect("unblock");
+    assert!(!store.blocked_either(a, b).await.expect("read"));
+}

@@ -1,0 +1,153 @@
+//! The KV contract suite on the FoundationDB engine.
+//!
+//! Runs when the crate is built with feature `foundationdb` and
+//! `FDB_CLUSTER_FILE` names an existing cluster file; otherwise every test
+//! says it skipped and passes. Each test works under its own key prefix (test
+//! name, process id, start time), so runs can share a cluster.
+
+// This binary uses only the KV suite of the shared helpers.
+#[cfg(feature = "foundationdb")]
+#[allow(dead_code)]
+mod common;
+
+/// Prints why a test did not run, on both streams so it shows with and
+/// without output capture.
+fn skip(reason: &str) {
+    eprintln!("{reason}");
+    println!("{reason}");
+}
+
+#[cfg(feature = "foundationdb")]
+mod cluster {
+    use std::sync::OnceLock;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use hanmadi_storage::fdb::FdbKv;
+
+    pub const SKIPPED: &str = "skipped: no FoundationDB cluster";
+
+    /// The engine on the cluster in `FDB_CLUSTER_FILE`, opened once for all
+    /// tests of this binary; `None` when no cluster is configured.
+    pub fn kv() -> Option<FdbKv> {
+        static KV: OnceLock<Option<FdbKv>> = OnceLock::new();
+        KV.get_or_init(|| {
+            let path = std::env::var("FDB_CLUSTER_FILE").ok()?;
+            if !std::path::Path::new(&path).is_file() {
+                return None;
+            }
+            Some(FdbKv::open(Some(&path)).expect("open the FoundationDB cluster"))
+        })
+        .clone()
+    }
+
+    /// A prefix no other test, run or process uses.
+    pub fn prefix(test: &str) -> Vec<u8> {
+        static RUN: OnceLock<String> = OnceLock::new();
+        let run = RUN.get_or_init(|| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{}-{nanos}", std::process::id())
+        });
+        format!("hanmadi-test/kv/{run}/{test}/").into_bytes()
+    }
+}
+
+/// One test per suite check, so each passes, fails or skips on its own.
+macro_rules! kv_contract_tests {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $check() {
+            #[cfg(feature = "foundationdb")]
+            match cluster::kv() {
+                Some(kv) => {
+                    common::kv_suite::$check(&kv, &cluster::prefix(stringify!($check))).await
+                }
+                None => skip(cluster::SKIPPED),
+            }
+            #[cfg(not(feature = "foundationdb"))]
+            skip("skipped: no FoundationDB cluster (built without the foundationdb feature)");
+        }
+    )*};
+}
+
+kv_contract_tests!(
+    set_get_clear,
+    read_your_writes,
+    range_reads,
+    range_reads_page,
+    atomic_ops,
+    versionstamped_keys,
+    versionstamped_value,
+    invalid_versionstamp,
+    conflict_then_retry,
+    range_read_conflict,
+    snapshot_reads_do_not_conflict,
+    concurrent_atomic_adds,
+    too_large,
+);
+
+/// The shutdown path a binary takes: open, commit, `stop_network`, exit. Runs
+/// in a child process, since the network cannot restart once stopped.
+#[tokio::test]
+async fn network_stops_cleanly() {
+    #[cfg(feature = "foundationdb")]
+    {
+        let Some(path) = cluster::kv().and(std::env::var_os("FDB_CLUSTER_FILE")) else {
+            return skip(cluster::SKIPPED);
+        };
+        let exe = std::env::current_exe().expect("path of this test binary");
+        let output = std::process::Command::new(exe)
+            .args(["--exact", "stop_network_child", "--ignored", "--nocapture"])
+            .env("HANMADI_FDB_STOP_CHILD", &path)
+            .output()
+            .expect("run the child test");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the child exited with {}\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("network stopped"),
+            "the child did not get to stop the network:\n{stdout}"
+        );
+    }
+    #[cfg(not(feature = "foundationdb"))]
+    skip("skipped: no FoundationDB cluster (built without the foundationdb feature)");
+}
+
+/// The child of `network_stops_cleanly`; does nothing unless that test
+/// started it.
+#[tokio::test]
+#[ignore = "the child process of network_stops_cleanly"]
+async fn stop_network_child() {
+    #[cfg(feature = "foundationdb")]
+    {
+        use hanmadi_storage::fdb::{stop_network, FdbKv};
+        use hanmadi_storage::kv::{Kv, KvTxn};
+
+        let Some(path) = std::env::var_os("HANMADI_FDB_STOP_CHILD") else {
+            return;
+        };
+        let path = path.to_str().expect("UTF-8 cluster file path");
+        let kv = FdbKv::open(Some(path)).expect("open the cluster");
+        let key = cluster::prefix("stop_network_child");
+        let mut txn = kv.begin().expect("begin");
+        txn.set(&key, b"x");
+        txn.commit().await.expect("commit");
+        let mut txn = kv.begin().expect("begin");
+        txn.clear(&key);
+        txn.commit().await.expect("commit");
+
+        stop_network();
+        stop_network();
+        assert!(
+            FdbKv::open(Some(path)).is_err(),
+            "the network cannot restart once stopped"
+        );
+        println!("network stopped");
+    }
+}
