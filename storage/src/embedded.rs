@@ -184,5 +184,7 @@ impl<B: Backend> KvTxn for EmbeddedTxn<B> {
 }
 
 fn closed() -> KvError {
-    KvError::engine(std::io::Error::other("the embedded engine's commit thread has stopped"))
+    KvError::engine(std::io::Error::other(
+        "the embedded engine's commit thread has stopped",
+    ))
 }

@@ -67,8 +67,8 @@ use foundationdb::options::{MutationType, StreamingMode};
 use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
 
 use crate::kv::{
-    AtomicOp, KeyValue, Kv, KvError, KvTxn, RangeRead, Versionstamp, MAX_KEY_SIZE,
-    MAX_VALUE_SIZE, VERSIONSTAMP_LEN,
+    AtomicOp, KeyValue, Kv, KvError, KvTxn, RangeRead, Versionstamp, MAX_KEY_SIZE, MAX_VALUE_SIZE,
+    VERSIONSTAMP_LEN,
 };
 
 /// FoundationDB error codes this module maps onto [`KvError`] variants.
@@ -79,6 +79,8 @@ mod code {
     pub const TRANSACTION_TOO_LARGE: i32 = 2101;
     pub const KEY_TOO_LARGE: i32 = 2102;
     pub const VALUE_TOO_LARGE: i32 = 2103;
+    /// Asked for the versionstamp of a transaction that committed read-only.
+    pub const NO_COMMIT_VERSION: i32 = 2021;
 }
 
 /// Length of the little-endian offset that ends a versionstamped key or value.
@@ -93,7 +95,9 @@ enum Network {
     NotStarted,
     /// Running; held only to be dropped, which stops the network and joins
     /// its thread.
-    Running { _guard: NetworkAutoStop },
+    Running {
+        _guard: NetworkAutoStop,
+    },
     /// [`stop_network`] ran; the network cannot start again.
     Stopped,
     /// Starting failed. The API version can be selected only once per
@@ -174,7 +178,8 @@ impl FdbKv {
     /// Opens the database described by `cluster_file`, or by FoundationDB's
     /// default (`FDB_CLUSTER_FILE`, else `/etc/foundationdb/fdb.cluster`)
     /// when `None`. The first call in a process starts the client network,
-    /// which then runs until the process exits (see the module docs).
+    /// which then runs until [`stop_network`] or the end of the process (see
+    /// the module docs).
     ///
     /// Opening does not contact the cluster: an unreachable cluster shows up
     /// as reads and commits that wait for it. Set
@@ -213,6 +218,7 @@ impl Kv for FdbKv {
         let tr = self.db.create_trx().map_err(KvError::engine)?;
         Ok(FdbTxn {
             tr,
+            db: Arc::clone(&self.db),
             wrote: false,
             sizes: Sizes::default(),
             refused: None,
@@ -231,9 +237,13 @@ struct Sizes {
 }
 
 /// One FoundationDB transaction.
-#[derive(Debug)]
 pub struct FdbTxn {
     tr: Transaction,
+    /// For a fresh read version when a commit turns out read-only (see
+    /// `commit`). Cloning the handle costs one atomic increment per
+    /// transaction; asking the network thread for this transaction's read
+    /// version on every commit, just in case, would cost a thread hop.
+    db: Arc<Database>,
     /// Whether any mutation was made. A transaction without one has no
     /// commit version, so its versionstamp comes from its read version.
     wrote: bool,
@@ -241,6 +251,17 @@ pub struct FdbTxn {
     /// The first mutation refused before it reached FoundationDB; the commit
     /// fails with it.
     refused: Option<KvError>,
+}
+
+impl fmt::Debug for FdbTxn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FdbTxn")
+            .field("tr", &self.tr)
+            .field("wrote", &self.wrote)
+            .field("sizes", &self.sizes)
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FdbTxn {
@@ -285,19 +306,29 @@ impl FdbTxn {
 
     /// Commits a transaction that made no mutation. FoundationDB commits it
     /// without contacting the cluster and assigns it no commit version, so
-    /// it gets its read version with the largest batch order: it sorts after
-    /// every commit it could see and before every commit it could not.
+    /// its stamp comes from its read version ([`read_only_stamp`]).
     async fn commit_read_only(self) -> Result<Versionstamp, KvError> {
-        let read_version = self.tr.get_read_version().await.map_err(|e| self.error(e))?;
+        let read_version = self
+            .tr
+            .get_read_version()
+            .await
+            .map_err(|e| self.error(e))?;
         let sizes = self.sizes;
         self.tr
             .commit()
             .await
             .map_err(|e| kv_error(FdbError::from(e), &sizes))?;
-        let version = u64::try_from(read_version)
-            .map_err(|_| KvError::Engine("FoundationDB returned a negative read version".into()))?;
-        Ok(Versionstamp::new(version, u16::MAX))
+        read_only_stamp(read_version)
     }
+}
+
+/// The stamp of a commit that wrote nothing: its read version with the
+/// largest batch order, so it sorts after every commit it could see and
+/// before every commit it could not (the optimistic engines do the same).
+fn read_only_stamp(read_version: i64) -> Result<Versionstamp, KvError> {
+    let version = u64::try_from(read_version)
+        .map_err(|_| KvError::Engine("FoundationDB returned a negative read version".into()))?;
+    Ok(Versionstamp::new(version, u16::MAX))
 }
 
 impl KvTxn for FdbTxn {
@@ -421,18 +452,39 @@ impl KvTxn for FdbTxn {
         // has succeeded.
         let stamp = self.tr.get_versionstamp();
         let sizes = self.sizes;
+        let db = self.db;
         self.tr
             .commit()
             .await
             .map_err(|e| kv_error(FdbError::from(e), &sizes))?;
-        // The commit is durable from here on; failing to read its stamp must
-        // not look like a retryable failure, or the caller would apply it twice.
-        let stamp = stamp.await.map_err(|e| {
-            KvError::Engine(
-                format!("committed, but reading its versionstamp failed: {e} ({})", e.code())
+        let stamp = match stamp.await {
+            Ok(stamp) => stamp,
+            // FoundationDB dropped every mutation (clears of keys over the
+            // size limit, which no key can match; empty ranges) and committed
+            // read-only, without a commit version. Nothing was applied, so a
+            // read version taken now orders it correctly against the commits
+            // after it.
+            Err(e) if e.code() == code::NO_COMMIT_VERSION => {
+                let fresh = db.create_trx().map_err(KvError::engine)?;
+                let read_version = fresh
+                    .get_read_version()
+                    .await
+                    .map_err(|e| kv_error(e, &sizes))?;
+                return read_only_stamp(read_version);
+            }
+            // The commit is durable from here on; failing to read its stamp
+            // must not look like a retryable failure, or the caller would
+            // apply it twice.
+            Err(e) => {
+                return Err(KvError::Engine(
+                    format!(
+                        "committed, but reading its versionstamp failed: {e} ({})",
+                        e.code()
+                    )
                     .into(),
-            )
-        })?;
+                ))
+            }
+        };
         let stamp = <[u8; VERSIONSTAMP_LEN]>::try_from(&stamp[..]).map_err(|_| {
             KvError::Engine(
                 format!(
@@ -556,11 +608,19 @@ mod tests {
         ));
         assert!(matches!(
             map(2102),
-            KvError::TooLarge { what: "key", size: 10_001, .. }
+            KvError::TooLarge {
+                what: "key",
+                size: 10_001,
+                ..
+            }
         ));
         assert!(matches!(
             map(2103),
-            KvError::TooLarge { what: "value", size: 100_001, .. }
+            KvError::TooLarge {
+                what: "value",
+                size: 100_001,
+                ..
+            }
         ));
         // future_version: retryable.
         assert!(matches!(map(1009), KvError::Unavailable(_)));

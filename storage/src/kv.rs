@@ -262,7 +262,6 @@ pub trait KvTxn: Send + Sync + Sized + 'static {
     /// [`KvError::Conflict`], [`KvError::CommitUnknownResult`], a limit, or
     /// an engine failure. See the module documentation.
     fn commit(self) -> impl Future<Output = Result<Versionstamp, KvError>> + Send;
-
 }
 
 /// Backoff between attempts of a transaction retry loop, as FoundationDB's

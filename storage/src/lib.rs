@@ -10,12 +10,12 @@
 pub mod backend;
 pub mod kv;
 
+pub mod chat;
+pub mod embedded;
 #[cfg(feature = "foundationdb")]
 pub mod fdb;
-pub mod embedded;
 pub mod memory;
 pub mod occ;
 pub mod sim;
-pub mod chat;
 
 pub use chat::{ChatStore, StoreConfig, StoreError};

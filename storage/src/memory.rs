@@ -114,10 +114,10 @@ impl Backend for MemoryBackend {
                     }
                 }
                 Write::ClearRange(b, e) => {
-                    for (_, h) in state
-                        .map
-                        .range_mut::<[u8], _>((Bound::Included(b.as_ref()), Bound::Excluded(e.as_ref())))
-                    {
+                    for (_, h) in state.map.range_mut::<[u8], _>((
+                        Bound::Included(b.as_ref()),
+                        Bound::Excluded(e.as_ref()),
+                    )) {
                         h.push((at, None));
                     }
                 }

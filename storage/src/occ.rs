@@ -154,6 +154,32 @@ fn end_greater(a: &KeyRange, b: &KeyRange) -> bool {
     (ea, pa) > (eb, pb)
 }
 
+/// A committed member's write ranges, sorted on first use.
+#[derive(Debug)]
+enum LazyWriteSet {
+    Raw(Vec<KeyRange>),
+    Sorted(WriteSet),
+}
+
+impl LazyWriteSet {
+    fn sorted(&mut self, version: u64) -> &WriteSet {
+        if let LazyWriteSet::Raw(ranges) = self {
+            *self = LazyWriteSet::Sorted(WriteSet::new(version, std::mem::take(ranges)));
+        }
+        match self {
+            LazyWriteSet::Sorted(w) => w,
+            LazyWriteSet::Raw(_) => unreachable!("sorted just above"),
+        }
+    }
+
+    fn into_sorted(self, version: u64) -> WriteSet {
+        match self {
+            LazyWriteSet::Raw(ranges) => WriteSet::new(version, ranges),
+            LazyWriteSet::Sorted(w) => w,
+        }
+    }
+}
+
 /// What a transaction left on a key it wrote, for reading its own writes and
 /// for building the commit.
 #[derive(Clone, Debug)]
@@ -270,13 +296,17 @@ impl<B: Backend> Core<B> {
 
     fn release_reader(&self, version: u64) {
         let mut r = self.resolver.lock();
+        Self::release_locked(&mut r, version);
+        Self::prune(&mut r);
+    }
+
+    fn release_locked(r: &mut Resolver, version: u64) {
         if let Some(n) = r.readers.get_mut(&version) {
             *n -= 1;
             if *n == 0 {
                 r.readers.remove(&version);
             }
         }
-        Self::prune(&mut r);
     }
 
     fn prune(r: &mut Resolver) {
@@ -289,36 +319,51 @@ impl<B: Backend> Core<B> {
 
     /// Resolves and applies a group of commits as one backend batch with
     /// `sync` durability. Returns one outcome per commit, in order.
-    pub fn commit_group(&self, group: Vec<CommitRequest>, sync: bool) -> Vec<Result<Versionstamp, KvError>> {
+    pub fn commit_group(
+        &self,
+        group: Vec<CommitRequest>,
+        sync: bool,
+    ) -> Vec<Result<Versionstamp, KvError>> {
         let _committer = self.commit.lock();
         let mut outcomes: Vec<Result<Versionstamp, KvError>> = Vec::with_capacity(group.len());
         let version = self.resolver.lock().version + 1;
         let now = Instant::now();
         let snapshot = self.backend.snapshot();
         let mut writes: Vec<Write> = Vec::new();
-        // Values this group has written so far, for atomic operations of its
-        // later members.
-        let mut touched: HashMap<Bytes, Option<Bytes>> = HashMap::new();
+        // Values this group has written so far, kept only when a later
+        // member has atomic operations that must see them.
+        let mut touched: Option<HashMap<Bytes, Option<Bytes>>> = group
+            .iter()
+            .skip(1)
+            .any(|r| {
+                r.muts
+                    .keys
+                    .values()
+                    .any(|p| matches!(p, Pending::Atomic(_)))
+            })
+            .then(HashMap::new);
         let mut group_cleared: Vec<KeyRange> = Vec::new();
-        let mut group_sets: Vec<WriteSet> = Vec::new();
+        // Write sets of the members committed so far, sorted only once a
+        // later member or a live reader needs to check against them.
+        let mut group_sets: Vec<LazyWriteSet> = Vec::new();
         let mut order: u16 = 0;
-        let mut outcome_read_versions = Vec::with_capacity(group.len());
+        let mut read_versions = Vec::with_capacity(group.len());
 
         for req in group {
-            outcome_read_versions.push(req.read_version);
+            read_versions.extend(req.read_version);
             match self.resolve_one(
                 &req,
                 now,
                 &snapshot,
-                &group_sets,
+                &mut group_sets,
                 version,
                 order,
                 &mut writes,
-                &mut touched,
+                touched.as_mut(),
                 &mut group_cleared,
             ) {
                 Ok((stamp, ranges)) => {
-                    group_sets.push(WriteSet::new(version, ranges));
+                    group_sets.push(LazyWriteSet::Raw(ranges));
                     order = order.saturating_add(1);
                     outcomes.push(Ok(stamp));
                 }
@@ -326,26 +371,42 @@ impl<B: Backend> Core<B> {
             }
         }
 
-        if !group_sets.is_empty() {
+        let applied = if group_sets.is_empty() {
+            false
+        } else {
             writes.push(Write::Set(
                 Bytes::from_static(VERSION_KEY),
                 Bytes::copy_from_slice(&version.to_be_bytes()),
             ));
-            if let Err(e) = self.backend.apply(&writes, sync) {
-                let msg = e.to_string();
-                for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                    *o = Err(KvError::engine(std::io::Error::other(msg.clone())));
+            match self.backend.apply(&writes, sync) {
+                Ok(()) => true,
+                Err(e) => {
+                    let msg = e.to_string();
+                    for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                        *o = Err(KvError::engine(std::io::Error::other(msg.clone())));
+                    }
+                    false
                 }
-            } else {
-                let mut r = self.resolver.lock();
-                r.version = version;
-                r.log.extend(group_sets);
-                Self::prune(&mut r);
             }
+        };
+        let mut r = self.resolver.lock();
+        for rv in read_versions {
+            Self::release_locked(&mut r, rv);
         }
-        for rv in outcome_read_versions.into_iter().flatten() {
-            self.release_reader(rv);
+        if applied {
+            // Only transactions that read before this version can conflict
+            // with it; with none alive, its write sets are never needed.
+            if r.readers
+                .keys()
+                .next()
+                .is_some_and(|&oldest| oldest < version)
+            {
+                r.log
+                    .extend(group_sets.into_iter().map(|w| w.into_sorted(version)));
+            }
+            r.version = version;
         }
+        Self::prune(&mut r);
         outcomes
     }
 
@@ -355,25 +416,29 @@ impl<B: Backend> Core<B> {
         req: &CommitRequest,
         now: Instant,
         snapshot: &B::Snapshot,
-        group_sets: &[WriteSet],
+        group_sets: &mut [LazyWriteSet],
         version: u64,
         order: u16,
         writes: &mut Vec<Write>,
-        touched: &mut HashMap<Bytes, Option<Bytes>>,
+        mut touched: Option<&mut HashMap<Bytes, Option<Bytes>>>,
         group_cleared: &mut Vec<KeyRange>,
     ) -> Result<(Versionstamp, Vec<KeyRange>), KvError> {
         if now.duration_since(req.started) > self.limits.max_age {
             return Err(KvError::TransactionTooOld);
         }
         if let Some(rv) = req.read_version {
-            let r = self.resolver.lock();
-            let conflicted = r
-                .log
-                .iter()
-                .filter(|w| w.version > rv)
-                .chain(group_sets.iter())
-                .any(|w| req.read_ranges.iter().any(|rr| w.intersects(rr)));
-            if conflicted {
+            let in_log = {
+                let r = self.resolver.lock();
+                r.log
+                    .iter()
+                    .filter(|w| w.version > rv)
+                    .any(|w| req.read_ranges.iter().any(|rr| w.intersects(rr)))
+            };
+            let in_group = group_sets.iter_mut().any(|w| {
+                let w = w.sorted(version);
+                req.read_ranges.iter().any(|rr| w.intersects(rr))
+            });
+            if in_log || in_group {
                 return Err(KvError::Conflict);
             }
         }
@@ -384,7 +449,9 @@ impl<B: Backend> Core<B> {
                 continue;
             };
             writes.push(Write::ClearRange(begin.clone(), end.clone()));
-            touched.retain(|k, _| !range.contains(k));
+            if let Some(t) = touched.as_deref_mut() {
+                t.retain(|k, _| !range.contains(k));
+            }
             group_cleared.push(range.clone());
             ranges.push(range.clone());
         }
@@ -393,7 +460,7 @@ impl<B: Backend> Core<B> {
                 Pending::Set(v) => Some(v.clone()),
                 Pending::Cleared => None,
                 Pending::Atomic(ops) => {
-                    let current = match touched.get(key) {
+                    let current = match touched.as_deref().and_then(|t| t.get(key)) {
                         Some(v) => v.clone(),
                         None if group_cleared.iter().any(|r| r.contains(key)) => None,
                         None => snapshot.get(key)?,
@@ -409,7 +476,9 @@ impl<B: Backend> Core<B> {
                 Some(v) => Write::Set(key.clone(), v.clone()),
                 None => Write::Clear(key.clone()),
             });
-            touched.insert(key.clone(), value);
+            if let Some(t) = touched.as_deref_mut() {
+                t.insert(key.clone(), value);
+            }
             ranges.push(KeyRange::point(key.clone()));
         }
         for (raw, value, in_key) in &req.muts.stamped {
@@ -419,7 +488,9 @@ impl<B: Backend> Core<B> {
                 (raw.clone(), complete_stamp(value, &stamp)?)
             };
             writes.push(Write::Set(key.clone(), value.clone()));
-            touched.insert(key.clone(), Some(value));
+            if let Some(t) = touched.as_deref_mut() {
+                t.insert(key.clone(), Some(value));
+            }
             ranges.push(KeyRange::point(key));
         }
         Ok((stamp, ranges))
@@ -430,13 +501,17 @@ impl<B: Backend> Core<B> {
 /// 4 bytes give the placeholder's offset (little-endian), and drops them.
 fn complete_stamp(raw: &[u8], stamp: &Versionstamp) -> Result<Bytes, KvError> {
     let Some(body_len) = raw.len().checked_sub(4) else {
-        return Err(KvError::InvalidVersionstamp("shorter than its 4-byte offset"));
+        return Err(KvError::InvalidVersionstamp(
+            "shorter than its 4-byte offset",
+        ));
     };
     let mut off = [0u8; 4];
     off.copy_from_slice(&raw[body_len..]);
     let off = u32::from_le_bytes(off) as usize;
     if off + VERSIONSTAMP_LEN > body_len {
-        return Err(KvError::InvalidVersionstamp("placeholder runs past the end"));
+        return Err(KvError::InvalidVersionstamp(
+            "placeholder runs past the end",
+        ));
     }
     let mut out = raw[..body_len].to_vec();
     out[off..off + VERSIONSTAMP_LEN].copy_from_slice(&stamp.0);
@@ -583,7 +658,8 @@ impl<B: Backend> Txn<B> {
         let cleared = self.muts.in_cleared(key);
         self.with_view(|view| {
             if !snapshot {
-                view.ranges.push(KeyRange::point(Bytes::copy_from_slice(key)));
+                view.ranges
+                    .push(KeyRange::point(Bytes::copy_from_slice(key)));
             }
             let base = if cleared {
                 None
@@ -627,7 +703,11 @@ impl<B: Backend> Txn<B> {
             // Fetch enough from the snapshot to fill the limit even if the
             // overlay hides some of it.
             let fetch_limit = if range.limit == 0 || has_cleared || !overlay.is_empty() {
-                if has_cleared { 0 } else { range.limit.saturating_add(overlay.len()) }
+                if has_cleared {
+                    0
+                } else {
+                    range.limit.saturating_add(overlay.len())
+                }
             } else {
                 range.limit
             };
@@ -862,10 +942,7 @@ mod tests {
             apply_atomic(AtomicOp::Add, Some(&[0xff, 0, 0, 0]), &[1, 0, 0, 0]).as_ref(),
             &[0, 1, 0, 0]
         );
-        assert_eq!(
-            apply_atomic(AtomicOp::Add, None, &[5, 0]).as_ref(),
-            &[5, 0]
-        );
+        assert_eq!(apply_atomic(AtomicOp::Add, None, &[5, 0]).as_ref(), &[5, 0]);
         assert_eq!(
             apply_atomic(AtomicOp::Max, Some(&[0, 1]), &[0xff, 0]).as_ref(),
             &[0, 1]

@@ -30,7 +30,10 @@ async fn inbox_after_any_cursor_with_faults() {
     for seed in 0..3 {
         let (kv, store) = faulty(seed, StoreConfig::default());
         suite::inbox_after_any_cursor(store, 4, 40, seed).await;
-        assert!(kv.fault_counts().unknown_applied.load(Ordering::Relaxed) > 0, "seed {seed}");
+        assert!(
+            kv.fault_counts().unknown_applied.load(Ordering::Relaxed) > 0,
+            "seed {seed}"
+        );
     }
 }
 
@@ -46,8 +49,14 @@ async fn faults_lose_and_duplicate_nothing() {
         let (kv, store) = faulty(seed, StoreConfig::default());
         suite::faults_lose_and_duplicate_nothing(store).await;
         let c = kv.fault_counts();
-        assert!(c.unknown_applied.load(Ordering::Relaxed) > 0, "seed {seed}: no applied-unknown fault");
-        assert!(c.conflicts.load(Ordering::Relaxed) > 0, "seed {seed}: no conflict");
+        assert!(
+            c.unknown_applied.load(Ordering::Relaxed) > 0,
+            "seed {seed}: no applied-unknown fault"
+        );
+        assert!(
+            c.conflicts.load(Ordering::Relaxed) > 0,
+            "seed {seed}: no conflict"
+        );
     }
 }
 

@@ -102,7 +102,13 @@ async fn kill_9_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = std::env::current_exe().expect("test binary");
     let mut child = Command::new(exe)
-        .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HANMADI_CRASH_DIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -153,7 +159,10 @@ async fn kill_9_loses_no_acknowledged_message() {
                     "a client message id is stored twice"
                 );
                 before = m.message_id;
-                assert!(stored.insert(m.message_id, m).is_none(), "an id is stored twice");
+                assert!(
+                    stored.insert(m.message_id, m).is_none(),
+                    "an id is stored twice"
+                );
             }
             if !page.has_more {
                 break;
@@ -172,7 +181,11 @@ async fn kill_9_loses_no_acknowledged_message() {
         let inbox = read_inbox(&store, user, None).await;
         let got: Vec<u64> = inbox.iter().map(|(_, m)| m.message_id).collect();
         let got_set: HashSet<u64> = got.iter().copied().collect();
-        assert_eq!(got.len(), got_set.len(), "user {user}: duplicate inbox entry");
+        assert_eq!(
+            got.len(),
+            got_set.len(),
+            "user {user}: duplicate inbox entry"
+        );
         let want: HashSet<u64> = stored
             .values()
             .filter(|m| {
@@ -210,12 +223,18 @@ async fn kill_9_loses_no_acknowledged_message() {
         .expect("outcome")
         .expect("append after restart");
     let cursor = fresh.cursor(0).expect("cursor");
-    assert!(Some(cursor) > last_cursor, "cursors keep increasing after restart");
+    assert!(
+        Some(cursor) > last_cursor,
+        "cursors keep increasing after restart"
+    );
     let conv_max = stored
         .values()
         .filter(|m| ConversationId::try_from(m.conversation.as_ref()).ok() == Some(conv))
         .map(|m| m.message_id)
         .max()
         .unwrap_or(0);
-    assert!(fresh.message_id > conv_max, "ids keep increasing in the conversation");
+    assert!(
+        fresh.message_id > conv_max,
+        "ids keep increasing in the conversation"
+    );
 }

@@ -88,6 +88,45 @@ kv_contract_tests!(
     too_large,
 );
 
+/// FoundationDB drops a clear of a key over the size limit (no key can
+/// match it), so a transaction of only such clears commits read-only and has
+/// no versionstamp of its own; the engine must still report success, with a
+/// stamp in commit order.
+#[tokio::test]
+async fn commit_of_only_dropped_mutations() {
+    #[cfg(feature = "foundationdb")]
+    {
+        use hanmadi_storage::kv::{Kv, KvTxn, MAX_KEY_SIZE};
+
+        let Some(kv) = cluster::kv() else {
+            return skip(cluster::SKIPPED);
+        };
+        let prefix = cluster::prefix("commit_of_only_dropped_mutations");
+        let mut txn = kv.begin().expect("begin");
+        txn.set(&prefix, b"before");
+        let before = txn.commit().await.expect("commit");
+
+        let mut oversized = prefix.clone();
+        oversized.resize(MAX_KEY_SIZE * 2, b'k');
+        let mut txn = kv.begin().expect("begin");
+        txn.clear(&oversized);
+        let dropped = txn
+            .commit()
+            .await
+            .expect("a commit whose mutations FoundationDB drops still succeeds");
+
+        let mut txn = kv.begin().expect("begin");
+        txn.clear(&prefix);
+        let after = txn.commit().await.expect("commit");
+        assert!(
+            before < dropped && dropped < after,
+            "stamp out of order: {before:?} {dropped:?} {after:?}"
+        );
+    }
+    #[cfg(not(feature = "foundationdb"))]
+    skip("skipped: no FoundationDB cluster (built without the foundationdb feature)");
+}
+
 /// The shutdown path a binary takes: open, commit, `stop_network`, exit. Runs
 /// in a child process, since the network cannot restart once stopped.
 #[tokio::test]

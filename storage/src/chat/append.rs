@@ -328,10 +328,7 @@ impl<K: Kv> ChatStore<K> {
                 planned.push(Planned::CopyOf(usize::MAX));
                 continue;
             }
-            match self
-                .plan_one(&mut txn, &mut st, i, slot, ids, online)
-                .await
-            {
+            match self.plan_one(&mut txn, &mut st, i, slot, ids, online).await {
                 Ok(Some(p)) => planned.push(p),
                 // Full: the rest goes to the next transaction.
                 Ok(None) => break,
@@ -406,7 +403,9 @@ impl<K: Kv> ChatStore<K> {
                 user_high,
             } => {
                 if msg.membership.is_some() {
-                    return Err(StoreError::Invalid("membership change in a direct conversation"));
+                    return Err(StoreError::Invalid(
+                        "membership change in a direct conversation",
+                    ));
                 }
                 let r = if user_low == user_high {
                     vec![user_low]
@@ -417,10 +416,7 @@ impl<K: Kv> ChatStore<K> {
             }
             ConversationId::Group(g) => self.plan_group(txn, st, g, msg).await?,
         };
-        let estimate = msg.body.len()
-            + msg.client_msg_id.len()
-            + 160
-            + recipients.len() * 180;
+        let estimate = msg.body.len() + msg.client_msg_id.len() + 160 + recipients.len() * 180;
         let fits = st.order as usize + recipients.len() <= usize::from(u16::MAX)
             && st.bytes + estimate <= self.config.max_txn_bytes;
         if !fits && index > 0 && st.bytes > 0 {
@@ -546,7 +542,19 @@ impl<K: Kv> ChatStore<K> {
                     member_count: all.len() as u32,
                     max_members: *max_members,
                 },
-                add: all.iter().map(|&u| (u, if u == msg.sender { Role::Owner } else { Role::Member })).collect(),
+                add: all
+                    .iter()
+                    .map(|&u| {
+                        (
+                            u,
+                            if u == msg.sender {
+                                Role::Owner
+                            } else {
+                                Role::Member
+                            },
+                        )
+                    })
+                    .collect(),
                 remove: Vec::new(),
                 members_after: all.clone(),
             };
@@ -734,7 +742,9 @@ fn finish(slots: &mut [Slot], planned: Vec<Planned>, stamp: Option<Versionstamp>
                     cursors: None,
                     message: a.message.clone(),
                 }),
-                Some(Err(_)) => Err(StoreError::Invalid("an earlier copy of this message failed")),
+                Some(Err(_)) => Err(StoreError::Invalid(
+                    "an earlier copy of this message failed",
+                )),
                 // Already decided before the attempt (invalid input).
                 None => continue,
             },

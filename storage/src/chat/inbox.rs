@@ -121,11 +121,7 @@ impl<K: Kv> ChatStore<K> {
                 }
             }
             let rows = txn
-                .get_range(
-                    RangeRead::new(&begin, &end)
-                        .limit(limit + 1)
-                        .snapshot(true),
-                )
+                .get_range(RangeRead::new(&begin, &end).limit(limit + 1).snapshot(true))
                 .await?;
             let has_more = rows.len() > limit;
             let mut entries = Vec::with_capacity(rows.len().min(limit));
@@ -184,9 +180,7 @@ impl<K: Kv> ChatStore<K> {
                     };
                     decode::<MemberRecord>(&m, "members")?.joined_at
                 }
-                (ConversationId::Direct { .. }, Some(u))
-                    if conversation.peer_of(u).is_none() =>
-                {
+                (ConversationId::Direct { .. }, Some(u)) if conversation.peer_of(u).is_none() => {
                     return Err(StoreError::NotMember);
                 }
                 _ => 0,
@@ -245,7 +239,11 @@ impl<K: Kv> ChatStore<K> {
     /// # Errors
     ///
     /// A storage failure.
-    pub async fn read_mark(&self, user: u64, conversation: ConversationId) -> Result<u64, StoreError> {
+    pub async fn read_mark(
+        &self,
+        user: u64,
+        conversation: ConversationId,
+    ) -> Result<u64, StoreError> {
         let key = keys::read_mark(user, conversation);
         transact!(&self.kv, |txn| Ok(txn
             .get(&key, true)
@@ -270,7 +268,11 @@ impl<K: Kv> ChatStore<K> {
         let prefix = keys::messages_of(conversation);
         let end = keys::prefix_end(&prefix);
         transact!(&self.kv, |txn| {
-            let mark = txn.get(&mark_key, true).await?.map(|v| le_u64(&v)).unwrap_or(0);
+            let mark = txn
+                .get(&mark_key, true)
+                .await?
+                .map(|v| le_u64(&v))
+                .unwrap_or(0);
             let begin = keys::key_after(&keys::message(conversation, mark));
             let rows = txn
                 .get_range(RangeRead::new(&begin, &end).limit(cap).snapshot(true))
@@ -292,7 +294,12 @@ impl<K: Kv> ChatStore<K> {
     /// # Errors
     ///
     /// A storage failure.
-    pub async fn ack_delivered(&self, user: u64, device: &str, cursor: Cursor) -> Result<(), StoreError> {
+    pub async fn ack_delivered(
+        &self,
+        user: u64,
+        device: &str,
+        cursor: Cursor,
+    ) -> Result<(), StoreError> {
         let key = keys::delivered(user, device);
         transact!(&self.kv, |txn| {
             let current = txn.get(&key, false).await?;
@@ -344,7 +351,12 @@ impl<K: Kv> ChatStore<K> {
                 }
                 let Some(p) = out.last_mut() else { continue };
                 match field {
-                    0 => p.cursor = kv.value.get(..CURSOR_LEN).and_then(|c| Cursor::parse(c).ok().flatten()),
+                    0 => {
+                        p.cursor = kv
+                            .value
+                            .get(..CURSOR_LEN)
+                            .and_then(|c| Cursor::parse(c).ok().flatten())
+                    }
                     1 => p.count = le_u64(&kv.value),
                     _ => p.since = le_u64(&kv.value),
                 }
@@ -391,7 +403,8 @@ impl<K: Kv> ChatStore<K> {
                 let Some(last) = last else { return Ok(0usize) };
                 let n = rows.iter().take_while(|kv| kv.key <= last).count();
                 txn.clear_range(&prefix, &keys::key_after(&last));
-                let cursor = keys::cursor_of_inbox_key(&last).ok_or(StoreError::Corrupt("inbox"))?;
+                let cursor =
+                    keys::cursor_of_inbox_key(&last).ok_or(StoreError::Corrupt("inbox"))?;
                 // A reader who saw the last removed entry missed nothing; one
                 // whose cursor is older did.
                 txn.set(&floor_key, &cursor);

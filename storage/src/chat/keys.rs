@@ -143,11 +143,7 @@ pub(crate) fn inbox_of(user: u64) -> Vec<u8> {
 /// An inbox key whose cursor the commit completes (FoundationDB's
 /// versionstamped-key format: placeholder plus 4-byte offset).
 pub(crate) fn inbox_stamped(user: u64, order: u16) -> Vec<u8> {
-    foundationdb_tuple::pack_with_versionstamp(&(
-        Space::Inbox,
-        user,
-        TupleStamp::incomplete(order),
-    ))
+    foundationdb_tuple::pack_with_versionstamp(&(Space::Inbox, user, TupleStamp::incomplete(order)))
 }
 
 /// The inbox key of a known cursor.

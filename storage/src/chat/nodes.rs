@@ -49,7 +49,12 @@ impl<K: Kv> ChatStore<K> {
     /// # Errors
     ///
     /// A storage failure.
-    pub async fn set_presence(&self, user: u64, node: u64, connections: u64) -> Result<(), StoreError> {
+    pub async fn set_presence(
+        &self,
+        user: u64,
+        node: u64,
+        connections: u64,
+    ) -> Result<(), StoreError> {
         let key = keys::presence(user, node);
         transact!(&self.kv, |txn| {
             if connections == 0 {

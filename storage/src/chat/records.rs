@@ -76,7 +76,6 @@ pub struct MemberRecord {
     pub joined_at: u64,
 }
 
-
 /// A chat node, under `nodes/(node_id)`.
 #[derive(Clone, PartialEq, Message)]
 pub struct NodeRecord {

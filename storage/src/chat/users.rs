@@ -128,7 +128,12 @@ impl<K: Kv> ChatStore<K> {
     /// # Errors
     ///
     /// A storage failure.
-    pub async fn set_blocked(&self, user: u64, other: u64, blocked: bool) -> Result<(), StoreError> {
+    pub async fn set_blocked(
+        &self,
+        user: u64,
+        other: u64,
+        blocked: bool,
+    ) -> Result<(), StoreError> {
         let key = keys::block(user, other);
         transact!(&self.kv, |txn| {
             if blocked {

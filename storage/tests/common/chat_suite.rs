@@ -10,9 +10,7 @@ use bytes::Bytes;
 use hanmadi_proto::pb::{self, MessageKind};
 use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::ConversationId;
-use hanmadi_storage::chat::{
-    Cursor, IdSource, MembershipChange, NewMessage, Role, UserRecord,
-};
+use hanmadi_storage::chat::{Cursor, IdSource, MembershipChange, NewMessage, Role, UserRecord};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreError};
 
@@ -97,10 +95,18 @@ async fn create_group<K: Kv>(
             max_members: 1000,
         }),
         kind: MessageKind::GroupCreated,
-        ..text(ConversationId::Group(group), owner, &format!("create-{group}"), "")
+        ..text(
+            ConversationId::Group(group),
+            owner,
+            &format!("create-{group}"),
+            "",
+        )
     };
     let out = store.append(vec![msg], ids, &nobody_online).await;
-    out.into_iter().next().expect("one outcome").expect("group created");
+    out.into_iter()
+        .next()
+        .expect("one outcome")
+        .expect("group created");
 }
 
 /// Every user's inbox, read from the start or after any of its cursors,
@@ -148,7 +154,12 @@ pub async fn inbox_after_any_cursor<K: Kv>(
                         }
                         ConversationId::direct(sender, peer)
                     };
-                    batch.push(text(conv, sender, &format!("w{w}-{i}"), &format!("body {w} {i}")));
+                    batch.push(text(
+                        conv,
+                        sender,
+                        &format!("w{w}-{i}"),
+                        &format!("body {w} {i}"),
+                    ));
                     i += 1;
                 }
                 for r in store.append(batch, &*ids, &nobody_online).await {
@@ -177,7 +188,10 @@ pub async fn inbox_after_any_cursor<K: Kv>(
             } => vec![user_low, user_high],
         };
         for u in members {
-            expected.entry(u).or_default().insert((a.conversation, a.message_id));
+            expected
+                .entry(u)
+                .or_default()
+                .insert((a.conversation, a.message_id));
         }
     }
     for &u in &users {
@@ -208,7 +222,10 @@ pub async fn inbox_after_any_cursor<K: Kv>(
         for (_, m) in &inbox {
             let c = ConversationId::try_from(m.conversation.as_ref()).expect("valid conversation");
             let last = last_in_conv.insert(c, m.message_id).unwrap_or(0);
-            assert!(m.message_id > last, "user {u}: ids out of commit order in {c}");
+            assert!(
+                m.message_id > last,
+                "user {u}: ids out of commit order in {c}"
+            );
         }
         // Reading after any cursor returns exactly the later suffix.
         for k in (0..inbox.len()).step_by(3) {
@@ -282,7 +299,9 @@ pub async fn faults_lose_and_duplicate_nothing<K: Kv>(store: ChatStore<K>) {
                 let conv = ConversationId::direct(sender, peer);
                 // Every message is sent twice, as a client retrying would.
                 let m = text(conv, sender, &format!("f{w}-{i}"), "x");
-                let out = store.append(vec![m.clone(), m], &*ids, &nobody_online).await;
+                let out = store
+                    .append(vec![m.clone(), m], &*ids, &nobody_online)
+                    .await;
                 let first = out[0].as_ref().expect("append").message_id;
                 assert_eq!(out[1].as_ref().expect("append").message_id, first);
                 acked.push((conv, first));
@@ -295,28 +314,45 @@ pub async fn faults_lose_and_duplicate_nothing<K: Kv>(store: ChatStore<K>) {
         acked.extend(t.await.expect("task"));
     }
     for (conv, id) in &acked {
-        let page = store.history(*conv, None, id + 1, 1).await.expect("history");
+        let page = store
+            .history(*conv, None, id + 1, 1)
+            .await
+            .expect("history");
         assert_eq!(page.messages.len(), 1);
-        assert_eq!(decode(&page.messages[0]).message_id, *id, "acked message stored");
+        assert_eq!(
+            decode(&page.messages[0]).message_id,
+            *id,
+            "acked message stored"
+        );
     }
     for &u in &users {
         let inbox = read_inbox(&store, u, None).await;
         let mut seen = HashSet::new();
         for (_, m) in &inbox {
-            assert!(seen.insert(m.message_id), "user {u}: message {} twice", m.message_id);
+            assert!(
+                seen.insert(m.message_id),
+                "user {u}: message {} twice",
+                m.message_id
+            );
         }
-        let mine = acked
-            .iter()
-            .filter(|(c, _)| c.peer_of(u).is_some())
-            .count();
-        assert_eq!(inbox.len(), mine, "user {u}: inbox holds every acked message once");
+        let mine = acked.iter().filter(|(c, _)| c.peer_of(u).is_some()).count();
+        assert_eq!(
+            inbox.len(),
+            mine,
+            "user {u}: inbox holds every acked message once"
+        );
     }
     let total_rows: usize = {
         let mut convs: HashSet<ConversationId> = HashSet::new();
         convs.extend(acked.iter().map(|(c, _)| *c));
         let mut n = 0;
         for c in convs {
-            n += store.history(c, None, 0, 1000).await.expect("history").messages.len();
+            n += store
+                .history(c, None, 0, 1000)
+                .await
+                .expect("history")
+                .messages
+                .len();
         }
         n
     };
@@ -331,11 +367,17 @@ pub async fn usernames_stay_unique<K: Kv>(store: ChatStore<K>) {
     for i in 0..16u64 {
         let store = store.clone();
         let rec = UserRecord {
-            username: if i % 2 == 0 { name.clone() } else { name.to_uppercase() },
+            username: if i % 2 == 0 {
+                name.clone()
+            } else {
+                name.to_uppercase()
+            },
             display_name: format!("Alice {i}"),
             ..UserRecord::default()
         };
-        tasks.push(tokio::spawn(async move { store.create_user(base + i, &rec).await }));
+        tasks.push(tokio::spawn(async move {
+            store.create_user(base + i, &rec).await
+        }));
     }
     let mut winners = Vec::new();
     for (i, t) in tasks.into_iter().enumerate() {
@@ -354,7 +396,10 @@ pub async fn usernames_stay_unique<K: Kv>(store: ChatStore<K>) {
     assert_eq!(owner, winners[0]);
     // Retrying the winner's own sign-up is harmless.
     let rec = store.user(owner).await.expect("read").expect("exists");
-    store.create_user(owner, &rec).await.expect("idempotent sign-up");
+    store
+        .create_user(owner, &rec)
+        .await
+        .expect("idempotent sign-up");
     // Deleting the account frees the name.
     store.delete_user(owner, 1).await.expect("delete");
     assert_eq!(store.user_id_by_name(&name).await.expect("lookup"), None);
@@ -362,7 +407,10 @@ pub async fn usernames_stay_unique<K: Kv>(store: ChatStore<K>) {
         username: name.clone(),
         ..UserRecord::default()
     };
-    store.create_user(base + 100, &fresh).await.expect("name free again");
+    store
+        .create_user(base + 100, &fresh)
+        .await
+        .expect("name free again");
 }
 
 /// A member reads history from their join on; non-members read nothing;
@@ -376,7 +424,11 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
     create_group(&store, &ids, group, owner, &[bob]).await;
     for i in 0..3 {
         store
-            .append(vec![text(conv, owner, &format!("before-{i}"), "early")], &ids, &nobody_online)
+            .append(
+                vec![text(conv, owner, &format!("before-{i}"), "early")],
+                &ids,
+                &nobody_online,
+            )
             .await
             .pop()
             .expect("outcome")
@@ -410,19 +462,43 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
         .pop()
         .expect("outcome")
         .expect("append");
-    let carol_view = store.history(conv, Some(carol), 0, 50).await.expect("history");
-    let ids_seen: Vec<u64> = carol_view.messages.iter().map(|m| decode(m).message_id).collect();
+    let carol_view = store
+        .history(conv, Some(carol), 0, 50)
+        .await
+        .expect("history");
+    let ids_seen: Vec<u64> = carol_view
+        .messages
+        .iter()
+        .map(|m| decode(m).message_id)
+        .collect();
     assert_eq!(ids_seen.len(), 2, "carol sees her join and what followed");
     assert!(ids_seen.iter().all(|&id| id >= join.message_id));
-    let bob_view = store.history(conv, Some(bob), 0, 50).await.expect("history");
-    assert_eq!(bob_view.messages.len(), 6, "bob sees everything since creation");
+    let bob_view = store
+        .history(conv, Some(bob), 0, 50)
+        .await
+        .expect("history");
+    assert_eq!(
+        bob_view.messages.len(),
+        6,
+        "bob sees everything since creation"
+    );
     // Paging: newest first, `before` excludes.
     let page = store.history(conv, Some(bob), 0, 2).await.expect("history");
     assert!(page.has_more);
     let newest = decode(&page.messages[0]).message_id;
-    let older = store.history(conv, Some(bob), newest, 10).await.expect("history");
+    let older = store
+        .history(conv, Some(bob), newest, 10)
+        .await
+        .expect("history");
     assert_eq!(older.messages.len(), 5);
-    assert_eq!(store.member(group, carol).await.expect("member").map(|m| m.joined_at), Some(join.message_id));
+    assert_eq!(
+        store
+            .member(group, carol)
+            .await
+            .expect("member")
+            .map(|m| m.joined_at),
+        Some(join.message_id)
+    );
 
     // Removing bob: he learns of it, then receives nothing more.
     store
@@ -441,7 +517,11 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
         .expect("remove");
     let before = read_inbox(&store, bob, None).await.len();
     let after_rm = store
-        .append(vec![text(conv, owner, "after-rm", "secret")], &ids, &nobody_online)
+        .append(
+            vec![text(conv, owner, "after-rm", "secret")],
+            &ids,
+            &nobody_online,
+        )
         .await
         .pop()
         .expect("outcome")
@@ -454,7 +534,14 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
     ));
     let groups = store.groups_of(carol).await.expect("groups");
     assert_eq!(groups.len(), 1);
-    assert_eq!(store.group(group).await.expect("group").map(|g| g.member_count), Some(2));
+    assert_eq!(
+        store
+            .group(group)
+            .await
+            .expect("group")
+            .map(|g| g.member_count),
+        Some(2)
+    );
 }
 
 /// After a retention trim, sync after a trimmed cursor is refused and
@@ -488,10 +575,21 @@ pub async fn trimmed_cursor_expires<K: Kv>(store: ChatStore<K>) {
     assert_eq!(after_kept.len(), 1);
     // The last trimmed cursor is where a fully caught-up reader stands:
     // nothing was lost for them, so it still syncs.
-    let from_edge = store.sync(b, Some(inbox[1].0), 10).await.expect("edge cursor");
+    let from_edge = store
+        .sync(b, Some(inbox[1].0), 10)
+        .await
+        .expect("edge cursor");
     assert_eq!(from_edge.entries.len(), 2);
     // History is kept.
-    assert_eq!(store.history(conv, Some(b), 0, 10).await.expect("history").messages.len(), 4);
+    assert_eq!(
+        store
+            .history(conv, Some(b), 0, 10)
+            .await
+            .expect("history")
+            .messages
+            .len(),
+        4
+    );
 }
 
 /// Push pending collects offline recipients' bursts into one entry; online
@@ -538,7 +636,11 @@ pub async fn read_marks_and_unread<K: Kv>(store: ChatStore<K>) {
     for i in 0..5 {
         sent.push(
             store
-                .append(vec![text(conv, a, &format!("r{i}"), "x")], &ids, &nobody_online)
+                .append(
+                    vec![text(conv, a, &format!("r{i}"), "x")],
+                    &ids,
+                    &nobody_online,
+                )
                 .await
                 .pop()
                 .expect("outcome")
@@ -553,9 +655,18 @@ pub async fn read_marks_and_unread<K: Kv>(store: ChatStore<K>) {
     assert_eq!(store.read_mark(b, conv).await.expect("mark"), sent[2]);
     assert_eq!(store.unread_count(b, conv, 100).await.expect("unread"), 2);
     let inbox = read_inbox(&store, b, None).await;
-    store.ack_delivered(b, "phone", inbox[3].0).await.expect("ack");
-    store.ack_delivered(b, "phone", inbox[1].0).await.expect("ack");
-    assert_eq!(store.delivered(b, "phone").await.expect("delivered"), Some(inbox[3].0));
+    store
+        .ack_delivered(b, "phone", inbox[3].0)
+        .await
+        .expect("ack");
+    store
+        .ack_delivered(b, "phone", inbox[1].0)
+        .await
+        .expect("ack");
+    assert_eq!(
+        store.delivered(b, "phone").await.expect("delivered"),
+        Some(inbox[3].0)
+    );
     assert_eq!(store.direct_peers(a).await.expect("peers"), vec![b]);
 }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use foundationdb_tuple::{Subspace, Versionstamp as TupleStamp};
 use hanmadi_storage::kv::{
     AtomicOp, KeyValue, Kv, KvError, KvTxn, RangeRead, Retry, Versionstamp, MAX_KEY_SIZE,
-    MAX_VALUE_SIZE, MAX_TRANSACTION_SIZE, VERSIONSTAMP_LEN,
+    MAX_TRANSACTION_SIZE, MAX_VALUE_SIZE, VERSIONSTAMP_LEN,
 };
 
 /// Runs every check, each under its own sub-prefix of `prefix`.
@@ -113,7 +113,10 @@ async fn stripped_range<T: KvTxn>(
 }
 
 fn expect_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }
 
 fn le(n: u64) -> [u8; 8] {
@@ -134,10 +137,25 @@ fn as_u64(value: Option<Bytes>) -> u64 {
 pub async fn set_get_clear<K: Kv>(kv: &K, prefix: &[u8]) {
     clear_prefix(kv, prefix).await;
 
-    let s1 = put(kv, prefix, &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")]).await;
-    assert_eq!(read(kv, &key(prefix, b"a")).await.as_deref(), Some(&b"1"[..]));
-    assert_eq!(read(kv, &key(prefix, b"d")).await.as_deref(), Some(&b"4"[..]));
-    assert_eq!(read(kv, &key(prefix, b"zz")).await, None, "a missing key reads as None");
+    let s1 = put(
+        kv,
+        prefix,
+        &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")],
+    )
+    .await;
+    assert_eq!(
+        read(kv, &key(prefix, b"a")).await.as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        read(kv, &key(prefix, b"d")).await.as_deref(),
+        Some(&b"4"[..])
+    );
+    assert_eq!(
+        read(kv, &key(prefix, b"zz")).await,
+        None,
+        "a missing key reads as None"
+    );
 
     // Overwrite, clear one key, clear [c, d): d survives, the end is exclusive.
     let mut txn = begin(kv);
@@ -145,7 +163,10 @@ pub async fn set_get_clear<K: Kv>(kv: &K, prefix: &[u8]) {
     txn.clear(&key(prefix, b"b"));
     txn.clear_range(&key(prefix, b"c"), &key(prefix, b"d"));
     let s2 = commit(txn).await;
-    assert!(s1 < s2, "later commit must have a larger versionstamp: {s1:?} !< {s2:?}");
+    assert!(
+        s1 < s2,
+        "later commit must have a larger versionstamp: {s1:?} !< {s2:?}"
+    );
     assert_eq!(
         strip(prefix, &read_all(kv, prefix).await),
         expect_pairs(&[(b"a", b"one"), (b"d", b"4")])
@@ -154,7 +175,10 @@ pub async fn set_get_clear<K: Kv>(kv: &K, prefix: &[u8]) {
     // An empty value is a value, not a missing key.
     let s3 = put(kv, prefix, &[(b"empty", b"")]).await;
     assert!(s2 < s3);
-    assert_eq!(read(kv, &key(prefix, b"empty")).await.as_deref(), Some(&b""[..]));
+    assert_eq!(
+        read(kv, &key(prefix, b"empty")).await.as_deref(),
+        Some(&b""[..])
+    );
 
     // Dropping a transaction discards its writes.
     {
@@ -163,15 +187,31 @@ pub async fn set_get_clear<K: Kv>(kv: &K, prefix: &[u8]) {
         txn.clear(&key(prefix, b"a"));
     }
     assert_eq!(read(kv, &key(prefix, b"dropped")).await, None);
-    assert_eq!(read(kv, &key(prefix, b"a")).await.as_deref(), Some(&b"one"[..]));
+    assert_eq!(
+        read(kv, &key(prefix, b"a")).await.as_deref(),
+        Some(&b"one"[..])
+    );
 
-    // A transaction that only reads still commits.
+    // A transaction that only reads still commits; its stamp sorts after
+    // the commits it saw and before the ones after it.
     let txn = begin(kv);
-    assert!(txn.get(&key(prefix, b"a"), false).await.expect("get").is_some());
-    txn.commit().await.expect("a read-only transaction commits");
+    assert!(txn
+        .get(&key(prefix, b"a"), false)
+        .await
+        .expect("get")
+        .is_some());
+    let read_only = txn.commit().await.expect("a read-only transaction commits");
+    let s4 = put(kv, prefix, &[(b"after", b"x")]).await;
+    assert!(
+        s3 < read_only && read_only < s4,
+        "read-only stamp out of order: {s3:?} {read_only:?} {s4:?}"
+    );
 
     clear_prefix(kv, prefix).await;
-    assert!(read_all(kv, prefix).await.is_empty(), "clear_range over the prefix removes all");
+    assert!(
+        read_all(kv, prefix).await.is_empty(),
+        "clear_range over the prefix removes all"
+    );
 }
 
 /// Reads inside a transaction see its own sets, clears, range clears and
@@ -181,7 +221,13 @@ pub async fn read_your_writes<K: Kv>(kv: &K, prefix: &[u8]) {
     put(
         kv,
         prefix,
-        &[(b"a", b"1"), (b"c", b"3"), (b"e", b"5"), (b"f", b"6"), (b"n", &le(5))],
+        &[
+            (b"a", b"1"),
+            (b"c", b"3"),
+            (b"e", b"5"),
+            (b"f", b"6"),
+            (b"n", &le(5)),
+        ],
     )
     .await;
 
@@ -195,12 +241,18 @@ pub async fn read_your_writes<K: Kv>(kv: &K, prefix: &[u8]) {
 
     for snapshot in [false, true] {
         assert_eq!(
-            txn.get(&key(prefix, b"a"), snapshot).await.expect("get").as_deref(),
+            txn.get(&key(prefix, b"a"), snapshot)
+                .await
+                .expect("get")
+                .as_deref(),
             Some(&b"10"[..]),
             "overwritten key (snapshot={snapshot})"
         );
         assert_eq!(
-            txn.get(&key(prefix, b"b"), snapshot).await.expect("get").as_deref(),
+            txn.get(&key(prefix, b"b"), snapshot)
+                .await
+                .expect("get")
+                .as_deref(),
             Some(&b"2"[..]),
             "new key (snapshot={snapshot})"
         );
@@ -234,10 +286,18 @@ pub async fn read_your_writes<K: Kv>(kv: &K, prefix: &[u8]) {
             .get_range(RangeRead::new(prefix, &end).snapshot(snapshot))
             .await
             .expect("get_range");
-        assert_eq!(strip(prefix, &forward), expected, "merged range (snapshot={snapshot})");
+        assert_eq!(
+            strip(prefix, &forward),
+            expected,
+            "merged range (snapshot={snapshot})"
+        );
 
         let reverse = txn
-            .get_range(RangeRead::new(prefix, &end).reverse(true).snapshot(snapshot))
+            .get_range(
+                RangeRead::new(prefix, &end)
+                    .reverse(true)
+                    .snapshot(snapshot),
+            )
             .await
             .expect("get_range");
         let mut reversed = expected.clone();
@@ -248,7 +308,11 @@ pub async fn read_your_writes<K: Kv>(kv: &K, prefix: &[u8]) {
             .get_range(RangeRead::new(prefix, &end).limit(3).snapshot(snapshot))
             .await
             .expect("get_range");
-        assert_eq!(strip(prefix, &limited), expected[..3], "merged range with a limit");
+        assert_eq!(
+            strip(prefix, &limited),
+            expected[..3],
+            "merged range with a limit"
+        );
     }
 
     // Nothing is visible outside before the commit, everything after.
@@ -280,7 +344,10 @@ pub async fn range_reads<K: Kv>(kv: &K, prefix: &[u8]) {
     assert_eq!(get(RangeRead::new(prefix, &end)).await, all);
     let mut reversed = all.clone();
     reversed.reverse();
-    assert_eq!(get(RangeRead::new(prefix, &end).reverse(true)).await, reversed);
+    assert_eq!(
+        get(RangeRead::new(prefix, &end).reverse(true)).await,
+        reversed
+    );
 
     assert_eq!(get(RangeRead::new(prefix, &end).limit(3)).await, all[..3]);
     assert_eq!(
@@ -288,29 +355,44 @@ pub async fn range_reads<K: Kv>(kv: &K, prefix: &[u8]) {
         reversed[..3],
         "a reverse limit takes the last keys"
     );
-    assert_eq!(get(RangeRead::new(prefix, &end).limit(100)).await, all, "limit above the count");
-    assert_eq!(get(RangeRead::new(prefix, &end).limit(10)).await, all, "limit equal to the count");
+    assert_eq!(
+        get(RangeRead::new(prefix, &end).limit(100)).await,
+        all,
+        "limit above the count"
+    );
+    assert_eq!(
+        get(RangeRead::new(prefix, &end).limit(10)).await,
+        all,
+        "limit equal to the count"
+    );
 
     // [k03, k07): begin inclusive, end exclusive.
     let (b, e) = (key(prefix, b"k03"), key(prefix, b"k07"));
     assert_eq!(get(RangeRead::new(&b, &e)).await, all[3..7]);
-    assert_eq!(get(RangeRead::new(&b, &e).reverse(true).limit(2)).await, reversed[3..5]);
+    assert_eq!(
+        get(RangeRead::new(&b, &e).reverse(true).limit(2)).await,
+        reversed[3..5]
+    );
     // Bounds between existing keys.
     let (b, e) = (key(prefix, b"k03x"), key(prefix, b"k05x"));
     assert_eq!(get(RangeRead::new(&b, &e)).await, all[4..6]);
 
-    assert!(get(RangeRead::new(&b, &b)).await.is_empty(), "begin == end is empty");
+    assert!(
+        get(RangeRead::new(&b, &b)).await.is_empty(),
+        "begin == end is empty"
+    );
     let (b, e) = (key(prefix, b"x"), key(prefix, b"y"));
-    assert!(get(RangeRead::new(&b, &e)).await.is_empty(), "no keys in range");
+    assert!(
+        get(RangeRead::new(&b, &e)).await.is_empty(),
+        "no keys in range"
+    );
 
     for (limit, reverse) in [(0, false), (0, true), (4, false), (4, true)] {
         let plain = get(RangeRead::new(prefix, &end).limit(limit).reverse(reverse)).await;
-        let snap = get(
-            RangeRead::new(prefix, &end)
-                .limit(limit)
-                .reverse(reverse)
-                .snapshot(true),
-        )
+        let snap = get(RangeRead::new(prefix, &end)
+            .limit(limit)
+            .reverse(reverse)
+            .snapshot(true))
         .await;
         assert_eq!(plain, snap, "snapshot read returns the same pairs");
     }
@@ -350,7 +432,11 @@ pub async fn range_reads_page<K: Kv>(kv: &K, prefix: &[u8]) {
             .collect()
     };
 
-    let forward = suffixes(txn.get_range(RangeRead::new(prefix, &end)).await.expect("get_range"));
+    let forward = suffixes(
+        txn.get_range(RangeRead::new(prefix, &end))
+            .await
+            .expect("get_range"),
+    );
     assert_eq!(forward, (0..COUNT).collect::<Vec<_>>());
 
     let reverse = suffixes(
@@ -368,11 +454,19 @@ pub async fn range_reads_page<K: Kv>(kv: &K, prefix: &[u8]) {
     assert_eq!(limited, (0..2_500).collect::<Vec<_>>());
 
     let limited_reverse = suffixes(
-        txn.get_range(RangeRead::new(prefix, &end).limit(2_500).reverse(true).snapshot(true))
-            .await
-            .expect("get_range"),
+        txn.get_range(
+            RangeRead::new(prefix, &end)
+                .limit(2_500)
+                .reverse(true)
+                .snapshot(true),
+        )
+        .await
+        .expect("get_range"),
     );
-    assert_eq!(limited_reverse, (COUNT - 2_500..COUNT).rev().collect::<Vec<_>>());
+    assert_eq!(
+        limited_reverse,
+        (COUNT - 2_500..COUNT).rev().collect::<Vec<_>>()
+    );
     drop(txn);
 
     clear_prefix(kv, prefix).await;
@@ -381,7 +475,11 @@ pub async fn range_reads_page<K: Kv>(kv: &K, prefix: &[u8]) {
 /// Add, Max and Min on missing and existing values, little-endian.
 pub async fn atomic_ops<K: Kv>(kv: &K, prefix: &[u8]) {
     clear_prefix(kv, prefix).await;
-    let (add, max, min) = (key(prefix, b"add"), key(prefix, b"max"), key(prefix, b"min"));
+    let (add, max, min) = (
+        key(prefix, b"add"),
+        key(prefix, b"max"),
+        key(prefix, b"min"),
+    );
 
     // Missing values: Add counts from 0, Max and Min take the parameter.
     let mut txn = begin(kv);
@@ -400,8 +498,16 @@ pub async fn atomic_ops<K: Kv>(kv: &K, prefix: &[u8]) {
     txn.atomic_op(&min, AtomicOp::Min, &le(9));
     commit(txn).await;
     assert_eq!(as_u64(read(kv, &add).await), 12);
-    assert_eq!(as_u64(read(kv, &max).await), 7, "Max keeps the larger stored value");
-    assert_eq!(as_u64(read(kv, &min).await), 7, "Min keeps the smaller stored value");
+    assert_eq!(
+        as_u64(read(kv, &max).await),
+        7,
+        "Max keeps the larger stored value"
+    );
+    assert_eq!(
+        as_u64(read(kv, &min).await),
+        7,
+        "Min keeps the smaller stored value"
+    );
 
     let mut txn = begin(kv);
     txn.atomic_op(&max, AtomicOp::Max, &le(300));
@@ -460,12 +566,20 @@ pub async fn versionstamped_keys<K: Kv>(kv: &K, prefix: &[u8]) {
 
     let pairs = read_all(kv, prefix).await;
     assert_eq!(pairs.len(), 2, "both versionstamped keys are stored");
-    assert_eq!(&pairs[0].value[..], b"first", "the earlier commit's key sorts first");
+    assert_eq!(
+        &pairs[0].value[..],
+        b"first",
+        "the earlier commit's key sorts first"
+    );
     assert_eq!(&pairs[1].value[..], b"second");
     for (pair, stamp) in pairs.iter().zip([s1, s2]) {
         let landed = decode_stamped_key(prefix, &pair.key);
         assert!(landed.is_complete());
-        assert_eq!(landed.transaction_version(), &stamp.0[..], "the key holds the commit's stamp");
+        assert_eq!(
+            landed.transaction_version(),
+            &stamp.0[..],
+            "the key holds the commit's stamp"
+        );
         assert_eq!(landed.user_version(), 0);
     }
 
@@ -555,16 +669,31 @@ pub async fn invalid_versionstamp<K: Kv>(kv: &K, prefix: &[u8]) {
     let mut txn = begin(kv);
     txn.set(&key(prefix, b"other"), b"x");
     txn.set_versionstamped_key(&bad, b"v");
-    let err = txn.commit().await.expect_err("a misplaced versionstamp is refused");
-    assert!(matches!(err, KvError::InvalidVersionstamp(_)), "got {err:?}");
+    let err = txn
+        .commit()
+        .await
+        .expect_err("a misplaced versionstamp is refused");
+    assert!(
+        matches!(err, KvError::InvalidVersionstamp(_)),
+        "got {err:?}"
+    );
 
     // Too short to hold even the offset.
     let mut txn = begin(kv);
     txn.set_versionstamped_value(&key(prefix, b"short"), b"ab");
-    let err = txn.commit().await.expect_err("a value without offset is refused");
-    assert!(matches!(err, KvError::InvalidVersionstamp(_)), "got {err:?}");
+    let err = txn
+        .commit()
+        .await
+        .expect_err("a value without offset is refused");
+    assert!(
+        matches!(err, KvError::InvalidVersionstamp(_)),
+        "got {err:?}"
+    );
 
-    assert!(read_all(kv, prefix).await.is_empty(), "a refused commit applies nothing");
+    assert!(
+        read_all(kv, prefix).await.is_empty(),
+        "a refused commit applies nothing"
+    );
     clear_prefix(kv, prefix).await;
 }
 
@@ -616,7 +745,11 @@ pub async fn conflict_then_retry<K: Kv>(kv: &K, prefix: &[u8]) {
     assert_eq!(retry.attempts(), 1, "exactly one attempt failed");
     assert!(stamp.0 != [0; VERSIONSTAMP_LEN]);
     assert_eq!(as_u64(read(kv, &counter).await), 11);
-    assert_eq!(read(kv, &marker).await, None, "the conflicting commit applied nothing");
+    assert_eq!(
+        read(kv, &marker).await,
+        None,
+        "the conflicting commit applied nothing"
+    );
 
     clear_prefix(kv, prefix).await;
 }
@@ -638,7 +771,10 @@ pub async fn range_read_conflict<K: Kv>(kv: &K, prefix: &[u8]) {
 
     put(kv, prefix, &[(b"r/b", b"2")]).await;
 
-    let err = reader.commit().await.expect_err("a phantom in a read range conflicts");
+    let err = reader
+        .commit()
+        .await
+        .expect_err("a phantom in a read range conflicts");
     assert!(matches!(err, KvError::Conflict), "got {err:?}");
     assert_eq!(read(kv, &key(prefix, b"count")).await, None);
 
@@ -653,7 +789,11 @@ pub async fn snapshot_reads_do_not_conflict<K: Kv>(kv: &K, prefix: &[u8]) {
 
     let mut reader = begin(kv);
     assert_eq!(
-        reader.get(&key(prefix, b"k"), true).await.expect("get").as_deref(),
+        reader
+            .get(&key(prefix, b"k"), true)
+            .await
+            .expect("get")
+            .as_deref(),
         Some(&b"old"[..])
     );
     let seen = reader
@@ -672,8 +812,14 @@ pub async fn snapshot_reads_do_not_conflict<K: Kv>(kv: &K, prefix: &[u8]) {
         .commit()
         .await
         .expect("snapshot reads do not make the commit conflict");
-    assert_eq!(read(kv, &key(prefix, b"out")).await.as_deref(), Some(&b"done"[..]));
-    assert_eq!(read(kv, &key(prefix, b"k")).await.as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        read(kv, &key(prefix, b"out")).await.as_deref(),
+        Some(&b"done"[..])
+    );
+    assert_eq!(
+        read(kv, &key(prefix, b"k")).await.as_deref(),
+        Some(&b"new"[..])
+    );
 
     clear_prefix(kv, prefix).await;
 }
@@ -688,12 +834,19 @@ pub async fn concurrent_atomic_adds<K: Kv>(kv: &K, prefix: &[u8]) {
     let mut second = begin(kv);
     // Fix both read versions before either commits, so they overlap.
     for txn in [&first, &second] {
-        assert!(txn.get(&key(prefix, b"other"), false).await.expect("get").is_some());
+        assert!(txn
+            .get(&key(prefix, b"other"), false)
+            .await
+            .expect("get")
+            .is_some());
     }
     first.atomic_op(&counter, AtomicOp::Add, &le(1));
     second.atomic_op(&counter, AtomicOp::Add, &le(2));
     let s1 = first.commit().await.expect("first add commits");
-    let s2 = second.commit().await.expect("an atomic add does not conflict");
+    let s2 = second
+        .commit()
+        .await
+        .expect("an atomic add does not conflict");
     assert!(s1 < s2);
     assert_eq!(as_u64(read(kv, &counter).await), 103);
 
@@ -708,7 +861,10 @@ pub async fn too_large<K: Kv>(kv: &K, prefix: &[u8]) {
     let mut txn = begin(kv);
     txn.set(&key(prefix, b"ok"), b"x");
     txn.set(&key(prefix, b"big-value"), &vec![0; MAX_VALUE_SIZE + 1]);
-    let err = txn.commit().await.expect_err("a value over the limit is refused");
+    let err = txn
+        .commit()
+        .await
+        .expect_err("a value over the limit is refused");
     assert!(
         matches!(
             err,
@@ -722,7 +878,10 @@ pub async fn too_large<K: Kv>(kv: &K, prefix: &[u8]) {
     big_key.resize(MAX_KEY_SIZE + 1, b'k');
     let mut txn = begin(kv);
     txn.set(&big_key, b"x");
-    let err = txn.commit().await.expect_err("a key over the limit is refused");
+    let err = txn
+        .commit()
+        .await
+        .expect_err("a key over the limit is refused");
     assert!(
         matches!(
             err,
@@ -732,10 +891,20 @@ pub async fn too_large<K: Kv>(kv: &K, prefix: &[u8]) {
     );
 
     let mut txn = begin(kv);
-    txn.atomic_op(&key(prefix, b"big-param"), AtomicOp::Max, &vec![1; MAX_VALUE_SIZE + 1]);
-    let err = txn.commit().await.expect_err("an atomic parameter over the limit is refused");
+    txn.atomic_op(
+        &key(prefix, b"big-param"),
+        AtomicOp::Max,
+        &vec![1; MAX_VALUE_SIZE + 1],
+    );
+    let err = txn
+        .commit()
+        .await
+        .expect_err("an atomic parameter over the limit is refused");
     assert!(
-        matches!(err, KvError::TooLarge { .. } | KvError::TransactionTooLarge { .. }),
+        matches!(
+            err,
+            KvError::TooLarge { .. } | KvError::TransactionTooLarge { .. }
+        ),
         "got {err:?}"
     );
 
@@ -745,10 +914,19 @@ pub async fn too_large<K: Kv>(kv: &K, prefix: &[u8]) {
     for i in 0..=MAX_TRANSACTION_SIZE / MAX_VALUE_SIZE {
         txn.set(&key(prefix, format!("bulk/{i:04}").as_bytes()), &value);
     }
-    let err = txn.commit().await.expect_err("a transaction over the limit is refused");
-    assert!(matches!(err, KvError::TransactionTooLarge { .. }), "got {err:?}");
+    let err = txn
+        .commit()
+        .await
+        .expect_err("a transaction over the limit is refused");
+    assert!(
+        matches!(err, KvError::TransactionTooLarge { .. }),
+        "got {err:?}"
+    );
 
-    assert!(read_all(kv, prefix).await.is_empty(), "refused commits apply nothing");
+    assert!(
+        read_all(kv, prefix).await.is_empty(),
+        "refused commits apply nothing"
+    );
 
     // Exactly at the limits is fine.
     let mut max_key = key(prefix, b"max-key/");
@@ -757,7 +935,10 @@ pub async fn too_large<K: Kv>(kv: &K, prefix: &[u8]) {
     txn.set(&key(prefix, b"max-value"), &value);
     txn.set(&max_key, b"x");
     commit(txn).await;
-    assert_eq!(read(kv, &key(prefix, b"max-value")).await.map(|v| v.len()), Some(MAX_VALUE_SIZE));
+    assert_eq!(
+        read(kv, &key(prefix, b"max-value")).await.map(|v| v.len()),
+        Some(MAX_VALUE_SIZE)
+    );
     assert_eq!(read(kv, &max_key).await.as_deref(), Some(&b"x"[..]));
 
     clear_prefix(kv, prefix).await;
