@@ -105,3 +105,27 @@ async fn read_marks_and_unread() {
 async fn blocks() {
     suite::blocks(healthy()).await;
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 12,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// For any seed (workload and faults) and number of concurrent writers,
+    /// every inbox read after any of its cursors returns exactly the later
+    /// entries, in commit order.
+    #[test]
+    fn inbox_after_any_cursor_property(seed in 0u64..u64::MAX, writers in 1usize..6, per_writer in 1usize..30) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (_, store) = faulty(seed, StoreConfig::default());
+            suite::inbox_after_any_cursor(store, writers, per_writer, seed).await;
+        });
+    }
+}
