@@ -217,7 +217,7 @@ fn appends(c: &mut Criterion) {
         FjallBackend::open(p, FjallOptions::default()).expect("open fjall")
     });
     bench_appends(c, "redb", |p| {
-        RedbBackend::open(&p.join("db.redb"), RedbOptions::default()).expect("open redb")
+        RedbBackend::open(p, RedbOptions::default()).expect("open redb")
     });
 }
 

@@ -19,8 +19,7 @@ fn fjall() -> (tempfile::TempDir, EmbeddedKv<FjallBackend>) {
 
 fn redb() -> (tempfile::TempDir, EmbeddedKv<RedbBackend>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let backend =
-        RedbBackend::open(&dir.path().join("db.redb"), RedbOptions::default()).expect("open redb");
+    let backend = RedbBackend::open(dir.path(), RedbOptions::default()).expect("open redb");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
     (dir, kv)
 }

@@ -16,9 +16,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ::redb::{
-    Builder, Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition,
-};
+use ::redb::{Builder, Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition};
 use bytes::Bytes;
 
 use crate::backend::{Backend, Snapshot, Write};
@@ -167,9 +165,7 @@ impl std::fmt::Debug for RedbSnapshot {
 
 impl RedbSnapshot {
     fn table(&self) -> Result<&ReadOnlyTable<&'static [u8], &'static [u8]>, KvError> {
-        self.table
-            .as_ref()
-            .map_err(|e| KvError::engine(e.clone()))
+        self.table.as_ref().map_err(|e| KvError::engine(e.clone()))
     }
 }
 
@@ -196,8 +192,10 @@ impl Snapshot for RedbSnapshot {
             .map_err(KvError::engine)?;
         let mut out = Vec::with_capacity(limit.min(256));
         let mut push = |item: Result<_, ::redb::StorageError>| -> Result<(), KvError> {
-            let (key, value): (::redb::AccessGuard<'_, &[u8]>, ::redb::AccessGuard<'_, &[u8]>) =
-                item.map_err(KvError::engine)?;
+            let (key, value): (
+                ::redb::AccessGuard<'_, &[u8]>,
+                ::redb::AccessGuard<'_, &[u8]>,
+            ) = item.map_err(KvError::engine)?;
             out.push(KeyValue {
                 key: Bytes::copy_from_slice(key.value()),
                 value: Bytes::copy_from_slice(value.value()),
@@ -250,10 +248,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = open(dir.path());
         assert_eq!(get(&backend, "a"), None);
-        backend.apply(&[set("a", "1"), set("b", "2")], false).unwrap();
+        backend
+            .apply(&[set("a", "1"), set("b", "2")], false)
+            .unwrap();
         assert_eq!(get(&backend, "a"), Some(b("1")));
         assert_eq!(get(&backend, "b"), Some(b("2")));
-        backend.apply(&[set("a", "3"), Write::Clear(b("b"))], true).unwrap();
+        backend
+            .apply(&[set("a", "3"), Write::Clear(b("b"))], true)
+            .unwrap();
         assert_eq!(get(&backend, "a"), Some(b("3")));
         assert_eq!(get(&backend, "b"), None);
         // Clearing a missing key is fine; an empty batch is a no-op.
@@ -266,11 +268,17 @@ mod tests {
     fn writes_apply_in_order_within_a_batch() {
         let dir = tempfile::tempdir().unwrap();
         let backend = open(dir.path());
-        backend.apply(&[set("k", "1"), set("k", "2")], false).unwrap();
+        backend
+            .apply(&[set("k", "1"), set("k", "2")], false)
+            .unwrap();
         assert_eq!(get(&backend, "k"), Some(b("2")));
-        backend.apply(&[set("k", "3"), Write::Clear(b("k"))], false).unwrap();
+        backend
+            .apply(&[set("k", "3"), Write::Clear(b("k"))], false)
+            .unwrap();
         assert_eq!(get(&backend, "k"), None);
-        backend.apply(&[Write::Clear(b("k")), set("k", "4")], false).unwrap();
+        backend
+            .apply(&[Write::Clear(b("k")), set("k", "4")], false)
+            .unwrap();
         assert_eq!(get(&backend, "k"), Some(b("4")));
     }
 
@@ -278,9 +286,14 @@ mod tests {
     fn clear_range() {
         let dir = tempfile::tempdir().unwrap();
         let backend = open(dir.path());
-        let fill: Vec<Write> = ["a", "b", "c", "d", "e"].iter().map(|k| set(k, k)).collect();
+        let fill: Vec<Write> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|k| set(k, k))
+            .collect();
         backend.apply(&fill, false).unwrap();
-        backend.apply(&[Write::ClearRange(b("b"), b("d"))], false).unwrap();
+        backend
+            .apply(&[Write::ClearRange(b("b"), b("d"))], false)
+            .unwrap();
         let all = backend.snapshot().range(b"", b"\xff", 0, false).unwrap();
         assert_eq!(keys(&all), [&b"a"[..], b"d", b"e"]);
 
@@ -303,7 +316,9 @@ mod tests {
     fn range_forward_reverse_limit() {
         let dir = tempfile::tempdir().unwrap();
         let backend = open(dir.path());
-        let fill: Vec<Write> = (0..10).map(|i| set(&format!("k{i}"), &i.to_string())).collect();
+        let fill: Vec<Write> = (0..10)
+            .map(|i| set(&format!("k{i}"), &i.to_string()))
+            .collect();
         backend.apply(&fill, false).unwrap();
         let snap = backend.snapshot();
         let k = |i: u8| vec![b'k', b'0' + i];
@@ -327,7 +342,9 @@ mod tests {
     fn snapshot_isolation() {
         let dir = tempfile::tempdir().unwrap();
         let backend = open(dir.path());
-        backend.apply(&[set("a", "1"), set("b", "1")], false).unwrap();
+        backend
+            .apply(&[set("a", "1"), set("b", "1")], false)
+            .unwrap();
         let before = backend.snapshot();
         backend
             .apply(&[set("a", "2"), Write::Clear(b("b")), set("c", "2")], true)
@@ -335,17 +352,25 @@ mod tests {
         assert_eq!(before.get(b"a").unwrap(), Some(b("1")));
         assert_eq!(before.get(b"b").unwrap(), Some(b("1")));
         assert_eq!(before.get(b"c").unwrap(), None);
-        assert_eq!(keys(&before.range(b"a", b"z", 0, false).unwrap()), [&b"a"[..], b"b"]);
+        assert_eq!(
+            keys(&before.range(b"a", b"z", 0, false).unwrap()),
+            [&b"a"[..], b"b"]
+        );
         let after = backend.snapshot();
         assert_eq!(after.get(b"a").unwrap(), Some(b("2")));
-        assert_eq!(keys(&after.range(b"a", b"z", 0, true).unwrap()), [&b"c"[..], b"a"]);
+        assert_eq!(
+            keys(&after.range(b"a", b"z", 0, true).unwrap()),
+            [&b"c"[..], b"a"]
+        );
     }
 
     #[test]
     fn empty_key_is_a_key() {
         let dir = tempfile::tempdir().unwrap();
         let backend = open(dir.path());
-        backend.apply(&[Write::Set(Bytes::new(), b("v"))], false).unwrap();
+        backend
+            .apply(&[Write::Set(Bytes::new(), b("v"))], false)
+            .unwrap();
         assert_eq!(backend.snapshot().get(b"").unwrap(), Some(b("v")));
     }
 
@@ -383,7 +408,12 @@ mod tests {
         };
         for round in 0..200u32 {
             let batch: Vec<Write> = (0..100u32)
-                .map(|i| Write::Set(Bytes::from(format!("k{i:03}")), Bytes::from(round.to_string())))
+                .map(|i| {
+                    Write::Set(
+                        Bytes::from(format!("k{i:03}")),
+                        Bytes::from(round.to_string()),
+                    )
+                })
                 .collect();
             backend.apply(&batch, false).unwrap();
         }
@@ -397,8 +427,12 @@ mod tests {
         let path = dir.path().join("nested").join("db");
         {
             let backend = open(&path);
-            backend.apply(&[set("a", "1"), set("b", "2")], true).unwrap();
-            backend.apply(&[Write::ClearRange(b("b"), b("c"))], true).unwrap();
+            backend
+                .apply(&[set("a", "1"), set("b", "2")], true)
+                .unwrap();
+            backend
+                .apply(&[Write::ClearRange(b("b"), b("c"))], true)
+                .unwrap();
         }
         let backend = open(&path);
         assert_eq!(get(&backend, "a"), Some(b("1")));
@@ -414,7 +448,9 @@ mod tests {
             return;
         };
         let backend = open(Path::new(&path));
-        backend.apply(&[set("a", "1"), set("b", "2")], true).unwrap();
+        backend
+            .apply(&[set("a", "1"), set("b", "2")], true)
+            .unwrap();
         backend.apply(&[Write::Clear(b("b"))], true).unwrap();
         std::process::abort();
     }
