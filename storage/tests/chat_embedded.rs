@@ -37,4 +37,5 @@ embedded_tests!(
     push_pending_collapses_bursts => suite::push_pending_collapses_bursts,
     read_marks_and_unread => suite::read_marks_and_unread,
     blocks => suite::blocks,
+    membership_rules => suite::membership_rules,
 );

@@ -55,4 +55,5 @@ chat_fdb_tests!(
     push_pending_collapses_bursts => common::chat_suite::push_pending_collapses_bursts,
     read_marks_and_unread => common::chat_suite::read_marks_and_unread,
     blocks => common::chat_suite::blocks,
+    membership_rules => common::chat_suite::membership_rules,
 );

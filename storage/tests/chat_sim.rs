@@ -102,6 +102,12 @@ async fn read_marks_and_unread() {
 }
 
 #[tokio::test]
+async fn membership_rules() {
+    suite::membership_rules(healthy()).await;
+    suite::membership_rules(faulty(9, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
 async fn blocks() {
     suite::blocks(healthy()).await;
 }

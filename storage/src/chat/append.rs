@@ -195,7 +195,7 @@ fn parse_dedup_value(v: &[u8]) -> Option<(ConversationId, u64, u64)> {
 #[derive(Default)]
 struct AttemptState {
     heads: HashMap<ConversationId, u64>,
-    members: HashMap<u64, Vec<u64>>,
+    members: HashMap<u64, Vec<(u64, Role)>>,
     group_records: HashMap<u64, Option<GroupRecord>>,
     seen: HashMap<(u64, Bytes), usize>,
     order: u32,
@@ -534,6 +534,19 @@ impl<K: Kv> ChatStore<K> {
             if all.len() > *max_members as usize {
                 return Err(StoreError::GroupFull { max: *max_members });
             }
+            let add: Vec<(u64, Role)> = all
+                .iter()
+                .map(|&u| {
+                    (
+                        u,
+                        if u == msg.sender {
+                            Role::Owner
+                        } else {
+                            Role::Member
+                        },
+                    )
+                })
+                .collect();
             let effect = GroupEffect {
                 record: GroupRecord {
                     name: name.clone(),
@@ -542,41 +555,49 @@ impl<K: Kv> ChatStore<K> {
                     member_count: all.len() as u32,
                     max_members: *max_members,
                 },
-                add: all
-                    .iter()
-                    .map(|&u| {
-                        (
-                            u,
-                            if u == msg.sender {
-                                Role::Owner
-                            } else {
-                                Role::Member
-                            },
-                        )
-                    })
-                    .collect(),
+                members_after: add.clone(),
+                add,
                 remove: Vec::new(),
-                members_after: all.clone(),
             };
             return Ok((all, Some(effect)));
         }
         let Some(mut record) = record else {
             return Err(StoreError::NotFound("group"));
         };
-        let current = match st.members.get(&group) {
+        let with_roles = match st.members.get(&group) {
             Some(m) => m.clone(),
             None => {
-                let m: Vec<u64> = members_in(txn, group, false)
+                let m: Vec<(u64, Role)> = members_in(txn, group, false)
                     .await?
                     .into_iter()
-                    .map(|(u, _)| u)
+                    .map(|(u, r)| (u, r.role()))
                     .collect();
                 st.members.insert(group, m.clone());
                 m
             }
         };
+        // Decided here, inside the transaction that reads the membership, so
+        // no change of membership can slip between the check and the write.
+        let Some(sender_role) = with_roles
+            .iter()
+            .find(|(u, _)| *u == msg.sender)
+            .map(|(_, r)| *r)
+        else {
+            return Err(StoreError::NotMember);
+        };
+        let manages = matches!(sender_role, Role::Owner | Role::Admin);
+        let current: Vec<u64> = with_roles.iter().map(|(u, _)| *u).collect();
         match &msg.membership {
             None => Ok((current, None)),
+            Some(MembershipChange::Add { .. }) if !manages => Err(StoreError::PermissionDenied),
+            Some(MembershipChange::Remove { users })
+                if users.iter().any(|&u| {
+                    u != msg.sender
+                        && (!manages || with_roles.iter().any(|&(m, r)| m == u && r == Role::Owner))
+                }) =>
+            {
+                Err(StoreError::PermissionDenied)
+            }
             Some(MembershipChange::Add { users, role }) => {
                 let mut after = current.clone();
                 let mut add = Vec::new();
@@ -592,13 +613,15 @@ impl<K: Kv> ChatStore<K> {
                     });
                 }
                 record.member_count = after.len() as u32;
+                let mut members_after = with_roles;
+                members_after.extend(add.iter().copied());
                 Ok((
-                    after.clone(),
+                    after,
                     Some(GroupEffect {
                         record,
                         add,
                         remove: Vec::new(),
-                        members_after: after,
+                        members_after,
                     }),
                 ))
             }
@@ -608,19 +631,18 @@ impl<K: Kv> ChatStore<K> {
                     .copied()
                     .filter(|u| current.contains(u))
                     .collect();
-                let after: Vec<u64> = current
-                    .iter()
-                    .copied()
-                    .filter(|u| !remove.contains(u))
+                let members_after: Vec<(u64, Role)> = with_roles
+                    .into_iter()
+                    .filter(|(u, _)| !remove.contains(u))
                     .collect();
-                record.member_count = after.len() as u32;
+                record.member_count = members_after.len() as u32;
                 Ok((
                     current,
                     Some(GroupEffect {
                         record,
                         add: Vec::new(),
                         remove,
-                        members_after: after,
+                        members_after,
                     }),
                 ))
             }
@@ -684,7 +706,7 @@ struct GroupEffect {
     record: GroupRecord,
     add: Vec<(u64, Role)>,
     remove: Vec<u64>,
-    members_after: Vec<u64>,
+    members_after: Vec<(u64, Role)>,
 }
 
 fn validate(msg: &NewMessage) -> Result<(), StoreError> {

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// The user is not a member of the group.
     #[error("not a member of this conversation")]
     NotMember,
+    /// The user's role does not allow the change.
+    #[error("permission denied: only the group's owner and admins may do this")]
+    PermissionDenied,
     /// Adding would pass the group's size cap.
     #[error("the group is full ({max} members)")]
     GroupFull {

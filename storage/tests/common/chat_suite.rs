@@ -681,3 +681,112 @@ pub async fn blocks<K: Kv>(store: ChatStore<K>) {
     store.set_blocked(a, b, false).await.expect("unblock");
     assert!(!store.blocked_either(a, b).await.expect("read"));
 }
+
+/// Who may post and change a group is decided in the append transaction:
+/// non-members cannot post, plain members cannot add or remove others, the
+/// owner cannot be removed by an admin, anyone can leave.
+pub async fn membership_rules<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (owner, admin, member, outsider) = (base, base + 1, base + 2, base + 3);
+    let group = base + 60;
+    let conv = ConversationId::Group(group);
+    let ids = TestIds::default();
+    create_group(&store, &ids, group, owner, &[member]).await;
+    let one = |m: NewMessage| {
+        let store = store.clone();
+        let ids = &ids;
+        async move {
+            store
+                .append(vec![m], ids, &nobody_online)
+                .await
+                .pop()
+                .expect("one outcome")
+        }
+    };
+    let change = |sender: u64, cmid: &str, c: MembershipChange| NewMessage {
+        kind: MessageKind::MembersAdded,
+        membership: Some(c),
+        ..text(conv, sender, cmid, "")
+    };
+    assert!(matches!(
+        one(text(conv, outsider, "o1", "let me in")).await,
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        one(change(
+            member,
+            "m1",
+            MembershipChange::Add {
+                users: vec![outsider],
+                role: Role::Member
+            }
+        ))
+        .await,
+        Err(StoreError::PermissionDenied)
+    ));
+    one(change(
+        owner,
+        "a1",
+        MembershipChange::Add {
+            users: vec![admin],
+            role: Role::Admin,
+        },
+    ))
+    .await
+    .expect("owner adds an admin");
+    one(change(
+        admin,
+        "a2",
+        MembershipChange::Add {
+            users: vec![outsider],
+            role: Role::Member,
+        },
+    ))
+    .await
+    .expect("admin adds a member");
+    assert!(matches!(
+        one(change(
+            admin,
+            "a3",
+            MembershipChange::Remove { users: vec![owner] }
+        ))
+        .await,
+        Err(StoreError::PermissionDenied)
+    ));
+    assert!(matches!(
+        one(change(
+            member,
+            "m2",
+            MembershipChange::Remove {
+                users: vec![outsider]
+            }
+        ))
+        .await,
+        Err(StoreError::PermissionDenied)
+    ));
+    one(change(
+        member,
+        "m3",
+        MembershipChange::Remove {
+            users: vec![member],
+        },
+    ))
+    .await
+    .expect("a member leaves");
+    assert!(matches!(
+        one(text(conv, member, "m4", "still here?")).await,
+        Err(StoreError::NotMember)
+    ));
+    one(text(conv, outsider, "o2", "hello all"))
+        .await
+        .expect("new member posts");
+    let members: Vec<u64> = store
+        .members(group)
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    assert_eq!(members.len(), 3);
+    assert!(!members.contains(&member));
+}
