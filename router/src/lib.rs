@@ -1,1 +1,473 @@
-//! Hanmadi router: authorization, message ids, the appender, presence and delivery.
+//! Hanmadi's router: every send becomes a durable, ordered, deduplicated
+//! message with an inbox entry per recipient and a delivery to every live
+//! device, in commit order (DESIGN §3). The router never touches a socket.
+//!
+//! - [`ids`]: time-sortable message ids.
+//! - [`authz`]: early authorization with membership, account and block
+//!   caches.
+//! - [`appender`]: the bounded queue and group commit.
+//! - [`presence`]: who is online.
+//! - [`fanout`]: the delivery sink the gateway implements.
+//! - [`Router`]: the operations the gateway and the HTTP API call.
+
+pub mod appender;
+pub mod authz;
+mod error;
+pub mod fanout;
+pub mod ids;
+pub mod presence;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hanmadi_proto::pb::MessageKind;
+use hanmadi_proto::ConversationId;
+use hanmadi_storage::chat::{
+    Cursor, HistoryPage, IdSource, MembershipChange, NewMessage, Role, SyncBatch,
+};
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::ChatStore;
+use tokio::task::JoinHandle;
+
+pub use appender::{Appender, AppenderConfig};
+pub use error::RouterError;
+pub use fanout::{Delivery, DeliverySink, NoDelivery};
+pub use ids::{Clock, IdGenerator, SystemClock};
+pub use presence::{LocalPresence, Presence};
+
+/// Longest `client_msg_id`, in bytes.
+pub const MAX_CLIENT_MSG_ID: usize = 64;
+
+/// Limits and sizes of a router.
+#[derive(Clone, Copy, Debug)]
+pub struct RouterConfig {
+    /// This node's number (the id generator's node bits).
+    pub node: u16,
+    /// Longest message body, in bytes.
+    pub max_body: usize,
+    /// Size cap of new groups.
+    pub max_group_members: u32,
+    /// The appender's sizes.
+    pub appender: AppenderConfig,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            node: 0,
+            max_body: 16 * 1024,
+            max_group_members: 1000,
+            appender: AppenderConfig::default(),
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The direct conversation with this user.
+    User(u64),
+    /// This group.
+    Group(u64),
+}
+
+/// A message to send.
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    /// The sender's idempotency key (1–64 bytes).
+    pub client_msg_id: Bytes,
+    /// The conversation.
+    pub to: Target,
+    /// The text.
+    pub body: String,
+}
+
+/// The acknowledgement of a stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendAck {
+    /// The sender's idempotency key.
+    pub client_msg_id: Bytes,
+    /// The conversation it went to.
+    pub conversation: ConversationId,
+    /// Its id.
+    pub message_id: u64,
+    /// When it was first sent (ms since the Unix epoch).
+    pub sent_at: u64,
+}
+
+/// The router of one node.
+pub struct Router<K: Kv> {
+    store: ChatStore<K>,
+    ids: Arc<IdGenerator>,
+    clock: Arc<dyn Clock>,
+    authz: authz::Authz<K>,
+    appender: Appender,
+    config: RouterConfig,
+}
+
+impl<K: Kv> std::fmt::Debug for Router<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("ids", &self.ids)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Kv> Router<K> {
+    /// A router over `store` on the current tokio runtime, with the system
+    /// clock. Returns the appender task too, which ends after the router is
+    /// dropped and the queued sends are committed.
+    pub fn start(
+        store: ChatStore<K>,
+        presence: Arc<dyn Presence>,
+        sink: Arc<dyn DeliverySink>,
+        config: RouterConfig,
+    ) -> (Self, JoinHandle<()>) {
+        Self::start_with_clock(store, presence, sink, config, Arc::new(SystemClock))
+    }
+
+    /// As [`Router::start`], with a given clock.
+    pub fn start_with_clock(
+        store: ChatStore<K>,
+        presence: Arc<dyn Presence>,
+        sink: Arc<dyn DeliverySink>,
+        config: RouterConfig,
+        clock: Arc<dyn Clock>,
+    ) -> (Self, JoinHandle<()>) {
+        let ids = Arc::new(IdGenerator::new(
+            config.node.min(ids::MAX_NODE),
+            Arc::clone(&clock),
+        ));
+        let (appender, task) = Appender::start(
+            store.clone(),
+            Arc::clone(&ids) as Arc<dyn IdSource>,
+            presence,
+            sink,
+            config.appender,
+        );
+        let router = Self {
+            authz: authz::Authz::new(store.clone()),
+            store,
+            ids,
+            clock,
+            appender,
+            config,
+        };
+        (router, task)
+    }
+
+    /// The store under the router.
+    pub fn store(&self) -> &ChatStore<K> {
+        &self.store
+    }
+
+    /// The id generator (also for group ids).
+    pub fn ids(&self) -> &IdGenerator {
+        &self.ids
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn check_request(&self, req: &SendRequest) -> Result<(), RouterError> {
+        if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Err(RouterError::InvalidArgument(
+                "client_msg_id must be 1 to 64 bytes",
+            ));
+        }
+        if req.body.len() > self.config.max_body {
+            return Err(RouterError::BodyTooLarge {
+                len: req.body.len(),
+                max: self.config.max_body,
+            });
+        }
+        if req.body.is_empty() {
+            return Err(RouterError::InvalidArgument("empty body"));
+        }
+        Ok(())
+    }
+
+    async fn prepare(&self, sender: u64, req: SendRequest) -> Result<NewMessage, RouterError> {
+        self.check_request(&req)?;
+        let conversation = match req.to {
+            Target::User(0) | Target::Group(0) => {
+                return Err(RouterError::InvalidArgument("recipient id is 0"))
+            }
+            Target::User(peer) => {
+                self.authz.check_direct(sender, peer).await?;
+                ConversationId::direct(sender, peer)
+            }
+            Target::Group(group) => {
+                self.authz.check_post(sender, group).await?;
+                ConversationId::Group(group)
+            }
+        };
+        Ok(NewMessage {
+            conversation,
+            sender,
+            client_msg_id: req.client_msg_id,
+            sent_at: self.now_ms(),
+            kind: MessageKind::Text,
+            body: req.body,
+            membership: None,
+        })
+    }
+
+    fn acked(client_msg_id: Bytes, a: &hanmadi_storage::chat::Appended) -> SendAck {
+        SendAck {
+            client_msg_id,
+            conversation: a.conversation,
+            message_id: a.message_id,
+            sent_at: a.sent_at,
+        }
+    }
+
+    /// Sends a message from the authenticated `sender`, waiting for room in
+    /// the append queue (socket senders: their reads stop meanwhile). A
+    /// retry with the same `client_msg_id` returns the first ack.
+    ///
+    /// # Errors
+    ///
+    /// Authorization and validation refusals, or a storage failure.
+    pub async fn send(&self, sender: u64, req: SendRequest) -> Result<SendAck, RouterError> {
+        let cmid = req.client_msg_id.clone();
+        let msg = self.prepare(sender, req).await?;
+        let a = self.appender.append(msg).await?;
+        Ok(Self::acked(cmid, &a))
+    }
+
+    /// As [`Router::send`], but refuses with [`RouterError::Busy`] instead
+    /// of waiting when the append queue is full (HTTP senders: `503`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Router::send`], and [`RouterError::Busy`].
+    pub async fn try_send(&self, sender: u64, req: SendRequest) -> Result<SendAck, RouterError> {
+        let cmid = req.client_msg_id.clone();
+        let msg = self.prepare(sender, req).await?;
+        let a = self.appender.try_append(msg).await?;
+        Ok(Self::acked(cmid, &a))
+    }
+
+    /// `user`'s inbox after `after` (empty: from the oldest kept entry).
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::CursorExpired`] past the retention window; a malformed
+    /// cursor; a storage failure.
+    pub async fn sync(
+        &self,
+        user: u64,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<SyncBatch, RouterError> {
+        let after = Cursor::parse(after)?;
+        Ok(self.store.sync(user, after, limit.max(1) as usize).await?)
+    }
+
+    /// A page of a conversation's history as `user` may see it, newest
+    /// first, before message id `before` (`0`: from the newest).
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::NotAMember`] for a conversation `user` is not in.
+    pub async fn history(
+        &self,
+        user: u64,
+        conversation: ConversationId,
+        before: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, RouterError> {
+        Ok(self
+            .store
+            .history(conversation, Some(user), before, limit.max(1) as usize)
+            .await?)
+    }
+
+    /// Records what one of `user`'s devices has received.
+    ///
+    /// # Errors
+    ///
+    /// A malformed cursor or a storage failure.
+    pub async fn ack(&self, user: u64, device: &str, cursor: &[u8]) -> Result<(), RouterError> {
+        let cursor = Cursor::parse(cursor)?.ok_or(RouterError::InvalidArgument("empty cursor"))?;
+        Ok(self.store.ack_delivered(user, device, cursor).await?)
+    }
+
+    fn check_participant(
+        &self,
+        user: u64,
+        conversation: ConversationId,
+    ) -> Result<(), RouterError> {
+        match conversation {
+            ConversationId::Direct { .. } if conversation.peer_of(user).is_none() => {
+                Err(RouterError::NotAMember)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks `conversation` read by `user` up to `message_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::NotAMember`]; a storage failure.
+    pub async fn read(
+        &self,
+        user: u64,
+        conversation: ConversationId,
+        message_id: u64,
+    ) -> Result<(), RouterError> {
+        self.check_participant(user, conversation)?;
+        if let ConversationId::Group(g) = conversation {
+            self.authz.check_post(user, g).await?;
+        }
+        Ok(self.store.mark_read(user, conversation, message_id).await?)
+    }
+
+    /// Unread messages of `user` in `conversation`, counted up to 1,000.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn unread(
+        &self,
+        user: u64,
+        conversation: ConversationId,
+    ) -> Result<usize, RouterError> {
+        self.check_participant(user, conversation)?;
+        Ok(self.store.unread_count(user, conversation, 1000).await?)
+    }
+
+    async fn system(
+        &self,
+        actor: u64,
+        group: u64,
+        kind: MessageKind,
+        change: MembershipChange,
+    ) -> Result<SendAck, RouterError> {
+        // A membership change is an event of its own: it gets a fresh
+        // idempotency key.
+        let cmid = Bytes::from(format!("system-{}", self.ids.next_above(0)));
+        let msg = NewMessage {
+            conversation: ConversationId::Group(group),
+            sender: actor,
+            client_msg_id: cmid.clone(),
+            sent_at: self.now_ms(),
+            kind,
+            body: String::new(),
+            membership: Some(change),
+        };
+        let result = self.appender.append(msg).await;
+        // Whatever the outcome, the cached membership may be stale now.
+        self.authz.invalidate_group(group);
+        Ok(Self::acked(cmid, &result?))
+    }
+
+    /// Creates a group owned by `owner` with `members`; announced by a
+    /// system message. Returns the group id and that message's ack.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::GroupFull`] past the size cap; a storage failure.
+    pub async fn create_group(
+        &self,
+        owner: u64,
+        name: String,
+        members: Vec<u64>,
+    ) -> Result<(u64, SendAck), RouterError> {
+        let group = self.ids.next_above(0);
+        let ack = self
+            .system(
+                owner,
+                group,
+                MessageKind::GroupCreated,
+                MembershipChange::Create {
+                    name,
+                    members,
+                    max_members: self.config.max_group_members,
+                },
+            )
+            .await?;
+        Ok((group, ack))
+    }
+
+    /// Adds `users` to `group` (owner or admins only).
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::PermissionDenied`], [`RouterError::GroupFull`], ...
+    pub async fn add_members(
+        &self,
+        actor: u64,
+        group: u64,
+        users: Vec<u64>,
+        role: Role,
+    ) -> Result<SendAck, RouterError> {
+        self.authz.check_manage(actor, group).await?;
+        self.system(
+            actor,
+            group,
+            MessageKind::MembersAdded,
+            MembershipChange::Add { users, role },
+        )
+        .await
+    }
+
+    /// Removes `user` from `group`: owner or admins may remove others, and
+    /// anyone may remove themself (leave).
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::PermissionDenied`], [`RouterError::NotAMember`], ...
+    pub async fn remove_member(
+        &self,
+        actor: u64,
+        group: u64,
+        user: u64,
+    ) -> Result<SendAck, RouterError> {
+        let kind = if actor == user {
+            self.authz.check_post(actor, group).await?;
+            MessageKind::MemberLeft
+        } else {
+            self.authz.check_manage(actor, group).await?;
+            MessageKind::MembersRemoved
+        };
+        self.system(
+            actor,
+            group,
+            kind,
+            MembershipChange::Remove { users: vec![user] },
+        )
+        .await
+    }
+
+    /// Blocks or unblocks direct messages between `user` and `other`.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn set_blocked(
+        &self,
+        user: u64,
+        other: u64,
+        blocked: bool,
+    ) -> Result<(), RouterError> {
+        let result = self.store.set_blocked(user, other, blocked).await;
+        self.authz.invalidate_block(user, other);
+        Ok(result?)
+    }
+
+    /// Deletes `user`'s account.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::NotFound`]; a storage failure.
+    pub async fn delete_user(&self, user: u64) -> Result<(), RouterError> {
+        let result = self.store.delete_user(user, self.now_ms()).await;
+        self.authz.invalidate_user(user);
+        Ok(result?)
+    }
+}

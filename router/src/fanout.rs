@@ -1,0 +1,65 @@
+//! Handing committed messages to the live connections (DESIGN §3.6).
+
+use bytes::Bytes;
+use hanmadi_proto::ConversationId;
+use hanmadi_storage::chat::{Appended, Cursor};
+
+/// One committed message on its way to its recipients: the message encoded
+/// once, and each recipient's inbox cursor.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    appended: &'a Appended,
+}
+
+impl<'a> Delivery<'a> {
+    pub(crate) fn new(appended: &'a Appended) -> Self {
+        Self { appended }
+    }
+
+    /// The conversation.
+    pub fn conversation(&self) -> ConversationId {
+        self.appended.conversation
+    }
+
+    /// The message id.
+    pub fn message_id(&self) -> u64 {
+        self.appended.message_id
+    }
+
+    /// The message, encoded once (`hanmadi.v1.Message`), shared by every
+    /// recipient's `Deliver` frame.
+    pub fn encoded(&self) -> &Bytes {
+        &self.appended.message
+    }
+
+    /// Each recipient with its inbox cursor, in cursor order.
+    pub fn recipients(&self) -> impl Iterator<Item = (u64, Cursor)> + '_ {
+        self.appended
+            .recipients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &u)| self.appended.cursor(i).map(|c| (u, c)))
+    }
+}
+
+/// Where committed messages go: the gateway's connection registry on one
+/// node. Called by the appender, in commit order, from one task at a time;
+/// implementations must not block (queue, or close a slow connection).
+pub trait DeliverySink: Send + Sync + 'static {
+    /// Delivers a committed message to every live device of its recipients.
+    fn deliver(&self, delivery: &Delivery<'_>);
+
+    /// Tells `user`'s connections to read their inbox after their last
+    /// delivered cursor: used when a commit's exact cursors are unknown.
+    fn notify(&self, user: u64);
+}
+
+/// A sink that drops everything (a router with no live connections, such as
+/// a pure HTTP node).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDelivery;
+
+impl DeliverySink for NoDelivery {
+    fn deliver(&self, _: &Delivery<'_>) {}
+    fn notify(&self, _: u64) {}
+}
