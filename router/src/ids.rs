@@ -199,3 +199,53 @@ mod tests {
         assert!(id2 > id);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct StepClock(AtomicU64);
+
+    impl Clock for StepClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    proptest! {
+        /// Whatever the clock does and whatever heads come in, ids from one
+        /// node strictly increase, pass their floor and keep the node bits;
+        /// ids from two nodes never collide.
+        #[test]
+        fn ids_increase_and_never_collide(
+            steps in proptest::collection::vec((-20_000i64..20_000, 0u64..1 << 40, any::<bool>()), 1..300),
+            node_a in 0u16..=MAX_NODE,
+            node_b in 0u16..=MAX_NODE,
+        ) {
+            prop_assume!(node_a != node_b);
+            let clock = Arc::new(StepClock(AtomicU64::new(ID_EPOCH_MS + 1_000_000)));
+            let a = IdGenerator::new(node_a, clock.clone());
+            let b = IdGenerator::new(node_b, clock.clone());
+            let (mut last_a, mut last_b) = (0u64, 0u64);
+            let mut seen = std::collections::HashSet::new();
+            for (dt, floor, use_floor) in steps {
+                let now = clock.0.load(Ordering::Relaxed) as i64 + dt;
+                clock.0.store(now.max(ID_EPOCH_MS as i64) as u64, Ordering::Relaxed);
+                let floor = if use_floor { floor } else { 0 };
+                let x = a.next_above(floor);
+                let y = b.next_above(floor);
+                prop_assert!(x > last_a && x > floor && split(x).node == node_a);
+                prop_assert!(y > last_b && y > floor && split(y).node == node_b);
+                prop_assert!(seen.insert(x) && seen.insert(y));
+                last_a = x;
+                last_b = y;
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The router against a real embedded store (fsync on): ids, exactly-once
+//! sends, authorization, delivery order and back-pressure.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::{harness, inbox, text, users};
+use hanmadi_proto::ConversationId;
+use hanmadi_router::ids::{split, ID_EPOCH_MS};
+use hanmadi_router::{Clock, Router, RouterConfig, RouterError, Target};
+use hanmadi_storage::chat::Role;
+
+const USERS: [u64; 8] = [11, 12, 13, 14, 15, 16, 17, 18];
+
+#[derive(Debug)]
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// 8 senders at once, to a group and to each other: within each
+/// conversation ids strictly increase in commit (cursor) order, are unique,
+/// and carry the node's bits; the sink sees each user's cursors strictly
+/// increasing, and nothing in an inbox after the last delivered cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_keep_order_and_deliver_everything() {
+    let h = harness(RouterConfig {
+        node: 5,
+        ..RouterConfig::default()
+    })
+    .await;
+    let store = h.router.store().clone();
+    users(&store, &USERS).await;
+    for &u in &USERS {
+        h.presence.connect(u);
+    }
+    let (group, _) = h
+        .router
+        .create_group(USERS[0], "all".into(), USERS[1..].to_vec())
+        .await
+        .expect("create group");
+    let mut tasks = Vec::new();
+    for (w, &sender) in USERS.iter().enumerate() {
+        let router = Arc::clone(&h.router);
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..60usize {
+                let to = if i % 2 == 0 {
+                    Target::Group(group)
+                } else {
+                    Target::User(USERS[(w + 1 + i % 7) % 8])
+                };
+                let ack = router
+                    .send(sender, text(&format!("{sender}-{i}"), to, "hi"))
+                    .await
+                    .expect("send");
+                acks.push(ack);
+            }
+            acks
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("sender task"));
+    }
+    let ids: HashSet<u64> = all.iter().map(|a| a.message_id).collect();
+    assert_eq!(ids.len(), all.len(), "ids are unique across conversations");
+    assert!(
+        all.iter().all(|a| split(a.message_id).node == 5),
+        "node bits kept"
+    );
+
+    let seen = h.sink.seen.lock().clone();
+    assert!(h.sink.notified.lock().is_empty());
+    for &u in &USERS {
+        let mine: Vec<_> = seen.iter().filter(|s| s.user == u).collect();
+        for w in mine.windows(2) {
+            assert!(
+                w[0].cursor < w[1].cursor,
+                "user {u}: delivered cursors out of order"
+            );
+        }
+        let entries = inbox(&store, u, None).await;
+        // Commit order within each conversation is id order.
+        let mut last: HashMap<ConversationId, u64> = HashMap::new();
+        for (_, m) in &entries {
+            let c = ConversationId::try_from(m.conversation.as_ref()).expect("conversation");
+            let prev = last.insert(c, m.message_id).unwrap_or(0);
+            assert!(m.message_id > prev, "user {u}: ids not increasing in {c}");
+        }
+        // Everything stored for the user was delivered, with the same
+        // cursors, and nothing lies after the last delivered cursor.
+        let delivered: Vec<(hanmadi_storage::chat::Cursor, u64)> =
+            mine.iter().map(|s| (s.cursor, s.message_id)).collect();
+        let stored: Vec<(hanmadi_storage::chat::Cursor, u64)> =
+            entries.iter().map(|(c, m)| (*c, m.message_id)).collect();
+        assert_eq!(
+            delivered, stored,
+            "user {u}: deliveries differ from the inbox"
+        );
+        let after = inbox(&store, u, mine.last().map(|s| s.cursor)).await;
+        assert!(
+            after.is_empty(),
+            "user {u}: undelivered entries after the last cursor"
+        );
+    }
+}
+
+/// A clock stepping back 10 s does not make ids go back, nor touch the node
+/// bits.
+#[tokio::test]
+async fn ids_survive_a_clock_stepping_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = common::open_store(dir.path());
+    users(&store, &[1, 2]).await;
+    let clock = Arc::new(ManualClock(AtomicU64::new(ID_EPOCH_MS + 100_000)));
+    let (router, _task) = Router::start_with_clock(
+        store,
+        Arc::new(hanmadi_router::LocalPresence::new()),
+        Arc::new(hanmadi_router::NoDelivery),
+        RouterConfig {
+            node: 1023,
+            ..RouterConfig::default()
+        },
+        clock.clone(),
+    );
+    let mut last = 0;
+    for i in 0..40 {
+        if i == 20 {
+            clock.0.fetch_sub(10_000, Ordering::Relaxed);
+        }
+        let ack = router
+            .send(1, text(&format!("c{i}"), Target::User(2), "x"))
+            .await
+            .expect("send");
+        assert!(ack.message_id > last, "id went back at step {i}");
+        assert_eq!(split(ack.message_id).node, 1023);
+        last = ack.message_id;
+    }
+}
+
+/// A send retried with its client id — twice in one batch, and later —
+/// returns the first ack and stores one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_sends_store_one_message() {
+    let h = harness(RouterConfig::default()).await;
+    let store = h.router.store().clone();
+    users(&store, &[1, 2]).await;
+    let send = || h.router.send(1, text("same", Target::User(2), "hello"));
+    let (a, b) = tokio::join!(send(), send());
+    let (a, b) = (a.expect("send"), b.expect("send"));
+    assert_eq!(a, b);
+    let later = send().await.expect("retry");
+    assert_eq!(later, a);
+    let page = h
+        .router
+        .history(2, ConversationId::direct(1, 2), 0, 10)
+        .await
+        .expect("history");
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(inbox(&store, 2, None).await.len(), 1);
+    assert_eq!(h.sink.seen.lock().iter().filter(|s| s.user == 2).count(), 1);
+}
+
+/// Non-members neither post nor read; a removed member stops receiving at
+/// once; blocked users cannot message each other either way.
+#[tokio::test]
+async fn authorization() {
+    let h = harness(RouterConfig::default()).await;
+    let store = h.router.store().clone();
+    users(&store, &[1, 2, 3, 4]).await;
+    let (group, _) = h
+        .router
+        .create_group(1, "g".into(), vec![2, 3])
+        .await
+        .expect("create");
+    let conv = ConversationId::Group(group);
+    assert!(matches!(
+        h.router
+            .send(4, text("x1", Target::Group(group), "hi"))
+            .await,
+        Err(RouterError::NotAMember)
+    ));
+    assert!(matches!(
+        h.router.history(4, conv, 0, 10).await,
+        Err(RouterError::NotAMember)
+    ));
+    assert!(matches!(
+        h.router.add_members(2, group, vec![4], Role::Member).await,
+        Err(RouterError::PermissionDenied)
+    ));
+    h.router.remove_member(1, group, 3).await.expect("remove");
+    let before = inbox(&store, 3, None).await.len();
+    let delivered_before = h.sink.seen.lock().iter().filter(|s| s.user == 3).count();
+    h.router
+        .send(2, text("after", Target::Group(group), "secret"))
+        .await
+        .expect("member posts");
+    assert_eq!(
+        inbox(&store, 3, None).await.len(),
+        before,
+        "removed member got it"
+    );
+    assert!(matches!(
+        h.router
+            .send(3, text("x2", Target::Group(group), "hi"))
+            .await,
+        Err(RouterError::NotAMember)
+    ));
+    assert_eq!(
+        h.sink.seen.lock().iter().filter(|s| s.user == 3).count(),
+        delivered_before,
+        "removed member was delivered to"
+    );
+
+    h.router.set_blocked(1, 2, true).await.expect("block");
+    for (from, to) in [(1, 2), (2, 1)] {
+        assert!(matches!(
+            h.router
+                .send(from, text(&format!("b{from}"), Target::User(to), "hi"))
+                .await,
+            Err(RouterError::Blocked)
+        ));
+    }
+    h.router.set_blocked(1, 2, false).await.expect("unblock");
+    h.router
+        .send(2, text("b3", Target::User(1), "hi again"))
+        .await
+        .expect("unblocked");
+    assert!(matches!(
+        h.router.send(1, text("n1", Target::User(999), "hi")).await,
+        Err(RouterError::NotFound(_))
+    ));
+}
+
+/// A full append queue makes senders wait (and `try_send` refuse), and
+/// every send that waited is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_pushes_back_and_loses_nothing() {
+    let h = harness(RouterConfig {
+        appender: hanmadi_router::AppenderConfig {
+            queue: 4,
+            max_batch: 2,
+        },
+        ..RouterConfig::default()
+    })
+    .await;
+    let store = h.router.store().clone();
+    users(&store, &[1, 2]).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let router = Arc::clone(&h.router);
+        tasks.push(tokio::spawn(async move {
+            router
+                .send(1, text(&format!("q{i}"), Target::User(2), "x"))
+                .await
+        }));
+    }
+    let mut busy = false;
+    let mut extra = 0;
+    for i in 0..10_000 {
+        match h
+            .router
+            .try_send(1, text(&format!("t{i}"), Target::User(2), "x"))
+            .await
+        {
+            Err(RouterError::Busy) => {
+                busy = true;
+                break;
+            }
+            Ok(_) => extra += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert!(busy, "the queue never filled");
+    for t in tasks {
+        t.await.expect("task").expect("a waiting send is stored");
+    }
+    assert_eq!(inbox(&store, 2, None).await.len(), 200 + extra);
+}
