@@ -1,6 +1,7 @@
 //! The router against a real embedded store (fsync on): ids, exactly-once
 //! sends, authorization, delivery order and back-pressure.
 
+#[allow(dead_code)]
 mod common;
 
 use std::collections::{HashMap, HashSet};
