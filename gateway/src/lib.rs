@@ -1,1 +1,22 @@
-//! Hanmadi gateway: listeners, connection tasks and the connection registry.
+//! Hanmadi gateway: the `hanmadi` binary's server side.
+//!
+//! - [`server`]: a running node (router, registry, listeners) and its drain.
+//! - [`listener`]: accept loops for TCP and TLS.
+//! - [`conn`]: one task per connection: handshake, frames, limits, writes.
+//! - [`registry`]: user → live connections; the router's delivery sink and
+//!   the node's presence index.
+//! - [`auth`]: tokens (Hanmadi's own and HS256 JWTs).
+//! - [`tls`]: rustls configuration and self-signed certificates.
+//! - [`config`]: flags, environment and TOML configuration.
+//! - [`metrics`]: counters for `/metrics`.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod listener;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod tls;
+
+pub use server::{Listeners, Server, ServerOptions};

@@ -1,6 +1,149 @@
-//! The `hanmadi` binary.
+//! The `hanmadi` binary: `hanmadi serve` runs a node, `hanmadi gen-cert`
+//! writes a self-signed certificate for local TLS.
 
-fn main() {
-    eprintln!("hanmadi: the server is not implemented yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::Parser;
+use hanmadi_gateway::config::{Cli, Command, Config, StoreKind};
+use hanmadi_gateway::conn::ConnConfig;
+use hanmadi_gateway::registry::RegistryLimits;
+use hanmadi_gateway::{tls, Listeners, Server, ServerOptions};
+use hanmadi_router::{AppenderConfig, RouterConfig};
+use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::{ChatStore, StoreConfig};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::GenCert(args) => args.run().map_err(|e| e.to_string()).map(|()| {
+            println!(
+                "wrote {} and {}",
+                args.cert_path().display(),
+                args.key_path().display()
+            );
+        }),
+        Command::Serve(args) => match Config::load(args) {
+            Ok(config) => serve(config),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hanmadi: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    match config.store {
+        StoreKind::Embedded => {
+            let path = config.data_dir.join("store");
+            let backend = FjallBackend::open(&path, FjallOptions::default())
+                .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
+            let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
+                .map_err(|e| format!("starting the store: {e}"))?;
+            runtime.block_on(run(ChatStore::new(kv, StoreConfig::default()), &config))
+        }
+        StoreKind::Fdb => serve_fdb(&runtime, &config),
+    }
+}
+
+#[cfg(feature = "foundationdb")]
+fn serve_fdb(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<(), String> {
+    use hanmadi_storage::fdb::FdbKv;
+    let cluster = config
+        .fdb_cluster_file
+        .as_ref()
+        .map(|p| p.display().to_string());
+    let kv = FdbKv::open(cluster.as_deref()).map_err(|e| format!("opening FoundationDB: {e}"))?;
+    let result = runtime.block_on(run(ChatStore::new(kv, StoreConfig::for_cluster()), config));
+    hanmadi_storage::fdb::stop_network();
+    result
+}
+
+#[cfg(not(feature = "foundationdb"))]
+fn serve_fdb(_: &tokio::runtime::Runtime, _: &Config) -> Result<(), String> {
+    Err("this hanmadi was built without FoundationDB support (feature `foundationdb`)".into())
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, String> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding the {what} listener to {addr}: {e}"))?;
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    // Scripts and tests read the bound ports from these lines.
+    println!("listening {what} {local}");
+    Ok(l)
+}
+
+async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> {
+    let secret = config.resolve_secret().map_err(|e| e.to_string())?;
+    let mut listeners = Listeners::default();
+    if let Some(addr) = config.tcp {
+        listeners.tcp = Some(bind(addr, "tcp").await?);
+    }
+    if let (Some(addr), Some((cert, key))) = (config.tls_listener(), config.tls_files()) {
+        let tls = tls::server_config(cert, key).map_err(|e| e.to_string())?;
+        listeners.tls = Some((bind(addr, "tls").await?, tls));
+    }
+    let options = ServerOptions {
+        conn: ConnConfig {
+            max_frame: config.max_frame_bytes,
+            handshake_timeout: config.handshake_timeout,
+            heartbeat: config.heartbeat,
+            idle_timeout: config.idle_timeout,
+            rate_per_sec: config.rate_per_sec,
+            rate_burst: config.rate_burst,
+            write_timeout: config.write_timeout,
+            max_in_flight: 64,
+            max_body: config.max_body_bytes,
+        },
+        registry: RegistryLimits {
+            per_user: config.max_conns_per_user,
+            per_ip: config.max_conns_per_ip,
+            outbound_bytes: config.outbound_queue_bytes,
+        },
+        router: RouterConfig {
+            node: config.node_id,
+            max_body: config.max_body_bytes,
+            max_group_members: config.max_group_members,
+            appender: AppenderConfig::default(),
+        },
+        secret: secret.into_bytes(),
+        drain_timeout: config.drain_timeout,
+    };
+    let server = Server::start(store, listeners, options);
+    tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");
+    wait_for_signal().await?;
+    tracing::info!("draining: finishing commits in flight and closing connections");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }

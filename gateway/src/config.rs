@@ -1,0 +1,1560 @@
+//! The `hanmadi` command line and a node's configuration.
+//!
+//! A setting comes from the first source that has it: a flag, then an
+//! environment variable, then the TOML file named by `--config` /
+//! `HANMADI_CONFIG`, then the default. Every setting has one name in three
+//! spellings: `--data-dir`, `HANMADI_DATA_DIR`, `data_dir`. An environment
+//! variable set to the empty string counts as unset. Relative paths are
+//! relative to the working directory, wherever they were given.
+//!
+//! Listener addresses take `IP:PORT`, `:PORT` (all IPv4 interfaces), or `off`
+//! / `none` to disable the listener; port 0 asks the OS for a free port, and
+//! the node prints the bound address (`listening <kind> <addr>`). The `tls`
+//! and `https` listeners start only when both `cert` and `key` are set.
+//!
+//! | flag | environment | TOML key | default | meaning |
+//! |---|---|---|---|---|
+//! | `--config` | `HANMADI_CONFIG` | — | none | TOML file to read settings from |
+//! | `--data-dir` | `HANMADI_DATA_DIR` | `data_dir` | `./hanmadi-data` | embedded store and the generated token secret |
+//! | `--tcp` | `HANMADI_TCP` | `tcp` | `0.0.0.0:7070` | raw TCP listener (length-prefixed protobuf) |
+//! | `--tls` | `HANMADI_TLS` | `tls` | `0.0.0.0:7071` | TCP-over-TLS listener; needs `cert` and `key` |
+//! | `--http` | `HANMADI_HTTP` | `http` | `0.0.0.0:7080` | HTTP API and WebSocket (`/ws`) listener |
+//! | `--https` | `HANMADI_HTTPS` | `https` | `0.0.0.0:7443` | HTTPS API and WSS listener; needs `cert` and `key` |
+//! | `--cert` | `HANMADI_CERT` | `cert` | none | PEM certificate chain for `tls` and `https` |
+//! | `--key` | `HANMADI_KEY` | `key` | none | PEM private key for `cert` |
+//! | `--region` | `HANMADI_REGION` | `region` | `local` | region this node serves; discovery ranks same-region nodes first |
+//! | `--secret` | `HANMADI_SECRET` | `secret` | contents of `<data_dir>/secret`, created on first start | token secret (HMAC and HS256 JWT key), at least 32 bytes; every node of a cluster needs the same one |
+//! | `--store` | `HANMADI_STORE` | `store` | `embedded` | storage engine: `embedded` or `fdb` |
+//! | `--fdb-cluster-file` | `HANMADI_FDB_CLUSTER_FILE` | `fdb_cluster_file` | FoundationDB's default | cluster file for `--store fdb` |
+//! | `--node-id` | `HANMADI_NODE_ID` | `node_id` | `0` | node number in message ids (embedded store; a cluster assigns its own) |
+//! | `--hostname` | `HANMADI_HOSTNAME` | `hostname` | the machine's hostname | name clients reach this node by, and its TLS name, in discovery |
+//! | `--max-frame-bytes` | `HANMADI_MAX_FRAME_BYTES` | `max_frame_bytes` | `65536` | largest protocol frame; a larger one closes the connection |
+//! | `--max-body-bytes` | `HANMADI_MAX_BODY_BYTES` | `max_body_bytes` | `16384` | largest message body |
+//! | `--handshake-timeout-ms` | `HANMADI_HANDSHAKE_TIMEOUT_MS` | `handshake_timeout_ms` | `5000` | time from accept to a valid `Hello`, TLS included |
+//! | `--heartbeat-ms` | `HANMADI_HEARTBEAT_MS` | `heartbeat_ms` | `30000` | how often clients are told to ping |
+//! | `--idle-timeout-ms` | `HANMADI_IDLE_TIMEOUT_MS` | `idle_timeout_ms` | 2.5 × `heartbeat_ms` (`75000`) | a connection silent this long is closed |
+//! | `--write-timeout-ms` | `HANMADI_WRITE_TIMEOUT_MS` | `write_timeout_ms` | `10000` | longest a socket write may stall before the connection is closed |
+//! | `--drain-timeout-ms` | `HANMADI_DRAIN_TIMEOUT_MS` | `drain_timeout_ms` | `4000` | on SIGTERM, longest to wait for connections to close |
+//! | `--rate-per-sec` | `HANMADI_RATE_PER_SEC` | `rate_per_sec` | `100` | frames per second one connection may send, on average |
+//! | `--rate-burst` | `HANMADI_RATE_BURST` | `rate_burst` | `200` | frames one connection may send in a burst |
+//! | `--max-conns-per-user` | `HANMADI_MAX_CONNS_PER_USER` | `max_conns_per_user` | `16` | live connections per user on this node |
+//! | `--max-conns-per-ip` | `HANMADI_MAX_CONNS_PER_IP` | `max_conns_per_ip` | `1000` | live connections per remote address on this node |
+//! | `--outbound-queue-bytes` | `HANMADI_OUTBOUND_QUEUE_BYTES` | `outbound_queue_bytes` | `1048576` | per-connection outbound backlog before it is closed as a slow consumer |
+//! | `--max-connections` | `HANMADI_MAX_CONNECTIONS` | `max_connections` | `100000` | capacity this node advertises to discovery |
+//! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
+//! | `--token-ttl-secs` | `HANMADI_TOKEN_TTL_SECS` | `token_ttl_secs` | `604800` (7 days) | lifetime of tokens issued at log-in |
+//! | `--retention-days` | `HANMADI_RETENTION_DAYS` | `retention_days` | `30` | days messages are kept; `0` keeps them forever |
+//!
+//! `hanmadi gen-cert [--out-dir DIR] [--hostname NAME]...` writes a
+//! self-signed `cert.pem` and `key.pem` (mode 0600) for local TLS; the
+//! default is `--out-dir . --hostname localhost`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Prefix of every environment variable Hanmadi reads.
+pub const ENV_PREFIX: &str = "HANMADI_";
+
+/// Shortest token secret accepted, in bytes: RFC 7518 §3.2 requires an
+/// HS256 key at least as long as the hash output.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Name of the generated token secret inside the data directory.
+pub const SECRET_FILE: &str = "secret";
+
+/// The `hanmadi` command line.
+#[derive(Debug, Parser)]
+#[command(name = "hanmadi", version, about = "Hanmadi chat server")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `hanmadi`'s subcommands.
+#[derive(Debug, Subcommand)]
+// Parsed once at start-up; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    /// Run a chat node.
+    Serve(ServeArgs),
+    /// Write a self-signed certificate and key for local TLS.
+    GenCert(GenCertArgs),
+}
+
+/// `hanmadi serve` flags. Every one is optional: an absent flag falls back to
+/// the environment, then the config file, then the default (see
+/// [`Config::from_sources`]).
+#[derive(Debug, Clone, Default, Args)]
+#[command(after_help = "Each flag may also be set by the environment variable \
+HANMADI_<FLAG> (e.g. HANMADI_DATA_DIR) or by the key <flag> with underscores \
+(e.g. data_dir) in the --config TOML file. Flags win over the environment, the \
+environment over the file.")]
+pub struct ServeArgs {
+    /// TOML file to read settings from.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Embedded store and generated token secret [default: ./hanmadi-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Raw TCP listener, or `off` [default: 0.0.0.0:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<Listen>,
+    /// TLS listener (needs --cert and --key), or `off` [default: 0.0.0.0:7071].
+    #[arg(long, value_name = "ADDR")]
+    pub tls: Option<Listen>,
+    /// HTTP API and WebSocket listener, or `off` [default: 0.0.0.0:7080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<Listen>,
+    /// HTTPS API and WSS listener (needs --cert and --key), or `off`
+    /// [default: 0.0.0.0:7443].
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<Listen>,
+    /// PEM certificate chain for the TLS listeners.
+    #[arg(long, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    /// Region this node serves [default: local].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Token secret, at least 32 bytes [default: the file `secret` in the data
+    /// directory, created on first start]. Prefer HANMADI_SECRET: flags show
+    /// in process lists.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Storage engine [default: embedded].
+    #[arg(long, value_enum)]
+    pub store: Option<StoreKind>,
+    /// FoundationDB cluster file [default: FoundationDB's own].
+    #[arg(long, value_name = "PATH")]
+    pub fdb_cluster_file: Option<PathBuf>,
+    /// Node number in message ids [default: 0].
+    #[arg(long)]
+    pub node_id: Option<u16>,
+    /// Name clients reach this node by, also its TLS name [default: the
+    /// machine's hostname].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Largest protocol frame [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Largest message body [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Time from accept to a valid Hello [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// How often clients are told to ping [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// A silent connection is closed after this [default: 2.5 × heartbeat].
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Longest a socket write may stall [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// On SIGTERM, longest to wait for connections to close [default: 4000].
+    #[arg(long, value_name = "MS")]
+    pub drain_timeout_ms: Option<u64>,
+    /// Frames per second per connection, on average [default: 100].
+    #[arg(long, value_name = "N")]
+    pub rate_per_sec: Option<u32>,
+    /// Frames per connection in a burst [default: 200].
+    #[arg(long, value_name = "N")]
+    pub rate_burst: Option<u32>,
+    /// Live connections per user [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_user: Option<usize>,
+    /// Live connections per remote address [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<usize>,
+    /// Outbound backlog per connection before it is closed [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
+    /// Capacity advertised to discovery [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Size cap of new groups [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_group_members: Option<u32>,
+    /// Lifetime of tokens issued at log-in [default: 604800].
+    #[arg(long, value_name = "SECS")]
+    pub token_ttl_secs: Option<u64>,
+    /// Days messages are kept; 0 keeps them forever [default: 30].
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: Option<u32>,
+}
+
+/// `hanmadi gen-cert` flags.
+#[derive(Debug, Clone, Args)]
+pub struct GenCertArgs {
+    /// Directory to write cert.pem and key.pem into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out_dir: PathBuf,
+    /// DNS name or IP address the certificate is for; repeat for several.
+    #[arg(long = "hostname", value_name = "NAME", default_value = "localhost")]
+    pub hostnames: Vec<String>,
+}
+
+impl GenCertArgs {
+    /// Where the certificate goes: `<out_dir>/cert.pem`.
+    #[must_use]
+    pub fn cert_path(&self) -> PathBuf {
+        self.out_dir.join("cert.pem")
+    }
+
+    /// Where the key goes: `<out_dir>/key.pem`.
+    #[must_use]
+    pub fn key_path(&self) -> PathBuf {
+        self.out_dir.join("key.pem")
+    }
+
+    /// Creates `out_dir` if needed and writes the certificate and key.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::tls::TlsError::Write`] if the directory cannot be created,
+    /// otherwise whatever [`crate::tls::generate_self_signed`] returns.
+    pub fn run(&self) -> Result<(), crate::tls::TlsError> {
+        std::fs::create_dir_all(&self.out_dir).map_err(|source| crate::tls::TlsError::Write {
+            path: self.out_dir.clone(),
+            source,
+        })?;
+        crate::tls::generate_self_signed(&self.hostnames, &self.cert_path(), &self.key_path())
+    }
+}
+
+/// A listener address, or `None` for a disabled listener.
+///
+/// Parses `IP:PORT`, `[IPv6]:PORT`, `:PORT` (meaning `0.0.0.0:PORT`), and
+/// `off` or `none` in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
+            return Ok(Self(None));
+        }
+        let parsed = match s.strip_prefix(':') {
+            Some(port) => port
+                .parse::<u16>()
+                .map(|port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+                .ok(),
+            None => s.parse::<SocketAddr>().ok(),
+        };
+        parsed
+            .map(|a| Self(Some(a)))
+            .ok_or_else(|| format!("invalid listen address {s:?}: expected IP:PORT, :PORT, or off"))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which storage engine a node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded single-node store under `data_dir`.
+    #[default]
+    Embedded,
+    /// A FoundationDB cluster shared by every node.
+    Fdb,
+}
+
+impl FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "embedded" => Ok(Self::Embedded),
+            "fdb" => Ok(Self::Fdb),
+            _ => Err(format!("unknown store {s:?}: expected embedded or fdb")),
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Embedded => "embedded",
+            Self::Fdb => "fdb",
+        })
+    }
+}
+
+/// The token secret. Its `Debug` output is redacted so a logged [`Config`]
+/// never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps raw key bytes.
+    #[must_use]
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The key bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The key bytes, consuming the secret.
+    #[must_use]
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The config file's contents. Every key is optional; unknown keys are an
+/// error, so a misspelt setting is not silently ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // The keys are the settings of the module table.
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub tcp: Option<Listen>,
+    pub tls: Option<Listen>,
+    pub http: Option<Listen>,
+    pub https: Option<Listen>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub region: Option<String>,
+    pub secret: Option<String>,
+    pub store: Option<StoreKind>,
+    pub fdb_cluster_file: Option<PathBuf>,
+    pub node_id: Option<u16>,
+    pub hostname: Option<String>,
+    pub max_frame_bytes: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub drain_timeout_ms: Option<u64>,
+    pub rate_per_sec: Option<u32>,
+    pub rate_burst: Option<u32>,
+    pub max_conns_per_user: Option<usize>,
+    pub max_conns_per_ip: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
+    pub max_connections: Option<u64>,
+    pub max_group_members: Option<u32>,
+    pub token_ttl_secs: Option<u64>,
+    pub retention_days: Option<u32>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ReadFile`] if it cannot be read,
+    /// [`ConfigError::ParseFile`] for TOML errors, unknown keys and bad values
+    /// (the message gives the line and key).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    ///
+    /// The TOML error, which names the offending line and key.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// Why a configuration could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An environment variable holds a value its setting cannot take.
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A `HANMADI_*` environment variable is not valid Unicode.
+    #[error("environment variable {0} is not valid UTF-8")]
+    EnvNotUnicode(String),
+    /// The config file could not be read.
+    #[error("reading config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys or bad values.
+    #[error("config file {path}: {source}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error, with line and key.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Settings that are each well formed but do not work together, or a
+    /// value out of range.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// The setting (TOML spelling) at fault.
+        setting: &'static str,
+        /// What is wrong and what would work.
+        reason: String,
+    },
+    /// The token secret is too short to be safe.
+    #[error(
+        "the token secret is {len} bytes; at least {MIN_SECRET_LEN} are required \
+         (or leave it unset to have one generated in the data directory)"
+    )]
+    SecretTooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// The secret file in the data directory could not be read or created.
+    #[error("token secret file {path}: {source}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A node's resolved configuration: every setting decided.
+///
+/// Field names follow the settings of the module table; `*_ms` and `*_secs`
+/// settings arrive here as [`Duration`]s.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Embedded store and generated token secret.
+    pub data_dir: PathBuf,
+    /// Raw TCP listener; `None` when disabled.
+    pub tcp: Option<SocketAddr>,
+    /// TLS listener address as configured; [`Config::tls_listener`] says
+    /// whether it starts.
+    pub tls: Option<SocketAddr>,
+    /// HTTP API and WebSocket listener; `None` when disabled.
+    pub http: Option<SocketAddr>,
+    /// HTTPS listener address as configured; [`Config::https_listener`] says
+    /// whether it starts.
+    pub https: Option<SocketAddr>,
+    /// PEM certificate chain; set together with `key` or not at all.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Region this node serves, for discovery.
+    pub region: String,
+    /// The configured secret; `None` means the data directory's (see
+    /// [`Config::resolve_secret`]).
+    pub secret: Option<Secret>,
+    /// Storage engine.
+    pub store: StoreKind,
+    /// FoundationDB cluster file; `None` for FoundationDB's default.
+    pub fdb_cluster_file: Option<PathBuf>,
+    /// Node number in message ids.
+    pub node_id: u16,
+    /// Name clients reach this node by, and its TLS name.
+    pub hostname: String,
+    /// Largest protocol frame, in bytes (at most `u32::MAX`).
+    pub max_frame_bytes: usize,
+    /// Largest message body, in bytes; below `max_frame_bytes`.
+    pub max_body_bytes: usize,
+    /// Time from accept to a valid `Hello`, TLS included.
+    pub handshake_timeout: Duration,
+    /// How often clients are told to ping.
+    pub heartbeat: Duration,
+    /// A connection silent this long is closed; above `heartbeat`.
+    pub idle_timeout: Duration,
+    /// Longest a socket write may stall.
+    pub write_timeout: Duration,
+    /// On SIGTERM, longest to wait for connections to close.
+    pub drain_timeout: Duration,
+    /// Frames per second one connection may send, on average.
+    pub rate_per_sec: u32,
+    /// Frames one connection may send in a burst.
+    pub rate_burst: u32,
+    /// Live connections per user on this node.
+    pub max_conns_per_user: usize,
+    /// Live connections per remote address on this node.
+    pub max_conns_per_ip: usize,
+    /// Outbound backlog per connection, in bytes, before it is closed as a
+    /// slow consumer; at least `max_frame_bytes`.
+    pub outbound_queue_bytes: usize,
+    /// Capacity advertised to discovery.
+    pub max_connections: u64,
+    /// Size cap of new groups.
+    pub max_group_members: u32,
+    /// Lifetime of tokens issued at log-in.
+    pub token_ttl: Duration,
+    /// Days messages are kept; 0 keeps them forever.
+    pub retention_days: u32,
+}
+
+impl Default for Config {
+    /// The defaults of the module table, with the machine's hostname.
+    fn default() -> Self {
+        let heartbeat = Duration::from_millis(30_000);
+        Self {
+            config_file: None,
+            data_dir: PathBuf::from("./hanmadi-data"),
+            tcp: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7070))),
+            tls: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7071))),
+            http: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7080))),
+            https: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7443))),
+            cert: None,
+            key: None,
+            region: "local".to_owned(),
+            secret: None,
+            store: StoreKind::Embedded,
+            fdb_cluster_file: None,
+            node_id: 0,
+            hostname: machine_hostname(),
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024,
+            handshake_timeout: Duration::from_millis(5_000),
+            heartbeat,
+            idle_timeout: default_idle_timeout(heartbeat),
+            write_timeout: Duration::from_millis(10_000),
+            drain_timeout: Duration::from_millis(4_000),
+            rate_per_sec: 100,
+            rate_burst: 200,
+            max_conns_per_user: 16,
+            max_conns_per_ip: 1000,
+            outbound_queue_bytes: 1 << 20,
+            max_connections: 100_000,
+            max_group_members: 1000,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            retention_days: 30,
+        }
+    }
+}
+
+/// The idle deadline when none is configured: two missed heartbeats plus
+/// half of one for network delay, so one lost ping never costs a connection.
+fn default_idle_timeout(heartbeat: Duration) -> Duration {
+    heartbeat.saturating_mul(5) / 2
+}
+
+fn machine_hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Looks up the setting `key` (TOML spelling) in the environment map as
+/// `HANMADI_<KEY>`; empty means unset.
+fn from_env<T>(env: &HashMap<String, String>, key: &str) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+    match env.get(&var).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| ConfigError::Env {
+                reason: e.to_string(),
+                var,
+                value: value.to_owned(),
+            }),
+    }
+}
+
+/// A setting's value from the first source that has it.
+fn pick<T>(
+    flag: Option<T>,
+    env: &HashMap<String, String>,
+    key: &str,
+    file: Option<T>,
+) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    Ok(from_env(env, key)?.or(file))
+}
+
+impl Config {
+    /// Assembles the configuration from `args`, the process environment and
+    /// the config file they name.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load_with_env`], plus [`ConfigError::EnvNotUnicode`] for
+    /// a `HANMADI_*` variable that is not UTF-8.
+    pub fn load(args: ServeArgs) -> Result<Self, ConfigError> {
+        let mut env = HashMap::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            let value = value
+                .into_string()
+                .map_err(|_| ConfigError::EnvNotUnicode(name.to_owned()))?;
+            env.insert(name.to_owned(), value);
+        }
+        Self::load_with_env(args, &env)
+    }
+
+    /// Like [`Config::load`] with `env` in place of the process environment.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ReadFile`] / [`ConfigError::ParseFile`] for the config
+    /// file, otherwise as [`Config::from_sources`].
+    pub fn load_with_env(
+        args: ServeArgs,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let path = pick(args.config.clone(), env, "config", None)?;
+        let file = path.as_deref().map(FileConfig::load).transpose()?;
+        let mut config = Self::from_sources(args, env, file)?;
+        config.config_file = path;
+        Ok(config)
+    }
+
+    /// Merges the three sources over the defaults: `args` first, then `env`
+    /// (`HANMADI_*` variables), then `file`. Reads nothing from the process
+    /// or the file system, apart from the machine's hostname for its default.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Env`] for an environment value that does not parse,
+    /// [`ConfigError::SecretTooShort`] for a short configured secret, and
+    /// [`ConfigError::Invalid`] for values out of range or that contradict
+    /// each other (`cert` without `key`, a body larger than a frame, an idle
+    /// deadline not above the heartbeat, ...).
+    pub fn from_sources(
+        args: ServeArgs,
+        env: &HashMap<String, String>,
+        file: Option<FileConfig>,
+    ) -> Result<Self, ConfigError> {
+        let f = file.unwrap_or_default();
+        let d = Self::default();
+        let ms = Duration::from_millis;
+
+        let listen = |flag: Option<Listen>, key, file: Option<Listen>, default| {
+            pick(flag, env, key, file).map(|l| l.map_or(default, |l| l.0))
+        };
+
+        let heartbeat =
+            pick(args.heartbeat_ms, env, "heartbeat_ms", f.heartbeat_ms)?.map_or(d.heartbeat, ms);
+        let idle_timeout = pick(
+            args.idle_timeout_ms,
+            env,
+            "idle_timeout_ms",
+            f.idle_timeout_ms,
+        )?
+        .map_or_else(|| default_idle_timeout(heartbeat), ms);
+        let secret =
+            pick(args.secret, env, "secret", f.secret)?.map(|s| Secret::new(s.into_bytes()));
+
+        let config = Self {
+            config_file: None,
+            data_dir: pick(args.data_dir, env, "data_dir", f.data_dir)?.unwrap_or(d.data_dir),
+            tcp: listen(args.tcp, "tcp", f.tcp, d.tcp)?,
+            tls: listen(args.tls, "tls", f.tls, d.tls)?,
+            http: listen(args.http, "http", f.http, d.http)?,
+            https: listen(args.https, "https", f.https, d.https)?,
+            cert: pick(args.cert, env, "cert", f.cert)?,
+            key: pick(args.key, env, "key", f.key)?,
+            region: pick(args.region, env, "region", f.region)?.unwrap_or(d.region),
+            secret,
+            store: pick(args.store, env, "store", f.store)?.unwrap_or(d.store),
+            fdb_cluster_file: pick(
+                args.fdb_cluster_file,
+                env,
+                "fdb_cluster_file",
+                f.fdb_cluster_file,
+            )?,
+            node_id: pick(args.node_id, env, "node_id", f.node_id)?.unwrap_or(d.node_id),
+            hostname: pick(args.hostname, env, "hostname", f.hostname)?.unwrap_or(d.hostname),
+            max_frame_bytes: pick(
+                args.max_frame_bytes,
+                env,
+                "max_frame_bytes",
+                f.max_frame_bytes,
+            )?
+            .unwrap_or(d.max_frame_bytes),
+            max_body_bytes: pick(args.max_body_bytes, env, "max_body_bytes", f.max_body_bytes)?
+                .unwrap_or(d.max_body_bytes),
+            handshake_timeout: pick(
+                args.handshake_timeout_ms,
+                env,
+                "handshake_timeout_ms",
+                f.handshake_timeout_ms,
+            )?
+            .map_or(d.handshake_timeout, ms),
+            heartbeat,
+            idle_timeout,
+            write_timeout: pick(
+                args.write_timeout_ms,
+                env,
+                "write_timeout_ms",
+                f.write_timeout_ms,
+            )?
+            .map_or(d.write_timeout, ms),
+            drain_timeout: pick(
+                args.drain_timeout_ms,
+                env,
+                "drain_timeout_ms",
+                f.drain_timeout_ms,
+            )?
+            .map_or(d.drain_timeout, ms),
+            rate_per_sec: pick(args.rate_per_sec, env, "rate_per_sec", f.rate_per_sec)?
+                .unwrap_or(d.rate_per_sec),
+            rate_burst: pick(args.rate_burst, env, "rate_burst", f.rate_burst)?
+                .unwrap_or(d.rate_burst),
+            max_conns_per_user: pick(
+                args.max_conns_per_user,
+                env,
+                "max_conns_per_user",
+                f.max_conns_per_user,
+            )?
+            .unwrap_or(d.max_conns_per_user),
+            max_conns_per_ip: pick(
+                args.max_conns_per_ip,
+                env,
+                "max_conns_per_ip",
+                f.max_conns_per_ip,
+            )?
+            .unwrap_or(d.max_conns_per_ip),
+            outbound_queue_bytes: pick(
+                args.outbound_queue_bytes,
+                env,
+                "outbound_queue_bytes",
+                f.outbound_queue_bytes,
+            )?
+            .unwrap_or(d.outbound_queue_bytes),
+            max_connections: pick(
+                args.max_connections,
+                env,
+                "max_connections",
+                f.max_connections,
+            )?
+            .unwrap_or(d.max_connections),
+            max_group_members: pick(
+                args.max_group_members,
+                env,
+                "max_group_members",
+                f.max_group_members,
+            )?
+            .unwrap_or(d.max_group_members),
+            token_ttl: pick(args.token_ttl_secs, env, "token_ttl_secs", f.token_ttl_secs)?
+                .map_or(d.token_ttl, Duration::from_secs),
+            retention_days: pick(args.retention_days, env, "retention_days", f.retention_days)?
+                .unwrap_or(d.retention_days),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return invalid("cert", "a certificate needs its key (--key)"),
+            (None, Some(_)) => return invalid("key", "a key needs its certificate (--cert)"),
+            _ => {}
+        }
+        if let Some(secret) = &self.secret {
+            if secret.as_bytes().len() < MIN_SECRET_LEN {
+                return Err(ConfigError::SecretTooShort {
+                    len: secret.as_bytes().len(),
+                });
+            }
+        }
+        if self.region.trim().is_empty() {
+            return invalid("region", "must not be empty");
+        }
+        if self.hostname.trim().is_empty() {
+            return invalid("hostname", "must not be empty");
+        }
+        // Frame lengths travel in a 4-byte prefix.
+        if self.max_frame_bytes < 1024 || u32::try_from(self.max_frame_bytes).is_err() {
+            return invalid("max_frame_bytes", "must be between 1024 and 4294967295");
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes >= self.max_frame_bytes {
+            // A body travels inside a frame with its envelope, so a body as
+            // large as a frame could never be sent.
+            return invalid(
+                "max_body_bytes",
+                "must be above 0 and below max_frame_bytes",
+            );
+        }
+        if self.outbound_queue_bytes < self.max_frame_bytes {
+            // Otherwise one largest frame would mark its reader slow.
+            return invalid("outbound_queue_bytes", "must be at least max_frame_bytes");
+        }
+        for (setting, value) in [
+            ("handshake_timeout_ms", self.handshake_timeout),
+            ("heartbeat_ms", self.heartbeat),
+            ("write_timeout_ms", self.write_timeout),
+            ("token_ttl_secs", self.token_ttl),
+        ] {
+            if value.is_zero() {
+                return invalid(setting, "must be above 0");
+            }
+        }
+        if self.idle_timeout <= self.heartbeat {
+            // A client that pings on schedule would still be cut off.
+            return invalid("idle_timeout_ms", "must be above heartbeat_ms");
+        }
+        for (setting, value) in [
+            ("rate_per_sec", u64::from(self.rate_per_sec)),
+            ("rate_burst", u64::from(self.rate_burst)),
+            ("max_conns_per_user", self.max_conns_per_user as u64),
+            ("max_conns_per_ip", self.max_conns_per_ip as u64),
+            ("max_group_members", u64::from(self.max_group_members)),
+        ] {
+            if value == 0 {
+                return invalid(setting, "must be above 0");
+            }
+        }
+        Ok(())
+    }
+
+    /// The certificate and key paths, when both are set.
+    #[must_use]
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
+
+    /// The TLS listener's address, if it is enabled and a certificate is
+    /// configured.
+    #[must_use]
+    pub fn tls_listener(&self) -> Option<SocketAddr> {
+        self.tls_files().and(self.tls)
+    }
+
+    /// The HTTPS listener's address, if it is enabled and a certificate is
+    /// configured.
+    #[must_use]
+    pub fn https_listener(&self) -> Option<SocketAddr> {
+        self.tls_files().and(self.https)
+    }
+
+    /// Where the generated token secret lives: `<data_dir>/secret`.
+    #[must_use]
+    pub fn secret_path(&self) -> PathBuf {
+        self.data_dir.join(SECRET_FILE)
+    }
+
+    /// The token secret: the configured one, else the contents of
+    /// `<data_dir>/secret`, which is created on first use (64 hex digits
+    /// from the OS's random generator, mode 0600).
+    ///
+    /// Keeping a generated secret in the data directory lets tokens survive
+    /// restarts without any setup. The file's text, without surrounding
+    /// whitespace, is the key, so an application backend can copy it to
+    /// mint HS256 JWTs. Nodes of a cluster must share one secret, so with
+    /// `store = fdb` set it explicitly.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::SecretFile`] if the file cannot be read or created,
+    /// [`ConfigError::SecretTooShort`] if it holds fewer than
+    /// [`MIN_SECRET_LEN`] bytes.
+    pub fn resolve_secret(&self) -> Result<Secret, ConfigError> {
+        if let Some(secret) = &self.secret {
+            return Ok(secret.clone());
+        }
+        let path = self.secret_path();
+        let secret = match read_secret_file(&path)? {
+            Some(secret) => secret,
+            None => create_secret_file(&self.data_dir, &path)?,
+        };
+        if secret.as_bytes().len() < MIN_SECRET_LEN {
+            return Err(ConfigError::SecretTooShort {
+                len: secret.as_bytes().len(),
+            });
+        }
+        Ok(secret)
+    }
+}
+
+fn secret_error(path: &Path) -> impl Fn(std::io::Error) -> ConfigError + '_ {
+    move |source| ConfigError::SecretFile {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The secret in `path`, or `None` if the file does not exist.
+fn read_secret_file(path: &Path) -> Result<Option<Secret>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(secret_error(path)(e)),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the token secret file is readable by other users; chmod 600 it"
+                );
+            }
+        }
+    }
+    Ok(Some(Secret::new(text.trim().as_bytes().to_vec())))
+}
+
+/// Writes a fresh secret to `path` unless another process got there first,
+/// in which case that one wins and is returned.
+fn create_secret_file(data_dir: &Path, path: &Path) -> Result<Secret, ConfigError> {
+    use rand::RngCore as _;
+
+    std::fs::create_dir_all(data_dir).map_err(secret_error(data_dir))?;
+
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+
+    // Written whole under a private name, then linked into place: a reader
+    // never sees a half-written secret, and `hard_link` refuses to replace
+    // a secret another process linked first.
+    let tmp = data_dir.join(format!(
+        ".{SECRET_FILE}.{:016x}.tmp",
+        rand::rng().next_u64()
+    ));
+    let result = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(hex.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "created a new token secret");
+            Ok(Secret::new(hex.into_bytes()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_secret_file(path)?
+            .ok_or_else(|| secret_error(path)(std::io::ErrorKind::NotFound.into())),
+        Err(e) => Err(secret_error(path)(e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let argv = ["hanmadi", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a,
+            Command::GenCert(_) => unreachable!(),
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn file(text: &str) -> FileConfig {
+        FileConfig::parse(text).unwrap()
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_sources(serve(&[]), &HashMap::new(), None).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./hanmadi-data"));
+        assert_eq!(c.tcp, addr("0.0.0.0:7070"));
+        assert_eq!(c.tls, addr("0.0.0.0:7071"));
+        assert_eq!(c.http, addr("0.0.0.0:7080"));
+        assert_eq!(c.https, addr("0.0.0.0:7443"));
+        assert_eq!((c.tls_listener(), c.https_listener()), (None, None));
+        assert_eq!(c.region, "local");
+        assert_eq!(c.store, StoreKind::Embedded);
+        assert_eq!(c.node_id, 0);
+        assert!(!c.hostname.is_empty());
+        assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.max_body_bytes, 16384);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.heartbeat, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        assert_eq!((c.rate_per_sec, c.rate_burst), (100, 200));
+        assert_eq!((c.max_conns_per_user, c.max_conns_per_ip), (16, 1000));
+        assert_eq!(c.outbound_queue_bytes, 1 << 20);
+        assert_eq!(c.max_connections, 100_000);
+        assert_eq!(c.retention_days, 30);
+        assert!(c.secret.is_none());
+        assert!(c.config_file.is_none());
+    }
+
+    #[test]
+    fn file_overrides_defaults_env_overrides_file_flag_overrides_env() {
+        let f = file(
+            r#"
+            tcp = "127.0.0.1:1"
+            region = "file"
+            heartbeat_ms = 1000
+            rate_burst = 7
+            "#,
+        );
+        let e = env(&[("HANMADI_TCP", "127.0.0.1:2"), ("HANMADI_REGION", "env")]);
+
+        let c = Config::from_sources(serve(&[]), &HashMap::new(), Some(f.clone())).unwrap();
+        assert_eq!(c.tcp, addr("127.0.0.1:1"));
+        assert_eq!(c.region, "file");
+
+        let c = Config::from_sources(serve(&[]), &e, Some(f.clone())).unwrap();
+        assert_eq!(c.tcp, addr("127.0.0.1:2"));
+        assert_eq!(c.region, "env");
+        assert_eq!(c.rate_burst, 7); // only the file has it
+
+        let c = Config::from_sources(serve(&["--tcp", "127.0.0.1:3"]), &e, Some(f)).unwrap();
+        assert_eq!(c.tcp, addr("127.0.0.1:3"));
+        assert_eq!(c.region, "env");
+        // Idle follows the file's heartbeat when nobody sets it.
+        assert_eq!(c.heartbeat, Duration::from_secs(1));
+        assert_eq!(c.idle_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn empty_env_counts_as_unset() {
+        let f = file(r#"region = "file""#);
+        let c = Config::from_sources(serve(&[]), &env(&[("HANMADI_REGION", "")]), Some(f)).unwrap();
+        assert_eq!(c.region, "file");
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let a = serve(&[
+            "--config",
+            "c.toml",
+            "--data-dir",
+            "/d",
+            "--tcp",
+            ":0",
+            "--tls",
+            "off",
+            "--http",
+            "[::1]:8080",
+            "--https",
+            "none",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--region",
+            "eu",
+            "--secret",
+            "0123456789abcdef0123456789abcdef",
+            "--store",
+            "fdb",
+            "--fdb-cluster-file",
+            "/etc/fdb.cluster",
+            "--node-id",
+            "3",
+            "--hostname",
+            "n1",
+            "--max-frame-bytes",
+            "2048",
+            "--max-body-bytes",
+            "1024",
+            "--handshake-timeout-ms",
+            "1",
+            "--heartbeat-ms",
+            "2",
+            "--idle-timeout-ms",
+            "3",
+            "--write-timeout-ms",
+            "4",
+            "--drain-timeout-ms",
+            "5",
+            "--rate-per-sec",
+            "6",
+            "--rate-burst",
+            "7",
+            "--max-conns-per-user",
+            "8",
+            "--max-conns-per-ip",
+            "9",
+            "--outbound-queue-bytes",
+            "4096",
+            "--max-connections",
+            "11",
+            "--max-group-members",
+            "12",
+            "--token-ttl-secs",
+            "13",
+            "--retention-days",
+            "0",
+        ]);
+        let c = Config::from_sources(a, &HashMap::new(), None).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(c.tcp, addr("0.0.0.0:0"));
+        assert_eq!(c.tls, None);
+        assert_eq!(c.http, addr("[::1]:8080"));
+        assert_eq!(c.https, None);
+        assert_eq!(
+            c.tls_files(),
+            Some((Path::new("c.pem"), Path::new("k.pem")))
+        );
+        assert_eq!(c.tls_listener(), None); // disabled although a cert is set
+        assert_eq!(c.store, StoreKind::Fdb);
+        assert_eq!(c.fdb_cluster_file, Some(PathBuf::from("/etc/fdb.cluster")));
+        assert_eq!((c.node_id, c.hostname.as_str()), (3, "n1"));
+        assert_eq!((c.max_frame_bytes, c.max_body_bytes), (2048, 1024));
+        assert_eq!(c.idle_timeout, Duration::from_millis(3));
+        assert_eq!(c.drain_timeout, Duration::from_millis(5));
+        assert_eq!((c.rate_per_sec, c.rate_burst), (6, 7));
+        assert_eq!((c.max_conns_per_user, c.max_conns_per_ip), (8, 9));
+        assert_eq!((c.outbound_queue_bytes, c.max_connections), (4096, 11));
+        assert_eq!((c.max_group_members, c.retention_days), (12, 0));
+        assert_eq!(c.token_ttl, Duration::from_secs(13));
+        assert_eq!(
+            c.resolve_secret().unwrap().as_bytes(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn every_file_key_parses() {
+        let f = file(
+            r#"
+            data_dir = "/d"
+            tcp = ":7000"
+            tls = "off"
+            http = "127.0.0.1:0"
+            https = "[::]:443"
+            cert = "c.pem"
+            key = "k.pem"
+            region = "eu"
+            secret = "0123456789abcdef0123456789abcdef"
+            store = "fdb"
+            fdb_cluster_file = "/etc/fdb.cluster"
+            node_id = 3
+            hostname = "n1"
+            max_frame_bytes = 2048
+            max_body_bytes = 1024
+            handshake_timeout_ms = 1
+            heartbeat_ms = 2
+            idle_timeout_ms = 3
+            write_timeout_ms = 4
+            drain_timeout_ms = 5
+            rate_per_sec = 6
+            rate_burst = 7
+            max_conns_per_user = 8
+            max_conns_per_ip = 9
+            outbound_queue_bytes = 4096
+            max_connections = 11
+            max_group_members = 12
+            token_ttl_secs = 13
+            retention_days = 14
+            "#,
+        );
+        let c = Config::from_sources(ServeArgs::default(), &HashMap::new(), Some(f)).unwrap();
+        assert_eq!(c.tcp, addr("0.0.0.0:7000"));
+        assert_eq!(c.https_listener(), addr("[::]:443"));
+        assert_eq!(c.store, StoreKind::Fdb);
+        assert_eq!(c.retention_days, 14);
+    }
+
+    #[test]
+    fn every_env_var_parses() {
+        let e = env(&[
+            ("HANMADI_DATA_DIR", "/d"),
+            ("HANMADI_TCP", "OFF"),
+            ("HANMADI_TLS", ":1"),
+            ("HANMADI_HTTP", " 127.0.0.1:0 "),
+            ("HANMADI_HTTPS", "off"),
+            ("HANMADI_CERT", "c.pem"),
+            ("HANMADI_KEY", "k.pem"),
+            ("HANMADI_REGION", "eu"),
+            ("HANMADI_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("HANMADI_STORE", "FDB"),
+            ("HANMADI_FDB_CLUSTER_FILE", "/f"),
+            ("HANMADI_NODE_ID", "65535"),
+            ("HANMADI_HOSTNAME", "n1"),
+            ("HANMADI_MAX_FRAME_BYTES", "2048"),
+            ("HANMADI_MAX_BODY_BYTES", "1024"),
+            ("HANMADI_HANDSHAKE_TIMEOUT_MS", "1"),
+            ("HANMADI_HEARTBEAT_MS", "2"),
+            ("HANMADI_IDLE_TIMEOUT_MS", "3"),
+            ("HANMADI_WRITE_TIMEOUT_MS", "4"),
+            ("HANMADI_DRAIN_TIMEOUT_MS", "5"),
+            ("HANMADI_RATE_PER_SEC", "6"),
+            ("HANMADI_RATE_BURST", "7"),
+            ("HANMADI_MAX_CONNS_PER_USER", "8"),
+            ("HANMADI_MAX_CONNS_PER_IP", "9"),
+            ("HANMADI_OUTBOUND_QUEUE_BYTES", "4096"),
+            ("HANMADI_MAX_CONNECTIONS", "11"),
+            ("HANMADI_MAX_GROUP_MEMBERS", "12"),
+            ("HANMADI_TOKEN_TTL_SECS", "13"),
+            ("HANMADI_RETENTION_DAYS", "14"),
+        ]);
+        let c = Config::from_sources(ServeArgs::default(), &e, None).unwrap();
+        assert_eq!(c.tcp, None);
+        assert_eq!(c.tls_listener(), addr("0.0.0.0:1"));
+        assert_eq!(c.http, addr("127.0.0.1:0"));
+        assert_eq!(c.store, StoreKind::Fdb);
+        assert_eq!(c.node_id, 65535);
+        assert_eq!(c.token_ttl, Duration::from_secs(13));
+        assert_eq!(c.retention_days, 14);
+    }
+
+    #[test]
+    fn unknown_file_key_is_a_clear_error() {
+        let err = FileConfig::parse("tcp = \":1\"\nheartbeat = 5\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("heartbeat"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+
+        // `config` is a flag only; a file cannot point at another file.
+        assert!(FileConfig::parse("config = \"other.toml\"").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let msg = FileConfig::parse("tcp = \"localhost:70\"")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("invalid listen address"), "{msg}");
+        assert!(msg.contains("tcp"), "{msg}");
+
+        let msg = FileConfig::parse("node_id = 70000")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("node_id"), "{msg}");
+        let msg = FileConfig::parse("store = \"rocks\"")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("rocks"), "{msg}");
+        assert!(FileConfig::parse("max_frame_bytes = -1").is_err());
+        assert!(FileConfig::parse("tcp = 7070").is_err());
+        assert!(FileConfig::parse("not toml at all").is_err());
+
+        let err = Config::from_sources(serve(&[]), &env(&[("HANMADI_TCP", "1.2.3.4")]), None)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("HANMADI_TCP"), "{msg}");
+        assert!(msg.contains("invalid listen address"), "{msg}");
+
+        let err = Config::from_sources(serve(&[]), &env(&[("HANMADI_RATE_BURST", "lots")]), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("HANMADI_RATE_BURST"), "{err}");
+
+        let err = Cli::try_parse_from(["hanmadi", "serve", "--http", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("invalid listen address"), "{err}");
+        assert!(Cli::try_parse_from(["hanmadi", "serve", "--bogus"]).is_err());
+        assert!(Cli::try_parse_from(["hanmadi", "serve", "--store", "rocks"]).is_err());
+    }
+
+    #[test]
+    fn listen_forms() {
+        let p = |s: &str| s.parse::<Listen>();
+        assert_eq!(p("off").unwrap(), Listen(None));
+        assert_eq!(p("None").unwrap(), Listen(None));
+        assert_eq!(p(":0").unwrap(), Listen(addr("0.0.0.0:0")));
+        assert_eq!(p("127.0.0.1:0").unwrap(), Listen(addr("127.0.0.1:0")));
+        assert_eq!(p("[::]:7070").unwrap(), Listen(addr("[::]:7070")));
+        for bad in ["", ":", ":70000", "127.0.0.1", "host:80", "::1:80", "offf"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Listen(None).to_string(), "off");
+        assert_eq!(Listen(addr("1.2.3.4:5")).to_string(), "1.2.3.4:5");
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused() {
+        let bad = |args: &[&str], setting: &str| {
+            let err = Config::from_sources(serve(args), &HashMap::new(), None).unwrap_err();
+            match &err {
+                ConfigError::Invalid { setting: s, .. } => assert_eq!(*s, setting, "{err}"),
+                other => panic!("{args:?}: {other}"),
+            }
+        };
+        bad(&["--cert", "c.pem"], "cert");
+        bad(&["--key", "k.pem"], "key");
+        bad(&["--max-body-bytes", "65536"], "max_body_bytes");
+        bad(&["--max-body-bytes", "0"], "max_body_bytes");
+        bad(&["--max-frame-bytes", "100"], "max_frame_bytes");
+        bad(&["--max-frame-bytes", "5000000000"], "max_frame_bytes");
+        bad(&["--outbound-queue-bytes", "1000"], "outbound_queue_bytes");
+        bad(&["--heartbeat-ms", "0"], "heartbeat_ms");
+        bad(
+            &["--heartbeat-ms", "1000", "--idle-timeout-ms", "1000"],
+            "idle_timeout_ms",
+        );
+        bad(&["--rate-burst", "0"], "rate_burst");
+        bad(&["--max-conns-per-user", "0"], "max_conns_per_user");
+        bad(&["--region", " "], "region");
+
+        let err =
+            Config::from_sources(serve(&["--secret", "short"]), &HashMap::new(), None).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::SecretTooShort { len: 5 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secret_never_printed() {
+        let c = Config::from_sources(
+            serve(&["--secret", "0123456789abcdef0123456789abcdef-private"]),
+            &HashMap::new(),
+            None,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("private"));
+    }
+
+    #[test]
+    fn generated_secret_persists_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("nested/data");
+        let c = Config::from_sources(
+            serve(&["--data-dir", data.to_str().unwrap()]),
+            &HashMap::new(),
+            None,
+        )
+        .unwrap();
+        let first = c.resolve_secret().unwrap();
+        assert_eq!(first.as_bytes().len(), 64);
+        assert!(first.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(c.resolve_secret().unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(c.secret_path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Only the secret is left behind, no temporary file.
+        let names: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
+
+        // A configured secret wins over the file.
+        let mut c2 = c.clone();
+        c2.secret = Some(Secret::new(b"x".repeat(32)));
+        assert_eq!(c2.resolve_secret().unwrap().as_bytes(), b"x".repeat(32));
+
+        // A hand-edited file is trimmed; a short one is refused.
+        std::fs::write(c.secret_path(), format!("  {}  \n", "y".repeat(40))).unwrap();
+        assert_eq!(
+            c.resolve_secret().unwrap().as_bytes(),
+            "y".repeat(40).as_bytes()
+        );
+        std::fs::write(c.secret_path(), "short\n").unwrap();
+        assert!(matches!(
+            c.resolve_secret(),
+            Err(ConfigError::SecretTooShort { len: 5 })
+        ));
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::from_sources(
+            serve(&["--data-dir", dir.path().to_str().unwrap()]),
+            &HashMap::new(),
+            None,
+        )
+        .unwrap();
+        let secrets: Vec<Secret> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| c.resolve_secret().unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(secrets.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn load_reads_the_file_named_by_env_or_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.toml");
+        let b = dir.path().join("b.toml");
+        std::fs::write(&a, "region = \"a\"\n").unwrap();
+        std::fs::write(&b, "region = \"b\"\n").unwrap();
+        let e = env(&[("HANMADI_CONFIG", a.to_str().unwrap())]);
+
+        let c = Config::load_with_env(serve(&[]), &e).unwrap();
+        assert_eq!(
+            (c.region.as_str(), c.config_file.as_deref()),
+            ("a", Some(a.as_path()))
+        );
+        let c = Config::load_with_env(serve(&["--config", b.to_str().unwrap()]), &e).unwrap();
+        assert_eq!(c.region, "b");
+
+        let missing = dir.path().join("missing.toml");
+        let err =
+            Config::load_with_env(serve(&["--config", missing.to_str().unwrap()]), &e).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadFile { .. }), "{err}");
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+
+        std::fs::write(&a, "region = \"a\"\ntypo = 1\n").unwrap();
+        let err = Config::load_with_env(serve(&[]), &e).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::ParseFile { .. }), "{msg}");
+        assert!(msg.contains("a.toml") && msg.contains("typo"), "{msg}");
+    }
+
+    #[test]
+    fn gen_cert_args() {
+        let Command::GenCert(g) = Cli::try_parse_from(["hanmadi", "gen-cert"])
+            .unwrap()
+            .command
+        else {
+            panic!("not gen-cert")
+        };
+        assert_eq!(g.out_dir, PathBuf::from("."));
+        assert_eq!(g.hostnames, vec!["localhost".to_owned()]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        let Command::GenCert(g) = Cli::try_parse_from([
+            "hanmadi",
+            "gen-cert",
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--hostname",
+            "chat.example.com",
+            "--hostname",
+            "127.0.0.1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not gen-cert")
+        };
+        assert_eq!(g.hostnames, vec!["chat.example.com", "127.0.0.1"]);
+        g.run().unwrap();
+        crate::tls::server_config(&g.cert_path(), &g.key_path()).unwrap();
+    }
+
+    /// The module table, the flags and the file keys must name the same
+    /// settings, or the README drifts from the binary.
+    #[test]
+    fn table_matches_flags_and_env() {
+        let source = include_str!("config.rs");
+        let rows: Vec<(String, String, String)> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `--"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let unquote = |s: &str| s.trim_matches('`').to_owned();
+                (
+                    format!("--{}", unquote(cells[0])),
+                    unquote(cells[1]),
+                    unquote(cells[2]),
+                )
+            })
+            .collect();
+
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        let mut flags: Vec<String> = serve
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "help")
+            .map(|l| format!("--{l}"))
+            .collect();
+        let mut table_flags: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        flags.sort();
+        table_flags.sort();
+        assert_eq!(flags, table_flags);
+
+        for (flag, var, key) in &rows {
+            let snake = flag.trim_start_matches("--").replace('-', "_");
+            assert_eq!(*var, format!("HANMADI_{}", snake.to_ascii_uppercase()));
+            if flag != "--config" {
+                assert_eq!(*key, snake);
+            }
+        }
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,794 @@
+//! One task per connection (DESIGN §3.1, §7).
+//!
+//! The task owns its socket and waits at once on the next frame, its
+//! outbound queue, requests in flight, the idle deadline and shutdown.
+//! Partial input lives in the connection's buffer, so a cancelled read loses
+//! nothing. After each wake-up it writes everything pending — replies and
+//! queued `Deliver` frames — with vectored writes. Requests run concurrently
+//! up to a cap; at the cap the task stops reading, which is how a full
+//! append queue pushes back on a socket sender.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use hanmadi_proto::pb::{self, client_frame, send, server_frame};
+use hanmadi_proto::prost::Message as _;
+use hanmadi_proto::{
+    codec::LENGTH_PREFIX_LEN, reserve_read, shrink_idle, ConversationId, ErrorCode, ServerCodec,
+    SharedMessage,
+};
+use hanmadi_router::{Router, RouterError, SendRequest, Target};
+use hanmadi_storage::chat::Cursor;
+use hanmadi_storage::kv::Kv;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenIssuer;
+use crate::metrics::{Metrics, TransportLabel};
+use crate::registry::{frame_bytes, outbound_len, ConnShared, Outbound, Registry};
+
+/// Limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnConfig {
+    /// Largest frame accepted, and the most a reply may take.
+    pub max_frame: usize,
+    /// Time from accept to a valid `Hello` (including TLS).
+    pub handshake_timeout: Duration,
+    /// How often clients should ping (sent in `Welcome`).
+    pub heartbeat: Duration,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Frames per second a connection may send, on average.
+    pub rate_per_sec: u32,
+    /// Frames a connection may send in a burst.
+    pub rate_burst: u32,
+    /// Longest a socket write may stall.
+    pub write_timeout: Duration,
+    /// Requests of one connection running at once.
+    pub max_in_flight: usize,
+    /// Longest body accepted (sent in `Welcome`).
+    pub max_body: usize,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: hanmadi_proto::DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            rate_per_sec: 100,
+            rate_burst: 200,
+            write_timeout: Duration::from_secs(10),
+            max_in_flight: 64,
+            max_body: 16 * 1024,
+        }
+    }
+}
+
+/// What every connection task shares.
+pub struct ConnContext<K: Kv> {
+    /// The node's router.
+    pub router: Arc<Router<K>>,
+    /// The connection registry.
+    pub registry: Arc<Registry>,
+    /// Token verification.
+    pub auth: Arc<TokenIssuer>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub config: ConnConfig,
+    /// Fires when the node drains.
+    pub shutdown: CancellationToken,
+}
+
+impl<K: Kv> std::fmt::Debug for ConnContext<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnContext")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reply produced by a request running in the background.
+type Pending = Pin<Box<dyn Future<Output = pb::ServerFrame> + Send>>;
+
+fn error_frame(req_id: u64, code: ErrorCode, message: impl Into<String>) -> pb::ServerFrame {
+    pb::ServerFrame {
+        req_id,
+        kind: Some(server_frame::Kind::Error(pb::Error {
+            code: code as i32,
+            message: message.into(),
+            retry_after_ms: 0,
+        })),
+    }
+}
+
+fn router_error(req_id: u64, e: &RouterError) -> pb::ServerFrame {
+    let mut f = error_frame(req_id, e.code(), e.to_string());
+    if let (RouterError::Busy, Some(server_frame::Kind::Error(err))) = (e, f.kind.as_mut()) {
+        err.retry_after_ms = 100;
+    }
+    f
+}
+
+/// Why the connection ends; sent to the peer as an `Error` when it has a
+/// code.
+#[derive(Debug)]
+struct Close {
+    code: Option<ErrorCode>,
+    message: String,
+    reason: &'static str,
+}
+
+impl Close {
+    fn with(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            message: message.into(),
+            reason,
+        }
+    }
+
+    fn quiet(reason: &'static str) -> Self {
+        Self {
+            code: None,
+            message: String::new(),
+            reason,
+        }
+    }
+}
+
+/// A token bucket of frames.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+    refused: u32,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            at: Instant::now(),
+            refused: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused = 0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+}
+
+/// A connection after its handshake.
+struct Connection<S, K: Kv> {
+    stream: S,
+    ctx: Arc<ConnContext<K>>,
+    codec: ServerCodec,
+    rbuf: BytesMut,
+    /// Encoded replies waiting to be written.
+    wbuf: BytesMut,
+    shared: Arc<ConnShared>,
+    user: u64,
+    device: String,
+    /// The last cursor written to this connection.
+    last_cursor: Option<Cursor>,
+    outbound: Vec<Outbound>,
+}
+
+/// Serves one accepted socket to the end: handshake, then frames.
+pub async fn serve<S, K>(
+    ctx: Arc<ConnContext<K>>,
+    stream: S,
+    peer: SocketAddr,
+    transport: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    K: Kv,
+{
+    let metrics = Arc::clone(&ctx.metrics);
+    let gauge = metrics
+        .connections
+        .get_or_create(&TransportLabel { transport })
+        .clone();
+    gauge.inc();
+    let reason = run(ctx, stream, peer).await;
+    metrics.closed(reason);
+    gauge.dec();
+}
+
+async fn run<S, K>(ctx: Arc<ConnContext<K>>, mut stream: S, peer: SocketAddr) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    K: Kv,
+{
+    let codec = ServerCodec::new(ctx.config.max_frame);
+    let mut rbuf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
+    let hello = tokio::select! {
+        r = read_frame(&mut stream, &codec, &mut rbuf) => r,
+        () = tokio::time::sleep_until(deadline) => Err(Close::with(
+            ErrorCode::HandshakeTimeout,
+            "handshake_timeout",
+            "no Hello within the handshake deadline",
+        )),
+        () = ctx.shutdown.cancelled() => Err(Close::with(
+            ErrorCode::ServerDraining,
+            "draining",
+            "server is shutting down; reconnect elsewhere",
+        )),
+    };
+    let (req_id, hello) = match hello {
+        Ok(Some(pb::ClientFrame {
+            req_id,
+            kind: Some(client_frame::Kind::Hello(h)),
+        })) => (req_id, h),
+        Ok(Some(_)) => {
+            let close = Close::with(
+                ErrorCode::Unauthenticated,
+                "no_hello",
+                "the first frame must be Hello",
+            );
+            return goodbye(&mut stream, &codec, 0, close).await;
+        }
+        Ok(None) => return "peer_closed",
+        Err(close) => return goodbye(&mut stream, &codec, 0, close).await,
+    };
+    let user = match authenticate(&ctx, &hello.token).await {
+        Ok(u) => u,
+        Err(close) => return goodbye(&mut stream, &codec, req_id, close).await,
+    };
+    let shared = match ctx.registry.register(user) {
+        Ok(s) => s,
+        Err(e) => {
+            let close = Close::with(
+                ErrorCode::TooManyConnections,
+                "too_many_connections",
+                e.to_string(),
+            );
+            return goodbye(&mut stream, &codec, req_id, close).await;
+        }
+    };
+    tracing::debug!(user, %peer, "connection authenticated");
+    let mut conn = Connection {
+        stream,
+        ctx: Arc::clone(&ctx),
+        codec,
+        rbuf,
+        wbuf: BytesMut::new(),
+        shared: Arc::clone(&shared),
+        user,
+        device: hello.device_id,
+        last_cursor: None,
+        outbound: Vec::new(),
+    };
+    let welcome = pb::ServerFrame {
+        req_id,
+        kind: Some(server_frame::Kind::Welcome(pb::Welcome {
+            user_id: user,
+            session_id: shared.id,
+            heartbeat_ms: ctx.config.heartbeat.as_millis() as u32,
+            max_frame_len: ctx.config.max_frame as u32,
+            max_body_len: ctx.config.max_body as u32,
+            server_time: now_ms(),
+        })),
+    };
+    let reason = match conn.reply(&welcome) {
+        Ok(()) => conn.serve_frames().await,
+        Err(close) => Err(close),
+    };
+    ctx.registry.unregister(&shared);
+    match reason {
+        Ok(()) => "peer_closed",
+        Err(close) => {
+            let reason = close.reason;
+            if close.code.is_some() {
+                let frame =
+                    error_frame(0, close.code.unwrap_or(ErrorCode::Internal), close.message);
+                if conn.reply(&frame).is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+                }
+            }
+            linger_close(&mut conn.stream).await;
+            reason
+        }
+    }
+}
+
+/// Closes after a last message: a half-close, then unread input is
+/// discarded for a moment. Closing a socket with unread input makes the
+/// kernel send a reset, which would destroy the error frame before the
+/// peer reads it.
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.shutdown()).await;
+    let mut scratch = [0u8; 4096];
+    let drain = async {
+        let mut left: usize = 1 << 20;
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn authenticate<K: Kv>(ctx: &ConnContext<K>, token: &str) -> Result<u64, Close> {
+    let claims = ctx
+        .auth
+        .verify(token, now_ms())
+        .map_err(|e| Close::with(e.error_code(), "bad_token", e.to_string()))?;
+    let record = ctx
+        .router
+        .store()
+        .user(claims.user_id)
+        .await
+        .map_err(|e| Close::with(ErrorCode::Unavailable, "store_error", e.to_string()))?;
+    match record {
+        Some(r) if !r.deleted && !claims.issued_before(r.tokens_valid_after) => Ok(claims.user_id),
+        _ => Err(Close::with(
+            ErrorCode::TokenInvalid,
+            "bad_token",
+            "the token's account does not exist or the token was revoked",
+        )),
+    }
+}
+
+/// Reads one frame, `None` at a clean end of stream.
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    codec: &ServerCodec,
+    rbuf: &mut BytesMut,
+) -> Result<Option<pb::ClientFrame>, Close> {
+    loop {
+        match codec.decode_message(rbuf) {
+            Ok(Some(frame)) => return Ok(Some(frame)),
+            Ok(None) => {}
+            Err(e) => {
+                let code = e.error_code().unwrap_or(ErrorCode::MalformedFrame);
+                return Err(Close::with(code, "bad_frame", e.to_string()));
+            }
+        }
+        reserve_read(rbuf);
+        match stream.read_buf(rbuf).await {
+            Ok(0) if rbuf.is_empty() => return Ok(None),
+            Ok(0) => return Err(Close::quiet("truncated_frame")),
+            Ok(_) => {}
+            Err(_) => return Err(Close::quiet("read_error")),
+        }
+    }
+}
+
+/// Sends a last `Error` and closes, for connections that never registered.
+async fn goodbye<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    codec: &ServerCodec,
+    req_id: u64,
+    close: Close,
+) -> &'static str {
+    if let Some(code) = close.code {
+        let mut buf = BytesMut::new();
+        if codec
+            .encode_message(&error_frame(req_id, code, close.message), &mut buf)
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+        }
+    }
+    linger_close(stream).await;
+    close.reason
+}
+
+impl<S, K> Connection<S, K>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    K: Kv,
+{
+    fn reply(&mut self, frame: &pb::ServerFrame) -> Result<(), Close> {
+        if frame.kind.is_none() {
+            return Ok(());
+        }
+        self.codec
+            .encode_message(frame, &mut self.wbuf)
+            .map_err(|e| Close::with(ErrorCode::Internal, "encode_error", e.to_string()))?;
+        self.ctx.metrics.frames_out.inc();
+        Ok(())
+    }
+
+    async fn serve_frames(&mut self) -> Result<(), Close> {
+        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut rate = RateLimit::new(self.ctx.config.rate_per_sec, self.ctx.config.rate_burst);
+        let idle = self.ctx.config.idle_timeout;
+        let mut idle_deadline = tokio::time::Instant::now() + idle;
+        let shared = Arc::clone(&self.shared);
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            self.flush().await?;
+            if shared.is_slow() {
+                return Err(Close::with(
+                    ErrorCode::SlowConsumer,
+                    "slow_consumer",
+                    "outbound queue full: reconnect and sync",
+                ));
+            }
+            let can_read = inflight.len() < self.ctx.config.max_in_flight;
+            tokio::select! {
+                frame = read_frame(&mut self.stream, &self.codec, &mut self.rbuf), if can_read => {
+                    let Some(frame) = frame? else {
+                        return Ok(());
+                    };
+                    idle_deadline = tokio::time::Instant::now() + idle;
+                    self.ctx.metrics.frames_in.inc();
+                    if !rate.take() {
+                        if rate.refused > self.ctx.config.rate_burst {
+                            return Err(Close::with(ErrorCode::RateLimited, "rate_limited", "sustained flood past the rate limit"));
+                        }
+                        let mut f = error_frame(frame.req_id, ErrorCode::RateLimited, "rate limit exceeded");
+                        if let Some(server_frame::Kind::Error(e)) = f.kind.as_mut() {
+                            e.retry_after_ms = (1000 / self.ctx.config.rate_per_sec.max(1)).max(1);
+                        }
+                        self.reply(&f)?;
+                        continue;
+                    }
+                    if self.rbuf.is_empty() {
+                        shrink_idle(&mut self.rbuf);
+                    }
+                    if let Some(now) = self.handle(frame)? {
+                        inflight.push(now);
+                    }
+                }
+                Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                    self.reply(&reply)?;
+                }
+                () = shared.wake.notified() => {}
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    return Err(Close::with(ErrorCode::IdleTimeout, "idle_timeout", "no frame within the idle deadline"));
+                }
+                () = shutdown.cancelled() => {
+                    // Requests already running (sends being committed) finish
+                    // and are answered before the reconnect notice.
+                    let drain = async {
+                        while let Some(reply) = inflight.next().await {
+                            if self.reply(&reply).is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
+                    return Err(Close::with(ErrorCode::ServerDraining, "draining", "server is shutting down; reconnect elsewhere"));
+                }
+            }
+        }
+    }
+
+    /// Dispatches one frame: answers at once, or returns a future that
+    /// answers when its work is done.
+    fn handle(&mut self, frame: pb::ClientFrame) -> Result<Option<Pending>, Close> {
+        let req_id = frame.req_id;
+        let Some(kind) = frame.kind else {
+            self.reply(&error_frame(
+                req_id,
+                ErrorCode::Unsupported,
+                "frame has no kind",
+            ))?;
+            return Ok(None);
+        };
+        let router = Arc::clone(&self.ctx.router);
+        let user = self.user;
+        let max_frame = self.ctx.config.max_frame;
+        let fut: Pending = match kind {
+            client_frame::Kind::Ping(_) => {
+                self.reply(&pb::ServerFrame {
+                    req_id,
+                    kind: Some(server_frame::Kind::Pong(pb::Pong {})),
+                })?;
+                return Ok(None);
+            }
+            client_frame::Kind::Hello(_) => {
+                self.reply(&error_frame(
+                    req_id,
+                    ErrorCode::Unsupported,
+                    "already authenticated",
+                ))?;
+                return Ok(None);
+            }
+            client_frame::Kind::Send(s) => {
+                let to = match s.to {
+                    Some(send::To::UserId(u)) => Target::User(u),
+                    Some(send::To::GroupId(g)) => Target::Group(g),
+                    None => {
+                        self.reply(&error_frame(
+                            req_id,
+                            ErrorCode::InvalidArgument,
+                            "Send without a recipient",
+                        ))?;
+                        return Ok(None);
+                    }
+                };
+                let req = SendRequest {
+                    client_msg_id: s.client_msg_id,
+                    to,
+                    body: s.body,
+                };
+                Box::pin(async move {
+                    match router.send(user, req).await {
+                        Ok(ack) => pb::ServerFrame {
+                            req_id,
+                            kind: Some(server_frame::Kind::SendAck(pb::SendAck {
+                                client_msg_id: ack.client_msg_id,
+                                conversation: Some(ack.conversation.into()),
+                                message_id: ack.message_id,
+                                sent_at: ack.sent_at,
+                            })),
+                        },
+                        Err(e) => router_error(req_id, &e),
+                    }
+                })
+            }
+            client_frame::Kind::Sync(s) => Box::pin(async move {
+                match router.sync(user, &s.after, s.limit.clamp(1, 500)).await {
+                    Ok(batch) => sync_batch(req_id, batch, max_frame),
+                    Err(e) => router_error(req_id, &e),
+                }
+            }),
+            client_frame::Kind::History(h) => {
+                let conversation = match ConversationId::try_from(h.conversation.as_ref()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.reply(&error_frame(
+                            req_id,
+                            ErrorCode::InvalidArgument,
+                            e.to_string(),
+                        ))?;
+                        return Ok(None);
+                    }
+                };
+                Box::pin(async move {
+                    match router
+                        .history(user, conversation, h.before, h.limit.clamp(1, 500))
+                        .await
+                    {
+                        Ok(page) => history_page(req_id, page, max_frame),
+                        Err(e) => router_error(req_id, &e),
+                    }
+                })
+            }
+            client_frame::Kind::Ack(a) => {
+                let device = self.device.clone();
+                Box::pin(async move {
+                    match router.ack(user, &device, &a.cursor).await {
+                        // Acks are not answered unless they fail.
+                        Ok(()) => no_reply(),
+                        Err(e) => router_error(req_id, &e),
+                    }
+                })
+            }
+            client_frame::Kind::Read(r) => {
+                let conversation = match ConversationId::try_from(r.conversation.as_ref()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.reply(&error_frame(
+                            req_id,
+                            ErrorCode::InvalidArgument,
+                            e.to_string(),
+                        ))?;
+                        return Ok(None);
+                    }
+                };
+                Box::pin(async move {
+                    match router.read(user, conversation, r.message_id).await {
+                        Ok(()) => no_reply(),
+                        Err(e) => router_error(req_id, &e),
+                    }
+                })
+            }
+        };
+        Ok(Some(fut))
+    }
+
+    /// Writes everything pending: replies, then queued deliveries, in
+    /// vectored writes.
+    async fn flush(&mut self) -> Result<(), Close> {
+        loop {
+            self.outbound.clear();
+            self.shared.drain_into(&mut self.outbound, 256);
+            if self.outbound.is_empty() && self.wbuf.is_empty() {
+                return Ok(());
+            }
+            let mut released = 0;
+            let mut pull = false;
+            let mut frames = 0u64;
+            // Deliveries already covered by a pull are dropped: cursors only
+            // move forward on a connection.
+            let mut keep = Vec::with_capacity(self.outbound.len());
+            for (i, item) in self.outbound.iter().enumerate() {
+                released += outbound_len(item);
+                match item {
+                    Outbound::Pull => pull = true,
+                    Outbound::Deliver { cursor, .. } => {
+                        if self.last_cursor.is_some_and(|last| *cursor <= last) {
+                            continue;
+                        }
+                        self.last_cursor = Some(*cursor);
+                        keep.push(i);
+                    }
+                }
+            }
+            let prefix = self.wbuf.split().freeze();
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + 2 * keep.len());
+            if !prefix.is_empty() {
+                slices.push(IoSlice::new(&prefix));
+            }
+            for &i in &keep {
+                if let Some((header, message)) = frame_bytes(&self.outbound[i]) {
+                    slices.push(IoSlice::new(header));
+                    slices.push(IoSlice::new(message));
+                    frames += 1;
+                }
+            }
+            let writes =
+                write_all_vectored(&mut self.stream, &mut slices, self.ctx.config.write_timeout)
+                    .await?;
+            self.shared.release(released);
+            let m = &self.ctx.metrics;
+            m.frames_out.inc_by(frames);
+            m.socket_writes.inc_by(writes);
+            if pull {
+                self.pull().await?;
+            }
+        }
+    }
+
+    /// Reads the inbox after the last written cursor and queues it as
+    /// `Deliver` frames.
+    async fn pull(&mut self) -> Result<(), Close> {
+        loop {
+            let after = self.last_cursor.map(|c| c.0.to_vec()).unwrap_or_default();
+            let batch = self
+                .ctx
+                .router
+                .sync(self.user, &after, 200)
+                .await
+                .map_err(|e| Close::with(e.code(), "pull_failed", e.to_string()))?;
+            for e in &batch.entries {
+                let shared = SharedMessage::from_encoded(e.message.clone());
+                let frame = shared
+                    .deliver_contiguous(e.cursor.as_bytes())
+                    .map_err(|err| {
+                        Close::with(ErrorCode::Internal, "encode_error", err.to_string())
+                    })?;
+                self.wbuf.extend_from_slice(&frame);
+                self.last_cursor = Some(e.cursor);
+            }
+            if !batch.has_more {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A frame that produces no bytes: `reply` skips it.
+fn no_reply() -> pb::ServerFrame {
+    pb::ServerFrame {
+        req_id: 0,
+        kind: None,
+    }
+}
+
+/// Builds a `SyncBatch` that fits in one frame.
+fn sync_batch(
+    req_id: u64,
+    batch: hanmadi_storage::chat::SyncBatch,
+    max_frame: usize,
+) -> pb::ServerFrame {
+    let budget = max_frame.saturating_sub(LENGTH_PREFIX_LEN + 64);
+    let mut size = 0;
+    let mut messages = Vec::with_capacity(batch.entries.len());
+    let mut cut = false;
+    let mut next = batch.next;
+    for e in batch.entries {
+        let add = e.message.len() + e.cursor.0.len() + 8;
+        if size + add > budget && !messages.is_empty() {
+            cut = true;
+            break;
+        }
+        let Ok(message) = pb::Message::decode(e.message.as_ref()) else {
+            continue;
+        };
+        size += add;
+        next = Some(e.cursor);
+        messages.push(pb::Deliver {
+            message: Some(message),
+            cursor: Bytes::copy_from_slice(e.cursor.as_bytes()),
+        });
+    }
+    pb::ServerFrame {
+        req_id,
+        kind: Some(server_frame::Kind::SyncBatch(pb::SyncBatch {
+            messages,
+            next: next
+                .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+                .unwrap_or_default(),
+            has_more: batch.has_more || cut,
+        })),
+    }
+}
+
+/// Builds a `HistoryPage` that fits in one frame.
+fn history_page(
+    req_id: u64,
+    page: hanmadi_storage::chat::HistoryPage,
+    max_frame: usize,
+) -> pb::ServerFrame {
+    let budget = max_frame.saturating_sub(LENGTH_PREFIX_LEN + 64);
+    let mut size = 0;
+    let mut messages = Vec::with_capacity(page.messages.len());
+    let mut cut = false;
+    for m in page.messages {
+        if size + m.len() + 4 > budget && !messages.is_empty() {
+            cut = true;
+            break;
+        }
+        if let Ok(message) = pb::Message::decode(m.as_ref()) {
+            size += m.len() + 4;
+            messages.push(message);
+        }
+    }
+    pb::ServerFrame {
+        req_id,
+        kind: Some(server_frame::Kind::HistoryPage(pb::HistoryPage {
+            messages,
+            has_more: page.has_more || cut,
+        })),
+    }
+}
+
+/// Writes every slice, however the socket splits it; returns the number of
+/// write calls.
+async fn write_all_vectored<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut slices: &mut [IoSlice<'_>],
+    timeout: Duration,
+) -> Result<u64, Close> {
+    let mut writes = 0;
+    while !slices.is_empty() {
+        let n = match tokio::time::timeout(timeout, stream.write_vectored(slices)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Close::quiet("write_error")),
+            Ok(Ok(n)) => n,
+            Err(_) => return Err(Close::quiet("write_timeout")),
+        };
+        writes += 1;
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(writes)
+}

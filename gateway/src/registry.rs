@@ -1,0 +1,259 @@
+//! The connection registry: user → live connections (many devices per user),
+//! sharded by dashmap. It is the router's delivery sink and the node's
+//! presence index.
+//!
+//! Values are small: an `Arc` per connection. Delivering pushes onto a
+//! connection's outbound queue (an in-memory push, never I/O or `.await`)
+//! and wakes its task; a push that would pass the queue's byte cap marks the
+//! connection a slow consumer instead, and its task closes it.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use hanmadi_proto::{DeliverFrame, SharedMessage};
+use hanmadi_router::{Delivery, DeliverySink, Presence};
+use hanmadi_storage::chat::Cursor;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+
+/// Something queued for a connection to write.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A `Deliver` frame: per-recipient header plus the shared message.
+    Deliver {
+        /// The inbox cursor it carries.
+        cursor: Cursor,
+        /// The frame.
+        frame: DeliverFrame,
+    },
+    /// Read the inbox after the last delivered cursor (a commit whose
+    /// cursors are unknown here).
+    Pull,
+}
+
+/// The part of a connection other tasks touch: its outbound queue.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// Registry id of the connection.
+    pub id: u64,
+    /// The authenticated user.
+    pub user: u64,
+    queue: Mutex<VecDeque<Outbound>>,
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Set when a push found the queue full: the task closes the connection.
+    slow: AtomicBool,
+    /// Wakes the connection task.
+    pub wake: Notify,
+}
+
+impl ConnShared {
+    /// Queues an item; returns false (and marks the connection slow) when
+    /// it would pass the byte cap.
+    pub fn push(&self, item: Outbound, bytes: usize) -> bool {
+        if self.slow.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.slow.store(true, Ordering::Release);
+            self.wake.notify_one();
+            return false;
+        }
+        self.queue.lock().push_back(item);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Takes up to `max` queued items into `out`, in order.
+    pub fn drain_into(&self, out: &mut Vec<Outbound>, max: usize) {
+        let mut q = self.queue.lock();
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+    }
+
+    /// Gives back the byte budget of written items.
+    pub fn release(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Whether a push found the queue full.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    /// Bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+}
+
+/// Why a connection was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The user holds the most connections allowed.
+    #[error("too many connections for this user (at most {0})")]
+    PerUser(usize),
+    /// The address holds the most connections allowed.
+    #[error("too many connections from this address (at most {0})")]
+    PerIp(usize),
+}
+
+/// Limits the registry enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryLimits {
+    /// Live connections per user.
+    pub per_user: usize,
+    /// Live connections per remote address.
+    pub per_ip: usize,
+    /// Outbound queue cap per connection, in bytes.
+    pub outbound_bytes: usize,
+}
+
+/// Every live, authenticated connection of this node.
+#[derive(Debug)]
+pub struct Registry {
+    users: DashMap<u64, Vec<Arc<ConnShared>>>,
+    ips: DashMap<IpAddr, usize>,
+    next_id: AtomicU64,
+    limits: RegistryLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(limits: RegistryLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            users: DashMap::new(),
+            ips: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            limits,
+            metrics,
+        }
+    }
+
+    /// Counts a new socket from `ip` before it authenticates.
+    ///
+    /// # Errors
+    ///
+    /// [`RegisterError::PerIp`] past the per-address limit.
+    pub fn admit_ip(&self, ip: IpAddr) -> Result<(), RegisterError> {
+        let mut n = self.ips.entry(ip).or_insert(0);
+        if *n >= self.limits.per_ip {
+            return Err(RegisterError::PerIp(self.limits.per_ip));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Forgets a socket counted by [`Registry::admit_ip`].
+    pub fn release_ip(&self, ip: IpAddr) {
+        if let Some(mut n) = self.ips.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.ips.remove_if(&ip, |_, n| *n == 0);
+    }
+
+    /// Registers an authenticated connection of `user`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegisterError::PerUser`] past the per-user limit.
+    pub fn register(&self, user: u64) -> Result<Arc<ConnShared>, RegisterError> {
+        let conn = Arc::new(ConnShared {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user,
+            queue: Mutex::new(VecDeque::new()),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes: self.limits.outbound_bytes,
+            slow: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let mut conns = self.users.entry(user).or_default();
+        if conns.len() >= self.limits.per_user {
+            return Err(RegisterError::PerUser(self.limits.per_user));
+        }
+        conns.push(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Removes a connection.
+    pub fn unregister(&self, conn: &ConnShared) {
+        if let Some(mut conns) = self.users.get_mut(&conn.user) {
+            conns.retain(|c| c.id != conn.id);
+        }
+        self.users.remove_if(&conn.user, |_, v| v.is_empty());
+    }
+
+    /// Live connections in all.
+    pub fn connections(&self) -> usize {
+        self.users.iter().map(|e| e.value().len()).sum()
+    }
+
+    /// Every live connection (for shutdown).
+    pub fn all(&self) -> Vec<Arc<ConnShared>> {
+        self.users.iter().flat_map(|e| e.value().clone()).collect()
+    }
+}
+
+impl Presence for Registry {
+    fn is_online(&self, user: u64) -> bool {
+        self.users.contains_key(&user)
+    }
+}
+
+impl DeliverySink for Registry {
+    fn deliver(&self, delivery: &Delivery<'_>) {
+        // Encoded once for every recipient: each frame is a small header
+        // plus a reference to these bytes.
+        let shared = SharedMessage::from_encoded(delivery.encoded().clone());
+        let mut delivered = 0u64;
+        for (user, cursor) in delivery.recipients() {
+            let Some(conns) = self.users.get(&user) else {
+                continue;
+            };
+            // Pushing is an in-memory append and a wake-up: holding the
+            // shard's read guard for it never waits on I/O.
+            for conn in conns.iter() {
+                let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
+                    continue;
+                };
+                let bytes = frame.header().len() + frame.message().len();
+                if conn.push(Outbound::Deliver { cursor, frame }, bytes) {
+                    delivered += 1;
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(delivered);
+    }
+
+    fn notify(&self, user: u64) {
+        if let Some(conns) = self.users.get(&user) {
+            for conn in conns.iter() {
+                conn.push(Outbound::Pull, 0);
+            }
+        }
+    }
+}
+
+/// Bytes a queued item counts against the cap.
+pub fn outbound_len(item: &Outbound) -> usize {
+    match item {
+        Outbound::Deliver { frame, .. } => frame.header().len() + frame.message().len(),
+        Outbound::Pull => 0,
+    }
+}
+
+/// Frames written to the socket in one go are built from these.
+pub fn frame_bytes(item: &Outbound) -> Option<(&[u8], &Bytes)> {
+    match item {
+        Outbound::Deliver { frame, .. } => Some((frame.header(), frame.message())),
+        Outbound::Pull => None,
+    }
+}

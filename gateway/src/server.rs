@@ -1,0 +1,186 @@
+//! A running node: router, registry, listeners, and an orderly shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hanmadi_router::{Router, RouterConfig};
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::ChatStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenIssuer;
+use crate::conn::{ConnConfig, ConnContext};
+use crate::listener::accept_loop;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, RegistryLimits};
+
+/// Bound sockets to serve; tests bind `127.0.0.1:0`.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Raw TCP.
+    pub tcp: Option<TcpListener>,
+    /// TLS, with its configuration.
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// Everything a node is configured with besides its sockets and store.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Per-connection limits.
+    pub conn: ConnConfig,
+    /// Registry limits.
+    pub registry: RegistryLimits,
+    /// Router configuration.
+    pub router: RouterConfig,
+    /// Secret for tokens.
+    pub secret: Vec<u8>,
+    /// Longest a drain waits for connections to close.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            conn: ConnConfig::default(),
+            registry: RegistryLimits {
+                per_user: 16,
+                per_ip: 1000,
+                outbound_bytes: 1 << 20,
+            },
+            router: RouterConfig::default(),
+            secret: Vec::new(),
+            drain_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+/// A running node.
+pub struct Server<K: Kv> {
+    router: Arc<Router<K>>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    auth: Arc<TokenIssuer>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    appender: JoinHandle<()>,
+    tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    drain_timeout: Duration,
+}
+
+impl<K: Kv> std::fmt::Debug for Server<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("tcp", &self.tcp_addr)
+            .field("tls", &self.tls_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Kv> Server<K> {
+    /// Starts serving `listeners` over `store` on the current runtime.
+    pub fn start(store: ChatStore<K>, listeners: Listeners, options: ServerOptions) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(options.registry, Arc::clone(&metrics)));
+        let (router, appender) =
+            Router::start(store, registry.clone(), registry.clone(), options.router);
+        let router = Arc::new(router);
+        let auth = Arc::new(TokenIssuer::new(&options.secret));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let ctx = Arc::new(ConnContext {
+            router: Arc::clone(&router),
+            registry: Arc::clone(&registry),
+            auth: Arc::clone(&auth),
+            metrics: Arc::clone(&metrics),
+            config: options.conn,
+            shutdown: shutdown.clone(),
+        });
+        let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let tls_addr = listeners
+            .tls
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok());
+        if let Some(l) = listeners.tcp {
+            tracker.spawn(accept_loop(l, None, Arc::clone(&ctx), tracker.clone()));
+        }
+        if let Some((l, config)) = listeners.tls {
+            let acceptor = TlsAcceptor::from(config);
+            tracker.spawn(accept_loop(
+                l,
+                Some(acceptor),
+                Arc::clone(&ctx),
+                tracker.clone(),
+            ));
+        }
+        Self {
+            router,
+            registry,
+            metrics,
+            auth,
+            shutdown,
+            tracker,
+            appender,
+            tcp_addr,
+            tls_addr,
+            drain_timeout: options.drain_timeout,
+        }
+    }
+
+    /// The bound TCP address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The bound TLS address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Arc<Router<K>> {
+        &self.router
+    }
+
+    /// The connection registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Token issuing and checking with the node's secret.
+    pub fn auth(&self) -> &Arc<TokenIssuer> {
+        &self.auth
+    }
+
+    /// Drains the node: stops accepting, lets requests in flight (sends
+    /// being committed) finish and answers them, tells every client to
+    /// reconnect elsewhere, closes the sockets, then waits for the appender
+    /// to commit what is queued.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain timeout");
+        }
+        let Self {
+            router, appender, ..
+        } = self;
+        // The appender ends once the last router handle is gone and its
+        // queue is committed.
+        drop(router);
+        let _ = tokio::time::timeout(Duration::from_secs(5), appender).await;
+    }
+}

@@ -1,0 +1,176 @@
+//! Bad input against a real node: each gets a clear `Error` and a closed
+//! connection, and the node keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{error_code, start, Raw};
+use hanmadi_gateway::conn::ConnConfig;
+use hanmadi_gateway::ServerOptions;
+use hanmadi_proto::pb::{self, client_frame, server_frame, ErrorCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn assert_closed(raw: &mut Raw) {
+    assert!(
+        raw.recv().await.is_none(),
+        "the server closes the connection"
+    );
+}
+
+/// The node still answers a well-behaved client.
+async fn still_serving(node: &common::Node, user: u64) {
+    let mut raw = Raw::connect(node).await;
+    let w = raw.hello(&node.token(user)).await;
+    assert!(
+        matches!(w.kind, Some(server_frame::Kind::Welcome(_))),
+        "got {w:?}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_expired_and_forged_tokens() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    let expired = node.server.auth().issue(1, 1_000, Duration::from_secs(1));
+    let forged = {
+        let other = hanmadi_gateway::auth::TokenIssuer::new(b"some other secret");
+        other.issue(1, common::now_ms(), Duration::from_secs(60))
+    };
+    for (token, want) in [
+        ("not a token".to_owned(), ErrorCode::TokenInvalid),
+        (expired, ErrorCode::TokenExpired),
+        (forged, ErrorCode::TokenInvalid),
+    ] {
+        let mut raw = Raw::connect(&node).await;
+        let reply = raw.hello(&token).await;
+        assert_eq!(error_code(&reply), Some(want), "token {token:?}: {reply:?}");
+        assert_closed(&mut raw).await;
+    }
+    // A token for an account that does not exist.
+    let mut raw = Raw::connect(&node).await;
+    let reply = raw.hello(&node.token(42)).await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::TokenInvalid));
+    assert_closed(&mut raw).await;
+    still_serving(&node, 1).await;
+}
+
+#[tokio::test]
+async fn four_gib_length_prefix() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    let mut raw = Raw::connect(&node).await;
+    raw.stream
+        .write_all(&[0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    let reply = raw.recv().await.expect("an error frame");
+    assert_eq!(error_code(&reply), Some(ErrorCode::FrameTooLarge));
+    assert_closed(&mut raw).await;
+    still_serving(&node, 1).await;
+}
+
+#[tokio::test]
+async fn garbage_bytes() {
+    let node = start(ServerOptions::default()).await;
+    let token = node.user(1).await;
+    let mut raw = Raw::connect(&node).await;
+    let w = raw.hello(&token).await;
+    assert!(matches!(w.kind, Some(server_frame::Kind::Welcome(_))));
+    // A valid length, then bytes that are no protobuf.
+    raw.stream
+        .write_all(&[0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    let reply = raw.recv().await.expect("an error frame");
+    assert_eq!(error_code(&reply), Some(ErrorCode::MalformedFrame));
+    assert_closed(&mut raw).await;
+    still_serving(&node, 1).await;
+}
+
+#[tokio::test]
+async fn handshake_never_completed_is_closed_at_the_deadline() {
+    let node = start(ServerOptions {
+        conn: ConnConfig {
+            handshake_timeout: Duration::from_millis(300),
+            ..ConnConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    node.user(1).await;
+    let mut raw = Raw::connect(&node).await;
+    // Half a frame, then silence.
+    raw.stream.write_all(&[0, 0]).await.expect("write");
+    let started = std::time::Instant::now();
+    let reply = raw.recv().await.expect("an error frame");
+    assert_eq!(error_code(&reply), Some(ErrorCode::HandshakeTimeout));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_closed(&mut raw).await;
+    still_serving(&node, 1).await;
+}
+
+#[tokio::test]
+async fn flood_past_the_rate_limit() {
+    let node = start(ServerOptions {
+        conn: ConnConfig {
+            rate_per_sec: 20,
+            rate_burst: 20,
+            ..ConnConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    let mut raw = Raw::connect(&node).await;
+    raw.hello(&token).await;
+    // 500 pings back to back: the first burst is answered, then the node
+    // refuses with RATE_LIMITED and finally closes.
+    let mut out = bytes::BytesMut::new();
+    let codec = hanmadi_proto::ClientCodec::new(hanmadi_proto::DEFAULT_MAX_FRAME);
+    for i in 0..500u64 {
+        codec
+            .encode_message(
+                &pb::ClientFrame {
+                    req_id: 100 + i,
+                    kind: Some(client_frame::Kind::Ping(pb::Ping {})),
+                },
+                &mut out,
+            )
+            .expect("encode");
+    }
+    // The server may close while we are still writing.
+    let _ = raw.stream.write_all(&out).await;
+    let mut pongs = 0;
+    let mut limited = 0;
+    while let Some(f) = raw.recv().await {
+        match (&f.kind, error_code(&f)) {
+            (Some(server_frame::Kind::Pong(_)), _) => pongs += 1,
+            (_, Some(ErrorCode::RateLimited)) => limited += 1,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!((20..500).contains(&pongs), "pongs: {pongs}");
+    assert!(limited > 0);
+    still_serving(&node, 1).await;
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed() {
+    let node = start(ServerOptions {
+        conn: ConnConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..ConnConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    let mut raw = Raw::connect(&node).await;
+    raw.hello(&token).await;
+    let reply = raw.recv().await.expect("an error frame");
+    assert_eq!(error_code(&reply), Some(ErrorCode::IdleTimeout));
+    let mut rest = Vec::new();
+    let _ = raw.stream.read_to_end(&mut rest).await;
+    assert!(rest.is_empty());
+}

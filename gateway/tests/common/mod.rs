@@ -1,0 +1,138 @@
+//! A real node on 127.0.0.1:0 over a real embedded store, and a raw frame
+//! client for abuse tests.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hanmadi_gateway::{Listeners, Server, ServerOptions};
+use hanmadi_proto::pb::{self, client_frame, server_frame};
+use hanmadi_proto::ClientCodec;
+use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::chat::UserRecord;
+use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::{ChatStore, StoreConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type Kv = EmbeddedKv<FjallBackend>;
+
+pub struct Node {
+    pub server: Server<Kv>,
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn start(options: ServerOptions) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open fjall");
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
+    let store = ChatStore::new(kv, StoreConfig::default());
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let options = ServerOptions {
+        secret: b"test secret, not for production".to_vec(),
+        ..options
+    };
+    let server = Server::start(
+        store,
+        Listeners {
+            tcp: Some(tcp),
+            tls: None,
+        },
+        options,
+    );
+    Node { server, _dir: dir }
+}
+
+impl Node {
+    pub async fn user(&self, id: u64) -> String {
+        self.server
+            .router()
+            .store()
+            .create_user(
+                id,
+                &UserRecord {
+                    username: format!("user{id}"),
+                    ..UserRecord::default()
+                },
+            )
+            .await
+            .expect("create user");
+        self.token(id)
+    }
+
+    pub fn token(&self, id: u64) -> String {
+        self.server
+            .auth()
+            .issue(id, now_ms(), Duration::from_secs(3600))
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A client that speaks frames by hand.
+pub struct Raw {
+    pub stream: TcpStream,
+    codec: ClientCodec,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn connect(node: &Node) -> Raw {
+        let addr = node.server.tcp_addr().expect("tcp listener");
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            codec: ClientCodec::new(hanmadi_proto::DEFAULT_MAX_FRAME),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: &pb::ClientFrame) {
+        let mut out = BytesMut::new();
+        self.codec.encode_message(frame, &mut out).expect("encode");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// The next frame, or `None` once the server closed.
+    pub async fn recv(&mut self) -> Option<pb::ServerFrame> {
+        loop {
+            if let Some(f) = self
+                .codec
+                .decode_message(&mut self.buf)
+                .expect("server frame")
+            {
+                return Some(f);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("no frame from the server within 10 s"),
+            }
+        }
+    }
+
+    pub async fn hello(&mut self, token: &str) -> pb::ServerFrame {
+        self.send(&pb::ClientFrame {
+            req_id: 1,
+            kind: Some(client_frame::Kind::Hello(pb::Hello {
+                token: token.to_owned(),
+                device_id: "raw".into(),
+            })),
+        })
+        .await;
+        self.recv().await.expect("a reply to Hello")
+    }
+}
+
+/// The error code of an `Error` frame.
+pub fn error_code(frame: &pb::ServerFrame) -> Option<pb::ErrorCode> {
+    match &frame.kind {
+        Some(server_frame::Kind::Error(e)) => pb::ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
