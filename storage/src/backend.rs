@@ -7,6 +7,9 @@ use bytes::Bytes;
 
 use crate::kv::{KeyValue, KvError};
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod conformance;
 pub mod fjall;
 pub mod redb;
 

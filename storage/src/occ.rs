@@ -927,6 +927,68 @@ impl<B: Backend> Core<B> {
     }
 }
 
+/// Implements every [`KvTxn`](crate::kv::KvTxn) method but `commit` inside an
+/// engine's `impl KvTxn for ...` block by forwarding to the [`Txn`] in field
+/// `$txn` of `self`.
+///
+/// Why a macro: `EmbeddedTxn` and `SimTxn` are public types that differ only
+/// in `commit`, and default methods in `KvTxn` would tie `kv`, which knows no
+/// engine, to this core. A shared generic transaction type with a pluggable
+/// commit would change both engines' public types for eight one-line methods.
+macro_rules! forward_txn_ops {
+    ($txn:ident) => {
+        fn get(
+            &self,
+            key: &[u8],
+            snapshot: bool,
+        ) -> impl ::std::future::Future<
+            Output = ::std::result::Result<
+                ::std::option::Option<::bytes::Bytes>,
+                $crate::kv::KvError,
+            >,
+        > + Send {
+            ::std::future::ready(self.$txn.get_now(key, snapshot))
+        }
+
+        fn get_range(
+            &self,
+            range: $crate::kv::RangeRead<'_>,
+        ) -> impl ::std::future::Future<
+            Output = ::std::result::Result<
+                ::std::vec::Vec<$crate::kv::KeyValue>,
+                $crate::kv::KvError,
+            >,
+        > + Send {
+            ::std::future::ready(self.$txn.get_range_now(range))
+        }
+
+        fn set(&mut self, key: &[u8], value: &[u8]) {
+            self.$txn.set_now(key, value);
+        }
+
+        fn clear(&mut self, key: &[u8]) {
+            self.$txn.clear_now(key);
+        }
+
+        fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+            self.$txn.clear_range_now(begin, end);
+        }
+
+        fn atomic_op(&mut self, key: &[u8], op: $crate::kv::AtomicOp, param: &[u8]) {
+            self.$txn.atomic_now(key, op, param);
+        }
+
+        fn set_versionstamped_key(&mut self, key: &[u8], value: &[u8]) {
+            self.$txn.stamped_now(key, value, true);
+        }
+
+        fn set_versionstamped_value(&mut self, key: &[u8], value: &[u8]) {
+            self.$txn.stamped_now(key, value, false);
+        }
+    };
+}
+pub(crate) use forward_txn_ops;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

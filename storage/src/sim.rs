@@ -11,14 +11,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::kv::{AtomicOp, KeyValue, Kv, KvError, KvTxn, RangeRead, Versionstamp};
+use crate::kv::{Kv, KvError, KvTxn, Versionstamp};
 use crate::memory::MemoryBackend;
-use crate::occ::{Core, Limits, Txn};
+use crate::occ::{forward_txn_ops, Core, Limits, Txn};
 
 /// Probabilities of each injected fault, per commit.
 #[derive(Clone, Copy, Debug, Default)]
@@ -178,44 +177,7 @@ impl Shared {
 }
 
 impl KvTxn for SimTxn {
-    fn get(
-        &self,
-        key: &[u8],
-        snapshot: bool,
-    ) -> impl Future<Output = Result<Option<Bytes>, KvError>> + Send {
-        std::future::ready(self.txn.get_now(key, snapshot))
-    }
-
-    fn get_range(
-        &self,
-        range: RangeRead<'_>,
-    ) -> impl Future<Output = Result<Vec<KeyValue>, KvError>> + Send {
-        std::future::ready(self.txn.get_range_now(range))
-    }
-
-    fn set(&mut self, key: &[u8], value: &[u8]) {
-        self.txn.set_now(key, value);
-    }
-
-    fn clear(&mut self, key: &[u8]) {
-        self.txn.clear_now(key);
-    }
-
-    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
-        self.txn.clear_range_now(begin, end);
-    }
-
-    fn atomic_op(&mut self, key: &[u8], op: AtomicOp, param: &[u8]) {
-        self.txn.atomic_now(key, op, param);
-    }
-
-    fn set_versionstamped_key(&mut self, key: &[u8], value: &[u8]) {
-        self.txn.stamped_now(key, value, true);
-    }
-
-    fn set_versionstamped_value(&mut self, key: &[u8], value: &[u8]) {
-        self.txn.stamped_now(key, value, false);
-    }
+    forward_txn_ops!(txn);
 
     fn commit(self) -> impl Future<Output = Result<Versionstamp, KvError>> + Send {
         let shared = self.shared;
