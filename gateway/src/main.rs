@@ -16,11 +16,14 @@ use hanmadi_storage::{ChatStore, StoreConfig};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
+    // The storage engine's own progress notes are for debugging it.
+    let default_filter = "info,fjall=warn,lsm_tree=warn";
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
