@@ -304,11 +304,14 @@ where
         Ok(()) => "peer_closed",
         Err(close) => {
             let reason = close.reason;
+            // Queued deliveries are dropped: the client syncs them after it
+            // reconnects, and the reason must not wait behind them.
+            conn.shared.clear();
             if close.code.is_some() {
                 let frame =
                     error_frame(0, close.code.unwrap_or(ErrorCode::Internal), close.message);
                 if conn.reply(&frame).is_ok() {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+                    let _ = tokio::time::timeout(ctx.config.write_timeout, conn.flush()).await;
                 }
             }
             linger_close(&mut conn.stream).await;
@@ -646,19 +649,31 @@ where
             }
             let prefix = self.wbuf.split().freeze();
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + 2 * keep.len());
+            // Replies are small: the whole prefix counts as one unit.
+            let mut frame_ends = Vec::with_capacity(1 + keep.len());
+            let mut end = 0;
             if !prefix.is_empty() {
                 slices.push(IoSlice::new(&prefix));
+                end += prefix.len();
+                frame_ends.push(end);
             }
             for &i in &keep {
                 if let Some((header, message)) = frame_bytes(&self.outbound[i]) {
                     slices.push(IoSlice::new(header));
                     slices.push(IoSlice::new(message));
+                    end += header.len() + message.len();
+                    frame_ends.push(end);
                     frames += 1;
                 }
             }
-            let writes =
-                write_all_vectored(&mut self.stream, &mut slices, self.ctx.config.write_timeout)
-                    .await?;
+            let writes = write_all_vectored(
+                &mut self.stream,
+                &mut slices,
+                &frame_ends,
+                self.ctx.config.write_timeout,
+                &self.shared,
+            )
+            .await?;
             self.shared.release(released);
             let m = &self.ctx.metrics;
             m.frames_out.inc_by(frames);
@@ -774,20 +789,53 @@ fn history_page(
 }
 
 /// Writes every slice, however the socket splits it; returns the number of
-/// write calls.
+/// write calls. `frame_ends` are the byte offsets where whole frames end.
+///
+/// A write stalled on a full socket gives up once the outbound queue
+/// overflows too (that reader is a slow consumer), but only at a frame
+/// boundary, so the close reason that follows is not spliced into a frame.
 async fn write_all_vectored<S: AsyncWrite + Unpin>(
     stream: &mut S,
     mut slices: &mut [IoSlice<'_>],
+    frame_ends: &[usize],
     timeout: Duration,
+    shared: &ConnShared,
 ) -> Result<u64, Close> {
+    let slow = || {
+        Close::with(
+            ErrorCode::SlowConsumer,
+            "slow_consumer",
+            "outbound queue full: reconnect and sync",
+        )
+    };
     let mut writes = 0;
+    let mut written = 0usize;
+    let mut give_up = false;
+    let deadline = tokio::time::Instant::now() + timeout;
     while !slices.is_empty() {
-        let n = match tokio::time::timeout(timeout, stream.write_vectored(slices)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(Close::quiet("write_error")),
-            Ok(Ok(n)) => n,
-            Err(_) => return Err(Close::quiet("write_timeout")),
+        if give_up && (written == 0 || frame_ends.binary_search(&written).is_ok()) {
+            return Err(slow());
+        }
+        let result = loop {
+            tokio::select! {
+                r = stream.write_vectored(slices) => break r,
+                () = shared.wake.notified(), if !give_up => {
+                    if shared.is_slow() {
+                        give_up = true;
+                        if written == 0 || frame_ends.binary_search(&written).is_ok() {
+                            return Err(slow());
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return Err(Close::quiet("write_timeout")),
+            }
+        };
+        let n = match result {
+            Ok(0) | Err(_) => return Err(Close::quiet("write_error")),
+            Ok(n) => n,
         };
         writes += 1;
+        written += n;
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(writes)

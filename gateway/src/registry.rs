@@ -78,6 +78,17 @@ impl ConnShared {
         out.extend(q.drain(..n));
     }
 
+    /// Drops everything queued (the connection is closing and unregistered;
+    /// its client will sync what it missed).
+    pub fn clear(&self) {
+        let dropped: Vec<Outbound> = self.queue.lock().drain(..).collect();
+        let bytes: usize = dropped.iter().map(outbound_len).sum();
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // Nothing queues here any more once the connection is unregistered;
+        // the last frame (the close reason) may be written.
+        self.slow.store(false, Ordering::Release);
+    }
+
     /// Gives back the byte budget of written items.
     pub fn release(&self, bytes: usize) {
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -214,6 +225,7 @@ impl DeliverySink for Registry {
         // plus a reference to these bytes.
         let shared = SharedMessage::from_encoded(delivery.encoded().clone());
         let mut delivered = 0u64;
+        let mut overflowed: Vec<Arc<ConnShared>> = Vec::new();
         for (user, cursor) in delivery.recipients() {
             let Some(conns) = self.users.get(&user) else {
                 continue;
@@ -227,8 +239,15 @@ impl DeliverySink for Registry {
                 let bytes = frame.header().len() + frame.message().len();
                 if conn.push(Outbound::Deliver { cursor, frame }, bytes) {
                     delivered += 1;
+                } else {
+                    overflowed.push(Arc::clone(conn));
                 }
             }
+        }
+        // A slow consumer leaves the registry at once (its task may still
+        // be stuck in a write): it gets nothing more and counts as offline.
+        for conn in overflowed {
+            self.unregister(&conn);
         }
         self.metrics.deliveries.inc_by(delivered);
     }

@@ -19,10 +19,18 @@ pub type Kv = EmbeddedKv<FjallBackend>;
 pub struct Node {
     pub server: Server<Kv>,
     pub _dir: tempfile::TempDir,
+    /// The TLS listener's certificate (trusted by the test clients).
+    pub cert: std::path::PathBuf,
 }
 
 pub async fn start(options: ServerOptions) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    hanmadi_gateway::tls::generate_self_signed(&["localhost".into()], &cert, &key)
+        .expect("generate certificate");
+    let tls_config = hanmadi_gateway::tls::server_config(&cert, &key).expect("tls config");
+    let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
     let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
     let store = ChatStore::new(kv, StoreConfig::default());
@@ -35,11 +43,15 @@ pub async fn start(options: ServerOptions) -> Node {
         store,
         Listeners {
             tcp: Some(tcp),
-            tls: None,
+            tls: Some((tls, tls_config)),
         },
         options,
     );
-    Node { server, _dir: dir }
+    Node {
+        server,
+        _dir: dir,
+        cert,
+    }
 }
 
 impl Node {
@@ -57,6 +69,28 @@ impl Node {
             .await
             .expect("create user");
         self.token(id)
+    }
+
+    /// A client configuration for `user` over TCP or TLS.
+    pub fn client_config(
+        &self,
+        user: u64,
+        device: &str,
+        tls: bool,
+    ) -> hanmadi_client::ClientConfig {
+        if tls {
+            let addr = self.server.tls_addr().expect("tls listener");
+            let config = hanmadi_gateway::tls::client_config_trusting(&self.cert).expect("trust");
+            hanmadi_client::ClientConfig::new(addr.to_string(), self.token(user), device).with_tls(
+                hanmadi_client::TlsOptions {
+                    server_name: "localhost".into(),
+                    config,
+                },
+            )
+        } else {
+            let addr = self.server.tcp_addr().expect("tcp listener");
+            hanmadi_client::ClientConfig::new(addr.to_string(), self.token(user), device)
+        }
     }
 
     pub fn token(&self, id: u64) -> String {
@@ -83,8 +117,12 @@ pub struct Raw {
 impl Raw {
     pub async fn connect(node: &Node) -> Raw {
         let addr = node.server.tcp_addr().expect("tcp listener");
+        Raw::from_stream(TcpStream::connect(addr).await.expect("connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Raw {
         Raw {
-            stream: TcpStream::connect(addr).await.expect("connect"),
+            stream,
             codec: ClientCodec::new(hanmadi_proto::DEFAULT_MAX_FRAME),
             buf: BytesMut::new(),
         }

@@ -1,0 +1,418 @@
+//! End to end, through the client library, against a real node on
+//! 127.0.0.1:0, over TCP and over TLS.
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::Duration;
+
+use hanmadi_client::{Client, Deliveries, Event, ReconnectOptions, ReconnectingClient, Target};
+use hanmadi_gateway::ServerOptions;
+use hanmadi_proto::pb;
+use hanmadi_proto::prost::Message as _;
+use hanmadi_proto::ConversationId;
+
+/// The next `Deliver`, failing after 10 s.
+async fn next_message(d: &mut Deliveries) -> (pb::Message, bytes::Bytes) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), d.recv())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("the connection is open");
+        match event {
+            Event::Deliver { message, cursor } => return (message, cursor),
+            Event::Closed { error } => panic!("connection closed: {error:?}"),
+            Event::Refused { .. } => {}
+        }
+    }
+}
+
+async fn connect(node: &common::Node, user: u64, device: &str, tls: bool) -> (Client, Deliveries) {
+    Client::connect(node.client_config(user, device, tls))
+        .await
+        .expect("connect")
+}
+
+async fn direct_message_reaches_every_device(tls: bool) {
+    let node = common::start(ServerOptions::default()).await;
+    node.user(1).await;
+    node.user(2).await;
+    let (alice, mut alice_d) = connect(&node, 1, "phone", tls).await;
+    let (_alice2, mut alice2_d) = connect(&node, 1, "laptop", tls).await;
+    let (_bob1, mut bob1_d) = connect(&node, 2, "phone", tls).await;
+    let (_bob2, mut bob2_d) = connect(&node, 2, "laptop", tls).await;
+    let ack = alice
+        .send(Target::User(2), "hello bob")
+        .await
+        .expect("send");
+    assert_eq!(ack.conversation, Some(ConversationId::direct(1, 2).into()));
+    for d in [&mut bob1_d, &mut bob2_d, &mut alice2_d, &mut alice_d] {
+        let (m, cursor) = next_message(d).await;
+        assert_eq!(m.body, "hello bob");
+        assert_eq!(m.message_id, ack.message_id);
+        assert!(!cursor.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_message_reaches_every_device_tcp() {
+    direct_message_reaches_every_device(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_message_reaches_every_device_tls() {
+    direct_message_reaches_every_device(true).await;
+}
+
+async fn group_message_reaches_each_device_once(tls: bool) {
+    let node = common::start(ServerOptions::default()).await;
+    let members: Vec<u64> = (1..=50).collect();
+    for &u in &members {
+        node.user(u).await;
+    }
+    let (group, _) = node
+        .server
+        .router()
+        .create_group(1, "fifty".into(), members[1..].to_vec())
+        .await
+        .expect("group");
+    let mut conns = Vec::new();
+    for &u in &members {
+        conns.push(connect(&node, u, "d", tls).await);
+    }
+    for i in 0..10 {
+        conns[i % 50]
+            .0
+            .send(Target::Group(group), format!("message {i}"))
+            .await
+            .expect("send");
+    }
+    for (i, (_, d)) in conns.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let (m, _) = next_message(d).await;
+            seen.push(m.body);
+        }
+        let want: Vec<String> = (0..10).map(|i| format!("message {i}")).collect();
+        assert_eq!(
+            seen,
+            want,
+            "member {} got each message once, in order",
+            i + 1
+        );
+    }
+    // Nothing more arrives: each message came exactly once.
+    for (c, d) in conns.iter_mut() {
+        c.ping().await.expect("ping");
+        assert!(
+            futures::FutureExt::now_or_never(d.recv()).is_none(),
+            "no extra delivery"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_message_reaches_each_device_once_tcp() {
+    group_message_reaches_each_device_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_message_reaches_each_device_once_tls() {
+    group_message_reaches_each_device_once(true).await;
+}
+
+async fn offline_recipient_syncs_in_order(tls: bool) {
+    let node = common::start(ServerOptions::default()).await;
+    node.user(1).await;
+    node.user(2).await;
+    let (alice, _d) = connect(&node, 1, "phone", tls).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            alice
+                .send(Target::User(2), format!("m{i}"))
+                .await
+                .expect("send")
+                .message_id,
+        );
+    }
+    let (bob, _bd) = connect(&node, 2, "phone", tls).await;
+    let mut got = Vec::new();
+    let mut after = bytes::Bytes::new();
+    loop {
+        let batch = bob.sync(&after, 7).await.expect("sync");
+        got.extend(
+            batch
+                .messages
+                .iter()
+                .map(|d| d.message.as_ref().map_or(0, |m| m.message_id)),
+        );
+        after = batch.next;
+        if !batch.has_more {
+            break;
+        }
+    }
+    assert_eq!(got, ids, "every message, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_syncs_in_order_tcp() {
+    offline_recipient_syncs_in_order(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_syncs_in_order_tls() {
+    offline_recipient_syncs_in_order(true).await;
+}
+
+/// While a sender streams 5,000 messages, the recipient's connection is
+/// dropped 100 times at random points; the reconnect helper hands its user
+/// exactly the recipient's inbox: no gap, no duplicate, no reorder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_hand_over_exactly_the_inbox() {
+    const MESSAGES: usize = 5000;
+    let node = common::start(ServerOptions {
+        conn: hanmadi_gateway::conn::ConnConfig {
+            rate_per_sec: 100_000,
+            rate_burst: 100_000,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    node.user(1).await;
+    node.user(2).await;
+    let (sender, mut sender_deliveries) = connect(&node, 1, "sender", false).await;
+    // The sender's own device is delivered its messages too: keep reading.
+    let drain = tokio::spawn(async move { while sender_deliveries.recv().await.is_some() {} });
+    let mut inbox = ReconnectingClient::start(
+        node.client_config(2, "phone", false),
+        ReconnectOptions {
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+            ..ReconnectOptions::default()
+        },
+    )
+    .await
+    .expect("start");
+    let send_task = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            sender
+                .send(Target::User(2), format!("{i}"))
+                .await
+                .expect("send");
+        }
+    });
+    let mut received: Vec<(u64, bytes::Bytes)> = Vec::new();
+    let mut drops = 0;
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next_drop = 20usize;
+    while received.len() < MESSAGES {
+        let r = tokio::time::timeout(Duration::from_secs(20), inbox.next())
+            .await
+            .expect("progress within 20 s")
+            .expect("stream open")
+            .expect("no final error");
+        received.push((r.message.message_id, r.cursor.clone()));
+        if received.len() >= next_drop && drops < 100 {
+            if let Some(c) = inbox.client() {
+                c.close().await;
+                drops += 1;
+            }
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            next_drop = received.len() + 1 + (rng % 90) as usize;
+        }
+    }
+    send_task.await.expect("sender");
+    drain.abort();
+    assert!(drops >= 50, "only {drops} drops happened");
+    let store = node.server.router().store();
+    let mut want = Vec::new();
+    let mut after = None;
+    loop {
+        let b = store.sync(2, after, 1000).await.expect("sync");
+        for e in &b.entries {
+            let m = pb::Message::decode(e.message.as_ref()).expect("decode");
+            want.push((
+                m.message_id,
+                bytes::Bytes::copy_from_slice(e.cursor.as_bytes()),
+            ));
+        }
+        after = b.next;
+        if !b.has_more {
+            break;
+        }
+    }
+    assert_eq!(received.len(), want.len());
+    assert!(
+        received == want,
+        "the handed-over sequence equals the inbox"
+    );
+}
+
+/// Under group load, many frames share one socket write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_load_batches_frames_per_write() {
+    let node = common::start(ServerOptions::default()).await;
+    let members: Vec<u64> = (1..=20).collect();
+    for &u in &members {
+        node.user(u).await;
+    }
+    let (group, _) = node
+        .server
+        .router()
+        .create_group(1, "busy".into(), members[1..].to_vec())
+        .await
+        .expect("group");
+    let mut conns = Vec::new();
+    for &u in &members {
+        conns.push(connect(&node, u, "d", false).await);
+    }
+    let metrics = node.server.metrics();
+    let (frames0, writes0) = (metrics.frames_out.get(), metrics.socket_writes.get());
+    let mut tasks = Vec::new();
+    for (c, _) in conns.iter().take(10) {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let sends: Vec<_> = (0..50)
+                .map(|i| c.send(Target::Group(group), format!("{i}")))
+                .collect();
+            for r in futures::future::join_all(sends).await {
+                r.expect("send");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    for (_, d) in conns.iter_mut() {
+        for _ in 0..500 {
+            next_message(d).await;
+        }
+    }
+    let frames = metrics.frames_out.get() - frames0;
+    let writes = metrics.socket_writes.get() - writes0;
+    let per_write = frames as f64 / writes as f64;
+    println!("frames {frames}, socket writes {writes}, {per_write:.1} frames per write");
+    assert!(per_write >= 4.0, "{per_write:.1} frames per socket write");
+}
+
+/// A recipient that stops reading while ten others chat is closed with the
+/// slow-consumer code; the others keep their latency and the server's
+/// queue for the slow one stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_closed_and_others_keep_going() {
+    let node = common::start(ServerOptions {
+        registry: hanmadi_gateway::registry::RegistryLimits {
+            per_user: 16,
+            per_ip: 1000,
+            outbound_bytes: 64 * 1024,
+        },
+        conn: hanmadi_gateway::conn::ConnConfig {
+            rate_per_sec: 100_000,
+            rate_burst: 100_000,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let members: Vec<u64> = (1..=11).collect();
+    for &u in &members {
+        node.user(u).await;
+    }
+    let (group, _) = node
+        .server
+        .router()
+        .create_group(1, "chat".into(), members[1..].to_vec())
+        .await
+        .expect("group");
+    // The slow member: a raw socket with a tiny receive buffer that reads
+    // its Welcome and nothing more.
+    let slow_sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    slow_sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut slow = common::Raw::from_stream(
+        slow_sock
+            .connect(node.server.tcp_addr().expect("tcp"))
+            .await
+            .expect("connect"),
+    );
+    let w = slow.hello(&node.token(11)).await;
+    assert!(matches!(w.kind, Some(pb::server_frame::Kind::Welcome(_))));
+
+    let mut chatters = Vec::new();
+    for &u in &members[..10] {
+        chatters.push(connect(&node, u, "d", false).await);
+    }
+    // Drain the chatters' deliveries in the background, as live apps do.
+    let mut drains = Vec::new();
+    let mut clients = Vec::new();
+    for (c, mut d) in chatters {
+        clients.push(c);
+        drains.push(tokio::spawn(
+            async move { while d.recv().await.is_some() {} },
+        ));
+    }
+    let body = "x".repeat(1000);
+    let round = |clients: Vec<Client>, body: String| async move {
+        let mut lat = Vec::new();
+        for i in 0..20 {
+            let t0 = std::time::Instant::now();
+            let sends: Vec<_> = clients
+                .iter()
+                .map(|c| c.send(Target::Group(group), format!("{i}{body}")))
+                .collect();
+            for r in futures::future::join_all(sends).await {
+                r.expect("send");
+            }
+            lat.push(t0.elapsed());
+        }
+        lat.sort();
+        (lat[lat.len() * 99 / 100], clients)
+    };
+    let mut p99s = Vec::new();
+    let mut clients = clients;
+    let mut closed_slow = false;
+    for _ in 0..30 {
+        let (p99, c) = round(clients, body.clone()).await;
+        clients = c;
+        p99s.push(p99);
+        let slow_queue: usize = node
+            .server
+            .registry()
+            .all()
+            .iter()
+            .filter(|c| c.user == 11)
+            .map(|c| c.queued_bytes())
+            .sum();
+        assert!(
+            slow_queue <= 64 * 1024 + 4096,
+            "the slow queue is bounded: {slow_queue}"
+        );
+        if node.server.registry().all().iter().all(|c| c.user != 11) {
+            closed_slow = true;
+            break;
+        }
+    }
+    assert!(closed_slow, "the slow consumer was closed");
+    // Now read what the slow one got: deliveries, then the close reason.
+    let mut last = None;
+    while let Some(f) = slow.recv().await {
+        last = Some(f);
+    }
+    assert_eq!(
+        last.as_ref().and_then(common::error_code),
+        Some(pb::ErrorCode::SlowConsumer)
+    );
+    let baseline = p99s[0];
+    let worst = *p99s.iter().max().expect("rounds");
+    println!("p99 per round: first {baseline:?}, worst {worst:?}");
+    assert!(
+        worst <= baseline * 2 + Duration::from_millis(20),
+        "others slowed down: baseline {baseline:?}, worst {worst:?}"
+    );
+    for t in drains {
+        t.abort();
+    }
+}
