@@ -1,6 +1,7 @@
 //! Bad input against a real node: each gets a clear `Error` and a closed
 //! connection, and the node keeps serving.
 
+#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;
