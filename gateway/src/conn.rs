@@ -260,6 +260,16 @@ where
         Ok(u) => u,
         Err(close) => return goodbye(&mut stream, &codec, req_id, close).await,
     };
+    // Where live delivery starts: read before registering, so a message
+    // committed in between is older than the Welcome (the client syncs it)
+    // rather than filtered out of the live stream.
+    let head = match ctx.router.store().inbox_head(user).await {
+        Ok(h) => h,
+        Err(e) => {
+            let close = Close::with(ErrorCode::Unavailable, "store_error", e.to_string());
+            return goodbye(&mut stream, &codec, req_id, close).await;
+        }
+    };
     let shared = match ctx.registry.register(user) {
         Ok(s) => s,
         Err(e) => {
@@ -281,7 +291,7 @@ where
         shared: Arc::clone(&shared),
         user,
         device: hello.device_id,
-        last_cursor: None,
+        last_cursor: head,
         outbound: Vec::new(),
     };
     let welcome = pb::ServerFrame {
@@ -559,7 +569,9 @@ where
                 })
             }
             client_frame::Kind::Sync(s) => Box::pin(async move {
-                match router.sync(user, &s.after, s.limit.clamp(1, 500)).await {
+                // 0 asks for the server's default page size.
+                let limit = if s.limit == 0 { 200 } else { s.limit.min(500) };
+                match router.sync(user, &s.after, limit).await {
                     Ok(batch) => sync_batch(req_id, batch, max_frame),
                     Err(e) => router_error(req_id, &e),
                 }
@@ -578,7 +590,12 @@ where
                 };
                 Box::pin(async move {
                     match router
-                        .history(user, conversation, h.before, h.limit.clamp(1, 500))
+                        .history(
+                            user,
+                            conversation,
+                            h.before,
+                            if h.limit == 0 { 50 } else { h.limit.min(500) },
+                        )
                         .await
                     {
                         Ok(page) => history_page(req_id, page, max_frame),

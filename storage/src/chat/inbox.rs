@@ -151,6 +151,34 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
+    /// The cursor of the newest entry in `user`'s inbox, if any.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure or a corrupt key.
+    pub async fn inbox_head(&self, user: u64) -> Result<Option<Cursor>, StoreError> {
+        let begin = keys::inbox_of(user);
+        let end = keys::prefix_end(&begin);
+        transact!(&self.kv, |txn| {
+            let rows = txn
+                .get_range(
+                    RangeRead::new(&begin, &end)
+                        .limit(1)
+                        .reverse(true)
+                        .snapshot(true),
+                )
+                .await?;
+            match rows.first() {
+                Some(kv) => Ok(Some(
+                    keys::cursor_of_inbox_key(&kv.key)
+                        .map(Cursor)
+                        .ok_or(StoreError::Corrupt("inbox"))?,
+                )),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Pages a conversation's history, newest first, before message id
     /// `before` (`0`: from the newest). A group member (`reader`) sees
     /// messages from their join on; `reader: None` reads everything.

@@ -1,0 +1,249 @@
+//! The real `hanmadi` binary under load: `kill -9` loses no acknowledged
+//! message; SIGTERM drains — every acknowledged message persisted, clients
+//! told to reconnect, exit within 5 s.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hanmadi_client::{Client, ClientConfig, ClientError, Event, Target};
+use hanmadi_gateway::auth::TokenIssuer;
+use hanmadi_proto::ConversationId;
+use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::chat::UserRecord;
+use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::{ChatStore, StoreConfig};
+use parking_lot::Mutex;
+
+const SECRET: &str = "process-test-secret-0123456789abcdef";
+const USERS: u64 = 6;
+
+fn open_store(data: &Path) -> ChatStore<EmbeddedKv<FjallBackend>> {
+    let backend = FjallBackend::open(&data.join("store"), FjallOptions::default()).expect("open");
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
+    ChatStore::new(kv, StoreConfig::default())
+}
+
+/// Creates the users before the node starts (the HTTP API is not needed).
+async fn seed(data: &Path) {
+    let store = open_store(data);
+    for u in 1..=USERS {
+        store
+            .create_user(
+                u,
+                &UserRecord {
+                    username: format!("user{u}"),
+                    ..UserRecord::default()
+                },
+            )
+            .await
+            .expect("user");
+    }
+}
+
+struct Node {
+    child: Child,
+    addr: String,
+}
+
+fn spawn(data: &Path) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
+        .args([
+            "serve",
+            "--tcp",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+            "--https",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--secret",
+            SECRET,
+            "--rate-per-sec",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hanmadi");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("hanmadi printed its listeners")
+            .expect("read stdout");
+        if let Some(addr) = line.strip_prefix("listening tcp ") {
+            break addr.to_owned();
+        }
+    };
+    Node { child, addr }
+}
+
+fn token(user: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    TokenIssuer::new(SECRET.as_bytes()).issue(user, now, Duration::from_secs(600))
+}
+
+type Acks = Arc<Mutex<Vec<(ConversationId, u64)>>>;
+
+/// Senders that send until their connection fails, recording every ack.
+async fn load(
+    addr: &str,
+    acks: Acks,
+) -> Vec<(
+    tokio::task::JoinHandle<Option<ClientError>>,
+    hanmadi_client::Deliveries,
+)> {
+    let mut tasks = Vec::new();
+    for u in 1..=USERS {
+        let (client, deliveries) = Client::connect(ClientConfig::new(addr, token(u), "load"))
+            .await
+            .expect("connect");
+        let acks = Arc::clone(&acks);
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            loop {
+                let to = 1 + (u + i) % USERS;
+                match client.send(Target::User(to), format!("m{i}")).await {
+                    Ok(ack) => {
+                        let c = ack
+                            .conversation
+                            .as_ref()
+                            .and_then(|c| ConversationId::try_from(c).ok())
+                            .expect("ack names its conversation");
+                        acks.lock().push((c, ack.message_id));
+                    }
+                    Err(e) => return Some(e),
+                }
+                i += 1;
+            }
+        });
+        tasks.push((task, deliveries));
+    }
+    tasks
+}
+
+/// Every acknowledged message is stored exactly once.
+async fn check_persisted(data: &Path, acks: &[(ConversationId, u64)]) {
+    let store = open_store(data);
+    let mut stored = std::collections::HashMap::new();
+    let convs: std::collections::HashSet<ConversationId> = acks.iter().map(|(c, _)| *c).collect();
+    for c in convs {
+        let mut before = 0;
+        loop {
+            let page = store.history(c, None, before, 1000).await.expect("history");
+            for m in &page.messages {
+                let m = <hanmadi_proto::pb::Message as hanmadi_proto::prost::Message>::decode(
+                    m.as_ref(),
+                )
+                .expect("decode");
+                before = m.message_id;
+                *stored.entry(m.message_id).or_insert(0) += 1;
+            }
+            if !page.has_more {
+                break;
+            }
+        }
+    }
+    for (_, id) in acks {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "acknowledged message {id} stored once"
+        );
+    }
+}
+
+async fn wait_for_acks(acks: &Acks, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acks.lock().len() < n {
+        assert!(Instant::now() < deadline, "load too slow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed(dir.path()).await;
+    let mut node = spawn(dir.path());
+    let acks: Acks = Arc::default();
+    let senders = load(&node.addr, Arc::clone(&acks)).await;
+    wait_for_acks(&acks, 1500).await;
+    node.child.kill().expect("SIGKILL");
+    node.child.wait().expect("reap");
+    for (t, _) in senders {
+        assert!(
+            t.await.expect("sender").is_some(),
+            "sends fail once the node is gone"
+        );
+    }
+    let acked = acks.lock().clone();
+    // Restart on the same data: the node serves again, and history holds
+    // every acknowledged message once.
+    let mut again = spawn(dir.path());
+    let (client, _d) = Client::connect(ClientConfig::new(&again.addr, token(1), "check"))
+        .await
+        .expect("reconnect after restart");
+    client.ping().await.expect("restarted node answers");
+    client.close().await;
+    again.child.kill().expect("stop");
+    again.child.wait().expect("reap");
+    check_persisted(dir.path(), &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed(dir.path()).await;
+    let mut node = spawn(dir.path());
+    let acks: Acks = Arc::default();
+    let senders = load(&node.addr, Arc::clone(&acks)).await;
+    wait_for_acks(&acks, 1000).await;
+    let pid = node.child.id();
+    let started = Instant::now();
+    // SAFETY-free: `kill` is a plain process call.
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || node.child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let took = started.elapsed();
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(took < Duration::from_secs(5), "exited in {took:?}");
+    for (t, mut deliveries) in senders {
+        let err = t.await.expect("sender").expect("sends end with an error");
+        let _ = err;
+        // The last event names the reconnect code.
+        let mut last = None;
+        while let Some(e) = deliveries.recv().await {
+            last = Some(e);
+        }
+        match last {
+            Some(Event::Closed {
+                error: Some(ClientError::Server(e)),
+            }) => assert_eq!(
+                e.code,
+                hanmadi_proto::ErrorCode::ServerDraining as i32,
+                "closed with the reconnect-elsewhere code"
+            ),
+            other => panic!("expected the draining code, got {other:?}"),
+        }
+    }
+    check_persisted(dir.path(), &acks.lock().clone()).await;
+}
