@@ -227,7 +227,10 @@ where
     let codec = ServerCodec::new(ctx.config.max_frame);
     let mut rbuf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
-    let hello = tokio::select! {
+    // The handshake's futures are boxed: they are done with once the
+    // connection is up, and should not weigh on every idle connection.
+    let hello = Box::pin(async {
+        tokio::select! {
         r = read_frame(&mut stream, &codec, &mut rbuf) => r,
         () = tokio::time::sleep_until(deadline) => Err(Close::with(
             ErrorCode::HandshakeTimeout,
@@ -239,7 +242,9 @@ where
             "draining",
             "server is shutting down; reconnect elsewhere",
         )),
-    };
+        }
+    })
+    .await;
     let (req_id, hello) = match hello {
         Ok(Some(pb::ClientFrame {
             req_id,
@@ -251,23 +256,23 @@ where
                 "no_hello",
                 "the first frame must be Hello",
             );
-            return goodbye(&mut stream, &codec, 0, close).await;
+            return Box::pin(goodbye(&mut stream, &codec, 0, close)).await;
         }
         Ok(None) => return "peer_closed",
-        Err(close) => return goodbye(&mut stream, &codec, 0, close).await,
+        Err(close) => return Box::pin(goodbye(&mut stream, &codec, 0, close)).await,
     };
-    let user = match authenticate(&ctx, &hello.token).await {
+    let user = match Box::pin(authenticate(&ctx, &hello.token)).await {
         Ok(u) => u,
-        Err(close) => return goodbye(&mut stream, &codec, req_id, close).await,
+        Err(close) => return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await,
     };
     // Where live delivery starts: read before registering, so a message
     // committed in between is older than the Welcome (the client syncs it)
     // rather than filtered out of the live stream.
-    let head = match ctx.router.store().inbox_head(user).await {
+    let head = match Box::pin(ctx.router.store().inbox_head(user)).await {
         Ok(h) => h,
         Err(e) => {
             let close = Close::with(ErrorCode::Unavailable, "store_error", e.to_string());
-            return goodbye(&mut stream, &codec, req_id, close).await;
+            return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
         }
     };
     let shared = match ctx.registry.register(user) {
@@ -278,7 +283,7 @@ where
                 "too_many_connections",
                 e.to_string(),
             );
-            return goodbye(&mut stream, &codec, req_id, close).await;
+            return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
         }
     };
     tracing::debug!(user, %peer, "connection authenticated");
@@ -321,10 +326,11 @@ where
                 let frame =
                     error_frame(0, close.code.unwrap_or(ErrorCode::Internal), close.message);
                 if conn.reply(&frame).is_ok() {
-                    let _ = tokio::time::timeout(ctx.config.write_timeout, conn.flush()).await;
+                    let _ = tokio::time::timeout(ctx.config.write_timeout, Box::pin(conn.flush()))
+                        .await;
                 }
             }
-            linger_close(&mut conn.stream).await;
+            Box::pin(linger_close(&mut conn.stream)).await;
             reason
         }
     }
@@ -446,7 +452,11 @@ where
         let shared = Arc::clone(&self.shared);
         let shutdown = self.ctx.shutdown.clone();
         loop {
-            self.flush().await?;
+            // The write path is boxed, and taken only when there is
+            // something to write, so an idle connection's task stays small.
+            if !self.wbuf.is_empty() || shared.has_queued() {
+                Box::pin(self.flush()).await?;
+            }
             if shared.is_slow() {
                 return Err(Close::with(
                     ErrorCode::SlowConsumer,
@@ -696,7 +706,7 @@ where
             m.frames_out.inc_by(frames);
             m.socket_writes.inc_by(writes);
             if pull {
-                self.pull().await?;
+                Box::pin(self.pull()).await?;
             }
         }
     }
@@ -856,4 +866,31 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection holds its task's future: keep it small (the
+    /// handshake and write paths are boxed for this).
+    #[test]
+    fn connection_future_stays_small() {
+        type K =
+            hanmadi_storage::embedded::EmbeddedKv<hanmadi_storage::backend::fjall::FjallBackend>;
+        fn size_of_ret<F, Fut>(_: &F) -> usize
+        where
+            F: Fn(std::sync::Arc<super::ConnContext<K>>, tokio::net::TcpStream) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let serve = |ctx: std::sync::Arc<super::ConnContext<K>>, s: tokio::net::TcpStream| {
+            super::serve(
+                ctx,
+                s,
+                std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                "tcp",
+            )
+        };
+        let size = size_of_ret(&serve);
+        assert!(size <= 2048, "the connection future grew to {size} bytes");
+    }
 }

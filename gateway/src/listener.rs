@@ -41,31 +41,41 @@ pub async fn accept_loop<K: Kv>(
             continue;
         }
         let ctx = Arc::clone(&ctx);
-        let tls = tls.clone();
-        tracker.spawn(async move {
-            serve_socket(ctx.clone(), socket, peer, tls, transport).await;
-            ctx.registry.release_ip(peer.ip());
-        });
+        // Two task types, not one with both paths: a task's size is that of
+        // its largest state, and a TLS stream is far larger than a socket,
+        // so plain TCP connections would pay for TLS.
+        match &tls {
+            None => {
+                tracker.spawn(async move {
+                    conn::serve(Arc::clone(&ctx), socket, peer, transport).await;
+                    ctx.registry.release_ip(peer.ip());
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tracker.spawn(async move {
+                    serve_tls(Arc::clone(&ctx), socket, peer, acceptor).await;
+                    ctx.registry.release_ip(peer.ip());
+                });
+            }
+        }
     }
 }
 
-async fn serve_socket<K: Kv>(
+async fn serve_tls<K: Kv>(
     ctx: Arc<ConnContext<K>>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    transport: &'static str,
+    acceptor: TlsAcceptor,
 ) {
-    match tls {
-        None => conn::serve(ctx, socket, peer, transport).await,
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(socket));
-            match handshake.await {
-                Ok(Ok(stream)) => conn::serve(ctx, stream, peer, transport).await,
-                Ok(Err(_)) => ctx.metrics.closed("tls_handshake_failed"),
-                Err(_) => ctx.metrics.closed("handshake_timeout"),
-            }
-        }
+    // The handshake's state is boxed: it is gone once the session is up.
+    let handshake = Box::pin(tokio::time::timeout(
+        ctx.config.handshake_timeout,
+        acceptor.accept(socket),
+    ));
+    match handshake.await {
+        Ok(Ok(stream)) => conn::serve(ctx, stream, peer, "tls").await,
+        Ok(Err(_)) => ctx.metrics.closed("tls_handshake_failed"),
+        Err(_) => ctx.metrics.closed("handshake_timeout"),
     }
 }

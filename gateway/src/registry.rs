@@ -94,6 +94,11 @@ impl ConnShared {
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// Whether anything waits to be written.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.lock().is_empty()
+    }
+
     /// Whether a push found the queue full.
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Acquire)

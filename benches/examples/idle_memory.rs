@@ -1,0 +1,143 @@
+//! Server memory per idle, authenticated connection: starts the `hanmadi`
+//! binary, opens N connections (each says `Hello` and then stays idle), and
+//! reads the server's resident set size before and after.
+//!
+//! ```sh
+//! cargo build --release --bin hanmadi
+//! cargo run --release -p hanmadi-benches --example idle_memory -- 10000 tcp
+//! cargo run --release -p hanmadi-benches --example idle_memory -- 10000 tls
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hanmadi_client::{Client, ClientConfig, TlsOptions};
+use hanmadi_gateway::auth::TokenIssuer;
+use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::chat::UserRecord;
+use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::{ChatStore, StoreConfig};
+
+const SECRET: &str = "idle-memory-secret-0123456789abcdef";
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let tls = args.next().as_deref() == Some("tls");
+    let exe = std::env::current_exe().expect("exe");
+    let hanmadi = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("hanmadi"))
+        .expect("target dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let backend =
+            FjallBackend::open(&dir.path().join("store"), FjallOptions::default()).expect("open");
+        let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
+        let store = ChatStore::new(kv, StoreConfig::default());
+        let users: Vec<u64> = (1..=n).collect();
+        for chunk in users.chunks(256) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .map(|&u| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let rec = UserRecord {
+                            username: format!("u{u}"),
+                            ..UserRecord::default()
+                        };
+                        store.create_user(u, &rec).await.expect("user");
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+        }
+    });
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    hanmadi_gateway::tls::generate_self_signed(&["localhost".into()], &cert, &key).expect("cert");
+    let mut child = Command::new(&hanmadi)
+        .args(["serve", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
+        .args(["--http", "off", "--https", "off", "--secret", SECRET])
+        .args(["--max-conns-per-ip", "100000"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", hanmadi.display()));
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut tcp, mut tls_addr) = (String::new(), String::new());
+    while tcp.is_empty() || tls_addr.is_empty() {
+        let line = lines.next().expect("listener line").expect("read");
+        if let Some(a) = line.strip_prefix("listening tcp ") {
+            tcp = a.to_owned();
+        } else if let Some(a) = line.strip_prefix("listening tls ") {
+            tls_addr = a.to_owned();
+        }
+    }
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid);
+    let issuer = TokenIssuer::new(SECRET.as_bytes());
+    let trust = hanmadi_gateway::tls::client_config_trusting(&cert).expect("trust");
+    let clients = rt.block_on(async {
+        let mut clients = Vec::with_capacity(n as usize);
+        for u in 1..=n {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let token = issuer.issue(u, now, Duration::from_secs(3600));
+            let mut config = if tls {
+                ClientConfig::new(tls_addr.clone(), token, "idle").with_tls(TlsOptions {
+                    server_name: "localhost".into(),
+                    config: Arc::clone(&trust),
+                })
+            } else {
+                ClientConfig::new(tcp.clone(), token, "idle")
+            };
+            config.event_capacity = 16;
+            clients.push(Client::connect(config).await.expect("connect"));
+        }
+        clients
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!(
+        "{} idle {} connections: server RSS {before} KiB -> {after} KiB, {per:.0} bytes per connection",
+        n,
+        if tls { "TLS" } else { "TCP" }
+    );
+    // A drain, not a kill, so profilers wrapped around the server can write
+    // their reports.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    drop(clients);
+}
