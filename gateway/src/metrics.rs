@@ -38,6 +38,8 @@ pub struct Metrics {
     pub closes: Family<ReasonLabel, Counter>,
     /// Messages per commit batch.
     pub commit_batch: Histogram,
+    /// Seconds from a batch's start to its durable commit.
+    pub commit_seconds: Histogram,
     registry: parking_lot::Mutex<Option<Registry>>,
 }
 
@@ -58,6 +60,7 @@ impl Metrics {
             deliveries: Counter::default(),
             closes: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             registry: parking_lot::Mutex::new(None),
         };
         let mut r = Registry::with_prefix("hanmadi");

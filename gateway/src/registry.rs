@@ -257,6 +257,11 @@ impl DeliverySink for Registry {
         self.metrics.deliveries.inc_by(delivered);
     }
 
+    fn committed(&self, messages: usize, latency: std::time::Duration) {
+        self.metrics.commit_batch.observe(messages as f64);
+        self.metrics.commit_seconds.observe(latency.as_secs_f64());
+    }
+
     fn notify(&self, user: u64) {
         if let Some(conns) = self.users.get(&user) {
             for conn in conns.iter() {

@@ -175,3 +175,39 @@ async fn idle_connection_is_closed() {
     let _ = raw.stream.read_to_end(&mut rest).await;
     assert!(rest.is_empty());
 }
+
+#[tokio::test]
+async fn connection_limits_per_user_and_per_address() {
+    let node = start(ServerOptions {
+        registry: hanmadi_gateway::registry::RegistryLimits {
+            per_user: 2,
+            per_ip: 4,
+            outbound_bytes: 1 << 20,
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    node.user(2).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut raw = Raw::connect(&node).await;
+        let w = raw.hello(&token).await;
+        assert!(matches!(w.kind, Some(server_frame::Kind::Welcome(_))));
+        held.push(raw);
+    }
+    let mut third = Raw::connect(&node).await;
+    let reply = third.hello(&token).await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::TooManyConnections));
+    assert_closed(&mut third).await;
+    // Two more sockets from this address fill its allowance of four; the
+    // next is closed before it can say anything.
+    let mut other = Raw::connect(&node).await;
+    other.hello(&node.token(2)).await;
+    held.push(other);
+    let _fourth = Raw::connect(&node).await;
+    let mut fifth = Raw::connect(&node).await;
+    assert_closed(&mut fifth).await;
+    let metrics = node.server.metrics().render();
+    assert!(metrics.contains("too_many_from_address"), "{metrics}");
+}

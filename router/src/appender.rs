@@ -128,7 +128,10 @@ async fn run<K: Kv>(
             })
             .collect();
         let online = |u: u64| presence.is_online(u);
+        let n = batch.len();
+        let started = std::time::Instant::now();
         let results = store.append(batch, &*ids, &online).await;
+        sink.committed(n, started.elapsed());
         deliver(&*sink, &results);
         for (reply, result) in replies.into_iter().zip(results) {
             // A sender that gave up waiting still had its message stored.

@@ -52,6 +52,10 @@ pub trait DeliverySink: Send + Sync + 'static {
     /// Tells `user`'s connections to read their inbox after their last
     /// delivered cursor: used when a commit's exact cursors are unknown.
     fn notify(&self, user: u64);
+
+    /// Reports one append: how many messages it carried and how long it
+    /// took to commit (for metrics).
+    fn committed(&self, _messages: usize, _latency: std::time::Duration) {}
 }
 
 /// A sink that drops everything (a router with no live connections, such as
