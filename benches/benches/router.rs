@@ -14,10 +14,6 @@ use hanmadi_proto::SharedMessage;
 use hanmadi_router::{
     Delivery, DeliverySink, LocalPresence, Router, RouterConfig, SendRequest, Target,
 };
-use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
-use hanmadi_storage::chat::UserRecord;
-use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
-use hanmadi_storage::{ChatStore, StoreConfig};
 
 const USERS: u64 = 10_000;
 
@@ -44,30 +40,13 @@ impl DeliverySink for CountingSink {
     fn notify(&self, _: u64) {}
 }
 
-type R = Router<EmbeddedKv<FjallBackend>>;
+type R =
+    Router<hanmadi_storage::embedded::EmbeddedKv<hanmadi_storage::backend::fjall::FjallBackend>>;
 
 fn start(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<R>, Arc<CountingSink>) {
     rt.block_on(async {
-        let backend = FjallBackend::open(dir, FjallOptions::default()).expect("open");
-        let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-        let store = ChatStore::new(kv, StoreConfig::default());
-        // Users are created 256 at a time: the engine groups the commits.
-        for chunk in (1..=USERS).collect::<Vec<_>>().chunks(256) {
-            let mut tasks = Vec::new();
-            for &u in chunk {
-                let store = store.clone();
-                tasks.push(tokio::spawn(async move {
-                    let rec = UserRecord {
-                        username: format!("u{u}"),
-                        ..UserRecord::default()
-                    };
-                    store.create_user(u, &rec).await.expect("user");
-                }));
-            }
-            for t in tasks {
-                t.await.expect("task");
-            }
-        }
+        let store = hanmadi_benches::open_store(dir);
+        hanmadi_benches::create_users(&store, USERS).await;
         let sink = Arc::new(CountingSink::default());
         let presence = Arc::new(LocalPresence::new());
         for u in 1..=USERS {

@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hanmadi_router::{LocalPresence, NoDelivery, Router, RouterConfig, SendRequest, Target};
-use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
-use hanmadi_storage::chat::UserRecord;
-use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
-use hanmadi_storage::{ChatStore, StoreConfig};
 
 const USERS: u64 = 10_000;
 /// Sends are issued by this many tasks, each on its own schedule.
@@ -29,27 +25,8 @@ fn main() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let latencies = rt.block_on(async {
-        let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open");
-        let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-        let store = ChatStore::new(kv, StoreConfig::default());
-        for chunk in (1..=USERS).collect::<Vec<_>>().chunks(256) {
-            let tasks: Vec<_> = chunk
-                .iter()
-                .map(|&u| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let rec = UserRecord {
-                            username: format!("u{u}"),
-                            ..UserRecord::default()
-                        };
-                        store.create_user(u, &rec).await.expect("user");
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("task");
-            }
-        }
+        let store = hanmadi_benches::open_store(dir.path());
+        hanmadi_benches::create_users(&store, USERS).await;
         let (router, _task) = Router::start(
             store,
             Arc::new(LocalPresence::new()),

@@ -15,10 +15,6 @@ use std::time::Duration;
 
 use hanmadi_client::{Client, ClientConfig, TlsOptions};
 use hanmadi_gateway::auth::TokenIssuer;
-use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
-use hanmadi_storage::chat::UserRecord;
-use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
-use hanmadi_storage::{ChatStore, StoreConfig};
 
 const SECRET: &str = "idle-memory-secret-0123456789abcdef";
 
@@ -48,29 +44,8 @@ fn main() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
-        let backend =
-            FjallBackend::open(&dir.path().join("store"), FjallOptions::default()).expect("open");
-        let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-        let store = ChatStore::new(kv, StoreConfig::default());
-        let users: Vec<u64> = (1..=n).collect();
-        for chunk in users.chunks(256) {
-            let tasks: Vec<_> = chunk
-                .iter()
-                .map(|&u| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let rec = UserRecord {
-                            username: format!("u{u}"),
-                            ..UserRecord::default()
-                        };
-                        store.create_user(u, &rec).await.expect("user");
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("task");
-            }
-        }
+        let store = hanmadi_benches::open_store(&dir.path().join("store"));
+        hanmadi_benches::create_users(&store, n).await;
     });
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");

@@ -1,1 +1,48 @@
-//! Shared helpers for Hanmadi benchmarks.
+//! Shared helpers for Hanmadi benchmarks and measurement examples.
+
+use std::path::Path;
+
+use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::chat::UserRecord;
+use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::{ChatStore, StoreConfig};
+
+/// The chat store the benchmarks use: the embedded engine on fjall in
+/// `dir`, fsync on.
+///
+/// # Panics
+///
+/// When the store cannot be opened (a benchmark cannot go on without it).
+pub fn open_store(dir: &Path) -> ChatStore<EmbeddedKv<FjallBackend>> {
+    let backend = FjallBackend::open(dir, FjallOptions::default()).expect("open fjall");
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
+    ChatStore::new(kv, StoreConfig::default())
+}
+
+/// Creates users `1..=n` (named `u<id>`), 256 sign-ups at a time so the
+/// engine groups their commits.
+///
+/// # Panics
+///
+/// When a sign-up fails.
+pub async fn create_users(store: &ChatStore<EmbeddedKv<FjallBackend>>, n: u64) {
+    let users: Vec<u64> = (1..=n).collect();
+    for chunk in users.chunks(256) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|&u| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let rec = UserRecord {
+                        username: format!("u{u}"),
+                        ..UserRecord::default()
+                    };
+                    store.create_user(u, &rec).await.expect("create user");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("sign-up task");
+        }
+    }
+}

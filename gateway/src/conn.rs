@@ -514,6 +514,26 @@ where
         }
     }
 
+    /// Validates a conversation from the wire, answering `INVALID_ARGUMENT`
+    /// (and returning `None`) when it is malformed.
+    fn conversation(
+        &mut self,
+        req_id: u64,
+        conversation: Option<&pb::Conversation>,
+    ) -> Result<Option<ConversationId>, Close> {
+        match ConversationId::try_from(conversation) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                self.reply(&error_frame(
+                    req_id,
+                    ErrorCode::InvalidArgument,
+                    e.to_string(),
+                ))?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Dispatches one frame: answers at once, or returns a future that
     /// answers when its work is done.
     fn handle(&mut self, frame: pb::ClientFrame) -> Result<Option<Pending>, Close> {
@@ -587,16 +607,8 @@ where
                 }
             }),
             client_frame::Kind::History(h) => {
-                let conversation = match ConversationId::try_from(h.conversation.as_ref()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.reply(&error_frame(
-                            req_id,
-                            ErrorCode::InvalidArgument,
-                            e.to_string(),
-                        ))?;
-                        return Ok(None);
-                    }
+                let Some(conversation) = self.conversation(req_id, h.conversation.as_ref())? else {
+                    return Ok(None);
                 };
                 Box::pin(async move {
                     match router
@@ -624,16 +636,8 @@ where
                 })
             }
             client_frame::Kind::Read(r) => {
-                let conversation = match ConversationId::try_from(r.conversation.as_ref()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.reply(&error_frame(
-                            req_id,
-                            ErrorCode::InvalidArgument,
-                            e.to_string(),
-                        ))?;
-                        return Ok(None);
-                    }
+                let Some(conversation) = self.conversation(req_id, r.conversation.as_ref())? else {
+                    return Ok(None);
                 };
                 Box::pin(async move {
                     match router.read(user, conversation, r.message_id).await {
