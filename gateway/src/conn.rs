@@ -657,6 +657,14 @@ where
             self.outbound.clear();
             self.shared.drain_into(&mut self.outbound, 256);
             if self.outbound.is_empty() && self.wbuf.is_empty() {
+                // A burst must not leave an idle connection holding its
+                // buffers.
+                if self.outbound.capacity() > 16 {
+                    self.outbound = Vec::new();
+                }
+                if self.wbuf.capacity() > 4096 {
+                    self.wbuf = BytesMut::new();
+                }
                 return Ok(());
             }
             let mut released = 0;

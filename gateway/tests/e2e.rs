@@ -328,19 +328,6 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
         .create_group(1, "chat".into(), members[1..].to_vec())
         .await
         .expect("group");
-    // The slow member: a raw socket with a tiny receive buffer that reads
-    // its Welcome and nothing more.
-    let slow_sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    slow_sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut slow = common::Raw::from_stream(
-        slow_sock
-            .connect(node.server.tcp_addr().expect("tcp"))
-            .await
-            .expect("connect"),
-    );
-    let w = slow.hello(&node.token(11)).await;
-    assert!(matches!(w.kind, Some(pb::server_frame::Kind::Welcome(_))));
-
     let mut chatters = Vec::new();
     for &u in &members[..10] {
         chatters.push(connect(&node, u, "d", false).await);
@@ -355,6 +342,8 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
         ));
     }
     let body = "x".repeat(1000);
+    // One round: 20 times, the ten chatters send at once; the send-to-ack
+    // time of each.
     let round = |clients: Vec<Client>, body: String| async move {
         let mut lat = Vec::new();
         for i in 0..20 {
@@ -368,16 +357,40 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
             }
             lat.push(t0.elapsed());
         }
-        lat.sort();
-        (lat[lat.len() * 99 / 100], clients)
+        (lat, clients)
     };
-    let mut p99s = Vec::new();
-    let mut clients = clients;
+    let p99 = |mut lat: Vec<Duration>| {
+        lat.sort();
+        lat[(lat.len() * 99 / 100).min(lat.len() - 1)]
+    };
+    // The baseline: the same chat before anyone stops reading.
+    let mut before = Vec::new();
+    for _ in 0..6 {
+        let (lat, c) = round(clients, body.clone()).await;
+        clients = c;
+        before.extend(lat);
+    }
+    let baseline = p99(before);
+
+    // The slow member: a raw socket with a tiny receive buffer that reads
+    // its Welcome and nothing more.
+    let slow_sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    slow_sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut slow = common::Raw::from_stream(
+        slow_sock
+            .connect(node.server.tcp_addr().expect("tcp"))
+            .await
+            .expect("connect"),
+    );
+    let w = slow.hello(&node.token(11)).await;
+    assert!(matches!(w.kind, Some(pb::server_frame::Kind::Welcome(_))));
+
+    let mut during = Vec::new();
     let mut closed_slow = false;
     for _ in 0..30 {
-        let (p99, c) = round(clients, body.clone()).await;
+        let (lat, c) = round(clients, body.clone()).await;
         clients = c;
-        p99s.push(p99);
+        during.extend(lat);
         let slow_queue: usize = node
             .server
             .registry()
@@ -405,12 +418,18 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
         last.as_ref().and_then(common::error_code),
         Some(pb::ErrorCode::SlowConsumer)
     );
-    let baseline = p99s[0];
-    let worst = *p99s.iter().max().expect("rounds");
-    println!("p99 per round: first {baseline:?}, worst {worst:?}");
+    // Until it was closed, and a little after.
+    for _ in 0..3 {
+        let (lat, c) = round(clients, body.clone()).await;
+        clients = c;
+        during.extend(lat);
+    }
+    let with_slow = p99(during);
+    println!("p99 of the others: baseline {baseline:?}, with a slow reader {with_slow:?}");
+    // 2 ms absorbs timer and scheduler granularity on a busy test machine.
     assert!(
-        worst <= baseline * 2 + Duration::from_millis(20),
-        "others slowed down: baseline {baseline:?}, worst {worst:?}"
+        with_slow <= baseline * 2 + Duration::from_millis(2),
+        "others slowed down: baseline {baseline:?}, with a slow reader {with_slow:?}"
     );
     for t in drains {
         t.abort();
