@@ -701,15 +701,12 @@ impl<B: Backend> Txn<B> {
             .any(|c| c.intersects(&KeyRange::span(range.begin, range.end)));
         self.with_view(|view| {
             // Fetch enough from the snapshot to fill the limit even if the
-            // overlay hides some of it.
-            let fetch_limit = if range.limit == 0 || has_cleared || !overlay.is_empty() {
-                if has_cleared {
-                    0
-                } else {
-                    range.limit.saturating_add(overlay.len())
-                }
+            // transaction's own clears hide some of it; a cleared range can
+            // hide any number, so then everything is fetched.
+            let fetch_limit = if range.limit == 0 || has_cleared {
+                0
             } else {
-                range.limit
+                range.limit.saturating_add(overlay.len())
             };
             let base = view
                 .snapshot
@@ -1036,6 +1033,28 @@ mod tests {
         assert!(!ws.intersects(&KeyRange::span(b"f", b"x")));
         assert!(ws.intersects(&KeyRange::span(b"f", b"x\x00")));
         assert!(!ws.intersects(&KeyRange::span(b"y", b"z")));
+    }
+
+    #[test]
+    fn unlimited_range_reads_merge_writes_over_everything() {
+        let core = Core::open(crate::memory::MemoryBackend::new(), Limits::default()).unwrap();
+        let mut setup = core.begin();
+        for k in ["a", "b", "c", "d", "e"] {
+            setup.set_now(k.as_bytes(), b"old");
+        }
+        let (core2, req) = setup.into_request().unwrap();
+        core2.commit_group(vec![req], false).pop().unwrap().unwrap();
+        let mut txn = core.begin();
+        txn.set_now(b"bb", b"new");
+        txn.clear_now(b"d");
+        let all = txn.get_range_now(RangeRead::new(b"a", b"z")).unwrap();
+        let keys: Vec<&[u8]> = all.iter().map(|kv| kv.key.as_ref()).collect();
+        assert_eq!(keys, vec![&b"a"[..], b"b", b"bb", b"c", b"e"]);
+        let two = txn
+            .get_range_now(RangeRead::new(b"a", b"z").limit(2).reverse(true))
+            .unwrap();
+        let keys: Vec<&[u8]> = two.iter().map(|kv| kv.key.as_ref()).collect();
+        assert_eq!(keys, vec![&b"e"[..], b"c"]);
     }
 
     #[test]
