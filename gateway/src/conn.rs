@@ -261,6 +261,14 @@ where
         Ok(None) => return "peer_closed",
         Err(close) => return Box::pin(goodbye(&mut stream, &codec, 0, close)).await,
     };
+    if hello.device_id.is_empty() || hello.device_id.len() > 64 {
+        let close = Close::with(
+            ErrorCode::InvalidArgument,
+            "bad_hello",
+            "device_id must be 1 to 64 bytes",
+        );
+        return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
+    }
     let user = match Box::pin(authenticate(&ctx, &hello.token)).await {
         Ok(u) => u,
         Err(close) => return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await,

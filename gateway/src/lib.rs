@@ -9,10 +9,12 @@
 //! - [`tls`]: rustls configuration and self-signed certificates.
 //! - [`config`]: flags, environment and TOML configuration.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`http`]: the HTTP listener (`/healthz`, `/metrics`).
 
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod registry;

@@ -101,6 +101,9 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
     if let Some(addr) = config.tcp {
         listeners.tcp = Some(bind(addr, "tcp").await?);
     }
+    if let Some(addr) = config.http {
+        listeners.http = Some(bind(addr, "http").await?);
+    }
     if let (Some(addr), Some((cert, key))) = (config.tls_listener(), config.tls_files()) {
         let tls = tls::server_config(cert, key).map_err(|e| e.to_string())?;
         listeners.tls = Some((bind(addr, "tls").await?, tls));

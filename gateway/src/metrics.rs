@@ -83,6 +83,11 @@ impl Metrics {
             "Messages per commit",
             m.commit_batch.clone(),
         );
+        r.register(
+            "commit_seconds",
+            "Time to commit a batch durably",
+            m.commit_seconds.clone(),
+        );
         *m.registry.lock() = Some(r);
         m
     }

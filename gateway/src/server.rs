@@ -26,6 +26,8 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     /// TLS, with its configuration.
     pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// HTTP (`/healthz`, `/metrics`).
+    pub http: Option<TcpListener>,
 }
 
 /// Everything a node is configured with besides its sockets and store.
@@ -70,6 +72,7 @@ pub struct Server<K: Kv> {
     appender: JoinHandle<()>,
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     drain_timeout: Duration,
 }
 
@@ -102,6 +105,20 @@ impl<K: Kv> Server<K> {
             shutdown: shutdown.clone(),
         });
         let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(l) = listeners.http {
+            let app = crate::http::routes(crate::http::HttpState {
+                metrics: Arc::clone(&metrics),
+                draining: shutdown.clone(),
+            });
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                let serve = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::warn!(error = %e, "the HTTP listener stopped");
+                }
+            });
+        }
         let tls_addr = listeners
             .tls
             .as_ref()
@@ -128,6 +145,7 @@ impl<K: Kv> Server<K> {
             appender,
             tcp_addr,
             tls_addr,
+            http_addr,
             drain_timeout: options.drain_timeout,
         }
     }
@@ -140,6 +158,11 @@ impl<K: Kv> Server<K> {
     /// The bound TLS address.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The router.

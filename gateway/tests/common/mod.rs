@@ -31,6 +31,7 @@ pub async fn start(options: ServerOptions) -> Node {
         .expect("generate certificate");
     let tls_config = hanmadi_gateway::tls::server_config(&cert, &key).expect("tls config");
     let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
     let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
     let store = ChatStore::new(kv, StoreConfig::default());
@@ -44,6 +45,7 @@ pub async fn start(options: ServerOptions) -> Node {
         Listeners {
             tcp: Some(tcp),
             tls: Some((tls, tls_config)),
+            http: Some(http),
         },
         options,
     );

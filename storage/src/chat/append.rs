@@ -295,13 +295,20 @@ impl<K: Kv> ChatStore<K> {
                     }
                 }
                 if let Err(e) = retry.backoff(err).await {
+                    // Each message gets its own copy of the error, keeping
+                    // whether trying again later may help (retries ran out
+                    // on a conflict or an unknown result) or not.
                     let msg = e.to_string();
+                    let retryable = e.is_retryable();
                     let end = end.max(1);
                     for s in slots[start..start + end].iter_mut() {
                         if s.outcome.is_none() {
-                            s.outcome = Some(Err(StoreError::Kv(KvError::engine(
-                                std::io::Error::other(msg.clone()),
-                            ))));
+                            let cause = std::io::Error::other(msg.clone());
+                            s.outcome = Some(Err(StoreError::Kv(if retryable {
+                                KvError::Unavailable(Box::new(cause))
+                            } else {
+                                KvError::engine(cause)
+                            })));
                         }
                     }
                     start += end;
