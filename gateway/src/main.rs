@@ -133,6 +133,8 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         },
         secret: secret.into_bytes(),
         drain_timeout: config.drain_timeout,
+        retention: (config.retention_days > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(config.retention_days) * 86_400)),
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");

@@ -43,6 +43,8 @@ pub struct ServerOptions {
     pub secret: Vec<u8>,
     /// Longest a drain waits for connections to close.
     pub drain_timeout: Duration,
+    /// Inbox entries older than this are trimmed (`None`: kept forever).
+    pub retention: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +59,7 @@ impl Default for ServerOptions {
             router: RouterConfig::default(),
             secret: Vec::new(),
             drain_timeout: Duration::from_secs(4),
+            retention: Some(Duration::from_secs(30 * 86_400)),
         }
     }
 }
@@ -104,6 +107,13 @@ impl<K: Kv> Server<K> {
             config: options.conn,
             shutdown: shutdown.clone(),
         });
+        if let Some(retention) = options.retention {
+            tracker.spawn(retention_sweeps(
+                Arc::clone(&router),
+                retention,
+                shutdown.clone(),
+            ));
+        }
         let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
         let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(l) = listeners.http {
@@ -205,5 +215,31 @@ impl<K: Kv> Server<K> {
         // queue is committed.
         drop(router);
         let _ = tokio::time::timeout(Duration::from_secs(5), appender).await;
+    }
+}
+
+/// Applies the retention window to every inbox, a minute after start and
+/// then hourly, until shutdown.
+async fn retention_sweeps<K: Kv>(
+    router: Arc<Router<K>>,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+        wait = Duration::from_secs(3600);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let cutoff = now.saturating_sub(retention.as_millis() as u64);
+        match router.store().trim_all_inboxes(cutoff).await {
+            Ok(n) => tracing::info!(removed = n, "inbox retention sweep"),
+            Err(e) => tracing::warn!(error = %e, "inbox retention sweep failed"),
+        }
     }
 }

@@ -401,6 +401,44 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
+    /// Applies the retention window to every user's inbox: removes entries
+    /// for messages sent before `older_than_ms`, user by user, each in
+    /// small transactions. Returns how many entries were removed.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure (what was trimmed before it stays trimmed).
+    pub async fn trim_all_inboxes(&self, older_than_ms: u64) -> Result<usize, StoreError> {
+        let prefix = keys::key(&(keys::Space::Users,));
+        let end = keys::prefix_end(&prefix);
+        let mut begin = prefix.clone();
+        let mut total = 0;
+        loop {
+            let page = transact!(&self.kv, |txn| {
+                let rows = txn
+                    .get_range(RangeRead::new(&begin, &end).limit(500).snapshot(true))
+                    .await?;
+                rows.iter()
+                    .map(|kv| {
+                        foundationdb_tuple::unpack::<(u16, u64)>(&kv.key)
+                            .map(|(_, id)| (id, kv.key.clone()))
+                            .map_err(|_| StoreError::Corrupt("users"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })?;
+            let Some((_, last)) = page.last() else {
+                return Ok(total);
+            };
+            begin = keys::key_after(last);
+            for (user, _) in &page {
+                total += self.trim_inbox(*user, older_than_ms).await?;
+            }
+            if page.len() < 500 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Removes `user`'s inbox entries for messages sent before
     /// `older_than_ms`; syncing after a removed cursor then answers
     /// [`StoreError::CursorExpired`]. Returns how many were removed.
