@@ -65,3 +65,28 @@ pub trait Backend: Send + Sync + 'static {
     /// An engine failure; nothing of the batch is applied.
     fn apply(&self, writes: &[Write], sync: bool) -> Result<(), KvError>;
 }
+
+/// Collects a range read: up to `limit` items (`0`: all), from the back when
+/// `reverse`, each turned into a pair by `convert`.
+pub(crate) fn collect_range<I, T>(
+    iter: I,
+    limit: usize,
+    reverse: bool,
+    mut convert: impl FnMut(T) -> Result<KeyValue, KvError>,
+) -> Result<Vec<KeyValue>, KvError>
+where
+    I: DoubleEndedIterator<Item = T>,
+{
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    let mut out = Vec::with_capacity(limit.min(256));
+    if reverse {
+        for item in iter.rev().take(limit) {
+            out.push(convert(item)?);
+        }
+    } else {
+        for item in iter.take(limit) {
+            out.push(convert(item)?);
+        }
+    }
+    Ok(out)
+}

@@ -318,30 +318,17 @@ impl Snapshot for FjallSnapshot {
         if begin >= end {
             return Ok(Vec::new());
         }
-        let limit = if limit == 0 { usize::MAX } else { limit };
         let iter = self.snapshot.range::<&[u8], _>(
             &self.keyspace,
             (Bound::Included(begin), Bound::Excluded(end)),
         );
-        let mut out = Vec::with_capacity(limit.min(256));
-        let mut push = |guard: ::fjall::Guard| -> Result<(), KvError> {
+        crate::backend::collect_range(iter, limit, reverse, |guard: ::fjall::Guard| {
             let (key, value) = guard.into_inner().map_err(KvError::engine)?;
-            out.push(KeyValue {
+            Ok(KeyValue {
                 key: to_bytes(&key),
                 value: to_bytes(&value),
-            });
-            Ok(())
-        };
-        if reverse {
-            for guard in iter.rev().take(limit) {
-                push(guard)?;
-            }
-        } else {
-            for guard in iter.take(limit) {
-                push(guard)?;
-            }
-        }
-        Ok(out)
+            })
+        })
     }
 }
 

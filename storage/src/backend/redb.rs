@@ -185,33 +185,25 @@ impl Snapshot for RedbSnapshot {
         if begin >= end {
             return Ok(Vec::new());
         }
-        let limit = if limit == 0 { usize::MAX } else { limit };
         let iter = self
             .table()?
             .range::<&[u8]>(begin..end)
             .map_err(KvError::engine)?;
-        let mut out = Vec::with_capacity(limit.min(256));
-        let mut push = |item: Result<_, ::redb::StorageError>| -> Result<(), KvError> {
-            let (key, value): (
-                ::redb::AccessGuard<'_, &[u8]>,
-                ::redb::AccessGuard<'_, &[u8]>,
-            ) = item.map_err(KvError::engine)?;
-            out.push(KeyValue {
-                key: Bytes::copy_from_slice(key.value()),
-                value: Bytes::copy_from_slice(value.value()),
-            });
-            Ok(())
-        };
-        if reverse {
-            for item in iter.rev().take(limit) {
-                push(item)?;
-            }
-        } else {
-            for item in iter.take(limit) {
-                push(item)?;
-            }
-        }
-        Ok(out)
+        crate::backend::collect_range(
+            iter,
+            limit,
+            reverse,
+            |item: Result<_, ::redb::StorageError>| {
+                let (key, value): (
+                    ::redb::AccessGuard<'_, &[u8]>,
+                    ::redb::AccessGuard<'_, &[u8]>,
+                ) = item.map_err(KvError::engine)?;
+                Ok(KeyValue {
+                    key: Bytes::copy_from_slice(key.value()),
+                    value: Bytes::copy_from_slice(value.value()),
+                })
+            },
+        )
     }
 }
 
