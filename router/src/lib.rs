@@ -233,9 +233,38 @@ impl<K: Kv> Router<K> {
     /// Authorization and validation refusals, or a storage failure.
     pub async fn send(&self, sender: u64, req: SendRequest) -> Result<SendAck, RouterError> {
         let cmid = req.client_msg_id.clone();
-        let msg = self.prepare(sender, req).await?;
+        let msg = match self.prepare(sender, req).await {
+            Ok(msg) => msg,
+            Err(e) => return self.refused_or_sent(sender, cmid, e).await,
+        };
         let a = self.appender.append(msg).await?;
         Ok(Self::acked(cmid, &a))
+    }
+
+    /// A send that authorization refuses may be the retry of one stored
+    /// before the refusal applied (a block, a removal): exactly-once means
+    /// it gets the first ack, not the refusal.
+    async fn refused_or_sent(
+        &self,
+        sender: u64,
+        client_msg_id: Bytes,
+        refusal: RouterError,
+    ) -> Result<SendAck, RouterError> {
+        if !matches!(
+            refusal,
+            RouterError::NotAMember | RouterError::Blocked | RouterError::NotFound(_)
+        ) {
+            return Err(refusal);
+        }
+        match self.store.find_sent(sender, &client_msg_id).await? {
+            Some((conversation, message_id, sent_at)) => Ok(SendAck {
+                client_msg_id,
+                conversation,
+                message_id,
+                sent_at,
+            }),
+            None => Err(refusal),
+        }
     }
 
     /// As [`Router::send`], but refuses with [`RouterError::Busy`] instead
@@ -246,7 +275,10 @@ impl<K: Kv> Router<K> {
     /// As [`Router::send`], and [`RouterError::Busy`].
     pub async fn try_send(&self, sender: u64, req: SendRequest) -> Result<SendAck, RouterError> {
         let cmid = req.client_msg_id.clone();
-        let msg = self.prepare(sender, req).await?;
+        let msg = match self.prepare(sender, req).await {
+            Ok(msg) => msg,
+            Err(e) => return self.refused_or_sent(sender, cmid, e).await,
+        };
         let a = self.appender.try_append(msg).await?;
         Ok(Self::acked(cmid, &a))
     }

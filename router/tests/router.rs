@@ -220,7 +220,19 @@ async fn authorization() {
         "removed member was delivered to"
     );
 
+    // A retry of a send stored before the block gets its first ack.
+    let before_block = h
+        .router
+        .send(1, text("pre-block", Target::User(2), "hi"))
+        .await
+        .expect("send");
     h.router.set_blocked(1, 2, true).await.expect("block");
+    let retried = h
+        .router
+        .send(1, text("pre-block", Target::User(2), "hi"))
+        .await
+        .expect("the retry is answered with the first ack");
+    assert_eq!(retried, before_block);
     for (from, to) in [(1, 2), (2, 1)] {
         assert!(matches!(
             h.router

@@ -203,6 +203,26 @@ struct AttemptState {
 }
 
 impl<K: Kv> ChatStore<K> {
+    /// The message `sender` already stored under `client_msg_id`, if any:
+    /// `(conversation, message_id, sent_at)`.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure or a corrupt entry.
+    pub async fn find_sent(
+        &self,
+        sender: u64,
+        client_msg_id: &[u8],
+    ) -> Result<Option<(ConversationId, u64, u64)>, StoreError> {
+        let key = keys::dedup(sender, client_msg_id);
+        super::transact!(&self.kv, |txn| match txn.get(&key, true).await? {
+            Some(v) => Ok(Some(
+                parse_dedup_value(&v).ok_or(StoreError::Corrupt("dedup"))?,
+            )),
+            None => Ok(None),
+        })
+    }
+
     /// Appends a batch of messages. Each message commits atomically (row,
     /// dedup entry, head, inbox entries, push-pending marks); a message whose
     /// `(sender, client_msg_id)` is stored already, or appears earlier in the
