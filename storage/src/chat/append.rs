@@ -114,8 +114,9 @@ enum Planned {
         recipients: Vec<u64>,
         message: Bytes,
     },
-    /// Already stored: (conversation, id, sent_at, stamp and order if ours).
+    /// Already stored (by an earlier call, or by this one's earlier attempt).
     Stored {
+        conversation: ConversationId,
         message_id: u64,
         sent_at: u64,
         found_before: bool,
@@ -390,6 +391,7 @@ impl<K: Kv> ChatStore<K> {
             st.seen.insert(seen_key, index);
             if !slot.maybe_ours {
                 return Ok(Some(Planned::Stored {
+                    conversation: conv,
                     message_id,
                     sent_at,
                     found_before: true,
@@ -405,6 +407,7 @@ impl<K: Kv> ChatStore<K> {
                 .await?
                 .unwrap_or_default();
             return Ok(Some(Planned::Stored {
+                conversation: conv,
                 message_id,
                 sent_at,
                 found_before: false,
@@ -767,13 +770,15 @@ fn finish(slots: &mut [Slot], planned: Vec<Planned>, stamp: Option<Versionstamp>
                 message,
             }),
             Planned::Stored {
+                conversation: stored_in,
                 message_id,
                 sent_at,
                 found_before,
                 recipients,
                 message,
             } => Ok(Appended {
-                conversation,
+                // A reused id answers with where the first message went.
+                conversation: stored_in,
                 message_id,
                 sent_at,
                 duplicate: found_before,

@@ -268,6 +268,20 @@ pub async fn exactly_once_sends<K: Kv>(store: ChatStore<K>) {
     assert_eq!(later.message_id, out[0].message_id);
     assert!(later.duplicate);
     assert_eq!(later.sent_at, out[0].sent_at);
+    // The same id reused for another conversation answers with the first.
+    let elsewhere = store
+        .append(
+            vec![text(ConversationId::direct(a, base + 9), a, "m1", "other")],
+            &ids,
+            &nobody_online,
+        )
+        .await
+        .pop()
+        .expect("outcome")
+        .expect("append");
+    assert!(elsewhere.duplicate);
+    assert_eq!(elsewhere.conversation, conv);
+    assert_eq!(elsewhere.message_id, out[0].message_id);
     let page = store.history(conv, Some(b), 0, 100).await.expect("history");
     assert_eq!(page.messages.len(), 2, "two distinct messages stored");
     assert_eq!(read_inbox(&store, b, None).await.len(), 2);
