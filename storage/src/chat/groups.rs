@@ -6,15 +6,16 @@ use super::records::{GroupRecord, MemberRecord};
 use super::{decode, keys, transact, ChatStore, StoreError};
 use crate::kv::{KeyValue, Kv, KvTxn, RangeRead};
 
-/// Reads `(id, member record)` pairs from a members or user-groups range.
+/// Reads `(id, member record)` pairs from a members or user-groups range
+/// whose keys start with `prefix_len` bytes of prefix.
 pub(crate) fn parse_memberships(
     rows: &[KeyValue],
+    prefix_len: usize,
     what: &'static str,
 ) -> Result<Vec<(u64, MemberRecord)>, StoreError> {
     rows.iter()
         .map(|kv| {
-            let (_, _, id) = foundationdb_tuple::unpack::<(u16, u64, u64)>(&kv.key)
-                .map_err(|_| StoreError::Corrupt(what))?;
+            let id = super::trailing_id(&kv.key, prefix_len, what)?;
             Ok((id, decode::<MemberRecord>(&kv.value, what)?))
         })
         .collect()
@@ -32,7 +33,7 @@ pub(crate) async fn members_in<T: KvTxn>(
     let rows = txn
         .get_range(RangeRead::new(&begin, &end).snapshot(snapshot))
         .await?;
-    parse_memberships(&rows, "members")
+    parse_memberships(&rows, begin.len(), "members")
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -87,7 +88,7 @@ impl<K: Kv> ChatStore<K> {
             let rows = txn
                 .get_range(RangeRead::new(&begin, &end).snapshot(true))
                 .await?;
-            parse_memberships(&rows, "user_groups")
+            parse_memberships(&rows, begin.len(), "user_groups")
         })
     }
 
@@ -97,19 +98,7 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure.
     pub async fn direct_peers(&self, user: u64) -> Result<Vec<u64>, StoreError> {
-        let begin = keys::directs(user);
-        let end = keys::prefix_end(&begin);
-        transact!(&self.kv, |txn| {
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).snapshot(true))
-                .await?;
-            rows.iter()
-                .map(|kv| {
-                    foundationdb_tuple::unpack::<(u16, u64, u64)>(&kv.key)
-                        .map(|(_, _, peer)| peer)
-                        .map_err(|_| StoreError::Corrupt("directs"))
-                })
-                .collect()
-        })
+        let rows = self.scan_ids(&keys::directs(user), "directs").await?;
+        Ok(rows.into_iter().map(|(peer, _)| peer).collect())
     }
 }

@@ -7,7 +7,7 @@ use hanmadi_proto::ConversationId;
 use super::append::parse_inbox_value;
 use super::keys::{self, CURSOR_LEN};
 use super::records::MemberRecord;
-use super::{be_u64, decode, le_u64, transact, ChatStore, StoreError};
+use super::{be_u64, decode, le_u64, trailing_id, transact, ChatStore, StoreError};
 use crate::kv::{AtomicOp, Kv, KvTxn, RangeRead, Versionstamp, VERSIONSTAMP_LEN};
 
 /// A position in a user's inbox. Opaque to clients; sorts bytewise in
@@ -419,12 +419,8 @@ impl<K: Kv> ChatStore<K> {
                     .get_range(RangeRead::new(&begin, &end).limit(500).snapshot(true))
                     .await?;
                 rows.iter()
-                    .map(|kv| {
-                        foundationdb_tuple::unpack::<(u16, u64)>(&kv.key)
-                            .map(|(_, id)| (id, kv.key.clone()))
-                            .map_err(|_| StoreError::Corrupt("users"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                    .map(|kv| Ok((trailing_id(&kv.key, prefix.len(), "users")?, kv.key.clone())))
+                    .collect::<Result<Vec<_>, StoreError>>()
             })?;
             let Some((_, last)) = page.last() else {
                 return Ok(total);

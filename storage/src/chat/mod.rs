@@ -21,7 +21,7 @@ pub use inbox::{Cursor, HistoryPage, PushPending, SyncBatch, SyncEntry};
 pub use keys::CURSOR_LEN;
 pub use records::{GroupRecord, MemberRecord, NodeRecord, Role, UserRecord};
 
-use crate::kv::{Kv, KvError};
+use crate::kv::{Kv, KvError, KvTxn};
 
 /// What a chat-store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,39 @@ macro_rules! transact {
     }};
 }
 pub(crate) use transact;
+
+impl<K: Kv> ChatStore<K> {
+    /// Every entry under `prefix` (a snapshot read), each with the id that
+    /// ends its key.
+    pub(crate) async fn scan_ids(
+        &self,
+        prefix: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, StoreError> {
+        let end = keys::prefix_end(prefix);
+        transact!(&self.kv, |txn| {
+            let rows = txn
+                .get_range(crate::kv::RangeRead::new(prefix, &end).snapshot(true))
+                .await?;
+            rows.into_iter()
+                .map(|kv| Ok((trailing_id(&kv.key, prefix.len(), what)?, kv.value)))
+                .collect()
+        })
+    }
+}
+
+/// The id that ends a key whose first `prefix_len` bytes are its subspace
+/// prefix (tuple elements concatenate, so the rest is a tuple of its own).
+pub(crate) fn trailing_id(
+    key: &[u8],
+    prefix_len: usize,
+    what: &'static str,
+) -> Result<u64, StoreError> {
+    key.get(prefix_len..)
+        .and_then(|rest| foundationdb_tuple::unpack::<(u64,)>(rest).ok())
+        .map(|(id,)| id)
+        .ok_or(StoreError::Corrupt(what))
+}
 
 /// Decodes a stored protobuf record.
 pub(crate) fn decode<M: prost::Message + Default>(

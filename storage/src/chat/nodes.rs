@@ -4,7 +4,7 @@ use prost::Message;
 
 use super::records::NodeRecord;
 use super::{be_u64, decode, keys, transact, ChatStore, StoreError};
-use crate::kv::{Kv, KvTxn, RangeRead};
+use crate::kv::{Kv, KvTxn};
 
 impl<K: Kv> ChatStore<K> {
     /// Writes (registers or renews) a node's record.
@@ -27,20 +27,10 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure.
     pub async fn nodes(&self) -> Result<Vec<(u64, NodeRecord)>, StoreError> {
-        let begin = keys::nodes();
-        let end = keys::prefix_end(&begin);
-        transact!(&self.kv, |txn| {
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).snapshot(true))
-                .await?;
-            rows.iter()
-                .map(|kv| {
-                    let (_, id) = foundationdb_tuple::unpack::<(u16, u64)>(&kv.key)
-                        .map_err(|_| StoreError::Corrupt("nodes"))?;
-                    Ok((id, decode::<NodeRecord>(&kv.value, "nodes")?))
-                })
-                .collect()
-        })
+        let rows = self.scan_ids(&keys::nodes(), "nodes").await?;
+        rows.into_iter()
+            .map(|(id, value)| Ok((id, decode::<NodeRecord>(&value, "nodes")?)))
+            .collect()
     }
 
     /// Sets how many connections of `user` `node` holds (`0` removes the
@@ -72,19 +62,9 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure.
     pub async fn presence(&self, user: u64) -> Result<Vec<(u64, u64)>, StoreError> {
-        let begin = keys::presence_of(user);
-        let end = keys::prefix_end(&begin);
-        transact!(&self.kv, |txn| {
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).snapshot(true))
-                .await?;
-            rows.iter()
-                .map(|kv| {
-                    let (_, _, node) = foundationdb_tuple::unpack::<(u16, u64, u64)>(&kv.key)
-                        .map_err(|_| StoreError::Corrupt("presence"))?;
-                    Ok((node, be_u64(&kv.value, "presence")?))
-                })
-                .collect()
-        })
+        let rows = self.scan_ids(&keys::presence_of(user), "presence").await?;
+        rows.into_iter()
+            .map(|(node, count)| Ok((node, be_u64(&count, "presence")?)))
+            .collect()
     }
 }

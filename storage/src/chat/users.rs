@@ -4,7 +4,7 @@ use prost::Message;
 
 use super::records::UserRecord;
 use super::{decode, keys, transact, ChatStore, StoreError};
-use crate::kv::{Kv, KvTxn, RangeRead};
+use crate::kv::{Kv, KvTxn};
 
 /// Usernames are unique regardless of case.
 fn fold(username: &str) -> String {
@@ -163,19 +163,8 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure.
     pub async fn blocked_by(&self, user: u64) -> Result<Vec<u64>, StoreError> {
-        let begin = keys::key(&(keys::Space::Blocks, user));
-        let end = keys::prefix_end(&begin);
-        transact!(&self.kv, |txn| {
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).snapshot(true))
-                .await?;
-            rows.iter()
-                .map(|kv| {
-                    foundationdb_tuple::unpack::<(u16, u64, u64)>(&kv.key)
-                        .map(|(_, _, other)| other)
-                        .map_err(|_| StoreError::Corrupt("blocks"))
-                })
-                .collect()
-        })
+        let prefix = keys::key(&(keys::Space::Blocks, user));
+        let rows = self.scan_ids(&prefix, "blocks").await?;
+        Ok(rows.into_iter().map(|(other, _)| other).collect())
     }
 }

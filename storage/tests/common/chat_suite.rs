@@ -694,6 +694,28 @@ pub async fn blocks<K: Kv>(store: ChatStore<K>) {
     assert_eq!(store.blocked_by(a).await.expect("list"), vec![b]);
     store.set_blocked(a, b, false).await.expect("unblock");
     assert!(!store.blocked_either(a, b).await.expect("read"));
+
+    // Node registrations and presence scan their subspaces the same way.
+    let node = hanmadi_storage::chat::NodeRecord {
+        hostname: format!("node-{base}"),
+        ..Default::default()
+    };
+    store.put_node(base, &node).await.expect("register");
+    let nodes = store.nodes().await.expect("nodes");
+    assert!(nodes
+        .iter()
+        .any(|(id, r)| *id == base && r.hostname == node.hostname));
+    store.set_presence(a, base, 2).await.expect("presence");
+    store.set_presence(a, base + 1, 1).await.expect("presence");
+    assert_eq!(
+        store.presence(a).await.expect("presence"),
+        vec![(base, 2), (base + 1, 1)]
+    );
+    store.set_presence(a, base, 0).await.expect("presence");
+    assert_eq!(
+        store.presence(a).await.expect("presence"),
+        vec![(base + 1, 1)]
+    );
 }
 
 /// Who may post and change a group is decided in the append transaction:
