@@ -86,11 +86,7 @@ fn online(_: u64) -> bool {
 }
 
 fn bench_appends<B: Backend>(c: &mut Criterion, name: &str, open: impl Fn(&std::path::Path) -> B) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = hanmadi_benches::runtime();
     let mut g = c.benchmark_group(format!("chat_append/{name}"));
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(4));
@@ -122,11 +118,7 @@ fn bench_appends<B: Backend>(c: &mut Criterion, name: &str, open: impl Fn(&std::
 }
 
 fn bench_reads(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
@@ -182,11 +174,7 @@ fn bench_reads(c: &mut Criterion) {
 /// The keyspace and transaction layers alone, over memory (no fsync): what
 /// the chat layer costs on top of the backend.
 fn appends_in_memory(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = hanmadi_benches::runtime();
     let mut g = c.benchmark_group("chat_append/memory");
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(3));
@@ -224,11 +212,7 @@ fn appends(c: &mut Criterion) {
 /// KV-layer commits on the embedded engine (fsync on): transactions of 5,
 /// 320 and 2,560 random keys, the write volume of 1, 64 and 512 messages.
 fn kv_commits(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");

@@ -57,14 +57,6 @@ fn start(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<R>, Arc<Co
     })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn request(to: Target) -> SendRequest {
@@ -84,7 +76,7 @@ fn pair(n: u64) -> (u64, u64) {
 }
 
 fn sends(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let (router, _) = start(&rt, dir.path());
     let mut g = c.benchmark_group("router_send");
@@ -128,7 +120,7 @@ fn sends(c: &mut Criterion) {
 }
 
 fn fanout(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let (router, sink) = start(&rt, dir.path());
     let mut g = c.benchmark_group("router_fanout");

@@ -18,11 +18,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(15_000);
     let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let latencies = rt.block_on(async {
         let store = hanmadi_benches::open_store(dir.path());

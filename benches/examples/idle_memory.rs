@@ -37,11 +37,7 @@ fn main() {
         .and_then(|p| p.parent())
         .map(|p| p.join("hanmadi"))
         .expect("target dir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
         let store = hanmadi_benches::open_store(&dir.path().join("store"));

@@ -7,6 +7,20 @@ use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
 
+/// The runtime every benchmark uses: two workers, as many as the benchmark
+/// machine has cores.
+///
+/// # Panics
+///
+/// When the runtime cannot start.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// The chat store the benchmarks use: the embedded engine on fjall in
 /// `dir`, fsync on.
 ///

@@ -235,14 +235,20 @@ impl DeliverySink for Registry {
             let Some(conns) = self.users.get(&user) else {
                 continue;
             };
+            // One frame per recipient, shared by its devices (a clone is a
+            // header copy and a reference count).
+            let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
+                continue;
+            };
+            let bytes = frame.header().len() + frame.message().len();
             // Pushing is an in-memory append and a wake-up: holding the
             // shard's read guard for it never waits on I/O.
             for conn in conns.iter() {
-                let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
-                    continue;
+                let item = Outbound::Deliver {
+                    cursor,
+                    frame: frame.clone(),
                 };
-                let bytes = frame.header().len() + frame.message().len();
-                if conn.push(Outbound::Deliver { cursor, frame }, bytes) {
+                if conn.push(item, bytes) {
                     delivered += 1;
                 } else {
                     overflowed.push(Arc::clone(conn));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use hanmadi_client::{Client, Deliveries, Event, ReconnectOptions, ReconnectingClient, Target};
+use hanmadi_client::{Deliveries, Event, ReconnectOptions, ReconnectingClient, Target};
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb;
 use hanmadi_proto::prost::Message as _;
@@ -27,20 +27,14 @@ async fn next_message(d: &mut Deliveries) -> (pb::Message, bytes::Bytes) {
     }
 }
 
-async fn connect(node: &common::Node, user: u64, device: &str, tls: bool) -> (Client, Deliveries) {
-    Client::connect(node.client_config(user, device, tls))
-        .await
-        .expect("connect")
-}
-
 async fn direct_message_reaches_every_device(tls: bool) {
     let node = common::start(ServerOptions::default()).await;
     node.user(1).await;
     node.user(2).await;
-    let (alice, mut alice_d) = connect(&node, 1, "phone", tls).await;
-    let (_alice2, mut alice2_d) = connect(&node, 1, "laptop", tls).await;
-    let (_bob1, mut bob1_d) = connect(&node, 2, "phone", tls).await;
-    let (_bob2, mut bob2_d) = connect(&node, 2, "laptop", tls).await;
+    let (alice, mut alice_d) = node.connect(1, "phone", tls).await;
+    let (_alice2, mut alice2_d) = node.connect(1, "laptop", tls).await;
+    let (_bob1, mut bob1_d) = node.connect(2, "phone", tls).await;
+    let (_bob2, mut bob2_d) = node.connect(2, "laptop", tls).await;
     let ack = alice
         .send(Target::User(2), "hello bob")
         .await
@@ -78,7 +72,7 @@ async fn group_message_reaches_each_device_once(tls: bool) {
         .expect("group");
     let mut conns = Vec::new();
     for &u in &members {
-        conns.push(connect(&node, u, "d", tls).await);
+        conns.push(node.connect(u, "d", tls).await);
     }
     for i in 0..10 {
         conns[i % 50]
@@ -125,7 +119,7 @@ async fn offline_recipient_syncs_in_order(tls: bool) {
     let node = common::start(ServerOptions::default()).await;
     node.user(1).await;
     node.user(2).await;
-    let (alice, _d) = connect(&node, 1, "phone", tls).await;
+    let (alice, _d) = node.connect(1, "phone", tls).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(
@@ -136,7 +130,7 @@ async fn offline_recipient_syncs_in_order(tls: bool) {
                 .message_id,
         );
     }
-    let (bob, _bd) = connect(&node, 2, "phone", tls).await;
+    let (bob, _bd) = node.connect(2, "phone", tls).await;
     let mut got = Vec::new();
     let mut after = bytes::Bytes::new();
     loop {
@@ -182,7 +176,7 @@ async fn reconnects_hand_over_exactly_the_inbox() {
     .await;
     node.user(1).await;
     node.user(2).await;
-    let (sender, mut sender_deliveries) = connect(&node, 1, "sender", false).await;
+    let (sender, mut sender_deliveries) = node.connect(1, "sender", false).await;
     // The sender's own device is delivered its messages too: keep reading.
     let drain = tokio::spawn(async move { while sender_deliveries.recv().await.is_some() {} });
     let mut inbox = ReconnectingClient::start(
@@ -268,7 +262,7 @@ async fn group_load_batches_frames_per_write() {
         .expect("group");
     let mut conns = Vec::new();
     for &u in &members {
-        conns.push(connect(&node, u, "d", false).await);
+        conns.push(node.connect(u, "d", false).await);
     }
     let metrics = node.server.metrics();
     let (frames0, writes0) = (metrics.frames_out.get(), metrics.socket_writes.get());

@@ -7,15 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use hanmadi_client::{Client, Deliveries, Target};
+use hanmadi_client::{Client, Target};
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb;
-
-async fn connect(node: &common::Node, user: u64, device: &str) -> (Client, Deliveries) {
-    Client::connect(node.client_config(user, device, false))
-        .await
-        .expect("connect")
-}
 
 /// A recipient that stops reading while ten others chat is closed with the
 /// slow-consumer code; the others keep their latency and the server's
@@ -48,7 +42,7 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
         .expect("group");
     let mut chatters = Vec::new();
     for &u in &members[..10] {
-        chatters.push(connect(&node, u, "d").await);
+        chatters.push(node.connect(u, "d", false).await);
     }
     // Drain the chatters' deliveries in the background, as live apps do.
     let mut drains = Vec::new();

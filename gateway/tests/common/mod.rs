@@ -95,6 +95,18 @@ impl Node {
         }
     }
 
+    /// Connects `user` through the client library.
+    pub async fn connect(
+        &self,
+        user: u64,
+        device: &str,
+        tls: bool,
+    ) -> (hanmadi_client::Client, hanmadi_client::Deliveries) {
+        hanmadi_client::Client::connect(self.client_config(user, device, tls))
+            .await
+            .expect("connect")
+    }
+
     pub fn token(&self, id: u64) -> String {
         self.server
             .auth()
