@@ -10,7 +10,9 @@ use bytes::Bytes;
 use hanmadi_proto::pb::{self, MessageKind};
 use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::ConversationId;
-use hanmadi_storage::chat::{Cursor, IdSource, MembershipChange, NewMessage, Role, UserRecord};
+use hanmadi_storage::chat::{
+    Appended, Cursor, IdSource, MembershipChange, NewMessage, Role, UserRecord,
+};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreError};
 
@@ -55,6 +57,19 @@ fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage
         body: body.to_owned(),
         membership: None,
     }
+}
+
+/// Appends one message (nobody online) and returns its outcome.
+async fn append_one<K: Kv>(
+    store: &ChatStore<K>,
+    ids: &dyn IdSource,
+    msg: NewMessage,
+) -> Result<Appended, StoreError> {
+    store
+        .append(vec![msg], ids, &nobody_online)
+        .await
+        .pop()
+        .expect("one outcome per message")
 }
 
 fn decode(bytes: &[u8]) -> pb::Message {
@@ -259,26 +274,20 @@ pub async fn exactly_once_sends<K: Kv>(store: ChatStore<K>) {
     assert_eq!(out[0].message_id, out[1].message_id);
     assert!(!out[0].duplicate && out[1].duplicate);
     assert_ne!(out[0].message_id, out[2].message_id);
-    let later = store
-        .append(vec![text(conv, a, "m1", "hello")], &ids, &nobody_online)
+    let later = append_one(&store, &ids, text(conv, a, "m1", "hello"))
         .await
-        .pop()
-        .expect("outcome")
         .expect("append");
     assert_eq!(later.message_id, out[0].message_id);
     assert!(later.duplicate);
     assert_eq!(later.sent_at, out[0].sent_at);
     // The same id reused for another conversation answers with the first.
-    let elsewhere = store
-        .append(
-            vec![text(ConversationId::direct(a, base + 9), a, "m1", "other")],
-            &ids,
-            &nobody_online,
-        )
-        .await
-        .pop()
-        .expect("outcome")
-        .expect("append");
+    let elsewhere = append_one(
+        &store,
+        &ids,
+        text(ConversationId::direct(a, base + 9), a, "m1", "other"),
+    )
+    .await
+    .expect("append");
     assert!(elsewhere.duplicate);
     assert_eq!(elsewhere.conversation, conv);
     assert_eq!(elsewhere.message_id, out[0].message_id);
@@ -286,11 +295,7 @@ pub async fn exactly_once_sends<K: Kv>(store: ChatStore<K>) {
     assert_eq!(page.messages.len(), 2, "two distinct messages stored");
     assert_eq!(read_inbox(&store, b, None).await.len(), 2);
     // An invalid client id is refused.
-    let bad = store
-        .append(vec![text(conv, a, "", "x")], &ids, &nobody_online)
-        .await
-        .pop()
-        .expect("outcome");
+    let bad = append_one(&store, &ids, text(conv, a, "", "x")).await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))));
 }
 
@@ -437,44 +442,35 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
     let ids = TestIds::default();
     create_group(&store, &ids, group, owner, &[bob]).await;
     for i in 0..3 {
-        store
-            .append(
-                vec![text(conv, owner, &format!("before-{i}"), "early")],
-                &ids,
-                &nobody_online,
-            )
-            .await
-            .pop()
-            .expect("outcome")
-            .expect("append");
+        append_one(
+            &store,
+            &ids,
+            text(conv, owner, &format!("before-{i}"), "early"),
+        )
+        .await
+        .expect("append");
     }
     assert!(matches!(
         store.history(conv, Some(carol), 0, 50).await,
         Err(StoreError::NotMember)
     ));
-    let join = store
-        .append(
-            vec![NewMessage {
-                kind: MessageKind::MembersAdded,
-                membership: Some(MembershipChange::Add {
-                    users: vec![carol],
-                    role: Role::Member,
-                }),
-                ..text(conv, owner, "add-carol", "")
-            }],
-            &ids,
-            &nobody_online,
-        )
-        .await
-        .pop()
-        .expect("outcome")
-        .expect("add member");
+    let join = append_one(
+        &store,
+        &ids,
+        NewMessage {
+            kind: MessageKind::MembersAdded,
+            membership: Some(MembershipChange::Add {
+                users: vec![carol],
+                role: Role::Member,
+            }),
+            ..text(conv, owner, "add-carol", "")
+        },
+    )
+    .await
+    .expect("add member");
     assert!(join.recipients.contains(&carol));
-    store
-        .append(vec![text(conv, bob, "after", "late")], &ids, &nobody_online)
+    append_one(&store, &ids, text(conv, bob, "after", "late"))
         .await
-        .pop()
-        .expect("outcome")
         .expect("append");
     let carol_view = store
         .history(conv, Some(carol), 0, 50)
@@ -515,30 +511,20 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
     );
 
     // Removing bob: he learns of it, then receives nothing more.
-    store
-        .append(
-            vec![NewMessage {
-                kind: MessageKind::MembersRemoved,
-                membership: Some(MembershipChange::Remove { users: vec![bob] }),
-                ..text(conv, owner, "rm-bob", "")
-            }],
-            &ids,
-            &nobody_online,
-        )
-        .await
-        .pop()
-        .expect("outcome")
-        .expect("remove");
+    append_one(
+        &store,
+        &ids,
+        NewMessage {
+            kind: MessageKind::MembersRemoved,
+            membership: Some(MembershipChange::Remove { users: vec![bob] }),
+            ..text(conv, owner, "rm-bob", "")
+        },
+    )
+    .await
+    .expect("remove");
     let before = read_inbox(&store, bob, None).await.len();
-    let after_rm = store
-        .append(
-            vec![text(conv, owner, "after-rm", "secret")],
-            &ids,
-            &nobody_online,
-        )
+    let after_rm = append_one(&store, &ids, text(conv, owner, "after-rm", "secret"))
         .await
-        .pop()
-        .expect("outcome")
         .expect("append");
     assert!(!after_rm.recipients.contains(&bob));
     assert_eq!(read_inbox(&store, bob, None).await.len(), before);
@@ -570,12 +556,7 @@ pub async fn trimmed_cursor_expires<K: Kv>(store: ChatStore<K>) {
             sent_at: at,
             ..text(conv, a, &format!("t{i}"), "x")
         };
-        store
-            .append(vec![m], &ids, &nobody_online)
-            .await
-            .pop()
-            .expect("outcome")
-            .expect("append");
+        append_one(&store, &ids, m).await.expect("append");
     }
     let inbox = read_inbox(&store, b, None).await;
     assert_eq!(inbox.len(), 4);
@@ -649,15 +630,8 @@ pub async fn read_marks_and_unread<K: Kv>(store: ChatStore<K>) {
     let mut sent = Vec::new();
     for i in 0..5 {
         sent.push(
-            store
-                .append(
-                    vec![text(conv, a, &format!("r{i}"), "x")],
-                    &ids,
-                    &nobody_online,
-                )
+            append_one(&store, &ids, text(conv, a, &format!("r{i}"), "x"))
                 .await
-                .pop()
-                .expect("outcome")
                 .expect("append")
                 .message_id,
         );
@@ -728,17 +702,7 @@ pub async fn membership_rules<K: Kv>(store: ChatStore<K>) {
     let conv = ConversationId::Group(group);
     let ids = TestIds::default();
     create_group(&store, &ids, group, owner, &[member]).await;
-    let one = |m: NewMessage| {
-        let store = store.clone();
-        let ids = &ids;
-        async move {
-            store
-                .append(vec![m], ids, &nobody_online)
-                .await
-                .pop()
-                .expect("one outcome")
-        }
-    };
+    let one = |m: NewMessage| append_one(&store, &ids, m);
     let change = |sender: u64, cmid: &str, c: MembershipChange| NewMessage {
         kind: MessageKind::MembersAdded,
         membership: Some(c),
