@@ -2,9 +2,10 @@
 //! compiler (protox), so building needs no system `protoc`.
 //!
 //! Besides `hanmadi.v1.rs`, the build writes the schema's encoded
-//! `FileDescriptorSet` to `$OUT_DIR/hanmadi_descriptor.bin`. The crate exposes
-//! it as `FILE_DESCRIPTOR_SET`, the input a JSON mapping generator
-//! (pbjson-build) or a reflection-based encoder needs.
+//! `FileDescriptorSet` to `$OUT_DIR/hanmadi_descriptor.bin` and, from it,
+//! `hanmadi.v1.serde.rs`: serde impls of protobuf's canonical JSON mapping
+//! (pbjson), so the WebSocket JSON subprotocol and the HTTP API never map a
+//! field by hand.
 
 use std::path::PathBuf;
 
@@ -19,10 +20,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
 
     let descriptors = protox::compile([SCHEMA], ["."])?;
-    std::fs::write(
-        out_dir.join("hanmadi_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
+    let encoded = descriptors.encode_to_vec();
+    std::fs::write(out_dir.join("hanmadi_descriptor.bin"), &encoded)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&encoded)?
+        // Field names as written in the schema (snake_case), which the JSON
+        // mapping allows and the HTTP API uses too; parsing accepts both.
+        .preserve_proto_field_names()
+        // Like the binary encoding, a newer peer's extra fields are skipped.
+        .ignore_unknown_fields()
+        .build(&[".hanmadi.v1"])?;
 
     prost_build::Config::new()
         // `bytes` fields decode as `bytes::Bytes`: slices of the frame's

@@ -29,10 +29,14 @@ pub mod error_code;
 ///
 /// Field docs below are the schema's comments. Every `bytes` field is a
 /// [`bytes::Bytes`], so decoding from a [`bytes::Bytes`] frame slices it
-/// rather than copying.
+/// rather than copying. Every type also implements serde's `Serialize` and
+/// `Deserialize` as protobuf's canonical JSON mapping with the schema's
+/// field names: 64-bit integers as decimal strings, `bytes` as base64, enums
+/// by name (numbers accepted), default values omitted.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/hanmadi.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/hanmadi.v1.serde.rs"));
 }
 
 pub use codec::{
