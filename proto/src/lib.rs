@@ -2,7 +2,7 @@
 //!
 //! The schema lives in `proto/hanmadi.proto` (package `hanmadi.v1`); the build
 //! turns it into the prost types of [`pb`], re-exported here. This crate does
-//! no I/O: it turns bytes into frames and frames into bytes.
+//! no I/O of its own: it turns bytes into frames and frames into bytes.
 //!
 //! | module | owns |
 //! |---|---|
@@ -11,6 +11,7 @@
 //! | [`deliver`] | a `Deliver` frame as a per-recipient header plus a message encoded once and shared by every recipient ([`SharedMessage`], [`DeliverFrame`]) |
 //! | [`conversation`] | [`ConversationId`], the validated form of [`Conversation`] that storage keys by |
 //! | [`error_code`] | what a client does about each [`ErrorCode`] ([`ErrorAction`]) |
+//! | `websocket` | (feature `websocket`) WebSocket framing: a WebSocket seen as the TCP frame stream, binary or JSON (`WsFrames`) |
 //!
 //! Two generated names are not re-exported at the root: `pb::Send` and
 //! `pb::Sync` share their names with the standard library's marker traits,
@@ -24,6 +25,8 @@ pub mod codec;
 pub mod conversation;
 pub mod deliver;
 pub mod error_code;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 /// The types generated from `hanmadi.proto` (package `hanmadi.v1`).
 ///
