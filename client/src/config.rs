@@ -1,10 +1,12 @@
-//! What a connection needs: [`ClientConfig`], [`TlsOptions`], and the
+//! What a connection needs: [`ClientConfig`], [`TlsOptions`],
+//! [`WebSocketOptions`], and the
 //! recipient of a send, [`Target`].
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hanmadi_proto::websocket::{Encoding, WS_PATH};
 use hanmadi_proto::{pb, DEFAULT_MAX_FRAME};
 
 /// Default for [`ClientConfig::request_timeout`].
@@ -42,6 +44,9 @@ pub struct ClientConfig {
     pub addr: String,
     /// `Some` to speak TLS, `None` for plain TCP.
     pub tls: Option<TlsOptions>,
+    /// `Some` to speak WebSocket (over TLS: WSS) to `addr`, which is then
+    /// the HTTP or HTTPS listener; `None` for length-prefixed frames.
+    pub websocket: Option<WebSocketOptions>,
     /// The `Hello` token: from `POST /v1/sessions`, or an HS256 JWT.
     pub token: String,
     /// A stable id for this device or installation, 1 to 64 bytes; the
@@ -74,6 +79,7 @@ impl ClientConfig {
         Self {
             addr: addr.into(),
             tls: None,
+            websocket: None,
             token: token.into(),
             device_id: device_id.into(),
             max_frame: DEFAULT_MAX_FRAME,
@@ -89,6 +95,28 @@ impl ClientConfig {
         self.tls = Some(tls);
         self
     }
+
+    /// The same configuration speaking WebSocket at `/ws` with `encoding`
+    /// (WSS when TLS is set too).
+    #[must_use]
+    pub fn with_websocket(mut self, encoding: Encoding) -> Self {
+        self.websocket = Some(WebSocketOptions {
+            path: WS_PATH.to_owned(),
+            encoding,
+        });
+        self
+    }
+}
+
+/// How to speak WebSocket.
+#[derive(Debug, Clone)]
+pub struct WebSocketOptions {
+    /// The endpoint's path, `/ws` on a Hanmadi node.
+    pub path: String,
+    /// What this client sends and asks the server to send:
+    /// [`Encoding::Binary`] (subprotocol `hanmadi.v1.proto`) or
+    /// [`Encoding::Json`] (`hanmadi.v1.json`).
+    pub encoding: Encoding,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -97,6 +125,7 @@ impl fmt::Debug for ClientConfig {
         f.debug_struct("ClientConfig")
             .field("addr", &self.addr)
             .field("tls", &self.tls)
+            .field("websocket", &self.websocket)
             .field("token", &"<redacted>")
             .field("device_id", &self.device_id)
             .field("max_frame", &self.max_frame)

@@ -1,4 +1,5 @@
-//! The socket side: opening a connection (TCP, then TLS if asked), the
+//! The socket side: opening a connection (TCP, then TLS and WebSocket if
+//! asked), the
 //! `Hello`/`Welcome` handshake, and the one task that owns the socket
 //! afterwards.
 //!
@@ -23,7 +24,11 @@ use hanmadi_proto::{
     Hello, Ping, ServerFrame, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use hanmadi_proto::websocket::WsFrames;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -66,14 +71,48 @@ pub(crate) async fn open(config: &ClientConfig) -> Result<BoxStream, ClientError
     let tcp = TcpStream::connect(&config.addr).await?;
     tcp.set_nodelay(true)?;
     let Some(tls) = &config.tls else {
-        return Ok(Box::new(tcp));
+        return over_websocket(tcp, config, "ws").await;
     };
     let server_name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
         .map_err(|_| ClientError::InvalidServerName(tls.server_name.clone()))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
         .connect(server_name, tcp)
         .await?;
-    Ok(Box::new(stream))
+    over_websocket(stream, config, "wss").await
+}
+
+/// `stream` as is, or, when the config asks for WebSocket, after the
+/// upgrade, seen as the same frame stream.
+async fn over_websocket<S: Stream + 'static>(
+    stream: S,
+    config: &ClientConfig,
+    scheme: &str,
+) -> Result<BoxStream, ClientError> {
+    let Some(ws) = &config.websocket else {
+        return Ok(Box::new(stream));
+    };
+    let host = config
+        .tls
+        .as_ref()
+        .map_or(config.addr.as_str(), |t| t.server_name.as_str());
+    let url = format!("{scheme}://{host}{}", ws.path);
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ClientError::WebSocket(e.to_string()))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        http::HeaderValue::from_static(ws.encoding.subprotocol()),
+    );
+    let ws_config = WebSocketConfig::default()
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_frame.saturating_mul(4).max(4096)));
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
+        .await
+        .map_err(|e| ClientError::WebSocket(e.to_string()))?;
+    Ok(Box::new(WsFrames::<_, ServerFrame, ClientFrame>::new(
+        socket,
+        ws.encoding,
+    )))
 }
 
 /// Sends `Hello` and waits for `Welcome`. Frames that follow `Welcome` in

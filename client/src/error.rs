@@ -77,6 +77,9 @@ pub enum ClientError {
     /// certificate.
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] rustls::Error),
+    /// The WebSocket upgrade was refused or failed.
+    #[error("WebSocket upgrade failed: {0}")]
+    WebSocket(String),
     /// `TlsOptions::server_name` is not a valid DNS name or IP address.
     #[error("invalid TLS server name {0:?}")]
     InvalidServerName(String),
@@ -136,9 +139,11 @@ impl ClientError {
         match self {
             Self::Server(error) => error.action(),
             Self::Timeout(_) => ErrorAction::Retry,
-            Self::Io(_) | Self::Unresponsive(_) | Self::SlowConsumer { .. } => {
-                ErrorAction::Reconnect
-            }
+            // A refused upgrade is most often a draining or busy node.
+            Self::Io(_)
+            | Self::WebSocket(_)
+            | Self::Unresponsive(_)
+            | Self::SlowConsumer { .. } => ErrorAction::Reconnect,
             Self::Closed { cause } => match cause.as_deref().map(Self::action) {
                 Some(ErrorAction::GiveUp) => ErrorAction::GiveUp,
                 _ => ErrorAction::Reconnect,

@@ -1,5 +1,6 @@
-//! Hanmadi's async Rust client over raw TCP or TLS: length-prefixed
-//! protobuf frames, as in `proto/hanmadi.proto`.
+//! Hanmadi's async Rust client over raw TCP or TLS (length-prefixed
+//! protobuf frames, as in `proto/hanmadi.proto`) or WebSocket and WSS
+//! (one frame per message, protobuf or JSON).
 //!
 //! Two levels:
 //!
@@ -15,9 +16,9 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `config` | [`ClientConfig`], [`TlsOptions`], [`Target`] |
+//! | `config` | [`ClientConfig`], [`TlsOptions`], [`WebSocketOptions`], [`Target`] |
 //! | `client` | [`Client`], [`Deliveries`], [`Event`] |
-//! | `connection` | opening TCP/TLS, the `Hello` handshake, the task that owns the socket (reads, batched writes, heartbeats) |
+//! | `connection` | opening TCP/TLS/WebSocket, the `Hello` handshake, the task that owns the socket (reads, batched writes, heartbeats) |
 //! | `requests` | `req_id`s and the waiters of requests in flight |
 //! | `error` | [`ClientError`], [`ServerError`], and what to do about each ([`ErrorAction`]) |
 //! | `seam` | [`Seam`]: the pure merge of sync pages and live deliveries |
@@ -84,10 +85,11 @@ mod seam;
 
 pub use client::{new_client_msg_id, Client, Deliveries, Event, MAX_CLIENT_MSG_ID_LEN};
 pub use config::{
-    ClientConfig, Target, TlsOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY,
+    ClientConfig, Target, TlsOptions, WebSocketOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY,
     DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{ClientError, ServerError};
+pub use hanmadi_proto::websocket::Encoding;
 pub use hanmadi_proto::{pb, ConversationId, ErrorAction, ErrorCode};
 pub use reconnect::{
     Endpoint, Endpoints, ReconnectOptions, ReconnectingClient, ReconnectingHandle,

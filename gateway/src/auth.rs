@@ -32,6 +32,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hanmadi_proto::ErrorCode;
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::{ChatStore, StoreError};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -124,6 +126,10 @@ pub enum AuthError {
     /// [`Claims::check_not_revoked`]).
     #[error("token has been revoked")]
     Revoked,
+    /// Signed correctly, but for an account that does not exist or was
+    /// deleted.
+    #[error("the token's account does not exist or was deleted")]
+    NoAccount,
 }
 
 impl AuthError {
@@ -140,8 +146,45 @@ impl AuthError {
             | Self::BadSignature
             | Self::NotYetValid
             | Self::UnsupportedAlgorithm
-            | Self::Revoked => ErrorCode::TokenInvalid,
+            | Self::Revoked
+            | Self::NoAccount => ErrorCode::TokenInvalid,
         }
+    }
+}
+
+/// Why [`authenticate`] refused a token.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The token itself, or its account, does not let the bearer in.
+    #[error(transparent)]
+    Token(#[from] AuthError),
+    /// The account could not be read: the bearer may be fine, try again.
+    #[error("account lookup failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The one full check of a bearer token, shared by sockets (`Hello`) and
+/// the HTTP API: signature and expiry, then the account, which must exist,
+/// not be deleted, and not have revoked the tokens issued before some
+/// instant (deleting an account revokes all of them). Returns the user.
+///
+/// # Errors
+///
+/// [`Refusal::Token`] for a refused token, [`Refusal::Store`] when the
+/// account cannot be read.
+pub async fn authenticate<K: Kv>(
+    issuer: &TokenIssuer,
+    store: &ChatStore<K>,
+    token: &str,
+    now_ms: u64,
+) -> Result<u64, Refusal> {
+    let claims = issuer.verify(token, now_ms)?;
+    match store.user(claims.user_id).await? {
+        Some(account) if !account.deleted => {
+            claims.check_not_revoked(account.tokens_valid_after)?;
+            Ok(claims.user_id)
+        }
+        _ => Err(AuthError::NoAccount.into()),
     }
 }
 

@@ -371,24 +371,16 @@ fn now_ms() -> u64 {
 }
 
 async fn authenticate<K: Kv>(ctx: &ConnContext<K>, token: &str) -> Result<u64, Close> {
-    let claims = ctx
-        .auth
-        .verify(token, now_ms())
-        .map_err(|e| Close::with(e.error_code(), "bad_token", e.to_string()))?;
-    let record = ctx
-        .router
-        .store()
-        .user(claims.user_id)
+    crate::auth::authenticate(&ctx.auth, ctx.router.store(), token, now_ms())
         .await
-        .map_err(|e| Close::with(ErrorCode::Unavailable, "store_error", e.to_string()))?;
-    match record {
-        Some(r) if !r.deleted && !claims.issued_before(r.tokens_valid_after) => Ok(claims.user_id),
-        _ => Err(Close::with(
-            ErrorCode::TokenInvalid,
-            "bad_token",
-            "the token's account does not exist or the token was revoked",
-        )),
-    }
+        .map_err(|refusal| match refusal {
+            crate::auth::Refusal::Token(e) => {
+                Close::with(e.error_code(), "bad_token", e.to_string())
+            }
+            crate::auth::Refusal::Store(e) => {
+                Close::with(ErrorCode::Unavailable, "store_error", e.to_string())
+            }
+        })
 }
 
 /// Reads one frame, `None` at a clean end of stream.
@@ -429,7 +421,11 @@ async fn goodbye<S: AsyncRead + AsyncWrite + Unpin>(
             .encode_message(&error_frame(req_id, code, close.message), &mut buf)
             .is_ok()
         {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+            let write = async {
+                stream.write_all(&buf).await?;
+                stream.flush().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
         }
     }
     linger_close(stream).await;
@@ -884,6 +880,11 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(
         writes += 1;
         written += n;
         IoSlice::advance_slices(&mut slices, n);
+    }
+    // TLS and WebSocket layers may hold the tail of what was written.
+    tokio::select! {
+        r = stream.flush() => r.map_err(|_| Close::quiet("write_error"))?,
+        () = tokio::time::sleep_until(deadline) => return Err(Close::quiet("write_timeout")),
     }
     Ok(writes)
 }

@@ -9,16 +9,20 @@
 //! - [`tls`]: rustls configuration and self-signed certificates.
 //! - [`config`]: flags, environment and TOML configuration.
 //! - [`metrics`]: counters for `/metrics`.
-//! - [`http`]: the HTTP listener (`/healthz`, `/metrics`).
+//! - [`http`]: the HTTP API, `/healthz` and `/metrics`.
+//! - [`ws`]: `/ws`, WebSocket connections on the HTTP and HTTPS ports.
+//! - [`https`]: the HTTPS listener (the HTTP routes behind TLS).
 
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod https;
 pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod ws;
 
 pub use server::{Listeners, Server, ServerOptions};

@@ -108,6 +108,12 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         let tls = tls::server_config(cert, key).map_err(|e| e.to_string())?;
         listeners.tls = Some((bind(addr, "tls").await?, tls));
     }
+    if let (Some(addr), Some((cert, key))) = (config.https_listener(), config.tls_files()) {
+        // HTTP/1.1 only: WebSocket upgrades are HTTP/1.1 requests.
+        let tls =
+            tls::server_config_with_alpn(cert, key, &[b"http/1.1"]).map_err(|e| e.to_string())?;
+        listeners.https = Some((bind(addr, "https").await?, tls));
+    }
     let options = ServerOptions {
         conn: ConnConfig {
             max_frame: config.max_frame_bytes,

@@ -6,6 +6,11 @@
 //! connection's outbound queue (an in-memory push, never I/O or `.await`)
 //! and wakes its task; a push that would pass the queue's byte cap marks the
 //! connection a slow consumer instead, and its task closes it.
+//!
+//! HTTP long-polls (`GET /v1/sync?wait_ms=`) wait here too: a user's entry
+//! holds a [`Notify`] while any of their long-polls waits, and every commit
+//! for the user wakes it, so a waiting poll answers on the commit itself and
+//! never polls storage. A user with a waiting long-poll counts as online.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -18,6 +23,7 @@ use hanmadi_proto::{DeliverFrame, SharedMessage};
 use hanmadi_router::{Delivery, DeliverySink, Presence};
 use hanmadi_storage::chat::Cursor;
 use parking_lot::Mutex;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -132,10 +138,66 @@ pub struct RegistryLimits {
     pub outbound_bytes: usize,
 }
 
-/// Every live, authenticated connection of this node.
+/// What this node holds of one user. The entry exists while it holds
+/// anything, so presence is one `contains_key`.
+#[derive(Debug, Default)]
+struct Local {
+    conns: Vec<Arc<ConnShared>>,
+    /// Long-polls waiting for the user's next commit.
+    polls: usize,
+    /// What they wait on; present exactly while `polls > 0`, so a commit
+    /// for a user nobody polls for costs no wake-up.
+    poll_wake: Option<Arc<Notify>>,
+}
+
+impl Local {
+    fn is_empty(&self) -> bool {
+        self.conns.is_empty() && self.polls == 0
+    }
+
+    /// Wakes the user's waiting long-polls; they read their inbox next.
+    fn wake_polls(&self) {
+        if let Some(wake) = &self.poll_wake {
+            wake.notify_waiters();
+        }
+    }
+}
+
+/// A long-poll of one user waiting for their next commit. While it lives
+/// the user counts as online; dropping it unregisters it.
+#[derive(Debug)]
+pub struct PollWaiter<'a> {
+    registry: &'a Registry,
+    user: u64,
+    wake: Arc<Notify>,
+}
+
+impl PollWaiter<'_> {
+    /// A future that completes at the user's next commit. Call
+    /// [`Notified::enable`] on it (pinned) before reading the inbox, so a
+    /// commit between that read and the wait still wakes it.
+    pub fn notified(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+}
+
+impl Drop for PollWaiter<'_> {
+    fn drop(&mut self) {
+        if let Some(mut local) = self.registry.users.get_mut(&self.user) {
+            local.polls = local.polls.saturating_sub(1);
+            if local.polls == 0 {
+                local.poll_wake = None;
+            }
+        }
+        self.registry.users.remove_if(&self.user, |_, l| l.is_empty());
+    }
+}
+
+/// Every live, authenticated connection of this node, and the users'
+/// waiting long-polls.
 #[derive(Debug)]
 pub struct Registry {
-    users: DashMap<u64, Vec<Arc<ConnShared>>>,
+    users: DashMap<u64, Local>,
     ips: DashMap<IpAddr, usize>,
     next_id: AtomicU64,
     limits: RegistryLimits,
@@ -191,30 +253,46 @@ impl Registry {
             slow: AtomicBool::new(false),
             wake: Notify::new(),
         });
-        let mut conns = self.users.entry(user).or_default();
-        if conns.len() >= self.limits.per_user {
+        let mut local = self.users.entry(user).or_default();
+        if local.conns.len() >= self.limits.per_user {
             return Err(RegisterError::PerUser(self.limits.per_user));
         }
-        conns.push(Arc::clone(&conn));
+        local.conns.push(Arc::clone(&conn));
         Ok(conn)
     }
 
     /// Removes a connection.
     pub fn unregister(&self, conn: &ConnShared) {
-        if let Some(mut conns) = self.users.get_mut(&conn.user) {
-            conns.retain(|c| c.id != conn.id);
+        if let Some(mut local) = self.users.get_mut(&conn.user) {
+            local.conns.retain(|c| c.id != conn.id);
         }
-        self.users.remove_if(&conn.user, |_, v| v.is_empty());
+        self.users.remove_if(&conn.user, |_, l| l.is_empty());
+    }
+
+    /// Registers a long-poll of `user` waiting for their next commit.
+    pub fn wait_for_commit(&self, user: u64) -> PollWaiter<'_> {
+        let mut local = self.users.entry(user).or_default();
+        local.polls += 1;
+        let wake = Arc::clone(local.poll_wake.get_or_insert_with(Default::default));
+        drop(local);
+        PollWaiter {
+            registry: self,
+            user,
+            wake,
+        }
     }
 
     /// Live connections in all.
     pub fn connections(&self) -> usize {
-        self.users.iter().map(|e| e.value().len()).sum()
+        self.users.iter().map(|e| e.value().conns.len()).sum()
     }
 
     /// Every live connection (for shutdown).
     pub fn all(&self) -> Vec<Arc<ConnShared>> {
-        self.users.iter().flat_map(|e| e.value().clone()).collect()
+        self.users
+            .iter()
+            .flat_map(|e| e.value().conns.clone())
+            .collect()
     }
 }
 
@@ -232,9 +310,14 @@ impl DeliverySink for Registry {
         let mut delivered = 0u64;
         let mut overflowed: Vec<Arc<ConnShared>> = Vec::new();
         for (user, cursor) in delivery.recipients() {
-            let Some(conns) = self.users.get(&user) else {
+            let Some(local) = self.users.get(&user) else {
                 continue;
             };
+            local.wake_polls();
+            let conns = &local.conns;
+            if conns.is_empty() {
+                continue;
+            }
             // One frame per recipient, shared by its devices (a clone is a
             // header copy and a reference count).
             let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
@@ -269,8 +352,9 @@ impl DeliverySink for Registry {
     }
 
     fn notify(&self, user: u64) {
-        if let Some(conns) = self.users.get(&user) {
-            for conn in conns.iter() {
+        if let Some(local) = self.users.get(&user) {
+            local.wake_polls();
+            for conn in local.conns.iter() {
                 conn.push(Outbound::Pull, 0);
             }
         }

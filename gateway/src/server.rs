@@ -26,8 +26,10 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     /// TLS, with its configuration.
     pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
-    /// HTTP (`/healthz`, `/metrics`).
+    /// HTTP: the API and `/ws`.
     pub http: Option<TcpListener>,
+    /// HTTPS: the API and `/ws` (WSS), with its TLS configuration.
+    pub https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 /// Everything a node is configured with besides its sockets and store.
@@ -76,6 +78,7 @@ pub struct Server<K: Kv> {
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
     drain_timeout: Duration,
 }
 
@@ -116,11 +119,19 @@ impl<K: Kv> Server<K> {
         }
         let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
         let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
+        let https_addr = listeners
+            .https
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok());
+        let api = crate::http::routes(crate::http::HttpState {
+            metrics: Arc::clone(&metrics),
+            draining: shutdown.clone(),
+        });
         if let Some(l) = listeners.http {
-            let app = crate::http::routes(crate::http::HttpState {
-                metrics: Arc::clone(&metrics),
-                draining: shutdown.clone(),
-            });
+            let app = api
+                .clone()
+                .merge(crate::ws::routes(Arc::clone(&ctx), tracker.clone(), false))
+                .into_make_service_with_connect_info::<SocketAddr>();
             let stop = shutdown.clone();
             tracker.spawn(async move {
                 let serve = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned());
@@ -128,6 +139,17 @@ impl<K: Kv> Server<K> {
                     tracing::warn!(error = %e, "the HTTP listener stopped");
                 }
             });
+        }
+        if let Some((l, config)) = listeners.https {
+            let app = api.merge(crate::ws::routes(Arc::clone(&ctx), tracker.clone(), true));
+            tracker.spawn(crate::https::serve(
+                l,
+                TlsAcceptor::from(config),
+                app,
+                options.conn.handshake_timeout,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
         }
         let tls_addr = listeners
             .tls
@@ -156,6 +178,7 @@ impl<K: Kv> Server<K> {
             tcp_addr,
             tls_addr,
             http_addr,
+            https_addr,
             drain_timeout: options.drain_timeout,
         }
     }
@@ -173,6 +196,11 @@ impl<K: Kv> Server<K> {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The bound HTTPS address.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// The router.

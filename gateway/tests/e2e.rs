@@ -1,5 +1,6 @@
 //! End to end, through the client library, against a real node on
-//! 127.0.0.1:0, over TCP and over TLS.
+//! 127.0.0.1:0, over every transport: TCP, TLS, and WebSocket and WSS with
+//! binary and JSON messages.
 
 #[allow(dead_code)]
 mod common;
@@ -10,7 +11,56 @@ use hanmadi_client::{Deliveries, Event, ReconnectOptions, ReconnectingClient, Ta
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb;
 use hanmadi_proto::prost::Message as _;
+use hanmadi_proto::websocket::Encoding;
 use hanmadi_proto::ConversationId;
+
+use common::Transport;
+
+/// One test per transport for each scenario.
+macro_rules! over_every_transport {
+    ($($scenario:ident),* $(,)?) => {
+        $(mod $scenario {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$scenario(Transport::Tcp).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                super::$scenario(Transport::Tls).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ws() {
+                super::$scenario(Transport::Ws(Encoding::Binary)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ws_json() {
+                super::$scenario(Transport::Ws(Encoding::Json)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn wss() {
+                super::$scenario(Transport::Wss(Encoding::Binary)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn wss_json() {
+                super::$scenario(Transport::Wss(Encoding::Json)).await;
+            }
+        })*
+    };
+}
+
+over_every_transport!(
+    direct_message_reaches_every_device,
+    group_message_reaches_each_device_once,
+    offline_recipient_syncs_in_order,
+    reconnects_hand_over_exactly_the_inbox,
+);
 
 /// The next `Deliver`, failing after 10 s.
 async fn next_message(d: &mut Deliveries) -> (pb::Message, bytes::Bytes) {
@@ -27,14 +77,14 @@ async fn next_message(d: &mut Deliveries) -> (pb::Message, bytes::Bytes) {
     }
 }
 
-async fn direct_message_reaches_every_device(tls: bool) {
+async fn direct_message_reaches_every_device(transport: Transport) {
     let node = common::start(ServerOptions::default()).await;
     node.user(1).await;
     node.user(2).await;
-    let (alice, mut alice_d) = node.connect(1, "phone", tls).await;
-    let (_alice2, mut alice2_d) = node.connect(1, "laptop", tls).await;
-    let (_bob1, mut bob1_d) = node.connect(2, "phone", tls).await;
-    let (_bob2, mut bob2_d) = node.connect(2, "laptop", tls).await;
+    let (alice, mut alice_d) = node.connect(1, "phone", transport).await;
+    let (_alice2, mut alice2_d) = node.connect(1, "laptop", transport).await;
+    let (_bob1, mut bob1_d) = node.connect(2, "phone", transport).await;
+    let (_bob2, mut bob2_d) = node.connect(2, "laptop", transport).await;
     let ack = alice
         .send(Target::User(2), "hello bob")
         .await
@@ -48,17 +98,7 @@ async fn direct_message_reaches_every_device(tls: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_message_reaches_every_device_tcp() {
-    direct_message_reaches_every_device(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_message_reaches_every_device_tls() {
-    direct_message_reaches_every_device(true).await;
-}
-
-async fn group_message_reaches_each_device_once(tls: bool) {
+async fn group_message_reaches_each_device_once(transport: Transport) {
     let node = common::start(ServerOptions::default()).await;
     let members: Vec<u64> = (1..=50).collect();
     for &u in &members {
@@ -72,7 +112,7 @@ async fn group_message_reaches_each_device_once(tls: bool) {
         .expect("group");
     let mut conns = Vec::new();
     for &u in &members {
-        conns.push(node.connect(u, "d", tls).await);
+        conns.push(node.connect(u, "d", transport).await);
     }
     for i in 0..10 {
         conns[i % 50]
@@ -105,21 +145,11 @@ async fn group_message_reaches_each_device_once(tls: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_message_reaches_each_device_once_tcp() {
-    group_message_reaches_each_device_once(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_message_reaches_each_device_once_tls() {
-    group_message_reaches_each_device_once(true).await;
-}
-
-async fn offline_recipient_syncs_in_order(tls: bool) {
+async fn offline_recipient_syncs_in_order(transport: Transport) {
     let node = common::start(ServerOptions::default()).await;
     node.user(1).await;
     node.user(2).await;
-    let (alice, _d) = node.connect(1, "phone", tls).await;
+    let (alice, _d) = node.connect(1, "phone", transport).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(
@@ -130,7 +160,7 @@ async fn offline_recipient_syncs_in_order(tls: bool) {
                 .message_id,
         );
     }
-    let (bob, _bd) = node.connect(2, "phone", tls).await;
+    let (bob, _bd) = node.connect(2, "phone", transport).await;
     let mut got = Vec::new();
     let mut after = bytes::Bytes::new();
     loop {
@@ -149,21 +179,10 @@ async fn offline_recipient_syncs_in_order(tls: bool) {
     assert_eq!(got, ids, "every message, in order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_recipient_syncs_in_order_tcp() {
-    offline_recipient_syncs_in_order(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_recipient_syncs_in_order_tls() {
-    offline_recipient_syncs_in_order(true).await;
-}
-
 /// While a sender streams 5,000 messages, the recipient's connection is
 /// dropped 100 times at random points; the reconnect helper hands its user
 /// exactly the recipient's inbox: no gap, no duplicate, no reorder.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnects_hand_over_exactly_the_inbox() {
+async fn reconnects_hand_over_exactly_the_inbox(transport: Transport) {
     const MESSAGES: usize = 5000;
     let node = common::start(ServerOptions {
         conn: hanmadi_gateway::conn::ConnConfig {
@@ -176,11 +195,11 @@ async fn reconnects_hand_over_exactly_the_inbox() {
     .await;
     node.user(1).await;
     node.user(2).await;
-    let (sender, mut sender_deliveries) = node.connect(1, "sender", false).await;
+    let (sender, mut sender_deliveries) = node.connect(1, "sender", Transport::Tcp).await;
     // The sender's own device is delivered its messages too: keep reading.
     let drain = tokio::spawn(async move { while sender_deliveries.recv().await.is_some() {} });
     let mut inbox = ReconnectingClient::start(
-        node.client_config(2, "phone", false),
+        node.client_config(2, "phone", transport),
         ReconnectOptions {
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(50),
@@ -262,7 +281,7 @@ async fn group_load_batches_frames_per_write() {
         .expect("group");
     let mut conns = Vec::new();
     for &u in &members {
-        conns.push(node.connect(u, "d", false).await);
+        conns.push(node.connect(u, "d", Transport::Tcp).await);
     }
     let metrics = node.server.metrics();
     let (frames0, writes0) = (metrics.frames_out.get(), metrics.socket_writes.get());

@@ -42,7 +42,7 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
         .expect("group");
     let mut chatters = Vec::new();
     for &u in &members[..10] {
-        chatters.push(node.connect(u, "d", false).await);
+        chatters.push(node.connect(u, "d", common::Transport::Tcp).await);
     }
     // Drain the chatters' deliveries in the background, as live apps do.
     let mut drains = Vec::new();

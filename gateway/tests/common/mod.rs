@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use hanmadi_gateway::{Listeners, Server, ServerOptions};
 use hanmadi_proto::pb::{self, client_frame, server_frame};
+use hanmadi_proto::websocket::Encoding;
 use hanmadi_proto::ClientCodec;
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::chat::UserRecord;
@@ -15,6 +16,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub type Kv = EmbeddedKv<FjallBackend>;
+
+/// How a test client reaches the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each test binary uses some of them
+pub enum Transport {
+    Tcp,
+    Tls,
+    Ws(Encoding),
+    Wss(Encoding),
+}
 
 pub struct Node {
     pub server: Server<Kv>,
@@ -32,6 +43,7 @@ pub async fn start(options: ServerOptions) -> Node {
     let tls_config = hanmadi_gateway::tls::server_config(&cert, &key).expect("tls config");
     let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
     let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
     let store = ChatStore::new(kv, StoreConfig::default());
@@ -44,8 +56,9 @@ pub async fn start(options: ServerOptions) -> Node {
         store,
         Listeners {
             tcp: Some(tcp),
-            tls: Some((tls, tls_config)),
+            tls: Some((tls, tls_config.clone())),
             http: Some(http),
+            https: Some((https, tls_config)),
         },
         options,
     );
@@ -78,21 +91,29 @@ impl Node {
         &self,
         user: u64,
         device: &str,
-        tls: bool,
+        transport: Transport,
     ) -> hanmadi_client::ClientConfig {
-        if tls {
-            let addr = self.server.tls_addr().expect("tls listener");
-            let config = hanmadi_gateway::tls::client_config_trusting(&self.cert).expect("trust");
-            hanmadi_client::ClientConfig::new(addr.to_string(), self.token(user), device).with_tls(
-                hanmadi_client::TlsOptions {
-                    server_name: "localhost".into(),
-                    config,
-                },
-            )
-        } else {
-            let addr = self.server.tcp_addr().expect("tcp listener");
-            hanmadi_client::ClientConfig::new(addr.to_string(), self.token(user), device)
+        let s = &self.server;
+        let addr = match transport {
+            Transport::Tcp => s.tcp_addr(),
+            Transport::Tls => s.tls_addr(),
+            Transport::Ws(_) => s.http_addr(),
+            Transport::Wss(_) => s.https_addr(),
         }
+        .expect("the transport's listener");
+        let mut config =
+            hanmadi_client::ClientConfig::new(addr.to_string(), self.token(user), device);
+        if matches!(transport, Transport::Tls | Transport::Wss(_)) {
+            let tls = hanmadi_gateway::tls::client_config_trusting(&self.cert).expect("trust");
+            config = config.with_tls(hanmadi_client::TlsOptions {
+                server_name: "localhost".into(),
+                config: tls,
+            });
+        }
+        if let Transport::Ws(encoding) | Transport::Wss(encoding) = transport {
+            config = config.with_websocket(encoding);
+        }
+        config
     }
 
     /// Connects `user` through the client library.
@@ -100,9 +121,9 @@ impl Node {
         &self,
         user: u64,
         device: &str,
-        tls: bool,
+        transport: Transport,
     ) -> (hanmadi_client::Client, hanmadi_client::Deliveries) {
-        hanmadi_client::Client::connect(self.client_config(user, device, tls))
+        hanmadi_client::Client::connect(self.client_config(user, device, transport))
             .await
             .expect("connect")
     }

@@ -1,0 +1,188 @@
+//! Request extractors whose refusals come out in the API's error shape,
+//! and [`Id`], a 64-bit id as JSON carries it.
+//!
+//! axum's own `Json`, `Path` and `Query` answer a bad request with plain
+//! text; these wrap them and turn the rejection into an [`ApiError`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::Json;
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
+
+use super::error::ApiError;
+
+/// A JSON request body; malformed JSON is `400`, an oversized body `413`.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Path parameters; unparsable ones are `400`.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Query parameters; unparsable ones are `400`.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// For `#[serde(deserialize_with)]` on optional query parameters: absent
+/// or empty (`?before=`) is `None`, anything else must parse.
+///
+/// # Errors
+///
+/// The value's own parse error.
+pub fn optional<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match Option::<String>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(de::Error::custom),
+    }
+}
+
+/// A user, group or message id. JSON carries it as a decimal string, since
+/// JavaScript numbers lose precision past 2^53 (protobuf's JSON mapping does
+/// the same); a JSON number is accepted on input too. Zero is never an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub u64);
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Id {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // `u64::from_str` would take a leading `+`; an id is digits.
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("an id is a decimal number");
+        }
+        match s.parse::<u64>() {
+            Ok(0) => Err("an id is never 0"),
+            Ok(n) => Ok(Self(n)),
+            Err(_) => Err("an id fits in 64 bits"),
+        }
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+
+        impl Visitor<'_> for IdVisitor {
+            type Value = Id;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-zero 64-bit id as a decimal string or number")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                if v == 0 {
+                    return Err(E::custom("an id is never 0"));
+                }
+                Ok(Id(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("an id is never negative"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+impl PartialSchema for Id {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[1-9][0-9]{0,19}$"))
+            .description(Some("A 64-bit id as a decimal string (numbers accepted on input)."))
+            .examples([serde_json::json!("1234567890123456789")])
+            .into()
+    }
+}
+
+impl ToSchema for Id {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_read_strings_and_numbers_and_write_strings() {
+        let a: Id = serde_json::from_str("\"18446744073709551615\"").expect("string");
+        let b: Id = serde_json::from_str("42").expect("number");
+        assert_eq!((a.0, b.0), (u64::MAX, 42));
+        assert_eq!(
+            serde_json::to_string(&b).expect("serialize"),
+            "\"42\"".to_owned()
+        );
+        for bad in ["0", "\"0\"", "-1", "\"+1\"", "\"1e3\"", "\"\"", "1.5", "null"] {
+            assert!(serde_json::from_str::<Id>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! `GET /ws`: WebSocket and WSS connections on the HTTP and HTTPS ports.
+//!
+//! The upgrade is answered here (hyper hands over the socket, tungstenite
+//! speaks the WebSocket protocol); the connection then runs the same task
+//! as a TCP one, over [`WsFrames`], so every limit, the back-pressure and
+//! the error frames are those of TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hanmadi_proto::pb;
+use hanmadi_proto::websocket::{Encoding, WsFrames, WS_PATH};
+use hanmadi_proto::ErrorCode;
+use hanmadi_storage::kv::Kv;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::{self, ConnContext};
+
+/// Bytes the WebSocket layer reads from the socket at a time. Chat frames
+/// are small, and this buffer stays allocated for the life of an idle
+/// connection (see docs/ARCHITECTURE.md for the measurements).
+pub const WS_READ_BUFFER: usize = 2048;
+
+/// What the upgrade handler needs.
+struct WsState<K: Kv> {
+    ctx: Arc<ConnContext<K>>,
+    tracker: TaskTracker,
+    /// `wss` behind the HTTPS listener, else `ws`.
+    transport: &'static str,
+}
+
+impl<K: Kv> Clone for WsState<K> {
+    fn clone(&self) -> Self {
+        Self {
+            ctx: Arc::clone(&self.ctx),
+            tracker: self.tracker.clone(),
+            transport: self.transport,
+        }
+    }
+}
+
+/// The `/ws` route; `secure` when served behind TLS. Needs the peer
+/// address (`ConnectInfo<SocketAddr>`) for the per-address limit.
+pub fn routes<K: Kv>(
+    ctx: Arc<ConnContext<K>>,
+    tracker: TaskTracker,
+    secure: bool,
+) -> axum::Router {
+    let state = WsState {
+        ctx,
+        tracker,
+        transport: if secure { "wss" } else { "ws" },
+    };
+    axum::Router::new()
+        .route(WS_PATH, get(upgrade::<K>))
+        .with_state(state)
+}
+
+/// The WebSocket settings of a connection: messages may be a few times
+/// larger than `max_frame` as JSON; binary messages over `max_frame` reach
+/// the frame codec, which refuses them with `FRAME_TOO_LARGE`.
+pub fn ws_config(max_frame: usize) -> WebSocketConfig {
+    let max_message = max_frame.saturating_mul(4).max(4096);
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code as i32, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The first subprotocol the client offers that Hanmadi speaks.
+fn choose_subprotocol(headers: &HeaderMap) -> Option<Encoding> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(Encoding::from_subprotocol)
+}
+
+async fn upgrade<K: Kv>(
+    State(state): State<WsState<K>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+) -> Response {
+    let headers = request.headers();
+    if !header_has(headers, header::UPGRADE, "websocket")
+        || !header_has(headers, header::CONNECTION, "upgrade")
+    {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::Unsupported,
+            "this endpoint speaks WebSocket only",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::Unsupported,
+            "WebSocket version 13 is required",
+        );
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            "Sec-WebSocket-Key is missing",
+        );
+    };
+    let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            "Sec-WebSocket-Key is malformed",
+        );
+    };
+    let chosen = choose_subprotocol(headers);
+    let ctx = &state.ctx;
+    if ctx.shutdown.is_cancelled() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerDraining,
+            "server is shutting down; reconnect elsewhere",
+        );
+    }
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::Unsupported,
+            "this connection cannot be upgraded",
+        );
+    };
+    if ctx.registry.admit_ip(peer.ip()).is_err() {
+        ctx.metrics.closed("too_many_from_address");
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        );
+    }
+    let ctx = Arc::clone(ctx);
+    let transport = state.transport;
+    let encoding = chosen.unwrap_or_default();
+    state.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = ws_config(ctx.config.max_frame);
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                let frames = WsFrames::<_, pb::ClientFrame, pb::ServerFrame>::new(ws, encoding);
+                conn::serve(Arc::clone(&ctx), frames, peer, transport).await;
+            }
+            Err(_) => ctx.metrics.closed("upgrade_failed"),
+        }
+        ctx.registry.release_ip(peer.ip());
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(encoding) = chosen {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(encoding.subprotocol()),
+        );
+    }
+    response
+}
