@@ -6,14 +6,18 @@
 //! cargo build --release --bin hanmadi
 //! cargo run --release -p hanmadi-benches --example idle_memory -- 10000 tcp
 //! cargo run --release -p hanmadi-benches --example idle_memory -- 10000 tls
+//! cargo run --release -p hanmadi-benches --example idle_memory -- 10000 ws
+//! cargo run --release -p hanmadi-benches --example idle_memory -- 10000 wss
 //! ```
+//!
+//! `ws` and `wss` speak binary WebSocket to the HTTP and HTTPS listeners.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hanmadi_client::{Client, ClientConfig, TlsOptions};
+use hanmadi_client::{Client, ClientConfig, Encoding, TlsOptions};
 use hanmadi_gateway::auth::TokenIssuer;
 
 const SECRET: &str = "idle-memory-secret-0123456789abcdef";
@@ -30,7 +34,9 @@ fn rss_kib(pid: u32) -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let tls = args.next().as_deref() == Some("tls");
+    let transport = args.next().unwrap_or_else(|| "tcp".to_owned());
+    let tls = matches!(transport.as_str(), "tls" | "wss");
+    let websocket = matches!(transport.as_str(), "ws" | "wss");
     let exe = std::env::current_exe().expect("exe");
     let hanmadi = exe
         .parent()
@@ -48,7 +54,7 @@ fn main() {
     hanmadi_gateway::tls::generate_self_signed(&["localhost".into()], &cert, &key).expect("cert");
     let mut child = Command::new(&hanmadi)
         .args(["serve", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
-        .args(["--http", "off", "--https", "off", "--secret", SECRET])
+        .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--secret", SECRET])
         .args(["--max-conns-per-ip", "100000"])
         .arg("--data-dir")
         .arg(dir.path())
@@ -61,15 +67,25 @@ fn main() {
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", hanmadi.display()));
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut tcp, mut tls_addr) = (String::new(), String::new());
-    while tcp.is_empty() || tls_addr.is_empty() {
+    let mut addrs = std::collections::HashMap::new();
+    while addrs.len() < 4 {
         let line = lines.next().expect("listener line").expect("read");
-        if let Some(a) = line.strip_prefix("listening tcp ") {
-            tcp = a.to_owned();
-        } else if let Some(a) = line.strip_prefix("listening tls ") {
-            tls_addr = a.to_owned();
+        if let Some((kind, addr)) = line
+            .strip_prefix("listening ")
+            .and_then(|l| l.split_once(' '))
+        {
+            addrs.insert(kind.to_owned(), addr.to_owned());
         }
     }
+    let listener = match transport.as_str() {
+        "ws" => "http",
+        "wss" => "https",
+        other => other,
+    };
+    let addr = addrs
+        .get(listener)
+        .unwrap_or_else(|| panic!("no {listener} listener"))
+        .clone();
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
     let before = rss_kib(pid);
@@ -83,14 +99,16 @@ fn main() {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let token = issuer.issue(u, now, Duration::from_secs(3600));
-            let mut config = if tls {
-                ClientConfig::new(tls_addr.clone(), token, "idle").with_tls(TlsOptions {
+            let mut config = ClientConfig::new(addr.clone(), token, "idle");
+            if tls {
+                config = config.with_tls(TlsOptions {
                     server_name: "localhost".into(),
                     config: Arc::clone(&trust),
-                })
-            } else {
-                ClientConfig::new(tcp.clone(), token, "idle")
-            };
+                });
+            }
+            if websocket {
+                config = config.with_websocket(Encoding::Binary);
+            }
             config.event_capacity = 16;
             clients.push(Client::connect(config).await.expect("connect"));
         }
@@ -100,9 +118,7 @@ fn main() {
     let after = rss_kib(pid);
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
     println!(
-        "{} idle {} connections: server RSS {before} KiB -> {after} KiB, {per:.0} bytes per connection",
-        n,
-        if tls { "TLS" } else { "TCP" }
+        "{n} idle {transport} connections: server RSS {before} KiB -> {after} KiB, {per:.0} bytes per connection"
     );
     // A drain, not a kill, so profilers wrapped around the server can write
     // their reports.

@@ -1,0 +1,208 @@
+//! `/ws` against a real node, with a raw WebSocket client: subprotocol
+//! negotiation, and bad input over WebSocket (each gets a clear `Error` and
+//! a closed connection).
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::start;
+use futures::{SinkExt, StreamExt};
+use hanmadi_gateway::conn::ConnConfig;
+use hanmadi_gateway::ServerOptions;
+use hanmadi_proto::pb::{self, client_frame, server_frame, ErrorCode};
+use hanmadi_proto::prost::Message as _;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens `/ws` offering `protocol`; returns the socket and the subprotocol
+/// the server chose.
+async fn open(node: &common::Node, protocol: Option<&str>) -> (Ws, Option<String>) {
+    let addr = node.server.http_addr().expect("http listener");
+    let mut request = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("request");
+    if let Some(p) = protocol {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().expect("header"));
+    }
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (ws, response) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .expect("upgrade");
+    let chosen = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (ws, chosen)
+}
+
+/// The next frame, binary or JSON; `None` once the server closed.
+async fn recv(ws: &mut Ws) -> Option<(pb::ServerFrame, bool)> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s");
+        match next {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+            Some(Ok(Message::Binary(b))) => {
+                return Some((pb::ServerFrame::decode(b).expect("protobuf"), false))
+            }
+            Some(Ok(Message::Text(t))) => {
+                return Some((serde_json::from_str(t.as_str()).expect("json frame"), true))
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn hello_json(token: &str) -> Message {
+    Message::text(
+        serde_json::json!({"req_id": "1", "hello": {"token": token, "device_id": "ws"}})
+            .to_string(),
+    )
+}
+
+fn code(frame: &pb::ServerFrame) -> Option<ErrorCode> {
+    match &frame.kind {
+        Some(server_frame::Kind::Error(e)) => ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
+
+async fn assert_closed(ws: &mut Ws) {
+    assert!(recv(ws).await.is_none(), "the server closes the connection");
+}
+
+#[tokio::test]
+async fn the_subprotocol_picks_the_reply_encoding() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    // JSON asked for: a JSON Hello gets a JSON Welcome.
+    let (mut ws, chosen) = open(&node, Some("hanmadi.v1.json")).await;
+    assert_eq!(chosen.as_deref(), Some("hanmadi.v1.json"));
+    ws.send(hello_json(&node.token(1))).await.expect("send");
+    let (welcome, json) = recv(&mut ws).await.expect("welcome");
+    assert!(json, "a text reply");
+    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(ref w)) if w.user_id == 1));
+    // Binary asked for (first known protocol in the offer): a JSON request
+    // still works, the reply is binary.
+    let (mut ws, chosen) = open(&node, Some("chat.v9, hanmadi.v1.proto, hanmadi.v1.json")).await;
+    assert_eq!(chosen.as_deref(), Some("hanmadi.v1.proto"));
+    ws.send(hello_json(&node.token(1))).await.expect("send");
+    let (welcome, json) = recv(&mut ws).await.expect("welcome");
+    assert!(!json, "a binary reply");
+    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+    // Nothing offered: binary.
+    let (mut ws, chosen) = open(&node, None).await;
+    assert_eq!(chosen, None);
+    let hello = pb::ClientFrame {
+        req_id: 1,
+        kind: Some(client_frame::Kind::Hello(pb::Hello {
+            token: node.token(1),
+            device_id: "bin".into(),
+        })),
+    };
+    ws.send(Message::Binary(hello.encode_to_vec().into()))
+        .await
+        .expect("send");
+    let (welcome, json) = recv(&mut ws).await.expect("welcome");
+    assert!(!json);
+    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+}
+
+#[tokio::test]
+async fn a_plain_get_of_ws_is_told_to_upgrade() {
+    let node = start(ServerOptions::default()).await;
+    let addr = node.server.http_addr().expect("http listener");
+    let response = reqwest::get(format!("http://{addr}/ws"))
+        .await
+        .expect("request");
+    assert_eq!(response.status(), reqwest::StatusCode::UPGRADE_REQUIRED);
+    let body: serde_json::Value = response.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], ErrorCode::Unsupported as i32);
+}
+
+#[tokio::test]
+async fn bad_tokens_over_websocket() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    let expired = node.server.auth().issue(1, 1_000, Duration::from_secs(1));
+    for (token, want) in [
+        ("not a token".to_owned(), ErrorCode::TokenInvalid),
+        (expired, ErrorCode::TokenExpired),
+        (node.token(42), ErrorCode::TokenInvalid),
+    ] {
+        let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
+        ws.send(hello_json(&token)).await.expect("send");
+        let (reply, _) = recv(&mut ws).await.expect("a refusal");
+        assert_eq!(code(&reply), Some(want), "{reply:?}");
+        assert_closed(&mut ws).await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_closes_with_malformed_frame() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
+    ws.send(hello_json(&node.token(1))).await.expect("send");
+    recv(&mut ws).await.expect("welcome");
+    ws.send(Message::text("{\"req_id\": \"2\", \"send\": [")).await.expect("send");
+    let (reply, _) = recv(&mut ws).await.expect("an error");
+    assert_eq!(code(&reply), Some(ErrorCode::MalformedFrame), "{reply:?}");
+    assert_closed(&mut ws).await;
+}
+
+#[tokio::test]
+async fn oversized_messages_close_with_frame_too_large() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    // Over the frame limit but within what the WebSocket layer reads.
+    let (mut ws, _) = open(&node, None).await;
+    ws.send(Message::Binary(Bytes::from(vec![0u8; hanmadi_proto::DEFAULT_MAX_FRAME + 1])))
+        .await
+        .expect("send");
+    let (reply, _) = recv(&mut ws).await.expect("an error");
+    assert_eq!(code(&reply), Some(ErrorCode::FrameTooLarge), "{reply:?}");
+    assert_closed(&mut ws).await;
+    // Past what the WebSocket layer accepts at all.
+    let (mut ws, _) = open(&node, None).await;
+    let huge = vec![0u8; hanmadi_proto::DEFAULT_MAX_FRAME * 8];
+    // The server may close while this is still being written.
+    let _ = ws.send(Message::Binary(Bytes::from(huge))).await;
+    if let Some((reply, _)) = recv(&mut ws).await {
+        assert_eq!(code(&reply), Some(ErrorCode::FrameTooLarge), "{reply:?}");
+        assert_closed(&mut ws).await;
+    }
+    // The node keeps serving.
+    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
+    ws.send(hello_json(&node.token(1))).await.expect("send");
+    let (welcome, _) = recv(&mut ws).await.expect("welcome");
+    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+}
+
+#[tokio::test]
+async fn a_silent_websocket_gets_the_handshake_timeout() {
+    let node = start(ServerOptions {
+        conn: ConnConfig {
+            handshake_timeout: Duration::from_millis(200),
+            ..ConnConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
+    let (reply, json) = recv(&mut ws).await.expect("an error");
+    assert!(json);
+    assert_eq!(code(&reply), Some(ErrorCode::HandshakeTimeout), "{reply:?}");
+    assert_closed(&mut ws).await;
+}
