@@ -54,7 +54,14 @@ fn main() {
     hanmadi_gateway::tls::generate_self_signed(&["localhost".into()], &cert, &key).expect("cert");
     let mut child = Command::new(&hanmadi)
         .args(["serve", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
-        .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--secret", SECRET])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--secret",
+            SECRET,
+        ])
         .args(["--max-conns-per-ip", "100000"])
         .arg("--data-dir")
         .arg(dir.path())

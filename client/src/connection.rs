@@ -19,18 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use hanmadi_proto::websocket::WsFrames;
 use hanmadi_proto::{
     client_frame, reserve_read, server_frame, shrink_idle, ClientCodec, ClientFrame, Deliver,
     Hello, Ping, ServerFrame, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use hanmadi_proto::websocket::WsFrames;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio::sync::mpsc;
-use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Event;

@@ -85,8 +85,8 @@ mod seam;
 
 pub use client::{new_client_msg_id, Client, Deliveries, Event, MAX_CLIENT_MSG_ID_LEN};
 pub use config::{
-    ClientConfig, Target, TlsOptions, WebSocketOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_CAPACITY,
-    DEFAULT_REQUEST_TIMEOUT,
+    ClientConfig, Target, TlsOptions, WebSocketOptions, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_EVENT_CAPACITY, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{ClientError, ServerError};
 pub use hanmadi_proto::websocket::Encoding;

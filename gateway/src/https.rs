@@ -42,7 +42,8 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(handshake_timeout, acceptor.accept(socket)).await
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(handshake_timeout, acceptor.accept(socket)).await
             else {
                 return;
             };
@@ -51,8 +52,12 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<S>(stream: S, peer: SocketAddr, app: axum::Router, shutdown: CancellationToken)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     // Handlers see the peer address as they do behind `axum::serve`.

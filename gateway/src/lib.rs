@@ -10,6 +10,7 @@
 //! - [`config`]: flags, environment and TOML configuration.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`http`]: the HTTP API, `/healthz` and `/metrics`.
+//! - [`password`]: argon2id password hashing, a bounded number at once.
 //! - [`ws`]: `/ws`, WebSocket connections on the HTTP and HTTPS ports.
 //! - [`https`]: the HTTPS listener (the HTTP routes behind TLS).
 
@@ -20,6 +21,7 @@ pub mod http;
 pub mod https;
 pub mod listener;
 pub mod metrics;
+pub mod password;
 pub mod registry;
 pub mod server;
 pub mod tls;

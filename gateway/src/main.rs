@@ -141,6 +141,11 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         drain_timeout: config.drain_timeout,
         retention: (config.retention_days > 0)
             .then(|| std::time::Duration::from_secs(u64::from(config.retention_days) * 86_400)),
+        token_ttl: config.token_ttl,
+        region: config.region.clone(),
+        hostname: Some(config.hostname.clone()),
+        max_connections: config.max_connections,
+        ..ServerOptions::default()
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");

@@ -25,6 +25,10 @@ pub enum PasswordError {
     Failed(String),
 }
 
+/// How long a request waits for a hashing permit by default: past a few
+/// seconds the client is better told the node is busy.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
 /// Hashes and verifies passwords, a bounded number at a time.
 #[derive(Debug)]
 pub struct Passwords {

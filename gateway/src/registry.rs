@@ -189,7 +189,9 @@ impl Drop for PollWaiter<'_> {
                 local.poll_wake = None;
             }
         }
-        self.registry.users.remove_if(&self.user, |_, l| l.is_empty());
+        self.registry
+            .users
+            .remove_if(&self.user, |_, l| l.is_empty());
     }
 }
 

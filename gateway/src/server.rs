@@ -47,6 +47,19 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Inbox entries older than this are trimmed (`None`: kept forever).
     pub retention: Option<Duration>,
+    /// How long a token from `POST /v1/sessions` lasts.
+    pub token_ttl: Duration,
+    /// Password hashes running at once (sign-ups and log-ins).
+    pub max_password_hashes: usize,
+    /// Longest an HTTP send waits for room in the append queue.
+    pub http_send_timeout: Duration,
+    /// This node's region, for discovery ranking.
+    pub region: String,
+    /// The host name clients dial and check TLS certificates against
+    /// (`None`: the machine's host name).
+    pub hostname: Option<String>,
+    /// Connections this node is meant to hold: its capacity in discovery.
+    pub max_connections: u64,
 }
 
 impl Default for ServerOptions {
@@ -62,6 +75,12 @@ impl Default for ServerOptions {
             secret: Vec::new(),
             drain_timeout: Duration::from_secs(4),
             retention: Some(Duration::from_secs(30 * 86_400)),
+            token_ttl: crate::http::HttpSettings::default().token_ttl,
+            max_password_hashes: crate::password::Passwords::default_concurrency(),
+            http_send_timeout: crate::http::HttpSettings::default().send_timeout,
+            region: "local".to_owned(),
+            hostname: None,
+            max_connections: 100_000,
         }
     }
 }
@@ -123,9 +142,41 @@ impl<K: Kv> Server<K> {
             .https
             .as_ref()
             .and_then(|(l, _)| l.local_addr().ok());
+        let tls_bound = listeners
+            .tls
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok());
+        let hostname = options.hostname.clone().unwrap_or_else(|| {
+            hostname::get().map_or_else(
+                |_| "localhost".to_owned(),
+                |h| h.to_string_lossy().into_owned(),
+            )
+        });
+        let node = crate::http::NodeInfo {
+            node_id: u64::from(options.router.node),
+            endpoints: crate::http::Endpoints::bound(
+                &hostname, tcp_addr, tls_bound, http_addr, https_addr,
+            ),
+            hostname,
+            region: options.region.clone(),
+            max_connections: options.max_connections,
+        };
         let api = crate::http::routes(crate::http::HttpState {
+            router: Arc::clone(&router),
+            auth: Arc::clone(&auth),
+            registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
+            passwords: Arc::new(crate::password::Passwords::new(
+                options.max_password_hashes,
+                crate::password::DEFAULT_WAIT,
+            )),
             draining: shutdown.clone(),
+            settings: crate::http::HttpSettings {
+                token_ttl: options.token_ttl,
+                send_timeout: options.http_send_timeout,
+                max_group_members: options.router.max_group_members,
+            },
+            node: Arc::new(node),
         });
         if let Some(l) = listeners.http {
             let app = api

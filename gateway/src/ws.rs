@@ -24,10 +24,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::{self, ConnContext};
 
-/// Bytes the WebSocket layer reads from the socket at a time. Chat frames
-/// are small, and this buffer stays allocated for the life of an idle
-/// connection (see docs/ARCHITECTURE.md for the measurements).
-pub const WS_READ_BUFFER: usize = 2048;
+/// Bytes the WebSocket layer reads from the socket at a time. This buffer
+/// stays allocated (and touched) for the life of a connection, idle or
+/// not; chat frames are small, and 1 KiB keeps an idle WebSocket within
+/// 8 KiB of server memory (docs/ARCHITECTURE.md has the measurements).
+pub const WS_READ_BUFFER: usize = 1024;
 
 /// What the upgrade handler needs.
 struct WsState<K: Kv> {
@@ -49,11 +50,7 @@ impl<K: Kv> Clone for WsState<K> {
 
 /// The `/ws` route; `secure` when served behind TLS. Needs the peer
 /// address (`ConnectInfo<SocketAddr>`) for the per-address limit.
-pub fn routes<K: Kv>(
-    ctx: Arc<ConnContext<K>>,
-    tracker: TaskTracker,
-    secure: bool,
-) -> axum::Router {
+pub fn routes<K: Kv>(ctx: Arc<ConnContext<K>>, tracker: TaskTracker, secure: bool) -> axum::Router {
     let state = WsState {
         ctx,
         tracker,

@@ -84,7 +84,10 @@ async fn python_client_chats_with_a_rust_client() {
             break message;
         }
     };
-    assert_eq!((hello.sender, hello.body.as_str()), (alice, "hello from python"));
+    assert_eq!(
+        (hello.sender, hello.body.as_str()),
+        (alice, "hello from python")
+    );
     bob.send(Target::User(alice), "hello from rust")
         .await
         .expect("reply");

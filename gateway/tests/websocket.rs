@@ -156,7 +156,9 @@ async fn malformed_json_closes_with_malformed_frame() {
     let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
     ws.send(hello_json(&node.token(1))).await.expect("send");
     recv(&mut ws).await.expect("welcome");
-    ws.send(Message::text("{\"req_id\": \"2\", \"send\": [")).await.expect("send");
+    ws.send(Message::text("{\"req_id\": \"2\", \"send\": ["))
+        .await
+        .expect("send");
     let (reply, _) = recv(&mut ws).await.expect("an error");
     assert_eq!(code(&reply), Some(ErrorCode::MalformedFrame), "{reply:?}");
     assert_closed(&mut ws).await;
@@ -168,9 +170,13 @@ async fn oversized_messages_close_with_frame_too_large() {
     node.user(1).await;
     // Over the frame limit but within what the WebSocket layer reads.
     let (mut ws, _) = open(&node, None).await;
-    ws.send(Message::Binary(Bytes::from(vec![0u8; hanmadi_proto::DEFAULT_MAX_FRAME + 1])))
-        .await
-        .expect("send");
+    ws.send(Message::Binary(Bytes::from(vec![
+        0u8;
+        hanmadi_proto::DEFAULT_MAX_FRAME
+            + 1
+    ])))
+    .await
+    .expect("send");
     let (reply, _) = recv(&mut ws).await.expect("an error");
     assert_eq!(code(&reply), Some(ErrorCode::FrameTooLarge), "{reply:?}");
     assert_closed(&mut ws).await;

@@ -193,7 +193,11 @@ where
     /// Takes `bufs` once the frames before them are on their way, so at
     /// most one write's worth waits here and a stalled peer pushes back on
     /// the writer as a stalled socket does.
-    fn poll_take(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         ready!(self.poll_send_frames(cx))?;
         let mut n = 0;
         for buf in bufs {

@@ -102,10 +102,7 @@ async fn frames_written_go_out_one_message_each_in_the_chosen_encoding() {
 #[tokio::test]
 async fn bad_messages_become_frames_the_codec_refuses() {
     let (mut server, mut client) = pair(Encoding::Json).await;
-    client
-        .send(Message::text("{not json"))
-        .await
-        .expect("send");
+    client.send(Message::text("{not json")).await.expect("send");
     let err = read_frame(&mut server).await.expect_err("malformed");
     assert!(err.contains("invalid"), "{err}");
 

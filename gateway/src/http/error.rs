@@ -87,11 +87,9 @@ fn status_of(code: ErrorCode) -> StatusCode {
         C::GroupFull => StatusCode::UNPROCESSABLE_ENTITY,
         C::RateLimited | C::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         C::ServerBusy | C::Unavailable | C::ServerDraining => StatusCode::SERVICE_UNAVAILABLE,
-        C::SlowConsumer
-        | C::IdleTimeout
-        | C::HandshakeTimeout
-        | C::Internal
-        | C::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
+        C::SlowConsumer | C::IdleTimeout | C::HandshakeTimeout | C::Internal | C::Unspecified => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 

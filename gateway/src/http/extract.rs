@@ -160,7 +160,9 @@ impl PartialSchema for Id {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .pattern(Some("^[1-9][0-9]{0,19}$"))
-            .description(Some("A 64-bit id as a decimal string (numbers accepted on input)."))
+            .description(Some(
+                "A 64-bit id as a decimal string (numbers accepted on input).",
+            ))
             .examples([serde_json::json!("1234567890123456789")])
             .into()
     }
@@ -181,7 +183,9 @@ mod tests {
             serde_json::to_string(&b).expect("serialize"),
             "\"42\"".to_owned()
         );
-        for bad in ["0", "\"0\"", "-1", "\"+1\"", "\"1e3\"", "\"\"", "1.5", "null"] {
+        for bad in [
+            "0", "\"0\"", "-1", "\"+1\"", "\"1e3\"", "\"\"", "1.5", "null",
+        ] {
             assert!(serde_json::from_str::<Id>(bad).is_err(), "{bad}");
         }
     }

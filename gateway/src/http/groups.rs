@@ -116,6 +116,10 @@ pub struct Group {
     members: Vec<Member>,
 }
 
+fn not_a_member() -> ApiError {
+    ApiError::new(ErrorCode::NotAMember, "not a member of this group")
+}
+
 /// The group `group`, or `404`.
 pub(super) async fn group_record<K: Kv>(
     state: &HttpState<K>,
@@ -139,10 +143,7 @@ async fn group_view<K: Kv>(
     let record = group_record(state, group).await?;
     let members = state.router.store().members(group).await?;
     if !members.iter().any(|(u, _)| *u == caller) {
-        return Err(ApiError::new(
-            ErrorCode::NotAMember,
-            "not a member of this group",
-        ));
+        return Err(not_a_member());
     }
     Ok(Group {
         group_id: Id(group),
@@ -203,7 +204,10 @@ pub(super) async fn create_group<K: Kv>(
     check_new_members(&state, &req.members).await?;
     let members = req.members.iter().map(|id| id.0).collect();
     let (group, _) = state.router.create_group(me, req.name, members).await?;
-    Ok((StatusCode::CREATED, Json(group_view(&state, me, group).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(group_view(&state, me, group).await?),
+    ))
 }
 
 /// The caller's groups.
@@ -300,10 +304,7 @@ pub(super) async fn remove_member<K: Kv>(
     let store = state.router.store();
     // Outsiders learn nothing about who is in the group.
     if store.member(group, me).await?.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::NotAMember,
-            "not a member of this group",
-        ));
+        return Err(not_a_member());
     }
     if store.member(group, user).await?.is_none() {
         return Err(ApiError::not_found("member"));

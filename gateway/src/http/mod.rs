@@ -1,37 +1,172 @@
-//! The HTTP listener. For now it serves the operational routes: `/healthz`
-//! and Prometheus `/metrics`; the chat API and WebSocket join it here.
+//! The HTTP listener: the JSON API of DESIGN §4 plus `/healthz` and
+//! Prometheus `/metrics` (the WebSocket route joins it in `server`).
+//!
+//! - [`error`]: the one error shape and the status of each protocol code.
+//! - [`extract`]: JSON, path and query extractors that refuse in that shape;
+//!   [`extract::Id`], ids as decimal strings.
+//! - [`auth`]: the bearer-token extractor.
+//! - `users`, `groups`, `messages`, `sync`: the routes, one file per area.
+//! - [`discovery`]: `GET /v1/discovery` and what this node advertises.
+//! - [`openapi`], `proto_schema`: the OpenAPI document, built from the
+//!   handlers' annotations and the protocol's descriptor set.
+
+pub mod auth;
+pub mod discovery;
+pub mod error;
+pub mod extract;
+mod groups;
+mod messages;
+pub mod openapi;
+mod proto_schema;
+mod sync;
+mod users;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
+use hanmadi_proto::ErrorCode;
+use hanmadi_router::Router as ChatRouter;
+use hanmadi_storage::kv::Kv;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::auth::TokenIssuer;
 use crate::metrics::Metrics;
+use crate::password::Passwords;
+use crate::registry::Registry;
+
+pub use discovery::{Endpoints, NodeInfo};
+
+/// Largest request body: far above any valid request (a message body is
+/// at most tens of KiB), low enough that nobody makes the node buffer much.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// Tunables of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// How long a token from `POST /v1/sessions` lasts.
+    pub token_ttl: Duration,
+    /// Longest a send waits for room in the append queue before `503`.
+    pub send_timeout: Duration,
+    /// The size cap of new groups (requests naming more members are
+    /// refused before any lookup).
+    pub max_group_members: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(7 * 86_400),
+            send_timeout: Duration::from_secs(5),
+            max_group_members: 1000,
+        }
+    }
+}
 
 /// What the HTTP handlers share.
-#[derive(Debug, Clone)]
-pub struct HttpState {
+pub struct HttpState<K: Kv> {
+    /// The node's router (and through it, the store).
+    pub router: Arc<ChatRouter<K>>,
+    /// Token issuing and checking.
+    pub auth: Arc<TokenIssuer>,
+    /// Live connections and long-poll wake-ups.
+    pub registry: Arc<Registry>,
     /// Counters to expose.
     pub metrics: Arc<Metrics>,
+    /// Password hashing, bounded.
+    pub passwords: Arc<Passwords>,
     /// Fired when the node drains.
     pub draining: CancellationToken,
+    /// Tunables.
+    pub settings: HttpSettings,
+    /// What discovery says about this node.
+    pub node: Arc<NodeInfo>,
+}
+
+// Derived `Clone` would ask `K: Clone`; every field is a handle.
+impl<K: Kv> Clone for HttpState<K> {
+    fn clone(&self) -> Self {
+        Self {
+            router: Arc::clone(&self.router),
+            auth: Arc::clone(&self.auth),
+            registry: Arc::clone(&self.registry),
+            metrics: Arc::clone(&self.metrics),
+            passwords: Arc::clone(&self.passwords),
+            draining: self.draining.clone(),
+            settings: self.settings,
+            node: Arc::clone(&self.node),
+        }
+    }
+}
+
+impl<K: Kv> std::fmt::Debug for HttpState<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("settings", &self.settings)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every route with its OpenAPI entry. Handlers sharing a path are
+/// registered together.
+fn api<K: Kv>() -> OpenApiRouter<HttpState<K>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(users::sign_up))
+        .routes(routes!(users::log_in))
+        .routes(routes!(users::get_me, users::patch_me, users::delete_me))
+        .routes(routes!(users::get_user))
+        .routes(routes!(users::block, users::unblock))
+        .routes(routes!(groups::create_group, groups::list_groups))
+        .routes(routes!(groups::get_group))
+        .routes(routes!(groups::add_members))
+        .routes(routes!(groups::remove_member))
+        .routes(routes!(messages::list_conversations))
+        .routes(routes!(messages::send_direct, messages::direct_history))
+        .routes(routes!(messages::send_group, messages::group_history))
+        .routes(routes!(sync::sync))
+        .routes(routes!(discovery::discovery))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi_json))
 }
 
 /// The HTTP routes, built apart from any socket so tests can call them.
-pub fn routes(state: HttpState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+pub fn routes<K: Kv>(state: HttpState<K>) -> Router {
+    let (router, document) = api::<K>().split_for_parts();
+    router
+        .fallback(no_route)
+        .layer(Extension(openapi::ApiDocument::render(&document)))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(state)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Unknown paths answer in the API's error shape too.
+async fn no_route() -> error::ApiError {
+    error::ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 /// `200 ok` while serving, `503 draining` once shutdown began, so load
 /// balancers stop sending clients here first.
-async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "Serving", body = String, content_type = "text/plain"),
+        (status = 503, description = "Draining", body = String, content_type = "text/plain"),
+    ))]
+async fn healthz<K: Kv>(State(state): State<HttpState<K>>) -> impl IntoResponse {
     if state.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
@@ -40,7 +175,10 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 /// The node's counters in Prometheus' text format.
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text")))]
+async fn metrics<K: Kv>(State(state): State<HttpState<K>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,1136 @@
+//! The JSON HTTP API (DESIGN §4) over real sockets: every route, its
+//! answers and its refusals, the long-poll's wake-up path, discovery and
+//! the OpenAPI document.
+
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hanmadi_gateway::ServerOptions;
+use hanmadi_proto::pb::ErrorCode;
+use hanmadi_router::{Presence, RouterConfig};
+use hanmadi_storage::chat::NodeRecord;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A JSON client of one node.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// An answer: status and JSON body (`Null` when empty or not JSON).
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl Reply {
+    /// The protocol error code of an error answer.
+    fn code(&self) -> i64 {
+        self.body["error"]["code"].as_i64().unwrap_or(0)
+    }
+
+    /// Asserts the status and, for errors, the protocol code.
+    #[track_caller]
+    fn expect(&self, status: u16, code: Option<ErrorCode>) -> &Value {
+        assert_eq!(self.status, status, "{self:?}");
+        if let Some(code) = code {
+            assert_eq!(self.code(), code as i64, "{self:?}");
+            assert!(
+                self.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{self:?}"
+            );
+        }
+        &self.body
+    }
+}
+
+impl Api {
+    fn new(node: &common::Node) -> Self {
+        let addr = node.server.http_addr().expect("http listener");
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Signs `name` up and logs in: its id and token.
+    async fn user(&self, name: &str) -> (u64, String) {
+        let body = json!({"username": name, "password": "correct horse"});
+        let r = self.call(Method::POST, "/v1/users", None, Some(body)).await;
+        let id = id_of(&r.expect(201, None)["user_id"]);
+        let body = json!({"username": name, "password": "correct horse"});
+        let r = self
+            .call(Method::POST, "/v1/sessions", None, Some(body))
+            .await;
+        let token = r.expect(200, None)["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        (id, token)
+    }
+
+    /// Sends `body` to `to` (`/v1/direct/{id}` or `/v1/groups/{id}`) and
+    /// returns the ack.
+    async fn send(&self, token: &str, to: &str, cmid: &str, body: &str) -> Value {
+        let path = format!("{to}/messages");
+        self.post(&path, token, json!({"client_msg_id": cmid, "body": body}))
+            .await
+            .expect(200, None)
+            .clone()
+    }
+}
+
+/// A 64-bit id, which JSON carries as a decimal string.
+#[track_caller]
+fn id_of(v: &Value) -> u64 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("an id string, got {v}"))
+        .parse()
+        .expect("decimal id")
+}
+
+async fn setup() -> (common::Node, Api) {
+    let node = common::start(ServerOptions::default()).await;
+    let api = Api::new(&node);
+    (node, api)
+}
+
+/// URL-escaped `?after=` value of a cursor as the API returned it.
+fn after(cursor: &Value) -> String {
+    cursor
+        .as_str()
+        .unwrap_or_default()
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_and_log_in() {
+    let (node, api) = setup().await;
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": "Alice", "password": "correct horse", "display_name": "Al"})),
+        )
+        .await;
+    let body = r.expect(201, None);
+    let alice = id_of(&body["user_id"]);
+    assert_eq!(body["username"], "Alice");
+
+    // Usernames are unique regardless of case.
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"username": "ALICE", "password": "another one"})),
+        )
+        .await;
+    r.expect(409, Some(ErrorCode::AlreadyExists));
+    for (username, password) in [
+        ("a b", "correct horse"),
+        ("", "correct horse"),
+        (&"x".repeat(33) as &str, "correct horse"),
+        ("bob", "short"),
+        ("bob", &"p".repeat(1025)),
+    ] {
+        let body = json!({"username": username, "password": password});
+        let r = api.call(Method::POST, "/v1/users", None, Some(body)).await;
+        r.expect(400, Some(ErrorCode::InvalidArgument));
+    }
+
+    let before = common::now_ms();
+    let body = json!({"username": "alice", "password": "correct horse"});
+    let r = api
+        .call(Method::POST, "/v1/sessions", None, Some(body))
+        .await;
+    let session = r.expect(200, None);
+    assert_eq!(id_of(&session["user_id"]), alice);
+    let week = 7 * 86_400_000;
+    let expires = session["expires_at"].as_u64().expect("expires_at in ms");
+    assert!((before + week..=common::now_ms() + week).contains(&expires));
+    let token = session["token"].as_str().expect("token").to_owned();
+    let me = api.get("/v1/users/me", &token).await;
+    assert_eq!(me.expect(200, None)["display_name"], "Al");
+    // The same token opens a socket.
+    let mut raw = common::Raw::connect(&node).await;
+    let welcome = raw.hello(&token).await;
+    assert_eq!(common::error_code(&welcome), None, "{welcome:?}");
+
+    // A wrong password and an unknown user get the same answer.
+    let wrong = api
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(json!({"username": "alice", "password": "wrong horse"})),
+        )
+        .await;
+    let unknown = api
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(json!({"username": "nobody", "password": "correct horse"})),
+        )
+        .await;
+    wrong.expect(401, Some(ErrorCode::Unauthenticated));
+    unknown.expect(401, Some(ErrorCode::Unauthenticated));
+    assert_eq!(wrong.body, unknown.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_answer_in_the_error_shape() {
+    let (_node, api) = setup().await;
+    let (_, token) = api.user("alice").await;
+    let (bob, _) = api.user("bob").await;
+    let url = format!("{}/v1/users", api.base);
+    let send = |body: &'static str, content_type: Option<&'static str>| {
+        let mut req = api.http.post(&url).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        async move {
+            let resp = req.send().await.expect("request");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("a JSON error body");
+            Reply { status, body }
+        }
+    };
+    send("{not json", Some("application/json"))
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    send(r#"{"username": 5}"#, Some("application/json"))
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    send(r#"{"username": "a", "password": "b"}"#, None)
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+
+    // Over the 64 KiB request limit.
+    let huge = json!({"username": "carol", "password": "x".repeat(70 * 1024)});
+    let r = api.call(Method::POST, "/v1/users", None, Some(huge)).await;
+    r.expect(413, Some(ErrorCode::BodyTooLarge));
+    // Under it, but over the 16 KiB message body limit.
+    let r = api
+        .post(
+            &format!("/v1/direct/{bob}/messages"),
+            &token,
+            json!({"client_msg_id": "m1", "body": "x".repeat(20 * 1024)}),
+        )
+        .await;
+    r.expect(413, Some(ErrorCode::BodyTooLarge));
+
+    // Bad path and query parameters, and unknown routes.
+    api.get("/v1/users/abc", &token)
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    api.get("/v1/users/0", &token)
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    api.get("/v1/sync?limit=many", &token)
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    api.get("/v1/nope", &token)
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authenticated_route_refuses_bad_tokens() {
+    let (node, api) = setup().await;
+    let (alice, alice_token) = api.user("alice").await;
+    let (bob, _) = api.user("bob").await;
+    let group = api
+        .post(
+            "/v1/groups",
+            &alice_token,
+            json!({"name": "g", "members": [bob.to_string()]}),
+        )
+        .await
+        .expect(201, None)["group_id"]
+        .clone();
+    let group = id_of(&group);
+
+    let now = common::now_ms();
+    let forged = hanmadi_gateway::auth::TokenIssuer::new(b"some other secret entirely").issue(
+        alice,
+        now,
+        Duration::from_secs(3600),
+    );
+    let expired = node
+        .server
+        .auth()
+        .issue(alice, now - 7_200_000, Duration::from_secs(3600));
+    let (carol, carol_token) = api.user("carol").await;
+    api.call(Method::DELETE, "/v1/users/me", Some(&carol_token), None)
+        .await
+        .expect(204, None);
+    assert_ne!(carol, 0);
+
+    let routes: Vec<(Method, String)> = vec![
+        (Method::GET, "/v1/users/me".into()),
+        (Method::PATCH, "/v1/users/me".into()),
+        (Method::DELETE, "/v1/users/me".into()),
+        (Method::GET, format!("/v1/users/{bob}")),
+        (Method::PUT, format!("/v1/users/me/blocks/{bob}")),
+        (Method::DELETE, format!("/v1/users/me/blocks/{bob}")),
+        (Method::POST, "/v1/groups".into()),
+        (Method::GET, "/v1/groups".into()),
+        (Method::GET, format!("/v1/groups/{group}")),
+        (Method::POST, format!("/v1/groups/{group}/members")),
+        (Method::DELETE, format!("/v1/groups/{group}/members/{bob}")),
+        (Method::GET, "/v1/conversations".into()),
+        (Method::POST, format!("/v1/direct/{bob}/messages")),
+        (Method::GET, format!("/v1/direct/{bob}/messages")),
+        (Method::POST, format!("/v1/groups/{group}/messages")),
+        (Method::GET, format!("/v1/groups/{group}/messages")),
+        (Method::GET, "/v1/sync".into()),
+    ];
+    for (method, path) in &routes {
+        let body = (*method != Method::GET && *method != Method::DELETE).then(|| json!({}));
+        let cases = [
+            (None, ErrorCode::Unauthenticated),
+            (Some("not-a-token"), ErrorCode::TokenInvalid),
+            (Some(forged.as_str()), ErrorCode::TokenInvalid),
+            (Some(expired.as_str()), ErrorCode::TokenExpired),
+            (Some(carol_token.as_str()), ErrorCode::TokenInvalid),
+        ];
+        for (token, code) in cases {
+            let r = api.call(method.clone(), path, token, body.clone()).await;
+            assert_eq!(r.status, 401, "{method} {path} with {token:?}: {r:?}");
+            assert_eq!(
+                r.code(),
+                code as i64,
+                "{method} {path} with {token:?}: {r:?}"
+            );
+        }
+    }
+    // Nothing above changed anything.
+    api.get(&format!("/v1/groups/{group}"), &alice_token)
+        .await
+        .expect(200, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_read_change_and_delete() {
+    let (node, api) = setup().await;
+    let (alice, token) = api.user("alice").await;
+    let (bob, bob_token) = api.user("bob").await;
+
+    let me = api.get("/v1/users/me", &token).await;
+    let me = me.expect(200, None);
+    assert_eq!(id_of(&me["user_id"]), alice);
+    assert_eq!(me["username"], "alice");
+    assert!(me["created_at"].as_u64().is_some_and(|t| t > 0));
+    for field in ["display_name", "status_text", "avatar_url"] {
+        assert_eq!(me[field], "", "{field}");
+    }
+
+    let change = json!({"display_name": "Alice A.", "status_text": "busy",
+        "avatar_url": "https://example.com/a.png"});
+    let r = api
+        .call(Method::PATCH, "/v1/users/me", Some(&token), Some(change))
+        .await;
+    let changed = r.expect(200, None);
+    assert_eq!(changed["display_name"], "Alice A.");
+    assert_eq!(changed["status_text"], "busy");
+    // Absent fields stay.
+    let r = api
+        .call(
+            Method::PATCH,
+            "/v1/users/me",
+            Some(&token),
+            Some(json!({"status_text": "free"})),
+        )
+        .await;
+    assert_eq!(r.expect(200, None)["display_name"], "Alice A.");
+    for bad in [
+        json!({"display_name": "x".repeat(65)}),
+        json!({"status_text": "x".repeat(257)}),
+        json!({"avatar_url": "javascript:alert(1)"}),
+    ] {
+        let r = api
+            .call(Method::PATCH, "/v1/users/me", Some(&token), Some(bad))
+            .await;
+        r.expect(400, Some(ErrorCode::InvalidArgument));
+    }
+
+    // Others see the profile.
+    let seen = api.get(&format!("/v1/users/{alice}"), &bob_token).await;
+    let seen = seen.expect(200, None);
+    assert_eq!(seen["status_text"], "free");
+    assert_eq!(seen["avatar_url"], "https://example.com/a.png");
+    api.get("/v1/users/12345", &bob_token)
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+
+    // Deleting the account ends its tokens at once, on HTTP and sockets.
+    api.call(Method::DELETE, "/v1/users/me", Some(&token), None)
+        .await
+        .expect(204, None);
+    api.get("/v1/users/me", &token)
+        .await
+        .expect(401, Some(ErrorCode::TokenInvalid));
+    let mut raw = common::Raw::connect(&node).await;
+    let refused = raw.hello(&token).await;
+    assert_eq!(common::error_code(&refused), Some(ErrorCode::TokenInvalid));
+    api.get(&format!("/v1/users/{alice}"), &bob_token)
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+    // The username is free again.
+    api.user("alice").await;
+    assert_ne!(bob, alice);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_stop_direct_messages_both_ways() {
+    let (_node, api) = setup().await;
+    let (alice, alice_token) = api.user("alice").await;
+    let (bob, bob_token) = api.user("bob").await;
+    let to_bob = format!("/v1/direct/{bob}");
+    let to_alice = format!("/v1/direct/{alice}");
+    api.send(&alice_token, &to_bob, "before", "hi").await;
+
+    let block = format!("/v1/users/me/blocks/{bob}");
+    api.call(Method::PUT, &block, Some(&alice_token), None)
+        .await
+        .expect(204, None);
+    for (token, to) in [(&alice_token, &to_bob), (&bob_token, &to_alice)] {
+        let r = api
+            .post(
+                &format!("{to}/messages"),
+                token,
+                json!({"client_msg_id": "during", "body": "hello?"}),
+            )
+            .await;
+        r.expect(403, Some(ErrorCode::Blocked));
+    }
+    api.call(Method::DELETE, &block, Some(&alice_token), None)
+        .await
+        .expect(204, None);
+    api.send(&bob_token, &to_alice, "after", "hello again")
+        .await;
+
+    let r = api
+        .call(
+            Method::PUT,
+            "/v1/users/me/blocks/999999",
+            Some(&alice_token),
+            None,
+        )
+        .await;
+    r.expect(404, Some(ErrorCode::NotFound));
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("/v1/users/me/blocks/{alice}"),
+            Some(&alice_token),
+            None,
+        )
+        .await;
+    r.expect(400, Some(ErrorCode::InvalidArgument));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_create_list_read_add_and_remove() {
+    let (_node, api) = setup().await;
+    let (alice, a) = api.user("alice").await;
+    let (bob, b) = api.user("bob").await;
+    let (carol, c) = api.user("carol").await;
+
+    let r = api
+        .post(
+            "/v1/groups",
+            &a,
+            json!({"name": "climbers", "members": [bob.to_string()]}),
+        )
+        .await;
+    let created = r.expect(201, None).clone();
+    let group = id_of(&created["group_id"]);
+    assert_eq!(created["name"], "climbers");
+    assert_eq!(id_of(&created["owner"]), alice);
+    assert_eq!(created["member_count"], 2);
+    assert_eq!(created["max_members"], 1000);
+    assert!(created["created_at"].as_u64().is_some_and(|t| t > 0));
+    let roles: BTreeSet<(u64, String)> = created["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            assert!(id_of(&m["joined_at"]) > 0);
+            (
+                id_of(&m["user_id"]),
+                m["role"].as_str().expect("role").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        BTreeSet::from([(alice, "owner".into()), (bob, "member".into())])
+    );
+
+    let listed = api.get("/v1/groups", &b).await;
+    let listed = listed.expect(200, None)["groups"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(id_of(&listed[0]["group_id"]), group);
+    assert_eq!(listed[0]["role"], "member");
+    assert_eq!(id_of(&listed[0]["owner"]), alice);
+    assert_eq!(listed[0]["name"], "climbers");
+    assert_eq!(listed[0]["member_count"], 2);
+    let none = api.get("/v1/groups", &c).await;
+    assert_eq!(none.expect(200, None)["groups"], json!([]));
+
+    let path = format!("/v1/groups/{group}");
+    api.get(&path, &b).await.expect(200, None);
+    api.get(&path, &c)
+        .await
+        .expect(403, Some(ErrorCode::NotAMember));
+    api.get("/v1/groups/424242", &a)
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+
+    let members = format!("/v1/groups/{group}/members");
+    let add_carol = json!({"user_ids": [carol.to_string()]});
+    api.post(&members, &c, add_carol.clone())
+        .await
+        .expect(403, Some(ErrorCode::NotAMember));
+    api.post(&members, &b, add_carol.clone())
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.post(&members, &a, json!({"user_ids": ["777777"]}))
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+    let r = api.post(&members, &a, add_carol).await;
+    assert_eq!(r.expect(200, None)["member_count"], 3);
+
+    let remove_carol = format!("{members}/{carol}");
+    api.call(Method::DELETE, &remove_carol, Some(&b), None)
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.call(Method::DELETE, &remove_carol, Some(&a), None)
+        .await
+        .expect(204, None);
+    api.get(&path, &c)
+        .await
+        .expect(403, Some(ErrorCode::NotAMember));
+    // Leaving.
+    api.call(Method::DELETE, &format!("{members}/{bob}"), Some(&b), None)
+        .await
+        .expect(204, None);
+    let after = api.get(&path, &a).await;
+    assert_eq!(after.expect(200, None)["member_count"], 1);
+
+    api.post("/v1/groups", &a, json!({"name": "", "members": []}))
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    api.post("/v1/groups", &a, json!({"name": "g", "members": ["31337"]}))
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_past_its_size_cap_is_refused() {
+    let node = common::start(ServerOptions {
+        router: RouterConfig {
+            max_group_members: 2,
+            ..RouterConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let api = Api::new(&node);
+    let (_, a) = api.user("alice").await;
+    let (bob, _) = api.user("bob").await;
+    let (carol, _) = api.user("carol").await;
+    let r = api
+        .post(
+            "/v1/groups",
+            &a,
+            json!({"name": "trio", "members": [bob.to_string(), carol.to_string()]}),
+        )
+        .await;
+    r.expect(422, Some(ErrorCode::GroupFull));
+    let r = api
+        .post("/v1/groups", &a, json!({"name": "duo", "members": [bob]}))
+        .await;
+    let group = id_of(&r.expect(201, None)["group_id"]);
+    let r = api
+        .post(
+            &format!("/v1/groups/{group}/members"),
+            &a,
+            json!({"user_ids": [carol]}),
+        )
+        .await;
+    r.expect(422, Some(ErrorCode::GroupFull));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_are_exactly_once_and_history_pages_newest_first() {
+    let (_node, api) = setup().await;
+    let (alice, a) = api.user("alice").await;
+    let (bob, b) = api.user("bob").await;
+    let (_, c) = api.user("carol").await;
+    let to_bob = format!("/v1/direct/{bob}");
+
+    let ack = api.send(&a, &to_bob, "m-1", "one").await;
+    assert_eq!(ack["client_msg_id"], STANDARD.encode("m-1"), "{ack}");
+    let direct = &ack["conversation"]["direct"];
+    assert_eq!(
+        (id_of(&direct["user_low"]), id_of(&direct["user_high"])),
+        (alice.min(bob), alice.max(bob))
+    );
+    let first = id_of(&ack["message_id"]);
+    // Protocol objects keep protobuf's JSON mapping: uint64 as a string.
+    assert!(id_of(&ack["sent_at"]) > 0);
+    // The same client_msg_id again: the first ack, nothing new stored.
+    let again = api.send(&a, &to_bob, "m-1", "one, again").await;
+    assert_eq!(again, ack);
+    let mut ids = vec![first];
+    for i in 2..=5 {
+        let ack = api
+            .send(&a, &to_bob, &format!("m-{i}"), &format!("#{i}"))
+            .await;
+        ids.push(id_of(&ack["message_id"]));
+    }
+
+    // Bob pages back from the newest, two at a time.
+    let history = format!("/v1/direct/{alice}/messages");
+    let page = api.get(&format!("{history}?limit=2"), &b).await;
+    let page = page.expect(200, None).clone();
+    let got: Vec<u64> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| id_of(&m["message_id"]))
+        .collect();
+    assert_eq!(got, vec![ids[4], ids[3]]);
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["messages"][0]["body"], "#5");
+    assert_eq!(id_of(&page["messages"][0]["sender"]), alice);
+    assert_eq!(page["messages"][0]["kind"], "MESSAGE_KIND_TEXT");
+    let rest = api
+        .get(&format!("{history}?before={}&limit=", ids[3]), &b)
+        .await;
+    let rest = rest.expect(200, None).clone();
+    let got: Vec<u64> = rest["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| id_of(&m["message_id"]))
+        .collect();
+    assert_eq!(got, vec![ids[2], ids[1], ids[0]]);
+    assert!(rest.get("has_more").is_none_or(|v| v == false), "{rest}");
+    assert_eq!(rest["messages"][2]["body"], "one");
+
+    // Refusals.
+    let post = |path: String, token: &str, cmid: &str| {
+        let body = json!({"client_msg_id": cmid, "body": "x"});
+        let token = token.to_owned();
+        let api = &api;
+        async move { api.post(&path, &token, body).await }
+    };
+    post("/v1/direct/999999/messages".into(), &a, "x1")
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+    post(format!("{to_bob}/messages"), &a, "")
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    post(format!("{to_bob}/messages"), &a, &"k".repeat(65))
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    api.get("/v1/direct/999999/messages", &a)
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+
+    // Groups: members post and read; others are refused.
+    let r = api
+        .post(
+            "/v1/groups",
+            &a,
+            json!({"name": "g", "members": [bob.to_string()]}),
+        )
+        .await;
+    let group = id_of(&r.expect(201, None)["group_id"]);
+    let in_group = format!("/v1/groups/{group}");
+    let ack = api.send(&b, &in_group, "g-1", "hello group").await;
+    assert_eq!(id_of(&ack["conversation"]["group_id"]), group);
+    let page = api.get(&format!("{in_group}/messages"), &a).await;
+    let page = page.expect(200, None).clone();
+    assert_eq!(page["messages"][0]["body"], "hello group");
+    // The group's creation is in its history as a system message.
+    let kinds: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["MESSAGE_KIND_TEXT", "MESSAGE_KIND_GROUP_CREATED"]);
+    post(format!("{in_group}/messages"), &c, "c-1")
+        .await
+        .expect(403, Some(ErrorCode::NotAMember));
+    api.get(&format!("{in_group}/messages"), &c)
+        .await
+        .expect(403, Some(ErrorCode::NotAMember));
+    post("/v1/groups/888888/messages".into(), &a, "x2")
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+    api.get("/v1/groups/888888/messages", &a)
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_list_newest_activity_first_with_unread_counts() {
+    let (_node, api) = setup().await;
+    let (alice, a) = api.user("alice").await;
+    let (bob, b) = api.user("bob").await;
+    let (carol, c) = api.user("carol").await;
+    api.call(
+        Method::PATCH,
+        "/v1/users/me",
+        Some(&b),
+        Some(json!({"display_name": "Bobby"})),
+    )
+    .await
+    .expect(200, None);
+
+    api.send(&b, &format!("/v1/direct/{alice}"), "b1", "hi alice")
+        .await;
+    api.send(&b, &format!("/v1/direct/{alice}"), "b2", "are you there?")
+        .await;
+    let r = api
+        .post(
+            "/v1/groups",
+            &c,
+            json!({"name": "book club", "members": [alice.to_string()]}),
+        )
+        .await;
+    let group = id_of(&r.expect(201, None)["group_id"]);
+    api.send(&c, &format!("/v1/groups/{group}"), "c1", "chapter 3?")
+        .await;
+    let ack = api
+        .send(&a, &format!("/v1/direct/{carol}"), "a1", "hello carol")
+        .await;
+
+    let list = api.get("/v1/conversations", &a).await;
+    let list = list.expect(200, None)["conversations"].clone();
+    let list = list.as_array().expect("conversations");
+    assert_eq!(list.len(), 3, "{list:?}");
+
+    // Newest first: the direct to Carol, the group, then Bob.
+    assert_eq!(list[0]["type"], "direct");
+    assert_eq!(id_of(&list[0]["peer_id"]), carol);
+    assert_eq!(list[0]["name"], "carol");
+    assert_eq!(list[0]["last_message"]["message_id"], ack["message_id"]);
+    assert_eq!(list[0]["unread"], 0);
+    assert_eq!(list[0]["conversation"], ack["conversation"]);
+    assert!(list[0].get("group_id").is_none());
+
+    assert_eq!(list[1]["type"], "group");
+    assert_eq!(id_of(&list[1]["group_id"]), group);
+    assert_eq!(list[1]["name"], "book club");
+    assert_eq!(list[1]["last_message"]["body"], "chapter 3?");
+    // The creation notice and the message, both from Carol.
+    assert_eq!(list[1]["unread"], 2);
+    assert_eq!(id_of(&list[1]["conversation"]["group_id"]), group);
+
+    assert_eq!(list[2]["type"], "direct");
+    assert_eq!(id_of(&list[2]["peer_id"]), bob);
+    assert_eq!(list[2]["name"], "Bobby");
+    assert_eq!(list[2]["last_message"]["body"], "are you there?");
+    assert_eq!(list[2]["unread"], 2);
+}
+
+/// Waits until `user`'s long-poll is registered: it counts as online.
+async fn until_polling(node: &common::Node, user: u64) {
+    let registry = node.server.registry();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !registry.is_online(user) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the long-poll registers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_long_poll_answers_at_the_commit_with_only_newer_messages() {
+    let (node, api) = setup().await;
+    let (alice, a) = api.user("alice").await;
+    let (bob, b) = api.user("bob").await;
+    api.send(&a, &format!("/v1/direct/{bob}"), "old", "before the cursor")
+        .await;
+
+    // Anything after the cursor is answered at once, whatever wait_ms.
+    let started = Instant::now();
+    let first = api.get("/v1/sync?wait_ms=20000", &b).await;
+    let first = first.expect(200, None).clone();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(first["messages"][0]["message"]["body"], "before the cursor");
+    assert!(first["messages"][0]["cursor"].is_string());
+    let cursor = first["next"].clone();
+    assert_eq!(cursor, first["messages"][0]["cursor"]);
+
+    // Nothing after the cursor: the poll waits for the next commit.
+    let poll = {
+        let http = api.http.clone();
+        let url = format!(
+            "{}/v1/sync?after={}&wait_ms=20000",
+            api.base,
+            after(&cursor)
+        );
+        let token = b.clone();
+        tokio::spawn(async move {
+            let resp = http.get(url).bearer_auth(token).send().await.expect("poll");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("json");
+            (status, body, Instant::now())
+        })
+    };
+    until_polling(&node, bob).await;
+    let sent = Instant::now();
+    let ack = api
+        .send(&a, &format!("/v1/direct/{bob}"), "new", "after the cursor")
+        .await;
+    let (status, batch, answered) = poll.await.expect("poll task");
+    let took = answered.duration_since(sent);
+    assert_eq!(status, 200, "{batch}");
+    assert!(
+        took < Duration::from_millis(50),
+        "answered {took:?} after the send"
+    );
+    let messages = batch["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{batch}");
+    assert_eq!(messages[0]["message"]["message_id"], ack["message_id"]);
+    assert_eq!(id_of(&messages[0]["message"]["sender"]), alice);
+    assert_ne!(batch["next"], cursor);
+    // The poll is gone from presence once answered.
+    assert!(!node.server.registry().is_online(bob));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_without_commits_answers_empty_after_wait_ms() {
+    let (node, api) = setup().await;
+    let (alice, a) = api.user("alice").await;
+    let (bob, b) = api.user("bob").await;
+    api.send(&a, &format!("/v1/direct/{bob}"), "m", "hello")
+        .await;
+    let first = api.get("/v1/sync", &b).await;
+    let cursor = first.expect(200, None)["next"].clone();
+
+    // A commit for somebody else does not answer Bob's poll.
+    let (carol, _) = api.user("carol").await;
+    let started = Instant::now();
+    let path = format!("/v1/sync?after={}&wait_ms=300", after(&cursor));
+    let poll = api.get(&path, &b);
+    let other = async {
+        until_polling(&node, bob).await;
+        api.send(&a, &format!("/v1/direct/{carol}"), "c", "for carol")
+            .await;
+    };
+    let (r, ()) = tokio::join!(poll, other);
+    let waited = started.elapsed();
+    let batch = r.expect(200, None);
+    assert!(
+        batch.get("messages").is_none_or(|m| m == &json!([])),
+        "{batch}"
+    );
+    assert_eq!(batch["next"], cursor);
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_ne!(alice, bob);
+
+    // Bad cursors.
+    api.get("/v1/sync?after=%21%21", &b)
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    api.get("/v1/sync?after=AAAA", &b)
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_takes_any_base64_cursor_and_answers_410_past_retention() {
+    let (node, api) = setup().await;
+    let (_, a) = api.user("alice").await;
+    let (bob, b) = api.user("bob").await;
+    for i in 0..3 {
+        api.send(&a, &format!("/v1/direct/{bob}"), &format!("m{i}"), "x")
+            .await;
+    }
+    let page = api.get("/v1/sync?limit=1", &b).await;
+    let page = page.expect(200, None).clone();
+    assert_eq!(page["has_more"], true);
+    let cursor = page["next"].as_str().expect("cursor").to_owned();
+    let raw = STANDARD.decode(&cursor).expect("standard base64");
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+    // Every flavour names the same place: two entries follow.
+    for text in [after(&json!(cursor)), url_safe, cursor.replace('+', " ")] {
+        let r = api.get(&format!("/v1/sync?after={text}"), &b).await;
+        let r = r.expect(200, None);
+        assert_eq!(
+            r["messages"].as_array().map(Vec::len),
+            Some(2),
+            "{text}: {r}"
+        );
+    }
+
+    // Retention trims the inbox: the old cursor is gone.
+    node.server
+        .router()
+        .store()
+        .trim_inbox(bob, common::now_ms() + 60_000)
+        .await
+        .expect("trim");
+    api.get(&format!("/v1/sync?after={}", after(&json!(cursor))), &b)
+        .await
+        .expect(410, Some(ErrorCode::CursorExpired));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_at_once_when_the_node_drains() {
+    let (node, api) = setup().await;
+    let (bob, b) = api.user("bob").await;
+    let poll = api.get("/v1/sync?wait_ms=25000", &b);
+    let drain = async {
+        until_polling(&node, bob).await;
+        let common::Node { server, _dir, .. } = node;
+        let started = Instant::now();
+        server.shutdown().await;
+        started
+    };
+    let (r, drain_started) = tokio::join!(
+        async {
+            let r = poll.await;
+            (r, Instant::now())
+        },
+        drain
+    );
+    let (r, answered) = r;
+    let batch = r.expect(200, None);
+    assert!(
+        batch.get("messages").is_none_or(|m| m == &json!([])),
+        "{batch}"
+    );
+    let took = answered.saturating_duration_since(drain_started);
+    assert!(
+        took < Duration::from_secs(2),
+        "answered {took:?} into the drain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_live_nodes_ranked_for_the_client() {
+    let (node, api) = setup().await;
+    let (_, token) = api.user("alice").await;
+    let mut raw = common::Raw::connect(&node).await;
+    raw.hello(&token).await;
+
+    let r = api.call(Method::GET, "/v1/discovery", None, None).await;
+    let nodes = r.expect(200, None)["nodes"].clone();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    let me = &nodes[0];
+    assert_eq!(me["node_id"], "0");
+    assert_eq!(me["region"], "local");
+    assert_eq!(me["draining"], false);
+    assert_eq!(me["connections"], 1);
+    assert_eq!(me["max_connections"], 100_000);
+    let host = me["hostname"].as_str().expect("hostname");
+    assert!(!host.is_empty());
+    let s = &node.server;
+    let port = |a: Option<std::net::SocketAddr>| a.expect("listener").port();
+    let endpoints = &me["endpoints"];
+    assert_eq!(endpoints["tcp"], format!("{host}:{}", port(s.tcp_addr())));
+    assert_eq!(endpoints["tls"], format!("{host}:{}", port(s.tls_addr())));
+    assert_eq!(
+        endpoints["ws"],
+        format!("ws://{host}:{}/ws", port(s.http_addr()))
+    );
+    assert_eq!(
+        endpoints["wss"],
+        format!("wss://{host}:{}/ws", port(s.https_addr()))
+    );
+
+    // Registered nodes: live ones are listed, draining and expired ones not.
+    let store = node.server.router().store();
+    let now = common::now_ms();
+    let record = |region: &str, current: u64, draining: bool, lease: u64| NodeRecord {
+        hostname: format!("chat-{region}.example"),
+        region: region.into(),
+        endpoints: [("tcp".to_owned(), format!("chat-{region}.example:7070"))].into(),
+        max_connections: 1000,
+        current_connections: current,
+        draining,
+        lease_expires_at: lease,
+    };
+    store
+        .put_node(7, &record("eu", 10, false, now + 60_000))
+        .await
+        .expect("register");
+    store
+        .put_node(8, &record("eu", 0, true, now + 60_000))
+        .await
+        .expect("register");
+    store
+        .put_node(9, &record("eu", 0, false, now - 1))
+        .await
+        .expect("register");
+    let ids = |r: Reply| -> Vec<String> {
+        r.expect(200, None)["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["node_id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    // Most free capacity first...
+    let all = api.call(Method::GET, "/v1/discovery", None, None).await;
+    assert_eq!(ids(all), ["0", "7"]);
+    // ...but the client's region before that.
+    let eu = api
+        .call(Method::GET, "/v1/discovery?region=eu", None, None)
+        .await;
+    let eu = eu.expect(200, None).clone();
+    assert_eq!(eu["nodes"][0]["node_id"], "7");
+    assert_eq!(
+        eu["nodes"][0]["endpoints"],
+        json!({"tcp": "chat-eu.example:7070"})
+    );
+    assert_eq!(eu["nodes"][0]["connections"], 10);
+}
+
+/// Every route of DESIGN §4 but `/ws` (served by the WebSocket module).
+const ROUTES: &[&str] = &[
+    "/healthz",
+    "/metrics",
+    "/v1/conversations",
+    "/v1/direct/{user_id}/messages",
+    "/v1/discovery",
+    "/v1/groups",
+    "/v1/groups/{id}",
+    "/v1/groups/{id}/members",
+    "/v1/groups/{id}/members/{user_id}",
+    "/v1/groups/{id}/messages",
+    "/v1/openapi.json",
+    "/v1/sessions",
+    "/v1/sync",
+    "/v1/users",
+    "/v1/users/me",
+    "/v1/users/me/blocks/{id}",
+    "/v1/users/{id}",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_served_routes() {
+    let (_node, api) = setup().await;
+    let (alice, a) = api.user("alice").await;
+    let (bob, _) = api.user("bob").await;
+    let r = api
+        .post(
+            "/v1/groups",
+            &a,
+            json!({"name": "g", "members": [bob.to_string()]}),
+        )
+        .await;
+    let group = id_of(&r.expect(201, None)["group_id"]);
+
+    let doc = api.call(Method::GET, "/v1/openapi.json", None, None).await;
+    let doc = doc.expect(200, None).clone();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    let listed: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+    assert_eq!(listed, ROUTES.iter().copied().collect::<BTreeSet<_>>());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    for schema in [
+        "ErrorBody",
+        "SendAck",
+        "SyncBatch",
+        "HistoryPage",
+        "Message",
+        "Conversation",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema]["properties"].is_object(),
+            "{schema} has no schema: {}",
+            doc["components"]["schemas"]
+        );
+    }
+
+    // Every listed operation is served: never 404 or 405. Deleting the
+    // account goes last, since it ends the token.
+    let mut operations: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let item = item.as_object().expect("path item");
+            item.keys()
+                .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                .map(|m| (m.clone(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    operations.sort_by_key(|(m, p)| (m == "delete" && p == "/v1/users/me", p.clone()));
+    for (method, path) in operations {
+        let id = if path.starts_with("/v1/groups/") {
+            group
+        } else {
+            bob
+        };
+        let concrete = path
+            .replace("{id}", &id.to_string())
+            .replace("{user_id}", &bob.to_string());
+        let method: Method = method.to_uppercase().parse().expect("method");
+        let body = (method != Method::GET && method != Method::DELETE).then(|| json!({}));
+        let r = api.call(method.clone(), &concrete, Some(&a), body).await;
+        assert!(
+            r.status != 404 && r.status != 405,
+            "{method} {concrete} is listed but not served: {r:?}"
+        );
+    }
+    assert_ne!(alice, bob);
+}
