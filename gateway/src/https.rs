@@ -60,8 +60,11 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    // Handlers see the peer address as they do behind `axum::serve`.
-    let app = app.layer(Extension(ConnectInfo(peer)));
+    // Handlers see the peer address as they do behind `axum::serve`, and
+    // that the request came in over TLS.
+    let app = app
+        .layer(Extension(ConnectInfo(peer)))
+        .layer(Extension(crate::ws::Secure));
     let service = TowerToHyperService::new(app);
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

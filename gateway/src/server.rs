@@ -142,7 +142,7 @@ impl<K: Kv> Server<K> {
             .https
             .as_ref()
             .and_then(|(l, _)| l.local_addr().ok());
-        let tls_bound = listeners
+        let tls_addr = listeners
             .tls
             .as_ref()
             .and_then(|(l, _)| l.local_addr().ok());
@@ -155,7 +155,7 @@ impl<K: Kv> Server<K> {
         let node = crate::http::NodeInfo {
             node_id: u64::from(options.router.node),
             endpoints: crate::http::Endpoints::bound(
-                &hostname, tcp_addr, tls_bound, http_addr, https_addr,
+                &hostname, tcp_addr, tls_addr, http_addr, https_addr,
             ),
             hostname,
             region: options.region.clone(),
@@ -177,11 +177,12 @@ impl<K: Kv> Server<K> {
                 max_group_members: options.router.max_group_members,
             },
             node: Arc::new(node),
+            conns: Arc::clone(&ctx),
+            tracker: tracker.clone(),
         });
         if let Some(l) = listeners.http {
             let app = api
                 .clone()
-                .merge(crate::ws::routes(Arc::clone(&ctx), tracker.clone(), false))
                 .into_make_service_with_connect_info::<SocketAddr>();
             let stop = shutdown.clone();
             tracker.spawn(async move {
@@ -192,20 +193,15 @@ impl<K: Kv> Server<K> {
             });
         }
         if let Some((l, config)) = listeners.https {
-            let app = api.merge(crate::ws::routes(Arc::clone(&ctx), tracker.clone(), true));
             tracker.spawn(crate::https::serve(
                 l,
                 TlsAcceptor::from(config),
-                app,
+                api,
                 options.conn.handshake_timeout,
                 shutdown.clone(),
                 tracker.clone(),
             ));
         }
-        let tls_addr = listeners
-            .tls
-            .as_ref()
-            .and_then(|(l, _)| l.local_addr().ok());
         if let Some(l) = listeners.tcp {
             tracker.spawn(accept_loop(l, None, Arc::clone(&ctx), tracker.clone()));
         }

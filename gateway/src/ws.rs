@@ -11,18 +11,19 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::Extension;
 use hanmadi_proto::pb;
-use hanmadi_proto::websocket::{Encoding, WsFrames, WS_PATH};
+use hanmadi_proto::websocket::{Encoding, WsFrames};
 use hanmadi_proto::ErrorCode;
 use hanmadi_storage::kv::Kv;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::task::TaskTracker;
 
-use crate::conn::{self, ConnContext};
+use crate::conn;
+use crate::http::error::ApiError;
+use crate::http::HttpState;
 
 /// Bytes the WebSocket layer reads from the socket at a time. This buffer
 /// stays allocated (and touched) for the life of a connection, idle or
@@ -30,36 +31,10 @@ use crate::conn::{self, ConnContext};
 /// 8 KiB of server memory (docs/ARCHITECTURE.md has the measurements).
 pub const WS_READ_BUFFER: usize = 1024;
 
-/// What the upgrade handler needs.
-struct WsState<K: Kv> {
-    ctx: Arc<ConnContext<K>>,
-    tracker: TaskTracker,
-    /// `wss` behind the HTTPS listener, else `ws`.
-    transport: &'static str,
-}
-
-impl<K: Kv> Clone for WsState<K> {
-    fn clone(&self) -> Self {
-        Self {
-            ctx: Arc::clone(&self.ctx),
-            tracker: self.tracker.clone(),
-            transport: self.transport,
-        }
-    }
-}
-
-/// The `/ws` route; `secure` when served behind TLS. Needs the peer
-/// address (`ConnectInfo<SocketAddr>`) for the per-address limit.
-pub fn routes<K: Kv>(ctx: Arc<ConnContext<K>>, tracker: TaskTracker, secure: bool) -> axum::Router {
-    let state = WsState {
-        ctx,
-        tracker,
-        transport: if secure { "wss" } else { "ws" },
-    };
-    axum::Router::new()
-        .route(WS_PATH, get(upgrade::<K>))
-        .with_state(state)
-}
+/// Marks requests that came in over TLS (set by the HTTPS listener), so
+/// `/ws` there counts as `wss`.
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
 
 /// The WebSocket settings of a connection: messages may be a few times
 /// larger than `max_frame` as JSON; binary messages over `max_frame` reach
@@ -73,9 +48,9 @@ pub fn ws_config(max_frame: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
-fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "code": code as i32, "message": message } });
-    (status, axum::Json(body)).into_response()
+/// The API's error shape, with a status of the WebSocket handshake's own.
+fn refuse(status: StatusCode, code: ErrorCode, message: &'static str) -> Response {
+    (status, ApiError::new(code, message)).into_response()
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -97,9 +72,21 @@ fn choose_subprotocol(headers: &HeaderMap) -> Option<Encoding> {
         .find_map(Encoding::from_subprotocol)
 }
 
-async fn upgrade<K: Kv>(
-    State(state): State<WsState<K>>,
+/// Upgrades to a WebSocket speaking Hanmadi's protocol (docs/PROTOCOL.md
+/// §2.2); a plain request gets `426`.
+#[utoipa::path(get, path = "/ws", tag = "operations",
+    params(("Sec-WebSocket-Protocol" = Option<String>, Header,
+        description = "`hanmadi.v1.proto` (binary replies, the default) or `hanmadi.v1.json` (JSON text replies)")),
+    responses(
+        (status = 101, description = "Switched to WebSocket: one frame per message"),
+        (status = 426, description = "Not a WebSocket upgrade", body = crate::http::error::ErrorBody),
+        (status = 429, description = "Too many connections from this address", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Draining: reconnect elsewhere", body = crate::http::error::ErrorBody),
+    ))]
+pub(crate) async fn upgrade<K: Kv>(
+    State(state): State<HttpState<K>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    secure: Option<Extension<Secure>>,
     mut request: Request,
 ) -> Response {
     let headers = request.headers();
@@ -137,7 +124,7 @@ async fn upgrade<K: Kv>(
         );
     };
     let chosen = choose_subprotocol(headers);
-    let ctx = &state.ctx;
+    let ctx = &state.conns;
     if ctx.shutdown.is_cancelled() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -164,7 +151,7 @@ async fn upgrade<K: Kv>(
         );
     }
     let ctx = Arc::clone(ctx);
-    let transport = state.transport;
+    let transport = if secure.is_some() { "wss" } else { "ws" };
     let encoding = chosen.unwrap_or_default();
     state.tracker.spawn(async move {
         match on_upgrade.await {

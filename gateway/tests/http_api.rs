@@ -1064,6 +1064,7 @@ const ROUTES: &[&str] = &[
     "/v1/users/me",
     "/v1/users/me/blocks/{id}",
     "/v1/users/{id}",
+    "/ws",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

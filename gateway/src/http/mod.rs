@@ -1,5 +1,5 @@
-//! The HTTP listener: the JSON API of DESIGN §4 plus `/healthz` and
-//! Prometheus `/metrics` (the WebSocket route joins it in `server`).
+//! The HTTP listener: the JSON API of DESIGN §4, `/ws` (in [`crate::ws`]),
+//! `/healthz` and Prometheus `/metrics`.
 //!
 //! - [`error`]: the one error shape and the status of each protocol code.
 //! - [`extract`]: JSON, path and query extractors that refuse in that shape;
@@ -32,11 +32,13 @@ use hanmadi_proto::ErrorCode;
 use hanmadi_router::Router as ChatRouter;
 use hanmadi_storage::kv::Kv;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::TokenIssuer;
+use crate::conn::ConnContext;
 use crate::metrics::Metrics;
 use crate::password::Passwords;
 use crate::registry::Registry;
@@ -87,6 +89,10 @@ pub struct HttpState<K: Kv> {
     pub settings: HttpSettings,
     /// What discovery says about this node.
     pub node: Arc<NodeInfo>,
+    /// What `/ws` connections run with.
+    pub conns: Arc<ConnContext<K>>,
+    /// Where `/ws` connection tasks are spawned, so the drain waits for them.
+    pub tracker: TaskTracker,
 }
 
 // Derived `Clone` would ask `K: Clone`; every field is a handle.
@@ -101,6 +107,8 @@ impl<K: Kv> Clone for HttpState<K> {
             draining: self.draining.clone(),
             settings: self.settings,
             node: Arc::clone(&self.node),
+            conns: Arc::clone(&self.conns),
+            tracker: self.tracker.clone(),
         }
     }
 }
@@ -135,6 +143,7 @@ fn api<K: Kv>() -> OpenApiRouter<HttpState<K>> {
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(crate::ws::upgrade))
 }
 
 /// The HTTP routes, built apart from any socket so tests can call them.
