@@ -468,6 +468,13 @@ where
                     "outbound queue full: reconnect and sync",
                 ));
             }
+            if shared.is_revoked() {
+                return Err(Close::with(
+                    ErrorCode::TokenInvalid,
+                    "revoked",
+                    "the account was deleted",
+                ));
+            }
             let can_read = inflight.len() < self.ctx.config.max_in_flight;
             tokio::select! {
                 frame = read_frame(&mut self.stream, &self.codec, &mut self.rbuf), if can_read => {

@@ -55,6 +55,8 @@ pub struct ConnShared {
     max_bytes: usize,
     /// Set when a push found the queue full: the task closes the connection.
     slow: AtomicBool,
+    /// Set when the account was deleted: the task closes the connection.
+    revoked: AtomicBool,
     /// Wakes the connection task.
     pub wake: Notify,
 }
@@ -108,6 +110,11 @@ impl ConnShared {
     /// Whether a push found the queue full.
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection's account was deleted.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// Bytes waiting.
@@ -253,6 +260,7 @@ impl Registry {
             queued_bytes: AtomicUsize::new(0),
             max_bytes: self.limits.outbound_bytes,
             slow: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
             wake: Notify::new(),
         });
         let mut local = self.users.entry(user).or_default();
@@ -281,6 +289,17 @@ impl Registry {
             registry: self,
             user,
             wake,
+        }
+    }
+
+    /// Closes every connection of `user` on this node (the account was
+    /// deleted): each task tells its client `TOKEN_INVALID` and closes.
+    pub fn revoke_user(&self, user: u64) {
+        if let Some(local) = self.users.get(&user) {
+            for conn in &local.conns {
+                conn.revoked.store(true, Ordering::Release);
+                conn.wake.notify_one();
+            }
         }
     }
 

@@ -212,3 +212,25 @@ async fn a_silent_websocket_gets_the_handshake_timeout() {
     assert_eq!(code(&reply), Some(ErrorCode::HandshakeTimeout), "{reply:?}");
     assert_closed(&mut ws).await;
 }
+
+#[tokio::test]
+async fn deleting_the_account_closes_its_live_sockets() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    let token = node.token(1);
+    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
+    ws.send(hello_json(&token)).await.expect("send");
+    let (welcome, _) = recv(&mut ws).await.expect("welcome");
+    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+    let addr = node.server.http_addr().expect("http listener");
+    let deleted = reqwest::Client::new()
+        .delete(format!("http://{addr}/v1/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), reqwest::StatusCode::NO_CONTENT);
+    let (reply, _) = recv(&mut ws).await.expect("a closing error");
+    assert_eq!(code(&reply), Some(ErrorCode::TokenInvalid), "{reply:?}");
+    assert_closed(&mut ws).await;
+}

@@ -304,6 +304,7 @@ pub(super) async fn delete_me<K: Kv>(
     Caller(me): Caller,
 ) -> Result<StatusCode, ApiError> {
     state.router.delete_user(me).await?;
+    state.registry.revoke_user(me);
     Ok(StatusCode::NO_CONTENT)
 }
 
