@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hanmadi_proto::websocket::WsFrames;
+use hanmadi_proto::websocket::{max_message_len, WsFrames};
 use hanmadi_proto::{
     client_frame, reserve_read, server_frame, shrink_idle, ClientCodec, ClientFrame, Deliver,
     Hello, Ping, ServerFrame, Welcome,
@@ -105,7 +105,7 @@ async fn over_websocket<S: Stream + 'static>(
     );
     let ws_config = WebSocketConfig::default()
         .write_buffer_size(0)
-        .max_message_size(Some(config.max_frame.saturating_mul(4).max(4096)));
+        .max_message_size(Some(max_message_len(config.max_frame)));
     let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
         .await
         .map_err(|e| ClientError::WebSocket(e.to_string()))?;

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenIssuer;
 use crate::metrics::{Metrics, TransportLabel};
+use crate::now_ms;
 use crate::registry::{frame_bytes, outbound_len, ConnShared, Outbound, Registry};
 
 /// Limits of one connection.
@@ -294,6 +295,13 @@ where
             return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
         }
     };
+    // Deleting an account revokes the connections registered at that
+    // moment; one checked before the deletion but registered after it is
+    // caught here, since a deletion that this read misses revokes it.
+    if let Err(close) = Box::pin(authenticate(&ctx, &hello.token)).await {
+        ctx.registry.unregister(&shared);
+        return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
+    }
     tracing::debug!(user, %peer, "connection authenticated");
     let mut conn = Connection {
         stream,
@@ -324,7 +332,12 @@ where
     };
     ctx.registry.unregister(&shared);
     match reason {
-        Ok(()) => "peer_closed",
+        Ok(()) => {
+            // The peer closed: complete the close (a WebSocket answers the
+            // peer's Close frame; TLS sends close_notify).
+            let _ = tokio::time::timeout(Duration::from_millis(500), conn.stream.shutdown()).await;
+            "peer_closed"
+        }
         Err(close) => {
             let reason = close.reason;
             // Queued deliveries are dropped: the client syncs them after it
@@ -361,13 +374,6 @@ async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn authenticate<K: Kv>(ctx: &ConnContext<K>, token: &str) -> Result<u64, Close> {

@@ -12,13 +12,14 @@
 //! - [`http`]: the HTTP API, `/healthz` and `/metrics`.
 //! - [`password`]: argon2id password hashing, a bounded number at once.
 //! - [`ws`]: `/ws`, WebSocket connections on the HTTP and HTTPS ports.
-//! - [`https`]: the HTTPS listener (the HTTP routes behind TLS).
+//! - [`http_listener`]: the HTTP and HTTPS listeners (the routes of
+//!   [`http`] and [`ws`], behind TLS for HTTPS).
 
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;
-pub mod https;
+pub mod http_listener;
 pub mod listener;
 pub mod metrics;
 pub mod password;
@@ -28,3 +29,10 @@ pub mod tls;
 pub mod ws;
 
 pub use server::{Listeners, Server, ServerOptions};
+
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

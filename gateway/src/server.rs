@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenIssuer;
 use crate::conn::{ConnConfig, ConnContext};
+use crate::http_listener::{HttpLimits, HttpListener};
 use crate::listener::accept_loop;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryLimits};
@@ -45,14 +46,15 @@ pub struct ServerOptions {
     pub secret: Vec<u8>,
     /// Longest a drain waits for connections to close.
     pub drain_timeout: Duration,
+    /// Longest an HTTP request's headers may take to arrive, and an HTTP
+    /// keep-alive connection may stay idle.
+    pub http_header_timeout: Duration,
     /// Inbox entries older than this are trimmed (`None`: kept forever).
     pub retention: Option<Duration>,
     /// How long a token from `POST /v1/sessions` lasts.
     pub token_ttl: Duration,
     /// Password hashes running at once (sign-ups and log-ins).
     pub max_password_hashes: usize,
-    /// Longest an HTTP send waits for room in the append queue.
-    pub http_send_timeout: Duration,
     /// This node's region, for discovery ranking.
     pub region: String,
     /// The host name clients dial and check TLS certificates against
@@ -74,10 +76,10 @@ impl Default for ServerOptions {
             router: RouterConfig::default(),
             secret: Vec::new(),
             drain_timeout: Duration::from_secs(4),
+            http_header_timeout: Duration::from_secs(30),
             retention: Some(Duration::from_secs(30 * 86_400)),
             token_ttl: crate::http::HttpSettings::default().token_ttl,
             max_password_hashes: crate::password::Passwords::default_concurrency(),
-            http_send_timeout: crate::http::HttpSettings::default().send_timeout,
             region: "local".to_owned(),
             hostname: None,
             max_connections: 100_000,
@@ -173,34 +175,35 @@ impl<K: Kv> Server<K> {
             draining: shutdown.clone(),
             settings: crate::http::HttpSettings {
                 token_ttl: options.token_ttl,
-                send_timeout: options.http_send_timeout,
                 max_group_members: options.router.max_group_members,
             },
             node: Arc::new(node),
             conns: Arc::clone(&ctx),
             tracker: tracker.clone(),
         });
+        let web = HttpListener {
+            app: api,
+            tls: None,
+            registry: Arc::clone(&registry),
+            metrics: Arc::clone(&metrics),
+            limits: HttpLimits {
+                handshake_timeout: options.conn.handshake_timeout,
+                header_timeout: options.http_header_timeout,
+                // Connections finish their request within the drain, or
+                // are cut when it ends.
+                drain_timeout: options.drain_timeout,
+            },
+            shutdown: shutdown.clone(),
+        };
         if let Some(l) = listeners.http {
-            let app = api
-                .clone()
-                .into_make_service_with_connect_info::<SocketAddr>();
-            let stop = shutdown.clone();
-            tracker.spawn(async move {
-                let serve = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(e) = serve.await {
-                    tracing::warn!(error = %e, "the HTTP listener stopped");
-                }
-            });
+            tracker.spawn(web.clone().serve(l, tracker.clone()));
         }
         if let Some((l, config)) = listeners.https {
-            tracker.spawn(crate::https::serve(
-                l,
-                TlsAcceptor::from(config),
-                api,
-                options.conn.handshake_timeout,
-                shutdown.clone(),
-                tracker.clone(),
-            ));
+            let https = HttpListener {
+                tls: Some(TlsAcceptor::from(config)),
+                ..web
+            };
+            tracker.spawn(https.serve(l, tracker.clone()));
         }
         if let Some(l) = listeners.tcp {
             tracker.spawn(accept_loop(l, None, Arc::clone(&ctx), tracker.clone()));
@@ -307,11 +310,7 @@ async fn retention_sweeps<K: Kv>(
             () = shutdown.cancelled() => return,
         }
         wait = Duration::from_secs(3600);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let cutoff = now.saturating_sub(retention.as_millis() as u64);
+        let cutoff = crate::now_ms().saturating_sub(retention.as_millis() as u64);
         match router.store().trim_all_inboxes(cutoff).await {
             Ok(n) => tracing::info!(removed = n, "inbox retention sweep"),
             Err(e) => tracing::warn!(error = %e, "inbox retention sweep failed"),

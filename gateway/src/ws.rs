@@ -12,8 +12,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use hanmadi_proto::pb;
-use hanmadi_proto::websocket::{Encoding, WsFrames};
+use hanmadi_proto::websocket::{max_message_len, Encoding, WsFrames};
 use hanmadi_proto::ErrorCode;
 use hanmadi_storage::kv::Kv;
 use hyper_util::rt::TokioIo;
@@ -36,11 +38,9 @@ pub const WS_READ_BUFFER: usize = 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct Secure;
 
-/// The WebSocket settings of a connection: messages may be a few times
-/// larger than `max_frame` as JSON; binary messages over `max_frame` reach
-/// the frame codec, which refuses them with `FRAME_TOO_LARGE`.
+/// The WebSocket settings of a connection.
 pub fn ws_config(max_frame: usize) -> WebSocketConfig {
-    let max_message = max_frame.saturating_mul(4).max(4096);
+    let max_message = max_message_len(max_frame);
     WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
@@ -50,7 +50,17 @@ pub fn ws_config(max_frame: usize) -> WebSocketConfig {
 
 /// The API's error shape, with a status of the WebSocket handshake's own.
 fn refuse(status: StatusCode, code: ErrorCode, message: &'static str) -> Response {
-    (status, ApiError::new(code, message)).into_response()
+    let mut response = (status, ApiError::new(code, message)).into_response();
+    if status == StatusCode::UPGRADE_REQUIRED {
+        // What to upgrade to (RFC 9110 §15.5.22, RFC 6455 §4.4).
+        let h = response.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    response
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -109,11 +119,15 @@ pub(crate) async fn upgrade<K: Kv>(
             "WebSocket version 13 is required",
         );
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+    // The key is 16 random bytes in base64 (RFC 6455 §4.1).
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| BASE64.decode(k.as_bytes()).is_ok_and(|raw| raw.len() == 16));
+    let Some(key) = key else {
         return refuse(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidArgument,
-            "Sec-WebSocket-Key is missing",
+            "Sec-WebSocket-Key is missing or not 16 bytes of base64",
         );
     };
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {

@@ -43,3 +43,56 @@ async fn healthz_and_metrics() {
     let (status, _) = get(addr, "/nope").await;
     assert_eq!(status, 404);
 }
+
+/// A connection that sends half a request, or nothing after its last one,
+/// is closed at the header deadline; one past the per-address limit at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_idle_and_excess_http_connections_are_closed() {
+    let node = common::start(ServerOptions {
+        http_header_timeout: std::time::Duration::from_millis(300),
+        registry: hanmadi_gateway::registry::RegistryLimits {
+            per_ip: 3,
+            ..ServerOptions::default().registry
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let addr = node.server.http_addr().expect("http listener");
+    let mut half = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: te")
+        .await
+        .expect("write");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write");
+    // Two connections are open; a third fits, a fourth does not.
+    let third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        fourth.read_to_end(&mut buf),
+    )
+    .await
+    .expect("the fourth connection is closed at once");
+    assert!(closed.is_err() || buf.is_empty(), "{buf:?}");
+    assert!(
+        node.server
+            .metrics()
+            .render()
+            .contains("reason=\"too_many_from_address\"} 1"),
+        "the fourth was refused for its address"
+    );
+    drop(third);
+    for (name, mut stream) in [("half a request", half), ("an idle keep-alive", idle)] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(read.is_ok(), "{name}: still open after 5 s");
+    }
+}

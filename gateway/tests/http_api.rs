@@ -783,6 +783,36 @@ async fn conversations_list_newest_activity_first_with_unread_counts() {
     assert_eq!(list[2]["name"], "Bobby");
     assert_eq!(list[2]["last_message"]["body"], "are you there?");
     assert_eq!(list[2]["unread"], 2);
+
+    // A page at a time: two, then the rest after the second's activity.
+    let page = api.get("/v1/conversations?limit=2", &a).await;
+    let page = page.expect(200, None).clone();
+    assert_eq!(page["has_more"], true);
+    let first: Vec<_> = page["conversations"].as_array().expect("page").clone();
+    assert_eq!(first.as_slice(), &list[..2]);
+    let before = first[1]["last_message"]["message_id"]
+        .as_str()
+        .expect("message id");
+    let rest = api
+        .get(&format!("/v1/conversations?limit=2&before={before}"), &a)
+        .await;
+    let rest = rest.expect(200, None).clone();
+    assert_eq!(rest["has_more"], false);
+    assert_eq!(rest["conversations"].as_array().expect("page"), &list[2..]);
+
+    // A member who joins later counts only what they may see: the notice
+    // of their joining.
+    let (dave, d) = api.user("dave").await;
+    api.post(
+        &format!("/v1/groups/{group}/members"),
+        &c,
+        json!({"user_ids": [dave.to_string()]}),
+    )
+    .await
+    .expect(200, None);
+    let list = api.get("/v1/conversations", &d).await;
+    let list = list.expect(200, None)["conversations"].clone();
+    assert_eq!(list[0]["unread"], 1, "{list:?}");
 }
 
 /// Waits until `user`'s long-poll is registered: it counts as online.

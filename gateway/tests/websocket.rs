@@ -234,3 +234,20 @@ async fn deleting_the_account_closes_its_live_sockets() {
     assert_eq!(code(&reply), Some(ErrorCode::TokenInvalid), "{reply:?}");
     assert_closed(&mut ws).await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
+    ws.send(hello_json(&node.token(1))).await.expect("send");
+    recv(&mut ws).await.expect("welcome");
+    ws.send(Message::Close(None)).await.expect("close");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an answer within 5 s");
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "the server answers the close: {reply:?}"
+    );
+}

@@ -33,6 +33,14 @@ pub const SUBPROTOCOL_JSON: &str = "hanmadi.v1.json";
 /// The path of the WebSocket endpoint on the HTTP and HTTPS ports.
 pub const WS_PATH: &str = "/ws";
 
+/// The largest WebSocket message accepted where frames may be
+/// `max_frame` bytes: a JSON frame is wordier than its protobuf, and a
+/// binary message past `max_frame` is still read so the frame codec can
+/// refuse it with `FRAME_TOO_LARGE`.
+pub fn max_message_len(max_frame: usize) -> usize {
+    max_frame.saturating_mul(4).max(4096)
+}
+
 /// How frames written to a WebSocket are sent. Either side may send either
 /// kind; this picks what the writer produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

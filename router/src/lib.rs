@@ -359,7 +359,19 @@ impl<K: Kv> Router<K> {
         Ok(self.store.mark_read(user, conversation, message_id).await?)
     }
 
-    /// Unread messages of `user` in `conversation`, counted up to 1,000.
+    /// Whether `actor` may add and remove members of `group` (its owner or
+    /// an admin), for callers that want to refuse before doing other work.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::NotAMember`], [`RouterError::PermissionDenied`].
+    pub async fn check_manage(&self, actor: u64, group: u64) -> Result<(), RouterError> {
+        self.authz.check_manage(actor, group).await
+    }
+
+    /// Unread messages of `user` in `conversation`, counted up to `cap`
+    /// (counting reads each message, so a list of many conversations
+    /// passes a small cap and shows "`cap` or more").
     ///
     /// # Errors
     ///
@@ -368,9 +380,10 @@ impl<K: Kv> Router<K> {
         &self,
         user: u64,
         conversation: ConversationId,
+        cap: usize,
     ) -> Result<usize, RouterError> {
         self.check_participant(user, conversation)?;
-        Ok(self.store.unread_count(user, conversation, 1000).await?)
+        Ok(self.store.unread_count(user, conversation, cap).await?)
     }
 
     async fn system(

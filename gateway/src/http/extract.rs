@@ -170,6 +170,16 @@ impl PartialSchema for Id {
 
 impl ToSchema for Id {}
 
+/// Refuses text longer than `max` characters or holding control characters.
+pub fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ApiError> {
+    if text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{field} must be at most {max} characters, without control characters"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

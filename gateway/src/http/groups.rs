@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, Id};
+use super::extract::{check_text, ApiJson, ApiPath, Id};
 use super::users::live_user;
 use super::HttpState;
 
@@ -193,14 +193,10 @@ pub(super) async fn create_group<K: Kv>(
     Caller(me): Caller,
     ApiJson(req): ApiJson<NewGroup>,
 ) -> Result<(StatusCode, Json<Group>), ApiError> {
-    if req.name.trim().is_empty()
-        || req.name.chars().count() > MAX_GROUP_NAME
-        || req.name.chars().any(char::is_control)
-    {
-        return Err(ApiError::invalid(
-            "name must be 1 to 64 characters, without control characters",
-        ));
+    if req.name.trim().is_empty() {
+        return Err(ApiError::invalid("name is empty"));
     }
+    check_text("name", &req.name, MAX_GROUP_NAME)?;
     check_new_members(&state, &req.members).await?;
     let members = req.members.iter().map(|id| id.0).collect();
     let (group, _) = state.router.create_group(me, req.name, members).await?;
@@ -273,6 +269,8 @@ pub(super) async fn add_members<K: Kv>(
         return Err(ApiError::invalid("user_ids is empty"));
     }
     group_record(&state, group).await?;
+    // Permission first: a refused caller costs no member lookups.
+    state.router.check_manage(me, group).await?;
     check_new_members(&state, &req.user_ids).await?;
     let users = req.user_ids.iter().map(|id| id.0).collect();
     state

@@ -86,8 +86,8 @@ pub struct ConversationEntry {
     /// The newest message the caller may see, or null.
     #[schema(value_type = Option<proto::Message>)]
     last_message: Option<pb::Message>,
-    /// Messages from others after the caller's read mark (counted up to
-    /// 1,000).
+    /// Messages from others after the caller's read mark that the caller
+    /// may see, counted up to 100.
     unread: usize,
 }
 
@@ -96,7 +96,13 @@ pub struct ConversationEntry {
 pub struct ConversationList {
     /// Newest activity first.
     conversations: Vec<ConversationEntry>,
+    /// Whether older conversations follow.
+    has_more: bool,
 }
+
+/// Unread counts in the conversation list stop here (a client shows
+/// "99+"): counting reads every unread message.
+const MAX_UNREAD: usize = 100;
 
 /// A stored message, decoded.
 pub(super) fn decode_message(bytes: &[u8]) -> Result<pb::Message, ApiError> {
@@ -115,19 +121,10 @@ async fn send<K: Kv>(
         to,
         body: req.body,
     };
-    // `send` waits for room in a full append queue; an HTTP client is
-    // better told to come back (the retry is exactly-once) than held.
-    let ack = tokio::time::timeout(
-        state.settings.send_timeout,
-        state.router.send(sender, request),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            ErrorCode::ServerBusy,
-            "the server is busy; send again with the same client_msg_id",
-        )
-    })??;
+    // A full append queue answers `503` with `Retry-After` at once: an HTTP
+    // client is better told to come back (the retry is exactly-once) than
+    // held while the node is overloaded.
+    let ack = state.router.try_send(sender, request).await?;
     Ok(Json(pb::SendAck {
         client_msg_id: ack.client_msg_id,
         conversation: Some(ack.conversation.into()),
@@ -246,48 +243,69 @@ pub(super) async fn group_history<K: Kv>(
 }
 
 /// The caller's conversations, newest activity first, each with its last
-/// message and unread count.
+/// message and unread count, a page at a time.
 #[utoipa::path(get, path = "/v1/conversations", tag = "messages", security(("bearer" = [])),
-    responses((status = 200, description = "Newest activity first", body = ConversationList)))]
+    params(HistoryQuery),
+    responses((status = 200, description = "Newest activity first; page on with `before` = the last entry's `last_message.message_id`", body = ConversationList)))]
 pub(super) async fn list_conversations<K: Kv>(
     State(state): State<HttpState<K>>,
     Caller(me): Caller,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<ConversationList>, ApiError> {
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_HISTORY_LIMIT)
+        .clamp(1, MAX_HISTORY_LIMIT) as usize;
+    let before = query.before.map_or(u64::MAX, |id| id.0);
     let store = state.router.store();
-    let mut conversations = Vec::new();
+    // Each conversation's head (its newest message id, time-sortable across
+    // conversations) is one read; only the page's entries are filled in.
+    let mut heads = Vec::new();
     for peer in store.direct_peers(me).await? {
-        let name = store.user(peer).await?.map(|u| {
-            if u.display_name.is_empty() {
-                u.username
-            } else {
-                u.display_name
-            }
-        });
-        let entry = conversation_entry(&state, me, ConversationId::direct(me, peer), name).await?;
-        conversations.push(ConversationEntry {
-            peer_id: Some(Id(peer)),
-            ..entry
-        });
+        let conversation = ConversationId::direct(me, peer);
+        heads.push((store.head(conversation).await?, conversation));
     }
     for (group, _) in store.groups_of(me).await? {
-        let name = store.group(group).await?.map(|g| g.name);
-        let entry = conversation_entry(&state, me, ConversationId::Group(group), name).await?;
-        conversations.push(ConversationEntry {
-            group_id: Some(Id(group)),
-            ..entry
-        });
+        let conversation = ConversationId::Group(group);
+        heads.push((store.head(conversation).await?, conversation));
     }
-    // Message ids are time-sortable across conversations.
-    conversations.sort_by_key(|c| Reverse(c.last_message.as_ref().map_or(0, |m| m.message_id)));
-    Ok(Json(ConversationList { conversations }))
+    heads.retain(|(head, _)| *head < before);
+    heads.sort_unstable_by_key(|(head, _)| Reverse(*head));
+    let has_more = heads.len() > limit;
+    heads.truncate(limit);
+    let mut conversations = Vec::with_capacity(heads.len());
+    for (_, conversation) in heads {
+        conversations.push(conversation_entry(&state, me, conversation).await?);
+    }
+    Ok(Json(ConversationList {
+        conversations,
+        has_more,
+    }))
 }
 
 async fn conversation_entry<K: Kv>(
     state: &HttpState<K>,
     me: u64,
     conversation: ConversationId,
-    name: Option<String>,
 ) -> Result<ConversationEntry, ApiError> {
+    let store = state.router.store();
+    let (kind, peer_id, group_id, name) = match conversation {
+        ConversationId::Direct { .. } => {
+            let peer = conversation.peer_of(me).unwrap_or(me);
+            let name = store.user(peer).await?.map(|u| {
+                if u.display_name.is_empty() {
+                    u.username
+                } else {
+                    u.display_name
+                }
+            });
+            (ConversationType::Direct, Some(Id(peer)), None, name)
+        }
+        ConversationId::Group(group) => {
+            let name = store.group(group).await?.map(|g| g.name);
+            (ConversationType::Group, None, Some(Id(group)), name)
+        }
+    };
     let newest = state.router.history(me, conversation, 0, 1).await?;
     let last_message = newest
         .messages
@@ -296,14 +314,11 @@ async fn conversation_entry<K: Kv>(
         .transpose()?;
     Ok(ConversationEntry {
         conversation: conversation.into(),
-        kind: match conversation {
-            ConversationId::Direct { .. } => ConversationType::Direct,
-            ConversationId::Group(_) => ConversationType::Group,
-        },
-        peer_id: None,
-        group_id: None,
+        kind,
+        peer_id,
+        group_id,
         name,
         last_message,
-        unread: state.router.unread(me, conversation).await?,
+        unread: state.router.unread(me, conversation, MAX_UNREAD).await?,
     })
 }

@@ -40,6 +40,7 @@ use utoipa_axum::routes;
 use crate::auth::TokenIssuer;
 use crate::conn::ConnContext;
 use crate::metrics::Metrics;
+pub(crate) use crate::now_ms;
 use crate::password::Passwords;
 use crate::registry::Registry;
 
@@ -54,8 +55,6 @@ pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 pub struct HttpSettings {
     /// How long a token from `POST /v1/sessions` lasts.
     pub token_ttl: Duration,
-    /// Longest a send waits for room in the append queue before `503`.
-    pub send_timeout: Duration,
     /// The size cap of new groups (requests naming more members are
     /// refused before any lookup).
     pub max_group_members: u32,
@@ -65,7 +64,6 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             token_ttl: Duration::from_secs(7 * 86_400),
-            send_timeout: Duration::from_secs(5),
             max_group_members: 1000,
         }
     }
@@ -154,13 +152,6 @@ pub fn routes<K: Kv>(state: HttpState<K>) -> Router {
         .layer(Extension(openapi::ApiDocument::render(&document)))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(state)
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Unknown paths answer in the API's error shape too.

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, Id};
+use super::extract::{check_text, ApiJson, ApiPath, Id};
 use super::{now_ms, HttpState};
 
 /// Usernames are 1 to this many characters of `[A-Za-z0-9_.-]`.
@@ -129,16 +129,6 @@ fn check_password(password: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid("password must be 8 to 1024 bytes"))
     }
-}
-
-/// Refuses text longer than `max` characters or holding control characters.
-fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ApiError> {
-    if text.chars().count() > max || text.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "{field} must be at most {max} characters, without control characters"
-        )));
-    }
-    Ok(())
 }
 
 fn check_avatar_url(url: &str) -> Result<(), ApiError> {

@@ -281,7 +281,8 @@ impl<K: Kv> ChatStore<K> {
     }
 
     /// Messages in `conversation` after `user`'s read mark and not sent by
-    /// `user`, counted up to `cap`.
+    /// `user`, counted up to `cap`. In a group only what `user` may see
+    /// counts: messages from their join on.
     ///
     /// # Errors
     ///
@@ -293,6 +294,10 @@ impl<K: Kv> ChatStore<K> {
         cap: usize,
     ) -> Result<usize, StoreError> {
         let mark_key = keys::read_mark(user, conversation);
+        let member_key = match conversation {
+            ConversationId::Group(group) => Some(keys::member(group, user)),
+            ConversationId::Direct { .. } => None,
+        };
         let prefix = keys::messages_of(conversation);
         let end = keys::prefix_end(&prefix);
         transact!(&self.kv, |txn| {
@@ -301,7 +306,15 @@ impl<K: Kv> ChatStore<K> {
                 .await?
                 .map(|v| le_u64(&v))
                 .unwrap_or(0);
-            let begin = keys::key_after(&keys::message(conversation, mark));
+            let joined_at = match &member_key {
+                Some(key) => match txn.get(key, true).await? {
+                    Some(v) => decode::<MemberRecord>(&v, "members")?.joined_at,
+                    None => return Ok(0),
+                },
+                None => 0,
+            };
+            let from = mark.saturating_add(1).max(joined_at);
+            let begin = keys::message(conversation, from);
             let rows = txn
                 .get_range(RangeRead::new(&begin, &end).limit(cap).snapshot(true))
                 .await?;

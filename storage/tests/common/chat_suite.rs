@@ -483,6 +483,11 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
         .collect();
     assert_eq!(ids_seen.len(), 2, "carol sees her join and what followed");
     assert!(ids_seen.iter().all(|&id| id >= join.message_id));
+    assert_eq!(
+        store.unread_count(carol, conv, 100).await.expect("unread"),
+        2,
+        "carol's unread count covers only what she may see"
+    );
     let bob_view = store
         .history(conv, Some(bob), 0, 50)
         .await
