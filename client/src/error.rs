@@ -80,6 +80,9 @@ pub enum ClientError {
     /// The WebSocket upgrade was refused or failed.
     #[error("WebSocket upgrade failed: {0}")]
     WebSocket(String),
+    /// Service discovery failed or listed no usable node.
+    #[error("discovery failed: {0}")]
+    Discovery(String),
     /// `TlsOptions::server_name` is not a valid DNS name or IP address.
     #[error("invalid TLS server name {0:?}")]
     InvalidServerName(String),
@@ -142,6 +145,7 @@ impl ClientError {
             // A refused upgrade is most often a draining or busy node.
             Self::Io(_)
             | Self::WebSocket(_)
+            | Self::Discovery(_)
             | Self::Unresponsive(_)
             | Self::SlowConsumer { .. } => ErrorAction::Reconnect,
             Self::Closed { cause } => match cause.as_deref().map(Self::action) {

@@ -23,6 +23,7 @@
 //! | `error` | [`ClientError`], [`ServerError`], and what to do about each ([`ErrorAction`]) |
 //! | `seam` | [`Seam`]: the pure merge of sync pages and live deliveries |
 //! | `reconnect` | [`ReconnectingClient`], [`ReconnectingHandle`], [`ReconnectOptions`], [`Endpoints`] |
+//! | `discovery` | [`Endpoints::discovery`]: each attempt asks a node's `GET /v1/discovery` ([`DiscoveryOptions`], [`Transport`]) |
 //! | `backoff` | jittered exponential waits |
 //!
 //! # Example
@@ -78,6 +79,7 @@ mod backoff;
 mod client;
 mod config;
 mod connection;
+mod discovery;
 mod error;
 mod reconnect;
 mod requests;
@@ -88,6 +90,7 @@ pub use config::{
     ClientConfig, Target, TlsOptions, WebSocketOptions, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_EVENT_CAPACITY, DEFAULT_REQUEST_TIMEOUT,
 };
+pub use discovery::{DiscoveryOptions, Transport};
 pub use error::{ClientError, ServerError};
 pub use hanmadi_proto::websocket::Encoding;
 pub use hanmadi_proto::{pb, ConversationId, ErrorAction, ErrorCode};
