@@ -71,6 +71,18 @@ fn hello_json(token: &str) -> Message {
     )
 }
 
+/// A JSON WebSocket that said `Hello` with `token` and got `Welcome`.
+async fn logged_in(node: &common::Node, token: &str) -> Ws {
+    let (mut ws, _) = open(node, Some("hanmadi.v1.json")).await;
+    ws.send(hello_json(token)).await.expect("send");
+    let (welcome, _) = recv(&mut ws).await.expect("welcome");
+    assert!(
+        matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))),
+        "{welcome:?}"
+    );
+    ws
+}
+
 fn code(frame: &pb::ServerFrame) -> Option<ErrorCode> {
     match &frame.kind {
         Some(server_frame::Kind::Error(e)) => ErrorCode::try_from(e.code).ok(),
@@ -153,9 +165,7 @@ async fn bad_tokens_over_websocket() {
 async fn malformed_json_closes_with_malformed_frame() {
     let node = start(ServerOptions::default()).await;
     node.user(1).await;
-    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
-    ws.send(hello_json(&node.token(1))).await.expect("send");
-    recv(&mut ws).await.expect("welcome");
+    let mut ws = logged_in(&node, &node.token(1)).await;
     ws.send(Message::text("{\"req_id\": \"2\", \"send\": ["))
         .await
         .expect("send");
@@ -190,10 +200,7 @@ async fn oversized_messages_close_with_frame_too_large() {
         assert_closed(&mut ws).await;
     }
     // The node keeps serving.
-    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
-    ws.send(hello_json(&node.token(1))).await.expect("send");
-    let (welcome, _) = recv(&mut ws).await.expect("welcome");
-    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+    logged_in(&node, &node.token(1)).await;
 }
 
 #[tokio::test]
@@ -218,10 +225,7 @@ async fn deleting_the_account_closes_its_live_sockets() {
     let node = start(ServerOptions::default()).await;
     node.user(1).await;
     let token = node.token(1);
-    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
-    ws.send(hello_json(&token)).await.expect("send");
-    let (welcome, _) = recv(&mut ws).await.expect("welcome");
-    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+    let mut ws = logged_in(&node, &token).await;
     let addr = node.server.http_addr().expect("http listener");
     let deleted = reqwest::Client::new()
         .delete(format!("http://{addr}/v1/users/me"))
@@ -239,9 +243,7 @@ async fn deleting_the_account_closes_its_live_sockets() {
 async fn a_client_close_is_answered_with_a_close() {
     let node = start(ServerOptions::default()).await;
     node.user(1).await;
-    let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
-    ws.send(hello_json(&node.token(1))).await.expect("send");
-    recv(&mut ws).await.expect("welcome");
+    let mut ws = logged_in(&node, &node.token(1)).await;
     ws.send(Message::Close(None)).await.expect("close");
     let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
