@@ -42,6 +42,8 @@
 //! | `--outbound-queue-bytes` | `HANMADI_OUTBOUND_QUEUE_BYTES` | `outbound_queue_bytes` | `1048576` | per-connection outbound backlog before it is closed as a slow consumer |
 //! | `--max-connections` | `HANMADI_MAX_CONNECTIONS` | `max_connections` | `100000` | capacity this node advertises to discovery |
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
+//! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
+//! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
 //! | `--token-ttl-secs` | `HANMADI_TOKEN_TTL_SECS` | `token_ttl_secs` | `604800` (7 days) | lifetime of tokens issued at log-in |
 //! | `--retention-days` | `HANMADI_RETENTION_DAYS` | `retention_days` | `30` | days messages are kept; `0` keeps them forever |
 //!
@@ -187,6 +189,13 @@ pub struct ServeArgs {
     /// Size cap of new groups [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_group_members: Option<u32>,
+    /// Password hashes running at once [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub max_password_hashes: Option<usize>,
+    /// An HTTP request's headers must arrive within this, and an idle
+    /// keep-alive connection is closed after it [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub http_header_timeout_ms: Option<u64>,
     /// Lifetime of tokens issued at log-in [default: 604800].
     #[arg(long, value_name = "SECS")]
     pub token_ttl_secs: Option<u64>,
@@ -374,6 +383,8 @@ pub struct FileConfig {
     pub outbound_queue_bytes: Option<usize>,
     pub max_connections: Option<u64>,
     pub max_group_members: Option<u32>,
+    pub max_password_hashes: Option<usize>,
+    pub http_header_timeout_ms: Option<u64>,
     pub token_ttl_secs: Option<u64>,
     pub retention_days: Option<u32>,
 }
@@ -536,6 +547,11 @@ pub struct Config {
     pub max_connections: u64,
     /// Size cap of new groups.
     pub max_group_members: u32,
+    /// Password hashes running at once.
+    pub max_password_hashes: usize,
+    /// Deadline of an HTTP request's headers and of an idle keep-alive
+    /// connection.
+    pub http_header_timeout: Duration,
     /// Lifetime of tokens issued at log-in.
     pub token_ttl: Duration,
     /// Days messages are kept; 0 keeps them forever.
@@ -575,6 +591,8 @@ impl Default for Config {
             outbound_queue_bytes: 1 << 20,
             max_connections: 100_000,
             max_group_members: 1000,
+            max_password_hashes: crate::password::Passwords::default_concurrency(),
+            http_header_timeout: Duration::from_millis(30_000),
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             retention_days: 30,
         }
@@ -801,6 +819,20 @@ impl Config {
                 f.max_group_members,
             )?
             .unwrap_or(d.max_group_members),
+            max_password_hashes: pick(
+                args.max_password_hashes,
+                env,
+                "max_password_hashes",
+                f.max_password_hashes,
+            )?
+            .unwrap_or(d.max_password_hashes),
+            http_header_timeout: pick(
+                args.http_header_timeout_ms,
+                env,
+                "http_header_timeout_ms",
+                f.http_header_timeout_ms,
+            )?
+            .map_or(d.http_header_timeout, ms),
             token_ttl: pick(args.token_ttl_secs, env, "token_ttl_secs", f.token_ttl_secs)?
                 .map_or(d.token_ttl, Duration::from_secs),
             retention_days: pick(args.retention_days, env, "retention_days", f.retention_days)?
@@ -855,6 +887,7 @@ impl Config {
             ("handshake_timeout_ms", self.handshake_timeout),
             ("heartbeat_ms", self.heartbeat),
             ("write_timeout_ms", self.write_timeout),
+            ("http_header_timeout_ms", self.http_header_timeout),
             ("token_ttl_secs", self.token_ttl),
         ] {
             if value.is_zero() {
@@ -871,6 +904,7 @@ impl Config {
             ("max_conns_per_user", self.max_conns_per_user as u64),
             ("max_conns_per_ip", self.max_conns_per_ip as u64),
             ("max_group_members", u64::from(self.max_group_members)),
+            ("max_password_hashes", self.max_password_hashes as u64),
         ] {
             if value == 0 {
                 return invalid(setting, "must be above 0");
@@ -1162,6 +1196,10 @@ mod tests {
             "11",
             "--max-group-members",
             "12",
+            "--max-password-hashes",
+            "15",
+            "--http-header-timeout-ms",
+            "16",
             "--token-ttl-secs",
             "13",
             "--retention-days",
@@ -1189,6 +1227,8 @@ mod tests {
         assert_eq!((c.outbound_queue_bytes, c.max_connections), (4096, 11));
         assert_eq!((c.max_group_members, c.retention_days), (12, 0));
         assert_eq!(c.token_ttl, Duration::from_secs(13));
+        assert_eq!(c.max_password_hashes, 15);
+        assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!(
             c.resolve_secret().unwrap().as_bytes(),
             b"0123456789abcdef0123456789abcdef"
@@ -1226,11 +1266,15 @@ mod tests {
             outbound_queue_bytes = 4096
             max_connections = 11
             max_group_members = 12
+            max_password_hashes = 15
+            http_header_timeout_ms = 16
             token_ttl_secs = 13
             retention_days = 14
             "#,
         );
         let c = Config::from_sources(ServeArgs::default(), &HashMap::new(), Some(f)).unwrap();
+        assert_eq!(c.max_password_hashes, 15);
+        assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!(c.tcp, addr("0.0.0.0:7000"));
         assert_eq!(c.https_listener(), addr("[::]:443"));
         assert_eq!(c.store, StoreKind::Fdb);
@@ -1269,8 +1313,12 @@ mod tests {
             ("HANMADI_MAX_GROUP_MEMBERS", "12"),
             ("HANMADI_TOKEN_TTL_SECS", "13"),
             ("HANMADI_RETENTION_DAYS", "14"),
+            ("HANMADI_MAX_PASSWORD_HASHES", "15"),
+            ("HANMADI_HTTP_HEADER_TIMEOUT_MS", "16"),
         ]);
         let c = Config::from_sources(ServeArgs::default(), &e, None).unwrap();
+        assert_eq!(c.max_password_hashes, 15);
+        assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!(c.tcp, None);
         assert_eq!(c.tls_listener(), addr("0.0.0.0:1"));
         assert_eq!(c.http, addr("127.0.0.1:0"));

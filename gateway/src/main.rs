@@ -145,6 +145,8 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         region: config.region.clone(),
         hostname: Some(config.hostname.clone()),
         max_connections: config.max_connections,
+        max_password_hashes: config.max_password_hashes,
+        http_header_timeout: config.http_header_timeout,
         ..ServerOptions::default()
     };
     let server = Server::start(store, listeners, options);
