@@ -78,7 +78,7 @@ impl Default for ServerOptions {
             drain_timeout: Duration::from_secs(4),
             http_header_timeout: Duration::from_secs(30),
             retention: Some(Duration::from_secs(30 * 86_400)),
-            token_ttl: crate::http::HttpSettings::default().token_ttl,
+            token_ttl: Duration::from_secs(7 * 86_400),
             max_password_hashes: crate::password::Passwords::default_concurrency(),
             region: "local".to_owned(),
             hostname: None,
@@ -164,21 +164,13 @@ impl<K: Kv> Server<K> {
             max_connections: options.max_connections,
         };
         let api = crate::http::routes(crate::http::HttpState {
-            router: Arc::clone(&router),
-            auth: Arc::clone(&auth),
-            registry: Arc::clone(&registry),
-            metrics: Arc::clone(&metrics),
+            ctx: Arc::clone(&ctx),
             passwords: Arc::new(crate::password::Passwords::new(
                 options.max_password_hashes,
                 crate::password::DEFAULT_WAIT,
             )),
-            draining: shutdown.clone(),
-            settings: crate::http::HttpSettings {
-                token_ttl: options.token_ttl,
-                max_group_members: options.router.max_group_members,
-            },
+            token_ttl: options.token_ttl,
             node: Arc::new(node),
-            conns: Arc::clone(&ctx),
             tracker: tracker.clone(),
         });
         let web = HttpListener {

@@ -138,7 +138,7 @@ pub(crate) async fn upgrade<K: Kv>(
         );
     };
     let chosen = choose_subprotocol(headers);
-    let ctx = &state.conns;
+    let ctx = &state.ctx;
     if ctx.shutdown.is_cancelled() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -167,6 +167,11 @@ impl<K: Kv> Router<K> {
         &self.ids
     }
 
+    /// The configuration it runs with (limits such as the group size cap).
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }

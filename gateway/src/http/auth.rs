@@ -30,7 +30,8 @@ impl<K: Kv> FromRequestParts<HttpState<K>> for Caller {
             )
         })?;
         let user =
-            crate::auth::authenticate(&state.auth, state.router.store(), token, now_ms()).await?;
+            crate::auth::authenticate(&state.ctx.auth, state.ctx.router.store(), token, now_ms())
+                .await?;
         Ok(Self(user))
     }
 }

@@ -151,19 +151,19 @@ pub(super) async fn discovery<K: Kv>(
 ) -> Result<Json<NodeList>, ApiError> {
     let me = &state.node;
     let mut nodes = Vec::new();
-    if !state.draining.is_cancelled() {
+    if !state.ctx.shutdown.is_cancelled() {
         nodes.push(NodeView {
             node_id: Id(me.node_id),
             hostname: me.hostname.clone(),
             region: me.region.clone(),
             endpoints: me.endpoints.clone(),
             max_connections: me.max_connections,
-            connections: state.registry.connections() as u64,
+            connections: state.ctx.registry.connections() as u64,
             draining: false,
         });
     }
     // Other nodes are a bonus: this one can always answer for itself.
-    match state.router.store().nodes().await {
+    match state.ctx.router.store().nodes().await {
         Ok(registrations) => {
             let now = now_ms();
             nodes.extend(

@@ -126,6 +126,7 @@ pub(super) async fn group_record<K: Kv>(
     group: u64,
 ) -> Result<GroupRecord, ApiError> {
     state
+        .ctx
         .router
         .store()
         .group(group)
@@ -141,7 +142,7 @@ async fn group_view<K: Kv>(
     group: u64,
 ) -> Result<Group, ApiError> {
     let record = group_record(state, group).await?;
-    let members = state.router.store().members(group).await?;
+    let members = state.ctx.router.store().members(group).await?;
     if !members.iter().any(|(u, _)| *u == caller) {
         return Err(not_a_member());
     }
@@ -166,7 +167,7 @@ async fn group_view<K: Kv>(
 /// Refuses lists that cannot fit any group, then users that do not exist,
 /// so a group never names a ghost.
 async fn check_new_members<K: Kv>(state: &HttpState<K>, users: &[Id]) -> Result<(), ApiError> {
-    let max = state.settings.max_group_members;
+    let max = state.ctx.router.config().max_group_members;
     if users.len() > max as usize {
         return Err(ApiError::new(
             ErrorCode::GroupFull,
@@ -199,7 +200,7 @@ pub(super) async fn create_group<K: Kv>(
     check_text("name", &req.name, MAX_GROUP_NAME)?;
     check_new_members(&state, &req.members).await?;
     let members = req.members.iter().map(|id| id.0).collect();
-    let (group, _) = state.router.create_group(me, req.name, members).await?;
+    let (group, _) = state.ctx.router.create_group(me, req.name, members).await?;
     Ok((
         StatusCode::CREATED,
         Json(group_view(&state, me, group).await?),
@@ -213,7 +214,7 @@ pub(super) async fn list_groups<K: Kv>(
     State(state): State<HttpState<K>>,
     Caller(me): Caller,
 ) -> Result<Json<GroupList>, ApiError> {
-    let store = state.router.store();
+    let store = state.ctx.router.store();
     let mut groups = Vec::new();
     for (group, membership) in store.groups_of(me).await? {
         // A group removed between the two reads is simply not listed.
@@ -270,10 +271,11 @@ pub(super) async fn add_members<K: Kv>(
     }
     group_record(&state, group).await?;
     // Permission first: a refused caller costs no member lookups.
-    state.router.check_manage(me, group).await?;
+    state.ctx.router.check_manage(me, group).await?;
     check_new_members(&state, &req.user_ids).await?;
     let users = req.user_ids.iter().map(|id| id.0).collect();
     state
+        .ctx
         .router
         .add_members(me, group, users, Role::Member)
         .await?;
@@ -299,7 +301,7 @@ pub(super) async fn remove_member<K: Kv>(
     ApiPath((Id(group), Id(user))): ApiPath<(Id, Id)>,
 ) -> Result<StatusCode, ApiError> {
     group_record(&state, group).await?;
-    let store = state.router.store();
+    let store = state.ctx.router.store();
     // Outsiders learn nothing about who is in the group.
     if store.member(group, me).await?.is_none() {
         return Err(not_a_member());
@@ -307,6 +309,6 @@ pub(super) async fn remove_member<K: Kv>(
     if store.member(group, user).await?.is_none() {
         return Err(ApiError::not_found("member"));
     }
-    state.router.remove_member(me, group, user).await?;
+    state.ctx.router.remove_member(me, group, user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

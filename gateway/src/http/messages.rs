@@ -124,7 +124,7 @@ async fn send<K: Kv>(
     // A full append queue answers `503` with `Retry-After` at once: an HTTP
     // client is better told to come back (the retry is exactly-once) than
     // held while the node is overloaded.
-    let ack = state.router.try_send(sender, request).await?;
+    let ack = state.ctx.router.try_send(sender, request).await?;
     Ok(Json(pb::SendAck {
         client_msg_id: ack.client_msg_id,
         conversation: Some(ack.conversation.into()),
@@ -145,6 +145,7 @@ async fn history<K: Kv>(
         .clamp(1, MAX_HISTORY_LIMIT);
     let before = query.before.map_or(0, |id| id.0);
     let page = state
+        .ctx
         .router
         .history(reader, conversation, before, limit)
         .await?;
@@ -216,7 +217,7 @@ pub(super) async fn direct_history<K: Kv>(
 ) -> Result<Json<pb::HistoryPage>, ApiError> {
     // A deleted peer's past messages stay readable; one who never existed
     // is not a conversation.
-    if state.router.store().user(peer).await?.is_none() {
+    if state.ctx.router.store().user(peer).await?.is_none() {
         return Err(ApiError::not_found("user"));
     }
     history(&state, me, ConversationId::direct(me, peer), query).await
@@ -257,7 +258,7 @@ pub(super) async fn list_conversations<K: Kv>(
         .unwrap_or(DEFAULT_HISTORY_LIMIT)
         .clamp(1, MAX_HISTORY_LIMIT) as usize;
     let before = query.before.map_or(u64::MAX, |id| id.0);
-    let store = state.router.store();
+    let store = state.ctx.router.store();
     // Each conversation's head (its newest message id, time-sortable across
     // conversations) is one read; only the page's entries are filled in.
     let mut heads = Vec::new();
@@ -288,7 +289,7 @@ async fn conversation_entry<K: Kv>(
     me: u64,
     conversation: ConversationId,
 ) -> Result<ConversationEntry, ApiError> {
-    let store = state.router.store();
+    let store = state.ctx.router.store();
     let (kind, peer_id, group_id, name) = match conversation {
         ConversationId::Direct { .. } => {
             let peer = conversation.peer_of(me).unwrap_or(me);
@@ -306,7 +307,7 @@ async fn conversation_entry<K: Kv>(
             (ConversationType::Group, None, Some(Id(group)), name)
         }
     };
-    let newest = state.router.history(me, conversation, 0, 1).await?;
+    let newest = state.ctx.router.history(me, conversation, 0, 1).await?;
     let last_message = newest
         .messages
         .first()
@@ -319,6 +320,10 @@ async fn conversation_entry<K: Kv>(
         group_id,
         name,
         last_message,
-        unread: state.router.unread(me, conversation, MAX_UNREAD).await?,
+        unread: state
+            .ctx
+            .router
+            .unread(me, conversation, MAX_UNREAD)
+            .await?,
     })
 }

@@ -29,20 +29,15 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Router};
 use hanmadi_proto::ErrorCode;
-use hanmadi_router::Router as ChatRouter;
 use hanmadi_storage::kv::Kv;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::TokenIssuer;
 use crate::conn::ConnContext;
-use crate::metrics::Metrics;
 pub(crate) use crate::now_ms;
 use crate::password::Passwords;
-use crate::registry::Registry;
 
 pub use discovery::{Endpoints, NodeInfo};
 
@@ -50,45 +45,19 @@ pub use discovery::{Endpoints, NodeInfo};
 /// at most tens of KiB), low enough that nobody makes the node buffer much.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 
-/// Tunables of the API.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpSettings {
-    /// How long a token from `POST /v1/sessions` lasts.
-    pub token_ttl: Duration,
-    /// The size cap of new groups (requests naming more members are
-    /// refused before any lookup).
-    pub max_group_members: u32,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            token_ttl: Duration::from_secs(7 * 86_400),
-            max_group_members: 1000,
-        }
-    }
-}
-
 /// What the HTTP handlers share.
 pub struct HttpState<K: Kv> {
-    /// The node's router (and through it, the store).
-    pub router: Arc<ChatRouter<K>>,
-    /// Token issuing and checking.
-    pub auth: Arc<TokenIssuer>,
-    /// Live connections and long-poll wake-ups.
-    pub registry: Arc<Registry>,
-    /// Counters to expose.
-    pub metrics: Arc<Metrics>,
+    /// What socket connections share: the router (and through it the
+    /// store), token checking, the registry (live connections and long-poll
+    /// wake-ups), the counters and the drain signal. `/ws` connections run
+    /// with it too.
+    pub ctx: Arc<ConnContext<K>>,
     /// Password hashing, bounded.
     pub passwords: Arc<Passwords>,
-    /// Fired when the node drains.
-    pub draining: CancellationToken,
-    /// Tunables.
-    pub settings: HttpSettings,
+    /// How long a token from `POST /v1/sessions` lasts.
+    pub token_ttl: Duration,
     /// What discovery says about this node.
     pub node: Arc<NodeInfo>,
-    /// What `/ws` connections run with.
-    pub conns: Arc<ConnContext<K>>,
     /// Where `/ws` connection tasks are spawned, so the drain waits for them.
     pub tracker: TaskTracker,
 }
@@ -97,15 +66,10 @@ pub struct HttpState<K: Kv> {
 impl<K: Kv> Clone for HttpState<K> {
     fn clone(&self) -> Self {
         Self {
-            router: Arc::clone(&self.router),
-            auth: Arc::clone(&self.auth),
-            registry: Arc::clone(&self.registry),
-            metrics: Arc::clone(&self.metrics),
+            ctx: Arc::clone(&self.ctx),
             passwords: Arc::clone(&self.passwords),
-            draining: self.draining.clone(),
-            settings: self.settings,
+            token_ttl: self.token_ttl,
             node: Arc::clone(&self.node),
-            conns: Arc::clone(&self.conns),
             tracker: self.tracker.clone(),
         }
     }
@@ -114,7 +78,7 @@ impl<K: Kv> Clone for HttpState<K> {
 impl<K: Kv> std::fmt::Debug for HttpState<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpState")
-            .field("settings", &self.settings)
+            .field("token_ttl", &self.token_ttl)
             .field("node", &self.node)
             .finish_non_exhaustive()
     }
@@ -167,7 +131,7 @@ async fn no_route() -> error::ApiError {
         (status = 503, description = "Draining", body = String, content_type = "text/plain"),
     ))]
 async fn healthz<K: Kv>(State(state): State<HttpState<K>>) -> impl IntoResponse {
-    if state.draining.is_cancelled() {
+    if state.ctx.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ok\n")
@@ -184,6 +148,6 @@ async fn metrics<K: Kv>(State(state): State<HttpState<K>>) -> impl IntoResponse 
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.ctx.metrics.render(),
     )
 }

@@ -123,23 +123,23 @@ pub(super) async fn sync<K: Kv>(
         .unwrap_or(DEFAULT_SYNC_LIMIT)
         .clamp(1, MAX_SYNC_LIMIT);
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    if wait.is_zero() || state.draining.is_cancelled() {
-        let batch = state.router.sync(me, &after, limit).await?;
+    if wait.is_zero() || state.ctx.shutdown.is_cancelled() {
+        let batch = state.ctx.router.sync(me, &after, limit).await?;
         return Ok(Json(sync_batch(batch)?));
     }
     let deadline = tokio::time::Instant::now() + wait;
-    let waiter = state.registry.wait_for_commit(me);
+    let waiter = state.ctx.registry.wait_for_commit(me);
     loop {
         let mut commit = pin!(waiter.notified());
         commit.as_mut().enable();
-        let batch = state.router.sync(me, &after, limit).await?;
+        let batch = state.ctx.router.sync(me, &after, limit).await?;
         if !batch.entries.is_empty() {
             return Ok(Json(sync_batch(batch)?));
         }
         tokio::select! {
             () = commit => {}
             () = tokio::time::sleep_until(deadline) => return Ok(Json(sync_batch(batch)?)),
-            () = state.draining.cancelled() => return Ok(Json(sync_batch(batch)?)),
+            () = state.ctx.shutdown.cancelled() => return Ok(Json(sync_batch(batch)?)),
         }
     }
 }

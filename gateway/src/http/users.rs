@@ -146,7 +146,7 @@ pub(super) async fn live_user<K: Kv>(
     state: &HttpState<K>,
     user: u64,
 ) -> Result<UserRecord, ApiError> {
-    match state.router.store().user(user).await? {
+    match state.ctx.router.store().user(user).await? {
         Some(r) if !r.deleted => Ok(r),
         _ => Err(ApiError::not_found("user")),
     }
@@ -168,7 +168,7 @@ pub(super) async fn sign_up<K: Kv>(
     check_password(&req.password)?;
     let display_name = req.display_name.unwrap_or_default();
     check_text("display_name", &display_name, MAX_DISPLAY_NAME)?;
-    let store = state.router.store();
+    let store = state.ctx.router.store();
     let taken = || ApiError::new(ErrorCode::AlreadyExists, "username is taken");
     // Checked before hashing so a taken name costs no hash; creating the
     // account checks again, atomically.
@@ -176,7 +176,7 @@ pub(super) async fn sign_up<K: Kv>(
         return Err(taken());
     }
     let password_hash = state.passwords.hash(req.password).await?;
-    let user_id = state.router.ids().next_above(0);
+    let user_id = state.ctx.router.ids().next_above(0);
     let record = UserRecord {
         username: req.username,
         display_name,
@@ -209,7 +209,7 @@ pub(super) async fn log_in<K: Kv>(
     if req.password.len() > MAX_PASSWORD {
         return Err(wrong());
     }
-    let store = state.router.store();
+    let store = state.ctx.router.store();
     let account = match check_username(&req.username) {
         Ok(()) => match store.user_id_by_name(&req.username).await? {
             Some(id) => store
@@ -228,9 +228,9 @@ pub(super) async fn log_in<K: Kv>(
         return Err(wrong());
     };
     let now = now_ms();
-    let ttl = state.settings.token_ttl;
+    let ttl = state.token_ttl;
     Ok(Json(Session {
-        token: state.auth.issue(user_id, now, ttl),
+        token: state.ctx.auth.issue(user_id, now, ttl),
         user_id: Id(user_id),
         expires_at: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
     }))
@@ -268,6 +268,7 @@ pub(super) async fn patch_me<K: Kv>(
         check_avatar_url(v)?;
     }
     let record = state
+        .ctx
         .router
         .store()
         .update_user(me, |r| {
@@ -293,8 +294,8 @@ pub(super) async fn delete_me<K: Kv>(
     State(state): State<HttpState<K>>,
     Caller(me): Caller,
 ) -> Result<StatusCode, ApiError> {
-    state.router.delete_user(me).await?;
-    state.registry.revoke_user(me);
+    state.ctx.router.delete_user(me).await?;
+    state.ctx.registry.revoke_user(me);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -329,7 +330,7 @@ pub(super) async fn block<K: Kv>(
         return Err(ApiError::invalid("cannot block yourself"));
     }
     live_user(&state, other).await?;
-    state.router.set_blocked(me, other, true).await?;
+    state.ctx.router.set_blocked(me, other, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -342,6 +343,6 @@ pub(super) async fn unblock<K: Kv>(
     Caller(me): Caller,
     ApiPath(Id(other)): ApiPath<Id>,
 ) -> Result<StatusCode, ApiError> {
-    state.router.set_blocked(me, other, false).await?;
+    state.ctx.router.set_blocked(me, other, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
