@@ -2,6 +2,7 @@
 //! [`Deliveries`] stream of what the server pushes.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -124,15 +125,11 @@ impl Client {
     /// - [`ClientError::Protocol`] / [`ClientError::Codec`] when the answer
     ///   is not a `Welcome`.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Deliveries), ClientError> {
-        let limit = config.connect_timeout;
-        let addr = config.addr.clone();
-        let attempt = async {
+        within_connect_timeout(&config, async {
             let stream = connection::open(&config).await?;
             Self::start(stream, &config).await
-        };
-        tokio::time::timeout(limit, attempt)
-            .await
-            .unwrap_or_else(|_| Err(connect_timed_out(&addr, limit)))
+        })
+        .await
     }
 
     /// Runs the handshake and the connection over a stream the caller
@@ -152,10 +149,7 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let limit = config.connect_timeout;
-        tokio::time::timeout(limit, Self::start(Box::new(stream), &config))
-            .await
-            .unwrap_or_else(|_| Err(connect_timed_out(&config.addr, limit)))
+        within_connect_timeout(&config, Self::start(Box::new(stream), &config)).await
     }
 
     async fn start(
@@ -166,8 +160,7 @@ impl Client {
         let mut read_buffer = BytesMut::new();
         let welcome = connection::hello(&mut stream, config, &requests, &mut read_buffer).await?;
         let (reader, writer) = tokio::io::split(stream);
-        let event_capacity = config.event_capacity.max(1);
-        let (events_tx, events_rx) = mpsc::channel(event_capacity);
+        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
         let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let shutdown = CancellationToken::new();
         let finished = CancellationToken::new();
@@ -185,7 +178,6 @@ impl Client {
             needs_flush: false,
             outbound: outbound_rx,
             events: events_tx,
-            event_capacity,
             requests: Arc::clone(&requests),
             shutdown: shutdown.clone(),
             heartbeat: (welcome.heartbeat_ms > 0)
@@ -340,10 +332,14 @@ impl Client {
     ///
     /// [`ClientError::Closed`] when the connection has ended.
     pub async fn ack(&self, cursor: &[u8]) -> Result<u64, ClientError> {
-        let ack = Ack {
-            cursor: Bytes::copy_from_slice(cursor),
-        };
-        self.notify(client_frame::Kind::Ack(ack)).await
+        self.ack_cursor(Bytes::copy_from_slice(cursor)).await
+    }
+
+    /// [`Client::ack`] for a cursor already held as `Bytes`, shared rather
+    /// than copied: the reconnect helper's `ack`, typically called once per
+    /// message, comes through here.
+    pub(crate) async fn ack_cursor(&self, cursor: Bytes) -> Result<u64, ClientError> {
+        self.notify(client_frame::Kind::Ack(Ack { cursor })).await
     }
 
     /// Reports that the user has read `conversation` up to `message_id`.
@@ -413,10 +409,11 @@ impl Client {
         }
     }
 
-    /// Queues a frame that gets no answer unless it fails.
+    /// Queues a frame that gets no answer unless it fails. An ended
+    /// connection needs no separate check: the task drops the queue's
+    /// receiver when it ends, so the send fails.
     async fn notify(&self, kind: client_frame::Kind) -> Result<u64, ClientError> {
         let inner = &*self.inner;
-        inner.requests.check_open()?;
         let req_id = inner.requests.next_req_id();
         let frame = inner.encode(req_id, kind)?;
         match tokio::time::timeout(inner.request_timeout, inner.outbound.send(frame)).await {
@@ -433,9 +430,7 @@ impl Inner {
             req_id,
             kind: Some(kind),
         };
-        let mut out = BytesMut::new();
-        self.codec.encode_message(&frame, &mut out)?;
-        Ok(out.freeze())
+        Ok(self.codec.frames().message_to_bytes(&frame)?)
     }
 }
 
@@ -443,11 +438,21 @@ fn unexpected(expected: &str, got: &server_frame::Kind) -> ClientError {
     ClientError::Protocol(format!("expected {expected}, got {}", kind_name(got)))
 }
 
-fn connect_timed_out(addr: &str, limit: Duration) -> ClientError {
-    ClientError::Io(Arc::new(io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("connecting to {addr} took longer than {limit:?}"),
-    )))
+/// Bounds `connecting` by `config.connect_timeout`; running out is an I/O
+/// error of kind `TimedOut`, so it counts as worth a reconnect.
+async fn within_connect_timeout<T>(
+    config: &ClientConfig,
+    connecting: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    let limit = config.connect_timeout;
+    tokio::time::timeout(limit, connecting)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Io(Arc::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {} took longer than {limit:?}", config.addr),
+            ))))
+        })
 }
 
 /// The events of one connection: `Deliver`s and refusals in arrival order,

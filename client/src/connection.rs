@@ -1,7 +1,6 @@
 //! The socket side: opening a connection (TCP, then TLS and WebSocket if
-//! asked), the
-//! `Hello`/`Welcome` handshake, and the one task that owns the socket
-//! afterwards.
+//! asked), the `Hello`/`Welcome` handshake, and the one task that owns the
+//! socket afterwards.
 //!
 //! The task waits at once on the next bytes from the server, a write of
 //! pending output, frames queued by [`crate::Client`] handles, the
@@ -136,9 +135,9 @@ pub(crate) async fn hello(
             device_id: config.device_id.clone(),
         })),
     };
-    let mut out = BytesMut::new();
-    codec.encode_message(&hello, &mut out)?;
-    stream.write_all(&out).await?;
+    stream
+        .write_all(&codec.frames().message_to_bytes(&hello)?)
+        .await?;
     stream.flush().await?;
     loop {
         while let Some(frame) = codec.decode_message(read_buffer)? {
@@ -210,7 +209,6 @@ pub(crate) struct Connection {
     /// Where `Deliver` and refusals go; the task holds the only sender, so
     /// the queue ends exactly when the task does.
     pub(crate) events: mpsc::Sender<Event>,
-    pub(crate) event_capacity: usize,
     pub(crate) requests: Arc<Requests>,
     pub(crate) shutdown: CancellationToken,
     /// `Welcome.heartbeat_ms`; `None` when the server asks for none.
@@ -415,7 +413,7 @@ impl Connection {
         match self.events.try_send(event) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(ClientError::SlowConsumer {
-                capacity: self.event_capacity,
+                capacity: self.events.max_capacity(),
             }),
         }
     }

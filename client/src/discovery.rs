@@ -94,7 +94,14 @@ impl Endpoints {
             async move {
                 let nodes = tokio::time::timeout(options.timeout, fetch(&options))
                     .await
-                    .map_err(|_| ClientError::Timeout(options.timeout))??;
+                    .map_err(|_| {
+                        // Not `Timeout`: that one means a request on an
+                        // open connection, retried on the same connection.
+                        ClientError::Discovery(format!(
+                            "{} did not answer within {:?}",
+                            options.url, options.timeout
+                        ))
+                    })??;
                 pick(&nodes, options.transport, turn).ok_or_else(|| {
                     ClientError::Discovery(format!(
                         "no live node offers a {:?} endpoint",

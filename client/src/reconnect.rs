@@ -247,8 +247,7 @@ impl ReconnectingClient {
                 link: link_rx,
                 shutdown,
                 request_attempts: request_attempts.max(1),
-                initial_backoff,
-                max_backoff,
+                backoff: Backoff::new(initial_backoff, max_backoff),
             },
             last_cursor: start_cursor,
             task,
@@ -285,7 +284,7 @@ impl ReconnectingClient {
         if self.last_cursor.is_empty() {
             return Ok(());
         }
-        self.handle.ack(&self.last_cursor).await
+        self.handle.ack_cursor(self.last_cursor.clone()).await
     }
 
     /// Sends a text message, retrying under one fresh `client_msg_id`.
@@ -342,8 +341,8 @@ pub struct ReconnectingHandle {
     link: watch::Receiver<Link>,
     shutdown: CancellationToken,
     request_attempts: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
+    /// The retry waits of one request; each request starts from a copy.
+    backoff: Backoff,
 }
 
 impl ReconnectingHandle {
@@ -416,10 +415,15 @@ impl ReconnectingHandle {
     ///
     /// [`ClientError::Closed`] once the helper has stopped.
     pub async fn ack(&self, cursor: &[u8]) -> Result<(), ClientError> {
-        let cursor = Bytes::copy_from_slice(cursor);
+        self.ack_cursor(Bytes::copy_from_slice(cursor)).await
+    }
+
+    /// [`ReconnectingHandle::ack`] sharing the caller's `Bytes` with every
+    /// attempt instead of copying the cursor each time.
+    async fn ack_cursor(&self, cursor: Bytes) -> Result<(), ClientError> {
         self.with_retries(|client| {
             let cursor = cursor.clone();
-            async move { client.ack(&cursor).await.map(drop) }
+            async move { client.ack_cursor(cursor).await.map(drop) }
         })
         .await
     }
@@ -448,7 +452,7 @@ impl ReconnectingHandle {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        let mut backoff = self.backoff.clone();
         let mut failed_generation = 0;
         let mut attempt = 0;
         loop {
@@ -643,25 +647,22 @@ impl Supervisor {
                         ))))
                     }
                 },
-                Wake::Page(Err(error)) => match error.action() {
-                    ErrorAction::GiveUp => return Outcome::End(Some(error)),
-                    ErrorAction::Reconnect => return Outcome::Reconnect(error.retry_after()),
-                    ErrorAction::Retry => {
-                        let wait = error
-                            .retry_after()
-                            .unwrap_or_else(|| self.backoff.next_delay());
-                        page = fetch_page(client.clone(), after.clone(), limit, Some(wait));
-                    }
-                },
+                Wake::Page(Err(error)) if error.action() == ErrorAction::Retry => {
+                    let wait = error
+                        .retry_after()
+                        .unwrap_or_else(|| self.backoff.next_delay());
+                    page = fetch_page(client.clone(), after.clone(), limit, Some(wait));
+                }
+                Wake::Page(Err(error)) => return ended_by(Some(error)),
                 Wake::Event(Some(Event::Deliver { message, cursor })) => {
                     self.seam.live(message, cursor, &mut ready);
                 }
                 Wake::Event(Some(Event::Refused { req_id, error })) => {
                     tracing::warn!(req_id, %error, "request refused");
                 }
-                Wake::Event(Some(Event::Closed { error })) => return after_close(error),
+                Wake::Event(Some(Event::Closed { error })) => return ended_by(error),
                 // `Closed` always comes before the end.
-                Wake::Event(None) => return after_close(None),
+                Wake::Event(None) => return ended_by(None),
             }
             for received in ready.drain(..) {
                 let handed = tokio::select! {
@@ -676,8 +677,10 @@ impl Supervisor {
     }
 }
 
-/// What the helper does when a connection ends with `error`.
-fn after_close(error: Option<ClientError>) -> Outcome {
+/// What the helper does when a connection ends with `error` (`None`: a
+/// clean close), or when its `Sync` fails with an error not worth a retry
+/// on the same connection.
+fn ended_by(error: Option<ClientError>) -> Outcome {
     match error {
         Some(error) if error.action() == ErrorAction::GiveUp => Outcome::End(Some(error)),
         Some(error) => Outcome::Reconnect(error.retry_after()),

@@ -80,18 +80,6 @@ impl Requests {
         self.state.lock().waiters.remove(&req_id)
     }
 
-    /// Fails fast once the connection has ended.
-    ///
-    /// # Errors
-    ///
-    /// [`ClientError::Closed`] once the connection has ended.
-    pub(crate) fn check_open(&self) -> Result<(), ClientError> {
-        match &self.state.lock().closed {
-            Some(cause) => Err(ClientError::closed(cause.clone())),
-            None => Ok(()),
-        }
-    }
-
     /// Marks the connection ended and fails every waiter with
     /// [`ClientError::Closed`]. The first call wins; later ones (the task's
     /// drop guard) change nothing.

@@ -119,20 +119,13 @@ impl Seam {
     /// ends the sync, the held-back live entries follow it.
     pub fn sync_page(&mut self, batch: SyncBatch, out: &mut Vec<Received>) -> SyncStep {
         for deliver in batch.messages {
-            let Some(message) = deliver.message else {
-                continue;
-            };
-            if let Some(received) = self.admit(message, deliver.cursor) {
-                out.push(received);
+            if let Some(message) = deliver.message {
+                out.extend(self.admit(message, deliver.cursor));
             }
         }
         if !batch.has_more {
-            if let Some(buffered) = self.buffered.take() {
-                for held in buffered {
-                    if let Some(received) = self.admit(held.message, held.cursor) {
-                        out.push(received);
-                    }
-                }
+            for held in self.buffered.take().into_iter().flatten() {
+                out.extend(self.admit(held.message, held.cursor));
             }
             return SyncStep::Done;
         }

@@ -410,10 +410,7 @@ async fn a_request_times_out_but_the_connection_lives_on() {
         let client = client.clone();
         async move { client.ping().await }
     });
-    let (ping_req, kind) = peer.recv_kind().await;
-    assert!(matches!(kind, client_frame::Kind::Ping(_)));
-    peer.send(ping_req, server_frame::Kind::Pong(pb::Pong {}))
-        .await;
+    peer.answer_ping().await;
     ping.await.expect("task ran").expect("pong");
     assert!(
         tokio::time::timeout(Duration::from_secs(1), deliveries.recv())
@@ -471,15 +468,7 @@ async fn a_request_over_the_servers_frame_limit_fails_alone() {
     assert!(matches!(bad_id, Err(ClientError::InvalidArgument(_))));
 
     // Nothing was sent; the connection still answers.
-    let (pinged, ()) = within(async {
-        tokio::join!(client.ping(), async {
-            let (req_id, kind) = peer.recv_kind().await;
-            assert!(matches!(kind, client_frame::Kind::Ping(_)), "{kind:?}");
-            peer.send(req_id, server_frame::Kind::Pong(pb::Pong {}))
-                .await;
-        })
-    })
-    .await;
+    let (pinged, ()) = within(async { tokio::join!(client.ping(), peer.answer_ping()) }).await;
     pinged.expect("pong");
 }
 
@@ -519,9 +508,7 @@ async fn handshake_runs_over_any_stream() {
     let server = async {
         let mut peer = Peer::new(server_end);
         peer.handshake(welcome(8, 0)).await;
-        let (req_id, _) = peer.recv_kind().await;
-        peer.send(req_id, server_frame::Kind::Pong(pb::Pong {}))
-            .await;
+        peer.answer_ping().await;
         peer
     };
     let client = async {
@@ -578,9 +565,7 @@ async fn speaks_tls_and_refuses_a_certificate_for_another_name() {
             .expect("TLS accept");
         let mut peer = Peer::new(stream);
         peer.handshake(welcome(42, 0)).await;
-        let (req_id, _) = peer.recv_kind().await;
-        peer.send(req_id, server_frame::Kind::Pong(pb::Pong {}))
-            .await;
+        peer.answer_ping().await;
         peer
     };
     let client = async {

@@ -113,6 +113,13 @@ impl FakeChat {
             .expect("server state alive");
     }
 
+    /// Starts a reconnecting client against this server.
+    async fn client(&self, options: ReconnectOptions) -> ReconnectingClient {
+        within(ReconnectingClient::start(config(&self.addr), options))
+            .await
+            .expect("starts")
+    }
+
     /// Stops accepting connections: later attempts are refused.
     async fn stop_listening(&self) {
         self.accepting.abort();
@@ -244,6 +251,16 @@ fn fast_options() -> ReconnectOptions {
     }
 }
 
+/// The helper's final error, after which the stream must end.
+async fn final_error(client: &mut ReconnectingClient) -> ClientError {
+    let error = within(client.next())
+        .await
+        .expect("an item")
+        .expect_err("the helper gave up");
+    assert!(within(client.next()).await.is_none());
+    error
+}
+
 /// The ids of the next `n` messages, which must come without error.
 async fn take(client: &mut ReconnectingClient, n: usize) -> Vec<u64> {
     let mut ids = Vec::new();
@@ -266,12 +283,7 @@ async fn the_inbox_survives_reconnects_without_gap_duplicate_or_reorder() {
     let chat = FakeChat::start().await;
     chat.update(|state| state.overlap = 2);
     chat.commit(3);
-    let mut client = within(ReconnectingClient::start(
-        config(&chat.addr),
-        fast_options(),
-    ))
-    .await
-    .expect("starts");
+    let mut client = chat.client(fast_options()).await;
 
     // Synced in pages of two, with the newest two also pushed live.
     assert_eq!(take(&mut client, 3).await, ids(0..3));
@@ -311,9 +323,7 @@ async fn resumes_after_a_stored_cursor() {
         start_cursor: cursor(3),
         ..fast_options()
     };
-    let mut client = within(ReconnectingClient::start(config(&chat.addr), options))
-        .await
-        .expect("starts");
+    let mut client = chat.client(options).await;
     assert_eq!(client.last_cursor(), &cursor(3));
     assert_eq!(take(&mut client, 2).await, ids(4..6));
 }
@@ -322,12 +332,7 @@ async fn resumes_after_a_stored_cursor() {
 async fn a_send_whose_answer_was_lost_is_resent_with_the_same_id() {
     let chat = FakeChat::start().await;
     chat.update(|state| state.lose_sends = 1);
-    let client = within(ReconnectingClient::start(
-        config(&chat.addr),
-        fast_options(),
-    ))
-    .await
-    .expect("starts");
+    let client = chat.client(fast_options()).await;
     let handle = client.handle();
     let ack = within(handle.send(Target::Group(1), "hello"))
         .await
@@ -343,25 +348,16 @@ async fn a_send_whose_answer_was_lost_is_resent_with_the_same_id() {
 #[tokio::test]
 async fn a_give_up_error_while_reconnecting_ends_the_stream() {
     let chat = FakeChat::start().await;
-    let mut client = within(ReconnectingClient::start(
-        config(&chat.addr),
-        fast_options(),
-    ))
-    .await
-    .expect("starts");
+    let mut client = chat.client(fast_options()).await;
     chat.update(|state| state.reject_tokens = true);
     chat.kill_all(Some(ErrorCode::ServerDraining));
 
-    let error = within(client.next())
-        .await
-        .expect("an item")
-        .expect_err("the helper gave up");
+    let error = final_error(&mut client).await;
     assert_eq!(
         error.server_error().and_then(|e| e.error_code()),
         Some(ErrorCode::TokenInvalid)
     );
     assert_eq!(error.action(), ErrorAction::GiveUp);
-    assert!(within(client.next()).await.is_none());
 
     let sent = within(client.send(Target::User(7), "anyone?")).await;
     let error = sent.expect_err("the helper has stopped");
@@ -380,18 +376,12 @@ async fn an_expired_cursor_ends_the_stream() {
         start_cursor: cursor(0),
         ..fast_options()
     };
-    let mut client = within(ReconnectingClient::start(config(&chat.addr), options))
-        .await
-        .expect("starts");
-    let error = within(client.next())
-        .await
-        .expect("an item")
-        .expect_err("sync refused");
+    let mut client = chat.client(options).await;
+    let error = final_error(&mut client).await;
     assert_eq!(
         error.server_error().and_then(|e| e.error_code()),
         Some(ErrorCode::CursorExpired)
     );
-    assert!(within(client.next()).await.is_none());
 }
 
 #[tokio::test]
@@ -401,17 +391,11 @@ async fn gives_up_after_the_allowed_attempts() {
         max_attempts: Some(3),
         ..fast_options()
     };
-    let mut client = within(ReconnectingClient::start(config(&chat.addr), options))
-        .await
-        .expect("starts");
+    let mut client = chat.client(options).await;
     chat.stop_listening().await;
     chat.kill_all(None);
-    let error = within(client.next())
-        .await
-        .expect("an item")
-        .expect_err("no server to reconnect to");
+    let error = final_error(&mut client).await;
     assert!(matches!(error, ClientError::Io(_)), "{error:?}");
-    assert!(within(client.next()).await.is_none());
     assert_eq!(chat.read(|state| state.hellos), 1);
 }
 

@@ -87,6 +87,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
             .expect("write to client");
     }
 
+    /// Takes the next frame, which must be a `Ping`, and answers it.
+    pub async fn answer_ping(&mut self) {
+        let (req_id, kind) = self.recv_kind().await;
+        assert!(matches!(kind, client_frame::Kind::Ping(_)), "{kind:?}");
+        self.send(req_id, server_frame::Kind::Pong(pb::Pong {}))
+            .await;
+    }
+
     /// Takes the `Hello` and answers with `welcome`.
     pub async fn handshake(&mut self, welcome: Welcome) -> Hello {
         let (req_id, kind) = self.recv_kind().await;
