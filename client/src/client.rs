@@ -28,8 +28,7 @@ use crate::requests::{Forget, Requests};
 /// task to take them.
 const OUTBOUND_CAPACITY: usize = 256;
 
-/// The longest `client_msg_id` the server accepts.
-pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
+pub use hanmadi_proto::MAX_CLIENT_MSG_ID_LEN;
 
 /// A fresh random `client_msg_id`: 16 bytes, as a UUID's.
 #[must_use]

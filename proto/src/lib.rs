@@ -59,6 +59,10 @@ pub use pb::{
 /// call `prost::Message` methods without a prost dependency of their own.
 pub use prost;
 
+/// Longest `client_msg_id` (`Send`), in bytes; it must not be empty.
+/// Client, router and storage all hold sends to this one bound.
+pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
+
 /// The schema's encoded `google.protobuf.FileDescriptorSet`, with source
 /// comments: the input for a JSON mapping generator or a reflection-based
 /// encoder (the WebSocket `hanmadi.v1.json` subprotocol).

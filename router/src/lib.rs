@@ -35,8 +35,7 @@ pub use fanout::{Delivery, DeliverySink, NoDelivery};
 pub use ids::{Clock, IdGenerator, SystemClock};
 pub use presence::{LocalPresence, Presence};
 
-/// Longest `client_msg_id`, in bytes.
-pub const MAX_CLIENT_MSG_ID: usize = 64;
+pub use hanmadi_proto::MAX_CLIENT_MSG_ID_LEN;
 
 /// Limits and sizes of a router.
 #[derive(Clone, Copy, Debug)]
@@ -177,7 +176,7 @@ impl<K: Kv> Router<K> {
     }
 
     fn check_request(&self, req: &SendRequest) -> Result<(), RouterError> {
-        if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
+        if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID_LEN {
             return Err(RouterError::InvalidArgument(
                 "client_msg_id must be 1 to 64 bytes",
             ));

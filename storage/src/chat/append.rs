@@ -70,9 +70,6 @@ pub struct NewMessage {
     pub membership: Option<MembershipChange>,
 }
 
-/// Longest accepted `client_msg_id`.
-pub const MAX_CLIENT_MSG_ID: usize = 64;
-
 /// The outcome of one appended message.
 #[derive(Clone, Debug)]
 pub struct Appended {
@@ -740,7 +737,9 @@ struct GroupEffect {
 }
 
 fn validate(msg: &NewMessage) -> Result<(), StoreError> {
-    if msg.client_msg_id.is_empty() || msg.client_msg_id.len() > MAX_CLIENT_MSG_ID {
+    if msg.client_msg_id.is_empty()
+        || msg.client_msg_id.len() > hanmadi_proto::MAX_CLIENT_MSG_ID_LEN
+    {
         return Err(StoreError::Invalid("client_msg_id must be 1 to 64 bytes"));
     }
     if msg.sender == 0 {
