@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{error_code, start, Raw};
+use common::{error_code, start, start_with_conn, Raw};
 use hanmadi_gateway::conn::ConnConfig;
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb::{self, client_frame, server_frame, ErrorCode};
@@ -21,12 +21,23 @@ async fn assert_closed(raw: &mut Raw) {
 
 /// The node still answers a well-behaved client.
 async fn still_serving(node: &common::Node, user: u64) {
+    Raw::logged_in(node, &node.token(user)).await;
+}
+
+/// A new connection that says `Hello` with `token` is refused with `want`
+/// and closed.
+async fn hello_refused(node: &common::Node, token: &str, want: ErrorCode) {
     let mut raw = Raw::connect(node).await;
-    let w = raw.hello(&node.token(user)).await;
-    assert!(
-        matches!(w.kind, Some(server_frame::Kind::Welcome(_))),
-        "got {w:?}"
-    );
+    let reply = raw.hello(token).await;
+    assert_eq!(error_code(&reply), Some(want), "token {token:?}: {reply:?}");
+    assert_closed(&mut raw).await;
+}
+
+/// The next frame is an `Error` with `want`, and then the server closes.
+async fn error_then_closed(raw: &mut Raw, want: ErrorCode) {
+    let reply = raw.recv().await.expect("an error frame");
+    assert_eq!(error_code(&reply), Some(want), "{reply:?}");
+    assert_closed(raw).await;
 }
 
 #[tokio::test]
@@ -43,16 +54,10 @@ async fn wrong_expired_and_forged_tokens() {
         (expired, ErrorCode::TokenExpired),
         (forged, ErrorCode::TokenInvalid),
     ] {
-        let mut raw = Raw::connect(&node).await;
-        let reply = raw.hello(&token).await;
-        assert_eq!(error_code(&reply), Some(want), "token {token:?}: {reply:?}");
-        assert_closed(&mut raw).await;
+        hello_refused(&node, &token, want).await;
     }
     // A token for an account that does not exist.
-    let mut raw = Raw::connect(&node).await;
-    let reply = raw.hello(&node.token(42)).await;
-    assert_eq!(error_code(&reply), Some(ErrorCode::TokenInvalid));
-    assert_closed(&mut raw).await;
+    hello_refused(&node, &node.token(42), ErrorCode::TokenInvalid).await;
     still_serving(&node, 1).await;
 }
 
@@ -65,9 +70,7 @@ async fn four_gib_length_prefix() {
         .write_all(&[0xff, 0xff, 0xff, 0xff])
         .await
         .expect("write");
-    let reply = raw.recv().await.expect("an error frame");
-    assert_eq!(error_code(&reply), Some(ErrorCode::FrameTooLarge));
-    assert_closed(&mut raw).await;
+    error_then_closed(&mut raw, ErrorCode::FrameTooLarge).await;
     still_serving(&node, 1).await;
 }
 
@@ -75,28 +78,21 @@ async fn four_gib_length_prefix() {
 async fn garbage_bytes() {
     let node = start(ServerOptions::default()).await;
     let token = node.user(1).await;
-    let mut raw = Raw::connect(&node).await;
-    let w = raw.hello(&token).await;
-    assert!(matches!(w.kind, Some(server_frame::Kind::Welcome(_))));
+    let mut raw = Raw::logged_in(&node, &token).await;
     // A valid length, then bytes that are no protobuf.
     raw.stream
         .write_all(&[0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
         .await
         .expect("write");
-    let reply = raw.recv().await.expect("an error frame");
-    assert_eq!(error_code(&reply), Some(ErrorCode::MalformedFrame));
-    assert_closed(&mut raw).await;
+    error_then_closed(&mut raw, ErrorCode::MalformedFrame).await;
     still_serving(&node, 1).await;
 }
 
 #[tokio::test]
 async fn handshake_never_completed_is_closed_at_the_deadline() {
-    let node = start(ServerOptions {
-        conn: ConnConfig {
-            handshake_timeout: Duration::from_millis(300),
-            ..ConnConfig::default()
-        },
-        ..ServerOptions::default()
+    let node = start_with_conn(ConnConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..ConnConfig::default()
     })
     .await;
     node.user(1).await;
@@ -113,13 +109,10 @@ async fn handshake_never_completed_is_closed_at_the_deadline() {
 
 #[tokio::test]
 async fn flood_past_the_rate_limit() {
-    let node = start(ServerOptions {
-        conn: ConnConfig {
-            rate_per_sec: 20,
-            rate_burst: 20,
-            ..ConnConfig::default()
-        },
-        ..ServerOptions::default()
+    let node = start_with_conn(ConnConfig {
+        rate_per_sec: 20,
+        rate_burst: 20,
+        ..ConnConfig::default()
     })
     .await;
     let token = node.user(1).await;
@@ -158,12 +151,9 @@ async fn flood_past_the_rate_limit() {
 
 #[tokio::test]
 async fn idle_connection_is_closed() {
-    let node = start(ServerOptions {
-        conn: ConnConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..ConnConfig::default()
-        },
-        ..ServerOptions::default()
+    let node = start_with_conn(ConnConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ConnConfig::default()
     })
     .await;
     let token = node.user(1).await;
@@ -191,15 +181,9 @@ async fn connection_limits_per_user_and_per_address() {
     node.user(2).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut raw = Raw::connect(&node).await;
-        let w = raw.hello(&token).await;
-        assert!(matches!(w.kind, Some(server_frame::Kind::Welcome(_))));
-        held.push(raw);
+        held.push(Raw::logged_in(&node, &token).await);
     }
-    let mut third = Raw::connect(&node).await;
-    let reply = third.hello(&token).await;
-    assert_eq!(error_code(&reply), Some(ErrorCode::TooManyConnections));
-    assert_closed(&mut third).await;
+    hello_refused(&node, &token, ErrorCode::TooManyConnections).await;
     // Two more sockets from this address fill its allowance of four; the
     // next is closed before it can say anything.
     let mut other = Raw::connect(&node).await;

@@ -101,19 +101,8 @@ async fn direct_message_reaches_every_device(transport: Transport) {
 async fn group_message_reaches_each_device_once(transport: Transport) {
     let node = common::start(ServerOptions::default()).await;
     let members: Vec<u64> = (1..=50).collect();
-    for &u in &members {
-        node.user(u).await;
-    }
-    let (group, _) = node
-        .server
-        .router()
-        .create_group(1, "fifty".into(), members[1..].to_vec())
-        .await
-        .expect("group");
-    let mut conns = Vec::new();
-    for &u in &members {
-        conns.push(node.connect(u, "d", transport).await);
-    }
+    let group = node.group_of("fifty", &members).await;
+    let mut conns = node.connect_each(&members, "d", transport).await;
     for i in 0..10 {
         conns[i % 50]
             .0
@@ -184,13 +173,10 @@ async fn offline_recipient_syncs_in_order(transport: Transport) {
 /// exactly the recipient's inbox: no gap, no duplicate, no reorder.
 async fn reconnects_hand_over_exactly_the_inbox(transport: Transport) {
     const MESSAGES: usize = 5000;
-    let node = common::start(ServerOptions {
-        conn: hanmadi_gateway::conn::ConnConfig {
-            rate_per_sec: 100_000,
-            rate_burst: 100_000,
-            ..Default::default()
-        },
-        ..ServerOptions::default()
+    let node = common::start_with_conn(hanmadi_gateway::conn::ConnConfig {
+        rate_per_sec: 100_000,
+        rate_burst: 100_000,
+        ..Default::default()
     })
     .await;
     node.user(1).await;
@@ -270,19 +256,8 @@ async fn reconnects_hand_over_exactly_the_inbox(transport: Transport) {
 async fn group_load_batches_frames_per_write() {
     let node = common::start(ServerOptions::default()).await;
     let members: Vec<u64> = (1..=20).collect();
-    for &u in &members {
-        node.user(u).await;
-    }
-    let (group, _) = node
-        .server
-        .router()
-        .create_group(1, "busy".into(), members[1..].to_vec())
-        .await
-        .expect("group");
-    let mut conns = Vec::new();
-    for &u in &members {
-        conns.push(node.connect(u, "d", Transport::Tcp).await);
-    }
+    let group = node.group_of("busy", &members).await;
+    let mut conns = node.connect_each(&members, "d", Transport::Tcp).await;
     let metrics = node.server.metrics();
     let (frames0, writes0) = (metrics.frames_out.get(), metrics.socket_writes.get());
     let mut tasks = Vec::new();

@@ -89,24 +89,63 @@ impl Api {
         self.call(Method::GET, path, Some(token), None).await
     }
 
+    /// GETs `path`, asserts 200 and returns the body.
+    async fn get_ok(&self, path: &str, token: &str) -> Value {
+        self.get(path, token).await.expect(200, None).clone()
+    }
+
     async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
         self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    async fn put(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::PUT, path, Some(token), None).await
+    }
+
+    async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// A GET without a token.
+    async fn get_public(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    /// A POST without a token.
+    async fn post_public(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, None, Some(body)).await
     }
 
     /// Signs `name` up and logs in: its id and token.
     async fn user(&self, name: &str) -> (u64, String) {
         let body = json!({"username": name, "password": "correct horse"});
-        let r = self.call(Method::POST, "/v1/users", None, Some(body)).await;
+        let r = self.post_public("/v1/users", body).await;
         let id = id_of(&r.expect(201, None)["user_id"]);
         let body = json!({"username": name, "password": "correct horse"});
-        let r = self
-            .call(Method::POST, "/v1/sessions", None, Some(body))
-            .await;
+        let r = self.post_public("/v1/sessions", body).await;
         let token = r.expect(200, None)["token"]
             .as_str()
             .expect("token")
             .to_owned();
         (id, token)
+    }
+
+    /// Creates the group `name` with `members` as `token`'s user: its id.
+    async fn group(&self, token: &str, name: &str, members: &[u64]) -> u64 {
+        let members: Vec<String> = members.iter().map(u64::to_string).collect();
+        let r = self
+            .post(
+                "/v1/groups",
+                token,
+                json!({"name": name, "members": members}),
+            )
+            .await;
+        id_of(&r.expect(201, None)["group_id"])
     }
 
     /// Sends `body` to `to` (`/v1/direct/{id}` or `/v1/groups/{id}`) and
@@ -135,6 +174,26 @@ async fn setup() -> (common::Node, Api) {
     (node, api)
 }
 
+/// The message ids of a history page, in its order.
+#[track_caller]
+fn message_ids(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| id_of(&m["message_id"]))
+        .collect()
+}
+
+/// Asserts that a sync batch holds no messages.
+#[track_caller]
+fn assert_no_messages(batch: &Value) {
+    assert!(
+        batch.get("messages").is_none_or(|m| m == &json!([])),
+        "{batch}"
+    );
+}
+
 /// URL-escaped `?after=` value of a cursor as the API returned it.
 fn after(cursor: &Value) -> String {
     cursor
@@ -149,11 +208,9 @@ fn after(cursor: &Value) -> String {
 async fn sign_up_and_log_in() {
     let (node, api) = setup().await;
     let r = api
-        .call(
-            Method::POST,
+        .post_public(
             "/v1/users",
-            None,
-            Some(json!({"username": "Alice", "password": "correct horse", "display_name": "Al"})),
+            json!({"username": "Alice", "password": "correct horse", "display_name": "Al"}),
         )
         .await;
     let body = r.expect(201, None);
@@ -162,11 +219,9 @@ async fn sign_up_and_log_in() {
 
     // Usernames are unique regardless of case.
     let r = api
-        .call(
-            Method::POST,
+        .post_public(
             "/v1/users",
-            None,
-            Some(json!({"username": "ALICE", "password": "another one"})),
+            json!({"username": "ALICE", "password": "another one"}),
         )
         .await;
     r.expect(409, Some(ErrorCode::AlreadyExists));
@@ -178,23 +233,21 @@ async fn sign_up_and_log_in() {
         ("bob", &"p".repeat(1025)),
     ] {
         let body = json!({"username": username, "password": password});
-        let r = api.call(Method::POST, "/v1/users", None, Some(body)).await;
+        let r = api.post_public("/v1/users", body).await;
         r.expect(400, Some(ErrorCode::InvalidArgument));
     }
 
     let before = common::now_ms();
     let body = json!({"username": "alice", "password": "correct horse"});
-    let r = api
-        .call(Method::POST, "/v1/sessions", None, Some(body))
-        .await;
+    let r = api.post_public("/v1/sessions", body).await;
     let session = r.expect(200, None);
     assert_eq!(id_of(&session["user_id"]), alice);
     let week = 7 * 86_400_000;
     let expires = session["expires_at"].as_u64().expect("expires_at in ms");
     assert!((before + week..=common::now_ms() + week).contains(&expires));
     let token = session["token"].as_str().expect("token").to_owned();
-    let me = api.get("/v1/users/me", &token).await;
-    assert_eq!(me.expect(200, None)["display_name"], "Al");
+    let me = api.get_ok("/v1/users/me", &token).await;
+    assert_eq!(me["display_name"], "Al");
     // The same token opens a socket.
     let mut raw = common::Raw::connect(&node).await;
     let welcome = raw.hello(&token).await;
@@ -202,19 +255,15 @@ async fn sign_up_and_log_in() {
 
     // A wrong password and an unknown user get the same answer.
     let wrong = api
-        .call(
-            Method::POST,
+        .post_public(
             "/v1/sessions",
-            None,
-            Some(json!({"username": "alice", "password": "wrong horse"})),
+            json!({"username": "alice", "password": "wrong horse"}),
         )
         .await;
     let unknown = api
-        .call(
-            Method::POST,
+        .post_public(
             "/v1/sessions",
-            None,
-            Some(json!({"username": "nobody", "password": "correct horse"})),
+            json!({"username": "nobody", "password": "correct horse"}),
         )
         .await;
     wrong.expect(401, Some(ErrorCode::Unauthenticated));
@@ -252,7 +301,7 @@ async fn malformed_and_oversized_requests_answer_in_the_error_shape() {
 
     // Over the 64 KiB request limit.
     let huge = json!({"username": "carol", "password": "x".repeat(70 * 1024)});
-    let r = api.call(Method::POST, "/v1/users", None, Some(huge)).await;
+    let r = api.post_public("/v1/users", huge).await;
     r.expect(413, Some(ErrorCode::BodyTooLarge));
     // Under it, but over the 16 KiB message body limit.
     let r = api
@@ -284,16 +333,7 @@ async fn every_authenticated_route_refuses_bad_tokens() {
     let (node, api) = setup().await;
     let (alice, alice_token) = api.user("alice").await;
     let (bob, _) = api.user("bob").await;
-    let group = api
-        .post(
-            "/v1/groups",
-            &alice_token,
-            json!({"name": "g", "members": [bob.to_string()]}),
-        )
-        .await
-        .expect(201, None)["group_id"]
-        .clone();
-    let group = id_of(&group);
+    let group = api.group(&alice_token, "g", &[bob]).await;
 
     let now = common::now_ms();
     let forged = hanmadi_gateway::auth::TokenIssuer::new(b"some other secret entirely").issue(
@@ -306,7 +346,7 @@ async fn every_authenticated_route_refuses_bad_tokens() {
         .auth()
         .issue(alice, now - 7_200_000, Duration::from_secs(3600));
     let (carol, carol_token) = api.user("carol").await;
-    api.call(Method::DELETE, "/v1/users/me", Some(&carol_token), None)
+    api.delete("/v1/users/me", &carol_token)
         .await
         .expect(204, None);
     assert_ne!(carol, 0);
@@ -361,8 +401,7 @@ async fn profiles_read_change_and_delete() {
     let (alice, token) = api.user("alice").await;
     let (bob, bob_token) = api.user("bob").await;
 
-    let me = api.get("/v1/users/me", &token).await;
-    let me = me.expect(200, None);
+    let me = api.get_ok("/v1/users/me", &token).await;
     assert_eq!(id_of(&me["user_id"]), alice);
     assert_eq!(me["username"], "alice");
     assert!(me["created_at"].as_u64().is_some_and(|t| t > 0));
@@ -372,20 +411,13 @@ async fn profiles_read_change_and_delete() {
 
     let change = json!({"display_name": "Alice A.", "status_text": "busy",
         "avatar_url": "https://example.com/a.png"});
-    let r = api
-        .call(Method::PATCH, "/v1/users/me", Some(&token), Some(change))
-        .await;
+    let r = api.patch("/v1/users/me", &token, change).await;
     let changed = r.expect(200, None);
     assert_eq!(changed["display_name"], "Alice A.");
     assert_eq!(changed["status_text"], "busy");
     // Absent fields stay.
     let r = api
-        .call(
-            Method::PATCH,
-            "/v1/users/me",
-            Some(&token),
-            Some(json!({"status_text": "free"})),
-        )
+        .patch("/v1/users/me", &token, json!({"status_text": "free"}))
         .await;
     assert_eq!(r.expect(200, None)["display_name"], "Alice A.");
     for bad in [
@@ -393,15 +425,12 @@ async fn profiles_read_change_and_delete() {
         json!({"status_text": "x".repeat(257)}),
         json!({"avatar_url": "javascript:alert(1)"}),
     ] {
-        let r = api
-            .call(Method::PATCH, "/v1/users/me", Some(&token), Some(bad))
-            .await;
+        let r = api.patch("/v1/users/me", &token, bad).await;
         r.expect(400, Some(ErrorCode::InvalidArgument));
     }
 
     // Others see the profile.
-    let seen = api.get(&format!("/v1/users/{alice}"), &bob_token).await;
-    let seen = seen.expect(200, None);
+    let seen = api.get_ok(&format!("/v1/users/{alice}"), &bob_token).await;
     assert_eq!(seen["status_text"], "free");
     assert_eq!(seen["avatar_url"], "https://example.com/a.png");
     api.get("/v1/users/12345", &bob_token)
@@ -409,9 +438,7 @@ async fn profiles_read_change_and_delete() {
         .expect(404, Some(ErrorCode::NotFound));
 
     // Deleting the account ends its tokens at once, on HTTP and sockets.
-    api.call(Method::DELETE, "/v1/users/me", Some(&token), None)
-        .await
-        .expect(204, None);
+    api.delete("/v1/users/me", &token).await.expect(204, None);
     api.get("/v1/users/me", &token)
         .await
         .expect(401, Some(ErrorCode::TokenInvalid));
@@ -436,9 +463,7 @@ async fn blocks_stop_direct_messages_both_ways() {
     api.send(&alice_token, &to_bob, "before", "hi").await;
 
     let block = format!("/v1/users/me/blocks/{bob}");
-    api.call(Method::PUT, &block, Some(&alice_token), None)
-        .await
-        .expect(204, None);
+    api.put(&block, &alice_token).await.expect(204, None);
     for (token, to) in [(&alice_token, &to_bob), (&bob_token, &to_alice)] {
         let r = api
             .post(
@@ -449,28 +474,14 @@ async fn blocks_stop_direct_messages_both_ways() {
             .await;
         r.expect(403, Some(ErrorCode::Blocked));
     }
-    api.call(Method::DELETE, &block, Some(&alice_token), None)
-        .await
-        .expect(204, None);
+    api.delete(&block, &alice_token).await.expect(204, None);
     api.send(&bob_token, &to_alice, "after", "hello again")
         .await;
 
-    let r = api
-        .call(
-            Method::PUT,
-            "/v1/users/me/blocks/999999",
-            Some(&alice_token),
-            None,
-        )
-        .await;
+    let r = api.put("/v1/users/me/blocks/999999", &alice_token).await;
     r.expect(404, Some(ErrorCode::NotFound));
     let r = api
-        .call(
-            Method::PUT,
-            &format!("/v1/users/me/blocks/{alice}"),
-            Some(&alice_token),
-            None,
-        )
+        .put(&format!("/v1/users/me/blocks/{alice}"), &alice_token)
         .await;
     r.expect(400, Some(ErrorCode::InvalidArgument));
 }
@@ -513,16 +524,15 @@ async fn groups_create_list_read_add_and_remove() {
         BTreeSet::from([(alice, "owner".into()), (bob, "member".into())])
     );
 
-    let listed = api.get("/v1/groups", &b).await;
-    let listed = listed.expect(200, None)["groups"].clone();
+    let listed = api.get_ok("/v1/groups", &b).await["groups"].clone();
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(id_of(&listed[0]["group_id"]), group);
     assert_eq!(listed[0]["role"], "member");
     assert_eq!(id_of(&listed[0]["owner"]), alice);
     assert_eq!(listed[0]["name"], "climbers");
     assert_eq!(listed[0]["member_count"], 2);
-    let none = api.get("/v1/groups", &c).await;
-    assert_eq!(none.expect(200, None)["groups"], json!([]));
+    let none = api.get_ok("/v1/groups", &c).await;
+    assert_eq!(none["groups"], json!([]));
 
     let path = format!("/v1/groups/{group}");
     api.get(&path, &b).await.expect(200, None);
@@ -548,21 +558,19 @@ async fn groups_create_list_read_add_and_remove() {
     assert_eq!(r.expect(200, None)["member_count"], 3);
 
     let remove_carol = format!("{members}/{carol}");
-    api.call(Method::DELETE, &remove_carol, Some(&b), None)
+    api.delete(&remove_carol, &b)
         .await
         .expect(403, Some(ErrorCode::PermissionDenied));
-    api.call(Method::DELETE, &remove_carol, Some(&a), None)
-        .await
-        .expect(204, None);
+    api.delete(&remove_carol, &a).await.expect(204, None);
     api.get(&path, &c)
         .await
         .expect(403, Some(ErrorCode::NotAMember));
     // Leaving.
-    api.call(Method::DELETE, &format!("{members}/{bob}"), Some(&b), None)
+    api.delete(&format!("{members}/{bob}"), &b)
         .await
         .expect(204, None);
-    let after = api.get(&path, &a).await;
-    assert_eq!(after.expect(200, None)["member_count"], 1);
+    let after = api.get_ok(&path, &a).await;
+    assert_eq!(after["member_count"], 1);
 
     api.post("/v1/groups", &a, json!({"name": "", "members": []}))
         .await
@@ -639,30 +647,16 @@ async fn sends_are_exactly_once_and_history_pages_newest_first() {
 
     // Bob pages back from the newest, two at a time.
     let history = format!("/v1/direct/{alice}/messages");
-    let page = api.get(&format!("{history}?limit=2"), &b).await;
-    let page = page.expect(200, None).clone();
-    let got: Vec<u64> = page["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| id_of(&m["message_id"]))
-        .collect();
-    assert_eq!(got, vec![ids[4], ids[3]]);
+    let page = api.get_ok(&format!("{history}?limit=2"), &b).await;
+    assert_eq!(message_ids(&page), vec![ids[4], ids[3]]);
     assert_eq!(page["has_more"], true);
     assert_eq!(page["messages"][0]["body"], "#5");
     assert_eq!(id_of(&page["messages"][0]["sender"]), alice);
     assert_eq!(page["messages"][0]["kind"], "MESSAGE_KIND_TEXT");
     let rest = api
-        .get(&format!("{history}?before={}&limit=", ids[3]), &b)
+        .get_ok(&format!("{history}?before={}&limit=", ids[3]), &b)
         .await;
-    let rest = rest.expect(200, None).clone();
-    let got: Vec<u64> = rest["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| id_of(&m["message_id"]))
-        .collect();
-    assert_eq!(got, vec![ids[2], ids[1], ids[0]]);
+    assert_eq!(message_ids(&rest), vec![ids[2], ids[1], ids[0]]);
     assert!(rest.get("has_more").is_none_or(|v| v == false), "{rest}");
     assert_eq!(rest["messages"][2]["body"], "one");
 
@@ -687,19 +681,11 @@ async fn sends_are_exactly_once_and_history_pages_newest_first() {
         .expect(404, Some(ErrorCode::NotFound));
 
     // Groups: members post and read; others are refused.
-    let r = api
-        .post(
-            "/v1/groups",
-            &a,
-            json!({"name": "g", "members": [bob.to_string()]}),
-        )
-        .await;
-    let group = id_of(&r.expect(201, None)["group_id"]);
+    let group = api.group(&a, "g", &[bob]).await;
     let in_group = format!("/v1/groups/{group}");
     let ack = api.send(&b, &in_group, "g-1", "hello group").await;
     assert_eq!(id_of(&ack["conversation"]["group_id"]), group);
-    let page = api.get(&format!("{in_group}/messages"), &a).await;
-    let page = page.expect(200, None).clone();
+    let page = api.get_ok(&format!("{in_group}/messages"), &a).await;
     assert_eq!(page["messages"][0]["body"], "hello group");
     // The group's creation is in its history as a system message.
     let kinds: Vec<&str> = page["messages"]
@@ -729,35 +715,22 @@ async fn conversations_list_newest_activity_first_with_unread_counts() {
     let (alice, a) = api.user("alice").await;
     let (bob, b) = api.user("bob").await;
     let (carol, c) = api.user("carol").await;
-    api.call(
-        Method::PATCH,
-        "/v1/users/me",
-        Some(&b),
-        Some(json!({"display_name": "Bobby"})),
-    )
-    .await
-    .expect(200, None);
+    api.patch("/v1/users/me", &b, json!({"display_name": "Bobby"}))
+        .await
+        .expect(200, None);
 
     api.send(&b, &format!("/v1/direct/{alice}"), "b1", "hi alice")
         .await;
     api.send(&b, &format!("/v1/direct/{alice}"), "b2", "are you there?")
         .await;
-    let r = api
-        .post(
-            "/v1/groups",
-            &c,
-            json!({"name": "book club", "members": [alice.to_string()]}),
-        )
-        .await;
-    let group = id_of(&r.expect(201, None)["group_id"]);
+    let group = api.group(&c, "book club", &[alice]).await;
     api.send(&c, &format!("/v1/groups/{group}"), "c1", "chapter 3?")
         .await;
     let ack = api
         .send(&a, &format!("/v1/direct/{carol}"), "a1", "hello carol")
         .await;
 
-    let list = api.get("/v1/conversations", &a).await;
-    let list = list.expect(200, None)["conversations"].clone();
+    let list = api.get_ok("/v1/conversations", &a).await["conversations"].clone();
     let list = list.as_array().expect("conversations");
     assert_eq!(list.len(), 3, "{list:?}");
 
@@ -785,8 +758,7 @@ async fn conversations_list_newest_activity_first_with_unread_counts() {
     assert_eq!(list[2]["unread"], 2);
 
     // A page at a time: two, then the rest after the second's activity.
-    let page = api.get("/v1/conversations?limit=2", &a).await;
-    let page = page.expect(200, None).clone();
+    let page = api.get_ok("/v1/conversations?limit=2", &a).await;
     assert_eq!(page["has_more"], true);
     let first: Vec<_> = page["conversations"].as_array().expect("page").clone();
     assert_eq!(first.as_slice(), &list[..2]);
@@ -794,9 +766,8 @@ async fn conversations_list_newest_activity_first_with_unread_counts() {
         .as_str()
         .expect("message id");
     let rest = api
-        .get(&format!("/v1/conversations?limit=2&before={before}"), &a)
+        .get_ok(&format!("/v1/conversations?limit=2&before={before}"), &a)
         .await;
-    let rest = rest.expect(200, None).clone();
     assert_eq!(rest["has_more"], false);
     assert_eq!(rest["conversations"].as_array().expect("page"), &list[2..]);
 
@@ -810,8 +781,7 @@ async fn conversations_list_newest_activity_first_with_unread_counts() {
     )
     .await
     .expect(200, None);
-    let list = api.get("/v1/conversations", &d).await;
-    let list = list.expect(200, None)["conversations"].clone();
+    let list = api.get_ok("/v1/conversations", &d).await["conversations"].clone();
     assert_eq!(list[0]["unread"], 1, "{list:?}");
 }
 
@@ -837,8 +807,7 @@ async fn a_waiting_long_poll_answers_at_the_commit_with_only_newer_messages() {
 
     // Anything after the cursor is answered at once, whatever wait_ms.
     let started = Instant::now();
-    let first = api.get("/v1/sync?wait_ms=20000", &b).await;
-    let first = first.expect(200, None).clone();
+    let first = api.get_ok("/v1/sync?wait_ms=20000", &b).await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(first["messages"][0]["message"]["body"], "before the cursor");
     assert!(first["messages"][0]["cursor"].is_string());
@@ -889,8 +858,7 @@ async fn a_long_poll_without_commits_answers_empty_after_wait_ms() {
     let (bob, b) = api.user("bob").await;
     api.send(&a, &format!("/v1/direct/{bob}"), "m", "hello")
         .await;
-    let first = api.get("/v1/sync", &b).await;
-    let cursor = first.expect(200, None)["next"].clone();
+    let cursor = api.get_ok("/v1/sync", &b).await["next"].clone();
 
     // A commit for somebody else does not answer Bob's poll.
     let (carol, _) = api.user("carol").await;
@@ -905,10 +873,7 @@ async fn a_long_poll_without_commits_answers_empty_after_wait_ms() {
     let (r, ()) = tokio::join!(poll, other);
     let waited = started.elapsed();
     let batch = r.expect(200, None);
-    assert!(
-        batch.get("messages").is_none_or(|m| m == &json!([])),
-        "{batch}"
-    );
+    assert_no_messages(batch);
     assert_eq!(batch["next"], cursor);
     assert!(
         waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
@@ -934,16 +899,14 @@ async fn sync_takes_any_base64_cursor_and_answers_410_past_retention() {
         api.send(&a, &format!("/v1/direct/{bob}"), &format!("m{i}"), "x")
             .await;
     }
-    let page = api.get("/v1/sync?limit=1", &b).await;
-    let page = page.expect(200, None).clone();
+    let page = api.get_ok("/v1/sync?limit=1", &b).await;
     assert_eq!(page["has_more"], true);
     let cursor = page["next"].as_str().expect("cursor").to_owned();
     let raw = STANDARD.decode(&cursor).expect("standard base64");
     let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
     // Every flavour names the same place: two entries follow.
     for text in [after(&json!(cursor)), url_safe, cursor.replace('+', " ")] {
-        let r = api.get(&format!("/v1/sync?after={text}"), &b).await;
-        let r = r.expect(200, None);
+        let r = api.get_ok(&format!("/v1/sync?after={text}"), &b).await;
         assert_eq!(
             r["messages"].as_array().map(Vec::len),
             Some(2),
@@ -984,10 +947,7 @@ async fn a_long_poll_answers_at_once_when_the_node_drains() {
     );
     let (r, answered) = r;
     let batch = r.expect(200, None);
-    assert!(
-        batch.get("messages").is_none_or(|m| m == &json!([])),
-        "{batch}"
-    );
+    assert_no_messages(batch);
     let took = answered.saturating_duration_since(drain_started);
     assert!(
         took < Duration::from_secs(2),
@@ -1002,7 +962,7 @@ async fn discovery_lists_live_nodes_ranked_for_the_client() {
     let mut raw = common::Raw::connect(&node).await;
     raw.hello(&token).await;
 
-    let r = api.call(Method::GET, "/v1/discovery", None, None).await;
+    let r = api.get_public("/v1/discovery").await;
     let nodes = r.expect(200, None)["nodes"].clone();
     assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
     let me = &nodes[0];
@@ -1060,12 +1020,10 @@ async fn discovery_lists_live_nodes_ranked_for_the_client() {
             .collect()
     };
     // Most free capacity first...
-    let all = api.call(Method::GET, "/v1/discovery", None, None).await;
+    let all = api.get_public("/v1/discovery").await;
     assert_eq!(ids(all), ["0", "7"]);
     // ...but the client's region before that.
-    let eu = api
-        .call(Method::GET, "/v1/discovery?region=eu", None, None)
-        .await;
+    let eu = api.get_public("/v1/discovery?region=eu").await;
     let eu = eu.expect(200, None).clone();
     assert_eq!(eu["nodes"][0]["node_id"], "7");
     assert_eq!(
@@ -1102,16 +1060,9 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     let (_node, api) = setup().await;
     let (alice, a) = api.user("alice").await;
     let (bob, _) = api.user("bob").await;
-    let r = api
-        .post(
-            "/v1/groups",
-            &a,
-            json!({"name": "g", "members": [bob.to_string()]}),
-        )
-        .await;
-    let group = id_of(&r.expect(201, None)["group_id"]);
+    let group = api.group(&a, "g", &[bob]).await;
 
-    let doc = api.call(Method::GET, "/v1/openapi.json", None, None).await;
+    let doc = api.get_public("/v1/openapi.json").await;
     let doc = doc.expect(200, None).clone();
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     let paths = doc["paths"].as_object().expect("paths");

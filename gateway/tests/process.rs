@@ -97,14 +97,15 @@ fn token(user: u64) -> String {
 
 type Acks = Arc<Mutex<Vec<(ConversationId, u64)>>>;
 
-/// Senders that send until their connection fails, recording every ack.
-async fn load(
-    addr: &str,
-    acks: Acks,
-) -> Vec<(
+/// Each sender's task, which ends with the error that stopped it, and the
+/// deliveries of its connection.
+type Senders = Vec<(
     tokio::task::JoinHandle<Option<ClientError>>,
     hanmadi_client::Deliveries,
-)> {
+)>;
+
+/// Senders that send until their connection fails, recording every ack.
+async fn load(addr: &str, acks: Acks) -> Senders {
     let mut tasks = Vec::new();
     for u in 1..=USERS {
         let (client, deliveries) = Client::connect(ClientConfig::new(addr, token(u), "load"))
@@ -173,14 +174,21 @@ async fn wait_for_acks(acks: &Acks, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_loses_no_acknowledged_message() {
+/// A node on fresh, seeded data, under load until `n` sends were acked:
+/// its data directory, the node, the acks and the senders.
+async fn under_load(n: usize) -> (tempfile::TempDir, Node, Acks, Senders) {
     let dir = tempfile::tempdir().expect("tempdir");
     seed(dir.path()).await;
-    let mut node = spawn(dir.path());
+    let node = spawn(dir.path());
     let acks: Acks = Arc::default();
     let senders = load(&node.addr, Arc::clone(&acks)).await;
-    wait_for_acks(&acks, 1500).await;
+    wait_for_acks(&acks, n).await;
+    (dir, node, acks, senders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_message() {
+    let (dir, mut node, acks, senders) = under_load(1500).await;
     node.child.kill().expect("SIGKILL");
     node.child.wait().expect("reap");
     for (t, _) in senders {
@@ -205,12 +213,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed(dir.path()).await;
-    let mut node = spawn(dir.path());
-    let acks: Acks = Arc::default();
-    let senders = load(&node.addr, Arc::clone(&acks)).await;
-    wait_for_acks(&acks, 1000).await;
+    let (dir, mut node, acks, senders) = under_load(1000).await;
     let pid = node.child.id();
     let started = Instant::now();
     let status = Command::new("kill")

@@ -31,19 +31,10 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
     })
     .await;
     let members: Vec<u64> = (1..=11).collect();
-    for &u in &members {
-        node.user(u).await;
-    }
-    let (group, _) = node
-        .server
-        .router()
-        .create_group(1, "chat".into(), members[1..].to_vec())
-        .await
-        .expect("group");
-    let mut chatters = Vec::new();
-    for &u in &members[..10] {
-        chatters.push(node.connect(u, "d", common::Transport::Tcp).await);
-    }
+    let group = node.group_of("chat", &members).await;
+    let chatters = node
+        .connect_each(&members[..10], "d", common::Transport::Tcp)
+        .await;
     // Drain the chatters' deliveries in the background, as live apps do.
     let mut drains = Vec::new();
     let mut clients = Vec::new();
@@ -95,7 +86,7 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
             .expect("connect"),
     );
     let w = slow.hello(&node.token(11)).await;
-    assert!(matches!(w.kind, Some(pb::server_frame::Kind::Welcome(_))));
+    common::assert_welcome(&w);
 
     let mut during = Vec::new();
     let mut closed_slow = false;

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::start;
+use common::{error_code, start, start_with_conn};
 use futures::{SinkExt, StreamExt};
 use hanmadi_gateway::conn::ConnConfig;
 use hanmadi_gateway::ServerOptions;
@@ -76,22 +76,27 @@ async fn logged_in(node: &common::Node, token: &str) -> Ws {
     let (mut ws, _) = open(node, Some("hanmadi.v1.json")).await;
     ws.send(hello_json(token)).await.expect("send");
     let (welcome, _) = recv(&mut ws).await.expect("welcome");
-    assert!(
-        matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))),
-        "{welcome:?}"
-    );
+    common::assert_welcome(&welcome);
     ws
 }
 
-fn code(frame: &pb::ServerFrame) -> Option<ErrorCode> {
-    match &frame.kind {
-        Some(server_frame::Kind::Error(e)) => ErrorCode::try_from(e.code).ok(),
-        _ => None,
-    }
+/// A node with user 1, and a JSON WebSocket logged in as that user.
+async fn node_and_logged_in() -> (common::Node, String, Ws) {
+    let node = start(ServerOptions::default()).await;
+    let token = node.user(1).await;
+    let ws = logged_in(&node, &token).await;
+    (node, token, ws)
 }
 
 async fn assert_closed(ws: &mut Ws) {
     assert!(recv(ws).await.is_none(), "the server closes the connection");
+}
+
+/// The next frame is an `Error` with `want`, and then the server closes.
+async fn error_then_closed(ws: &mut Ws, want: ErrorCode) {
+    let (reply, _) = recv(ws).await.expect("an error frame");
+    assert_eq!(error_code(&reply), Some(want), "{reply:?}");
+    assert_closed(ws).await;
 }
 
 #[tokio::test]
@@ -112,7 +117,7 @@ async fn the_subprotocol_picks_the_reply_encoding() {
     ws.send(hello_json(&node.token(1))).await.expect("send");
     let (welcome, json) = recv(&mut ws).await.expect("welcome");
     assert!(!json, "a binary reply");
-    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+    common::assert_welcome(&welcome);
     // Nothing offered: binary.
     let (mut ws, chosen) = open(&node, None).await;
     assert_eq!(chosen, None);
@@ -128,7 +133,7 @@ async fn the_subprotocol_picks_the_reply_encoding() {
         .expect("send");
     let (welcome, json) = recv(&mut ws).await.expect("welcome");
     assert!(!json);
-    assert!(matches!(welcome.kind, Some(server_frame::Kind::Welcome(_))));
+    common::assert_welcome(&welcome);
 }
 
 #[tokio::test]
@@ -155,23 +160,17 @@ async fn bad_tokens_over_websocket() {
     ] {
         let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
         ws.send(hello_json(&token)).await.expect("send");
-        let (reply, _) = recv(&mut ws).await.expect("a refusal");
-        assert_eq!(code(&reply), Some(want), "{reply:?}");
-        assert_closed(&mut ws).await;
+        error_then_closed(&mut ws, want).await;
     }
 }
 
 #[tokio::test]
 async fn malformed_json_closes_with_malformed_frame() {
-    let node = start(ServerOptions::default()).await;
-    node.user(1).await;
-    let mut ws = logged_in(&node, &node.token(1)).await;
+    let (_node, _, mut ws) = node_and_logged_in().await;
     ws.send(Message::text("{\"req_id\": \"2\", \"send\": ["))
         .await
         .expect("send");
-    let (reply, _) = recv(&mut ws).await.expect("an error");
-    assert_eq!(code(&reply), Some(ErrorCode::MalformedFrame), "{reply:?}");
-    assert_closed(&mut ws).await;
+    error_then_closed(&mut ws, ErrorCode::MalformedFrame).await;
 }
 
 #[tokio::test]
@@ -187,16 +186,18 @@ async fn oversized_messages_close_with_frame_too_large() {
     ])))
     .await
     .expect("send");
-    let (reply, _) = recv(&mut ws).await.expect("an error");
-    assert_eq!(code(&reply), Some(ErrorCode::FrameTooLarge), "{reply:?}");
-    assert_closed(&mut ws).await;
+    error_then_closed(&mut ws, ErrorCode::FrameTooLarge).await;
     // Past what the WebSocket layer accepts at all.
     let (mut ws, _) = open(&node, None).await;
     let huge = vec![0u8; hanmadi_proto::DEFAULT_MAX_FRAME * 8];
     // The server may close while this is still being written.
     let _ = ws.send(Message::Binary(Bytes::from(huge))).await;
     if let Some((reply, _)) = recv(&mut ws).await {
-        assert_eq!(code(&reply), Some(ErrorCode::FrameTooLarge), "{reply:?}");
+        assert_eq!(
+            error_code(&reply),
+            Some(ErrorCode::FrameTooLarge),
+            "{reply:?}"
+        );
         assert_closed(&mut ws).await;
     }
     // The node keeps serving.
@@ -205,27 +206,25 @@ async fn oversized_messages_close_with_frame_too_large() {
 
 #[tokio::test]
 async fn a_silent_websocket_gets_the_handshake_timeout() {
-    let node = start(ServerOptions {
-        conn: ConnConfig {
-            handshake_timeout: Duration::from_millis(200),
-            ..ConnConfig::default()
-        },
-        ..ServerOptions::default()
+    let node = start_with_conn(ConnConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..ConnConfig::default()
     })
     .await;
     let (mut ws, _) = open(&node, Some("hanmadi.v1.json")).await;
     let (reply, json) = recv(&mut ws).await.expect("an error");
     assert!(json);
-    assert_eq!(code(&reply), Some(ErrorCode::HandshakeTimeout), "{reply:?}");
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::HandshakeTimeout),
+        "{reply:?}"
+    );
     assert_closed(&mut ws).await;
 }
 
 #[tokio::test]
 async fn deleting_the_account_closes_its_live_sockets() {
-    let node = start(ServerOptions::default()).await;
-    node.user(1).await;
-    let token = node.token(1);
-    let mut ws = logged_in(&node, &token).await;
+    let (node, token, mut ws) = node_and_logged_in().await;
     let addr = node.server.http_addr().expect("http listener");
     let deleted = reqwest::Client::new()
         .delete(format!("http://{addr}/v1/users/me"))
@@ -234,16 +233,12 @@ async fn deleting_the_account_closes_its_live_sockets() {
         .await
         .expect("delete");
     assert_eq!(deleted.status(), reqwest::StatusCode::NO_CONTENT);
-    let (reply, _) = recv(&mut ws).await.expect("a closing error");
-    assert_eq!(code(&reply), Some(ErrorCode::TokenInvalid), "{reply:?}");
-    assert_closed(&mut ws).await;
+    error_then_closed(&mut ws, ErrorCode::TokenInvalid).await;
 }
 
 #[tokio::test]
 async fn a_client_close_is_answered_with_a_close() {
-    let node = start(ServerOptions::default()).await;
-    node.user(1).await;
-    let mut ws = logged_in(&node, &node.token(1)).await;
+    let (_node, _, mut ws) = node_and_logged_in().await;
     ws.send(Message::Close(None)).await.expect("close");
     let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await

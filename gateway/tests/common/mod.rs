@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use hanmadi_gateway::conn::ConnConfig;
 use hanmadi_gateway::{Listeners, Server, ServerOptions};
 use hanmadi_proto::pb::{self, client_frame, server_frame};
 use hanmadi_proto::websocket::Encoding;
@@ -69,6 +70,15 @@ pub async fn start(options: ServerOptions) -> Node {
     }
 }
 
+/// A node with the default options but for the connection settings.
+pub async fn start_with_conn(conn: ConnConfig) -> Node {
+    start(ServerOptions {
+        conn,
+        ..ServerOptions::default()
+    })
+    .await
+}
+
 impl Node {
     pub async fn user(&self, id: u64) -> String {
         self.server
@@ -84,6 +94,22 @@ impl Node {
             .await
             .expect("create user");
         self.token(id)
+    }
+
+    /// Creates the users `members` and a group `name` of them, owned by the
+    /// first; returns the group's id.
+    pub async fn group_of(&self, name: &str, members: &[u64]) -> u64 {
+        for &u in members {
+            self.user(u).await;
+        }
+        let (owner, others) = members.split_first().expect("an owner");
+        let (group, _) = self
+            .server
+            .router()
+            .create_group(*owner, name.into(), others.to_vec())
+            .await
+            .expect("group");
+        group
     }
 
     /// A client configuration for `user` over TCP or TLS.
@@ -126,6 +152,20 @@ impl Node {
         hanmadi_client::Client::connect(self.client_config(user, device, transport))
             .await
             .expect("connect")
+    }
+
+    /// Connects each of `users`, one after the other, in order.
+    pub async fn connect_each(
+        &self,
+        users: &[u64],
+        device: &str,
+        transport: Transport,
+    ) -> Vec<(hanmadi_client::Client, hanmadi_client::Deliveries)> {
+        let mut conns = Vec::with_capacity(users.len());
+        for &u in users {
+            conns.push(self.connect(u, device, transport).await);
+        }
+        conns
     }
 
     pub fn token(&self, id: u64) -> String {
@@ -189,6 +229,14 @@ impl Raw {
         }
     }
 
+    /// Connects and says `Hello` with `token`; asserts the reply is `Welcome`.
+    pub async fn logged_in(node: &Node, token: &str) -> Raw {
+        let mut raw = Raw::connect(node).await;
+        let w = raw.hello(token).await;
+        assert_welcome(&w);
+        raw
+    }
+
     pub async fn hello(&mut self, token: &str) -> pb::ServerFrame {
         self.send(&pb::ClientFrame {
             req_id: 1,
@@ -200,6 +248,15 @@ impl Raw {
         .await;
         self.recv().await.expect("a reply to Hello")
     }
+}
+
+/// Asserts that `frame` is a `Welcome`.
+#[track_caller]
+pub fn assert_welcome(frame: &pb::ServerFrame) {
+    assert!(
+        matches!(frame.kind, Some(server_frame::Kind::Welcome(_))),
+        "got {frame:?}"
+    );
 }
 
 /// The error code of an `Error` frame.
