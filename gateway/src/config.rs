@@ -62,6 +62,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::server::ServerOptions;
+
 /// Prefix of every environment variable Hanmadi reads.
 pub const ENV_PREFIX: &str = "HANMADI_";
 
@@ -559,9 +561,12 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The defaults of the module table, with the machine's hostname.
+    /// The defaults of the module table: the server's own
+    /// ([`ServerOptions::default`]) in this configuration's units, with the
+    /// machine's hostname.
     fn default() -> Self {
-        let heartbeat = Duration::from_millis(30_000);
+        let server = ServerOptions::default();
+        let conn = server.conn;
         Self {
             config_file: None,
             data_dir: PathBuf::from("./hanmadi-data"),
@@ -571,30 +576,32 @@ impl Default for Config {
             https: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7443))),
             cert: None,
             key: None,
-            region: "local".to_owned(),
+            region: server.region,
             secret: None,
             store: StoreKind::Embedded,
             fdb_cluster_file: None,
-            node_id: 0,
+            node_id: server.router.node,
             hostname: machine_hostname(),
-            max_frame_bytes: 64 * 1024,
-            max_body_bytes: 16 * 1024,
-            handshake_timeout: Duration::from_millis(5_000),
-            heartbeat,
-            idle_timeout: default_idle_timeout(heartbeat),
-            write_timeout: Duration::from_millis(10_000),
-            drain_timeout: Duration::from_millis(4_000),
-            rate_per_sec: 100,
-            rate_burst: 200,
-            max_conns_per_user: 16,
-            max_conns_per_ip: 1000,
-            outbound_queue_bytes: 1 << 20,
-            max_connections: 100_000,
-            max_group_members: 1000,
-            max_password_hashes: crate::password::Passwords::default_concurrency(),
-            http_header_timeout: Duration::from_millis(30_000),
-            token_ttl: Duration::from_secs(7 * 24 * 3600),
-            retention_days: 30,
+            max_frame_bytes: conn.max_frame,
+            max_body_bytes: conn.max_body,
+            handshake_timeout: conn.handshake_timeout,
+            heartbeat: conn.heartbeat,
+            idle_timeout: default_idle_timeout(conn.heartbeat),
+            write_timeout: conn.write_timeout,
+            drain_timeout: server.drain_timeout,
+            rate_per_sec: conn.rate_per_sec,
+            rate_burst: conn.rate_burst,
+            max_conns_per_user: server.registry.per_user,
+            max_conns_per_ip: server.registry.per_ip,
+            outbound_queue_bytes: server.registry.outbound_bytes,
+            max_connections: server.max_connections,
+            max_group_members: server.router.max_group_members,
+            max_password_hashes: server.max_password_hashes,
+            http_header_timeout: server.http_header_timeout,
+            token_ttl: server.token_ttl,
+            retention_days: server.retention.map_or(0, |r| {
+                u32::try_from(r.as_secs() / 86_400).unwrap_or(u32::MAX)
+            }),
         }
     }
 }
@@ -605,7 +612,8 @@ fn default_idle_timeout(heartbeat: Duration) -> Duration {
     heartbeat.saturating_mul(5) / 2
 }
 
-fn machine_hostname() -> String {
+/// The machine's host name, or `localhost` when it has none usable.
+pub(crate) fn machine_hostname() -> String {
     hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -711,132 +719,50 @@ impl Config {
         let f = file.unwrap_or_default();
         let d = Self::default();
         let ms = Duration::from_millis;
+        // A setting by its one name: the flag's field, the TOML key and,
+        // upper-cased, the environment variable.
+        macro_rules! setting {
+            ($name:ident) => {
+                pick(args.$name, env, stringify!($name), f.$name)?
+            };
+        }
+        let listen = |l: Option<Listen>, default| l.map_or(default, |l| l.0);
 
-        let listen = |flag: Option<Listen>, key, file: Option<Listen>, default| {
-            pick(flag, env, key, file).map(|l| l.map_or(default, |l| l.0))
-        };
-
-        let heartbeat =
-            pick(args.heartbeat_ms, env, "heartbeat_ms", f.heartbeat_ms)?.map_or(d.heartbeat, ms);
-        let idle_timeout = pick(
-            args.idle_timeout_ms,
-            env,
-            "idle_timeout_ms",
-            f.idle_timeout_ms,
-        )?
-        .map_or_else(|| default_idle_timeout(heartbeat), ms);
-        let secret =
-            pick(args.secret, env, "secret", f.secret)?.map(|s| Secret::new(s.into_bytes()));
-
+        let heartbeat = setting!(heartbeat_ms).map_or(d.heartbeat, ms);
         let config = Self {
             config_file: None,
-            data_dir: pick(args.data_dir, env, "data_dir", f.data_dir)?.unwrap_or(d.data_dir),
-            tcp: listen(args.tcp, "tcp", f.tcp, d.tcp)?,
-            tls: listen(args.tls, "tls", f.tls, d.tls)?,
-            http: listen(args.http, "http", f.http, d.http)?,
-            https: listen(args.https, "https", f.https, d.https)?,
-            cert: pick(args.cert, env, "cert", f.cert)?,
-            key: pick(args.key, env, "key", f.key)?,
-            region: pick(args.region, env, "region", f.region)?.unwrap_or(d.region),
-            secret,
-            store: pick(args.store, env, "store", f.store)?.unwrap_or(d.store),
-            fdb_cluster_file: pick(
-                args.fdb_cluster_file,
-                env,
-                "fdb_cluster_file",
-                f.fdb_cluster_file,
-            )?,
-            node_id: pick(args.node_id, env, "node_id", f.node_id)?.unwrap_or(d.node_id),
-            hostname: pick(args.hostname, env, "hostname", f.hostname)?.unwrap_or(d.hostname),
-            max_frame_bytes: pick(
-                args.max_frame_bytes,
-                env,
-                "max_frame_bytes",
-                f.max_frame_bytes,
-            )?
-            .unwrap_or(d.max_frame_bytes),
-            max_body_bytes: pick(args.max_body_bytes, env, "max_body_bytes", f.max_body_bytes)?
-                .unwrap_or(d.max_body_bytes),
-            handshake_timeout: pick(
-                args.handshake_timeout_ms,
-                env,
-                "handshake_timeout_ms",
-                f.handshake_timeout_ms,
-            )?
-            .map_or(d.handshake_timeout, ms),
+            data_dir: setting!(data_dir).unwrap_or(d.data_dir),
+            tcp: listen(setting!(tcp), d.tcp),
+            tls: listen(setting!(tls), d.tls),
+            http: listen(setting!(http), d.http),
+            https: listen(setting!(https), d.https),
+            cert: setting!(cert),
+            key: setting!(key),
+            region: setting!(region).unwrap_or(d.region),
+            secret: setting!(secret).map(|s| Secret::new(s.into_bytes())),
+            store: setting!(store).unwrap_or(d.store),
+            fdb_cluster_file: setting!(fdb_cluster_file),
+            node_id: setting!(node_id).unwrap_or(d.node_id),
+            hostname: setting!(hostname).unwrap_or(d.hostname),
+            max_frame_bytes: setting!(max_frame_bytes).unwrap_or(d.max_frame_bytes),
+            max_body_bytes: setting!(max_body_bytes).unwrap_or(d.max_body_bytes),
+            handshake_timeout: setting!(handshake_timeout_ms).map_or(d.handshake_timeout, ms),
             heartbeat,
-            idle_timeout,
-            write_timeout: pick(
-                args.write_timeout_ms,
-                env,
-                "write_timeout_ms",
-                f.write_timeout_ms,
-            )?
-            .map_or(d.write_timeout, ms),
-            drain_timeout: pick(
-                args.drain_timeout_ms,
-                env,
-                "drain_timeout_ms",
-                f.drain_timeout_ms,
-            )?
-            .map_or(d.drain_timeout, ms),
-            rate_per_sec: pick(args.rate_per_sec, env, "rate_per_sec", f.rate_per_sec)?
-                .unwrap_or(d.rate_per_sec),
-            rate_burst: pick(args.rate_burst, env, "rate_burst", f.rate_burst)?
-                .unwrap_or(d.rate_burst),
-            max_conns_per_user: pick(
-                args.max_conns_per_user,
-                env,
-                "max_conns_per_user",
-                f.max_conns_per_user,
-            )?
-            .unwrap_or(d.max_conns_per_user),
-            max_conns_per_ip: pick(
-                args.max_conns_per_ip,
-                env,
-                "max_conns_per_ip",
-                f.max_conns_per_ip,
-            )?
-            .unwrap_or(d.max_conns_per_ip),
-            outbound_queue_bytes: pick(
-                args.outbound_queue_bytes,
-                env,
-                "outbound_queue_bytes",
-                f.outbound_queue_bytes,
-            )?
-            .unwrap_or(d.outbound_queue_bytes),
-            max_connections: pick(
-                args.max_connections,
-                env,
-                "max_connections",
-                f.max_connections,
-            )?
-            .unwrap_or(d.max_connections),
-            max_group_members: pick(
-                args.max_group_members,
-                env,
-                "max_group_members",
-                f.max_group_members,
-            )?
-            .unwrap_or(d.max_group_members),
-            max_password_hashes: pick(
-                args.max_password_hashes,
-                env,
-                "max_password_hashes",
-                f.max_password_hashes,
-            )?
-            .unwrap_or(d.max_password_hashes),
-            http_header_timeout: pick(
-                args.http_header_timeout_ms,
-                env,
-                "http_header_timeout_ms",
-                f.http_header_timeout_ms,
-            )?
-            .map_or(d.http_header_timeout, ms),
-            token_ttl: pick(args.token_ttl_secs, env, "token_ttl_secs", f.token_ttl_secs)?
-                .map_or(d.token_ttl, Duration::from_secs),
-            retention_days: pick(args.retention_days, env, "retention_days", f.retention_days)?
-                .unwrap_or(d.retention_days),
+            idle_timeout: setting!(idle_timeout_ms)
+                .map_or_else(|| default_idle_timeout(heartbeat), ms),
+            write_timeout: setting!(write_timeout_ms).map_or(d.write_timeout, ms),
+            drain_timeout: setting!(drain_timeout_ms).map_or(d.drain_timeout, ms),
+            rate_per_sec: setting!(rate_per_sec).unwrap_or(d.rate_per_sec),
+            rate_burst: setting!(rate_burst).unwrap_or(d.rate_burst),
+            max_conns_per_user: setting!(max_conns_per_user).unwrap_or(d.max_conns_per_user),
+            max_conns_per_ip: setting!(max_conns_per_ip).unwrap_or(d.max_conns_per_ip),
+            outbound_queue_bytes: setting!(outbound_queue_bytes).unwrap_or(d.outbound_queue_bytes),
+            max_connections: setting!(max_connections).unwrap_or(d.max_connections),
+            max_group_members: setting!(max_group_members).unwrap_or(d.max_group_members),
+            max_password_hashes: setting!(max_password_hashes).unwrap_or(d.max_password_hashes),
+            http_header_timeout: setting!(http_header_timeout_ms).map_or(d.http_header_timeout, ms),
+            token_ttl: setting!(token_ttl_secs).map_or(d.token_ttl, Duration::from_secs),
+            retention_days: setting!(retention_days).unwrap_or(d.retention_days),
         };
         config.validate()?;
         Ok(config)

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::TokenIssuer;
 use crate::metrics::{Metrics, TransportLabel};
 use crate::now_ms;
-use crate::registry::{frame_bytes, outbound_len, ConnShared, Outbound, Registry};
+use crate::registry::{ConnShared, Outbound, Registry};
 
 /// Limits of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -97,26 +97,37 @@ impl<K: Kv> std::fmt::Debug for ConnContext<K> {
     }
 }
 
-/// A reply produced by a request running in the background.
-type Pending = Pin<Box<dyn Future<Output = pb::ServerFrame> + Send>>;
+/// A request running in the background, and its reply (`None` for a
+/// request answered only when it fails).
+type Pending = Pin<Box<dyn Future<Output = Option<pb::ServerFrame>> + Send>>;
 
+/// An `Error` frame that leaves the client its own retry backoff.
 fn error_frame(req_id: u64, code: ErrorCode, message: impl Into<String>) -> pb::ServerFrame {
+    error_frame_after(req_id, code, message, 0)
+}
+
+/// An `Error` frame asking the client to wait `retry_after_ms` first.
+fn error_frame_after(
+    req_id: u64,
+    code: ErrorCode,
+    message: impl Into<String>,
+    retry_after_ms: u32,
+) -> pb::ServerFrame {
     pb::ServerFrame {
         req_id,
         kind: Some(server_frame::Kind::Error(pb::Error {
             code: code as i32,
             message: message.into(),
-            retry_after_ms: 0,
+            retry_after_ms,
         })),
     }
 }
 
+/// A request the router refused. `SERVER_BUSY`, the one router code with
+/// a retry hint of its own, never reaches a socket: `Router::send` waits
+/// for room in the append queue instead.
 fn router_error(req_id: u64, e: &RouterError) -> pb::ServerFrame {
-    let mut f = error_frame(req_id, e.code(), e.to_string());
-    if let (RouterError::Busy, Some(server_frame::Kind::Error(err))) = (e, f.kind.as_mut()) {
-        err.retry_after_ms = 100;
-    }
-    f
+    error_frame(req_id, e.code(), e.to_string())
 }
 
 /// Why the connection ends; sent to the peer as an `Error` when it has a
@@ -143,6 +154,22 @@ impl Close {
             message: String::new(),
             reason,
         }
+    }
+
+    fn draining() -> Self {
+        Self::with(
+            ErrorCode::ServerDraining,
+            "draining",
+            "server is shutting down; reconnect elsewhere",
+        )
+    }
+
+    fn slow_consumer() -> Self {
+        Self::with(
+            ErrorCode::SlowConsumer,
+            "slow_consumer",
+            "outbound queue full: reconnect and sync",
+        )
     }
 }
 
@@ -238,11 +265,7 @@ where
             "handshake_timeout",
             "no Hello within the handshake deadline",
         )),
-        () = ctx.shutdown.cancelled() => Err(Close::with(
-            ErrorCode::ServerDraining,
-            "draining",
-            "server is shutting down; reconnect elsewhere",
-        )),
+        () = ctx.shutdown.cancelled() => Err(Close::draining()),
         }
     })
     .await;
@@ -343,10 +366,8 @@ where
             // Queued deliveries are dropped: the client syncs them after it
             // reconnects, and the reason must not wait behind them.
             conn.shared.clear();
-            if close.code.is_some() {
-                let frame =
-                    error_frame(0, close.code.unwrap_or(ErrorCode::Internal), close.message);
-                if conn.reply(&frame).is_ok() {
+            if let Some(code) = close.code {
+                if conn.reply(&error_frame(0, code, close.message)).is_ok() {
                     let _ = tokio::time::timeout(ctx.config.write_timeout, Box::pin(conn.flush()))
                         .await;
                 }
@@ -444,9 +465,6 @@ where
     K: Kv,
 {
     fn reply(&mut self, frame: &pb::ServerFrame) -> Result<(), Close> {
-        if frame.kind.is_none() {
-            return Ok(());
-        }
         self.codec
             .encode_message(frame, &mut self.wbuf)
             .map_err(|e| Close::with(ErrorCode::Internal, "encode_error", e.to_string()))?;
@@ -468,11 +486,7 @@ where
                 Box::pin(self.flush()).await?;
             }
             if shared.is_slow() {
-                return Err(Close::with(
-                    ErrorCode::SlowConsumer,
-                    "slow_consumer",
-                    "outbound queue full: reconnect and sync",
-                ));
+                return Err(Close::slow_consumer());
             }
             if shared.is_revoked() {
                 return Err(Close::with(
@@ -493,11 +507,8 @@ where
                         if rate.refused > self.ctx.config.rate_burst {
                             return Err(Close::with(ErrorCode::RateLimited, "rate_limited", "sustained flood past the rate limit"));
                         }
-                        let mut f = error_frame(frame.req_id, ErrorCode::RateLimited, "rate limit exceeded");
-                        if let Some(server_frame::Kind::Error(e)) = f.kind.as_mut() {
-                            e.retry_after_ms = (1000 / self.ctx.config.rate_per_sec.max(1)).max(1);
-                        }
-                        self.reply(&f)?;
+                        let wait_ms = (1000 / self.ctx.config.rate_per_sec.max(1)).max(1);
+                        self.reply(&error_frame_after(frame.req_id, ErrorCode::RateLimited, "rate limit exceeded", wait_ms))?;
                         continue;
                     }
                     if self.rbuf.is_empty() {
@@ -508,7 +519,9 @@ where
                     }
                 }
                 Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                    self.reply(&reply)?;
+                    if let Some(frame) = reply {
+                        self.reply(&frame)?;
+                    }
                 }
                 () = shared.wake.notified() => {}
                 () = tokio::time::sleep_until(idle_deadline) => {
@@ -519,13 +532,13 @@ where
                     // and are answered before the reconnect notice.
                     let drain = async {
                         while let Some(reply) = inflight.next().await {
-                            if self.reply(&reply).is_err() {
+                            if reply.is_some_and(|frame| self.reply(&frame).is_err()) {
                                 break;
                             }
                         }
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
-                    return Err(Close::with(ErrorCode::ServerDraining, "draining", "server is shutting down; reconnect elsewhere"));
+                    return Err(Close::draining());
                 }
             }
         }
@@ -601,7 +614,7 @@ where
                     body: s.body,
                 };
                 Box::pin(async move {
-                    match router.send(user, req).await {
+                    Some(match router.send(user, req).await {
                         Ok(ack) => pb::ServerFrame {
                             req_id,
                             kind: Some(server_frame::Kind::SendAck(pb::SendAck {
@@ -612,44 +625,37 @@ where
                             })),
                         },
                         Err(e) => router_error(req_id, &e),
-                    }
+                    })
                 })
             }
             client_frame::Kind::Sync(s) => Box::pin(async move {
                 // 0 asks for the server's default page size.
                 let limit = if s.limit == 0 { 200 } else { s.limit.min(500) };
-                match router.sync(user, &s.after, limit).await {
+                Some(match router.sync(user, &s.after, limit).await {
                     Ok(batch) => sync_batch(req_id, batch, max_frame),
                     Err(e) => router_error(req_id, &e),
-                }
+                })
             }),
             client_frame::Kind::History(h) => {
                 let Some(conversation) = self.conversation(req_id, h.conversation.as_ref())? else {
                     return Ok(None);
                 };
+                let limit = if h.limit == 0 { 50 } else { h.limit.min(500) };
                 Box::pin(async move {
-                    match router
-                        .history(
-                            user,
-                            conversation,
-                            h.before,
-                            if h.limit == 0 { 50 } else { h.limit.min(500) },
-                        )
-                        .await
-                    {
-                        Ok(page) => history_page(req_id, page, max_frame),
-                        Err(e) => router_error(req_id, &e),
-                    }
+                    Some(
+                        match router.history(user, conversation, h.before, limit).await {
+                            Ok(page) => history_page(req_id, page, max_frame),
+                            Err(e) => router_error(req_id, &e),
+                        },
+                    )
                 })
             }
             client_frame::Kind::Ack(a) => {
                 let device = self.device.clone();
+                // Acks and reads are answered only when they fail.
                 Box::pin(async move {
-                    match router.ack(user, &device, &a.cursor).await {
-                        // Acks are not answered unless they fail.
-                        Ok(()) => no_reply(),
-                        Err(e) => router_error(req_id, &e),
-                    }
+                    let done = router.ack(user, &device, &a.cursor).await;
+                    done.err().map(|e| router_error(req_id, &e))
                 })
             }
             client_frame::Kind::Read(r) => {
@@ -657,10 +663,8 @@ where
                     return Ok(None);
                 };
                 Box::pin(async move {
-                    match router.read(user, conversation, r.message_id).await {
-                        Ok(()) => no_reply(),
-                        Err(e) => router_error(req_id, &e),
-                    }
+                    let done = router.read(user, conversation, r.message_id).await;
+                    done.err().map(|e| router_error(req_id, &e))
                 })
             }
         };
@@ -670,10 +674,18 @@ where
     /// Writes everything pending: replies, then queued deliveries, in
     /// vectored writes.
     async fn flush(&mut self) -> Result<(), Close> {
+        // Set while a pull has inbox pages left: each page is written before
+        // the next is read, so a backlog never piles up in `wbuf`, which the
+        // outbound queue's cap does not bound.
+        let mut pull = false;
         loop {
             self.outbound.clear();
-            self.shared.drain_into(&mut self.outbound, 256);
-            if self.outbound.is_empty() && self.wbuf.is_empty() {
+            // While a pull has pages left, queued deliveries wait: writing
+            // one now would move the cursor past the pages not read yet.
+            if !pull {
+                self.shared.drain_into(&mut self.outbound, 256);
+            }
+            if self.outbound.is_empty() && self.wbuf.is_empty() && !pull {
                 // A burst must not leave an idle connection holding its
                 // buffers.
                 if self.outbound.capacity() > 16 {
@@ -684,96 +696,104 @@ where
                 }
                 return Ok(());
             }
-            let mut released = 0;
-            let mut pull = false;
-            let mut frames = 0u64;
-            // Deliveries already covered by a pull are dropped: cursors only
-            // move forward on a connection.
-            let mut keep = Vec::with_capacity(self.outbound.len());
-            for (i, item) in self.outbound.iter().enumerate() {
-                released += outbound_len(item);
-                match item {
-                    Outbound::Pull => pull = true,
-                    Outbound::Deliver { cursor, .. } => {
-                        if self.last_cursor.is_some_and(|last| *cursor <= last) {
-                            continue;
-                        }
-                        self.last_cursor = Some(*cursor);
-                        keep.push(i);
-                    }
-                }
-            }
+            let released: usize = self.outbound.iter().map(Outbound::byte_len).sum();
+            pull |= keep_unwritten(&mut self.outbound, &mut self.last_cursor);
             let prefix = self.wbuf.split().freeze();
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + 2 * keep.len());
-            // Replies are small: the whole prefix counts as one unit.
-            let mut frame_ends = Vec::with_capacity(1 + keep.len());
-            let mut end = 0;
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + 2 * self.outbound.len());
             if !prefix.is_empty() {
                 slices.push(IoSlice::new(&prefix));
-                end += prefix.len();
-                frame_ends.push(end);
             }
-            for &i in &keep {
-                if let Some((header, message)) = frame_bytes(&self.outbound[i]) {
-                    slices.push(IoSlice::new(header));
-                    slices.push(IoSlice::new(message));
-                    end += header.len() + message.len();
-                    frame_ends.push(end);
-                    frames += 1;
+            for item in &self.outbound {
+                if let Outbound::Deliver { frame, .. } = item {
+                    slices.push(IoSlice::new(frame.header()));
+                    slices.push(IoSlice::new(frame.message()));
                 }
             }
+            // Replies are small: the whole prefix counts as one frame.
+            let frame_lens =
+                std::iter::once(prefix.len()).chain(self.outbound.iter().map(Outbound::byte_len));
             let writes = write_all_vectored(
                 &mut self.stream,
                 &mut slices,
-                &frame_ends,
+                frame_lens,
                 self.ctx.config.write_timeout,
                 &self.shared,
             )
             .await?;
             self.shared.release(released);
             let m = &self.ctx.metrics;
-            m.frames_out.inc_by(frames);
+            m.frames_out.inc_by(self.outbound.len() as u64);
             m.socket_writes.inc_by(writes);
             if pull {
-                Box::pin(self.pull()).await?;
+                pull = Box::pin(self.pull()).await?;
             }
         }
     }
 
-    /// Reads the inbox after the last written cursor and queues it as
-    /// `Deliver` frames.
-    async fn pull(&mut self) -> Result<(), Close> {
-        loop {
-            let after = self.last_cursor.map(|c| c.0.to_vec()).unwrap_or_default();
-            let batch = self
-                .ctx
-                .router
-                .sync(self.user, &after, 200)
-                .await
-                .map_err(|e| Close::with(e.code(), "pull_failed", e.to_string()))?;
-            for e in &batch.entries {
-                let shared = SharedMessage::from_encoded(e.message.clone());
-                let frame = shared
-                    .deliver_contiguous(e.cursor.as_bytes())
-                    .map_err(|err| {
-                        Close::with(ErrorCode::Internal, "encode_error", err.to_string())
-                    })?;
-                self.wbuf.extend_from_slice(&frame);
-                self.last_cursor = Some(e.cursor);
-            }
-            if !batch.has_more {
-                return Ok(());
-            }
+    /// Reads a page of the inbox after the last written cursor into `wbuf`
+    /// as `Deliver` frames; returns whether more pages follow.
+    async fn pull(&mut self) -> Result<bool, Close> {
+        let after = self.last_cursor;
+        let batch = self
+            .ctx
+            .router
+            .sync(self.user, after.as_ref().map_or(&[], Cursor::as_bytes), 200)
+            .await
+            .map_err(|e| Close::with(e.code(), "pull_failed", e.to_string()))?;
+        for e in &batch.entries {
+            let header = SharedMessage::from_encoded(e.message.clone())
+                .deliver_header(e.cursor.as_bytes())
+                .map_err(|err| Close::with(ErrorCode::Internal, "encode_error", err.to_string()))?;
+            self.wbuf.extend_from_slice(header.as_slice());
+            self.wbuf.extend_from_slice(&e.message);
+            self.last_cursor = Some(e.cursor);
         }
+        self.ctx
+            .metrics
+            .frames_out
+            .inc_by(batch.entries.len() as u64);
+        Ok(batch.has_more)
     }
 }
 
-/// A frame that produces no bytes: `reply` skips it.
-fn no_reply() -> pb::ServerFrame {
-    pb::ServerFrame {
-        req_id: 0,
-        kind: None,
-    }
+/// Keeps the deliveries of `drained` to write, in order, advancing
+/// `last_cursor` past them; returns whether a `Pull` was among them.
+///
+/// Cursors only move forward on a connection: deliveries already covered
+/// by a pull are dropped, and so are those queued after a `Pull`, whose
+/// commits the pull reads in order. Written first, they would move the
+/// cursor past the commit the pull is for, which would never be delivered.
+fn keep_unwritten(drained: &mut Vec<Outbound>, last_cursor: &mut Option<Cursor>) -> bool {
+    let mut pull = false;
+    drained.retain(|item| match item {
+        Outbound::Pull => {
+            pull = true;
+            false
+        }
+        Outbound::Deliver { cursor, .. } => {
+            if pull || last_cursor.is_some_and(|last| *cursor <= last) {
+                return false;
+            }
+            *last_cursor = Some(*cursor);
+            true
+        }
+    });
+    pull
+}
+
+/// How many leading items, of these encoded sizes, fit in one frame of
+/// `max_frame` bytes with room left for the envelope (`req_id`, `next`,
+/// `has_more`); at least one, so every page makes progress.
+fn frame_fit(max_frame: usize, sizes: impl Iterator<Item = usize>) -> usize {
+    let budget = max_frame.saturating_sub(LENGTH_PREFIX_LEN + 64);
+    let mut total = 0usize;
+    sizes
+        .enumerate()
+        .take_while(|&(i, size)| {
+            total += size;
+            i == 0 || total <= budget
+        })
+        .count()
 }
 
 /// Builds a `SyncBatch` that fits in one frame.
@@ -782,27 +802,31 @@ fn sync_batch(
     batch: hanmadi_storage::chat::SyncBatch,
     max_frame: usize,
 ) -> pb::ServerFrame {
-    let budget = max_frame.saturating_sub(LENGTH_PREFIX_LEN + 64);
-    let mut size = 0;
-    let mut messages = Vec::with_capacity(batch.entries.len());
-    let mut cut = false;
-    let mut next = batch.next;
-    for e in batch.entries {
-        let add = e.message.len() + e.cursor.0.len() + 8;
-        if size + add > budget && !messages.is_empty() {
-            cut = true;
-            break;
-        }
-        let Ok(message) = pb::Message::decode(e.message.as_ref()) else {
-            continue;
-        };
-        size += add;
-        next = Some(e.cursor);
-        messages.push(pb::Deliver {
-            message: Some(message),
-            cursor: Bytes::copy_from_slice(e.cursor.as_bytes()),
-        });
-    }
+    // A `Deliver` entry is its message and cursor plus field keys and
+    // lengths: 8 bytes up to 16 KiB; the envelope room absorbs the 2 more
+    // of each larger message, as only a few fit in a frame.
+    let sizes = batch
+        .entries
+        .iter()
+        .map(|e| e.message.len() + e.cursor.0.len() + 8);
+    let fit = frame_fit(max_frame, sizes);
+    let cut = fit < batch.entries.len();
+    let next = if cut {
+        Some(batch.entries[fit - 1].cursor)
+    } else {
+        batch.next
+    };
+    let messages = batch
+        .entries
+        .into_iter()
+        .take(fit)
+        .filter_map(|e| {
+            Some(pb::Deliver {
+                message: Some(pb::Message::decode(e.message).ok()?),
+                cursor: Bytes::copy_from_slice(e.cursor.as_bytes()),
+            })
+        })
+        .collect();
     pb::ServerFrame {
         req_id,
         kind: Some(server_frame::Kind::SyncBatch(pb::SyncBatch {
@@ -821,20 +845,15 @@ fn history_page(
     page: hanmadi_storage::chat::HistoryPage,
     max_frame: usize,
 ) -> pb::ServerFrame {
-    let budget = max_frame.saturating_sub(LENGTH_PREFIX_LEN + 64);
-    let mut size = 0;
-    let mut messages = Vec::with_capacity(page.messages.len());
-    let mut cut = false;
-    for m in page.messages {
-        if size + m.len() + 4 > budget && !messages.is_empty() {
-            cut = true;
-            break;
-        }
-        if let Ok(message) = pb::Message::decode(m.as_ref()) {
-            size += m.len() + 4;
-            messages.push(message);
-        }
-    }
+    // A repeated message field adds a key and a length of at most 4 bytes.
+    let fit = frame_fit(max_frame, page.messages.iter().map(|m| m.len() + 4));
+    let cut = fit < page.messages.len();
+    let messages = page
+        .messages
+        .into_iter()
+        .take(fit)
+        .filter_map(|m| pb::Message::decode(m).ok())
+        .collect();
     pb::ServerFrame {
         req_id,
         kind: Some(server_frame::Kind::HistoryPage(pb::HistoryPage {
@@ -845,7 +864,8 @@ fn history_page(
 }
 
 /// Writes every slice, however the socket splits it; returns the number of
-/// write calls. `frame_ends` are the byte offsets where whole frames end.
+/// write calls. `frame_lens` are the lengths of the whole frames the slices
+/// hold, in order.
 ///
 /// A write stalled on a full socket gives up once the outbound queue
 /// overflows too (that reader is a slow consumer), but only at a frame
@@ -853,24 +873,26 @@ fn history_page(
 async fn write_all_vectored<S: AsyncWrite + Unpin>(
     stream: &mut S,
     mut slices: &mut [IoSlice<'_>],
-    frame_ends: &[usize],
+    frame_lens: impl Iterator<Item = usize> + Clone,
     timeout: Duration,
     shared: &ConnShared,
 ) -> Result<u64, Close> {
-    let slow = || {
-        Close::with(
-            ErrorCode::SlowConsumer,
-            "slow_consumer",
-            "outbound queue full: reconnect and sync",
-        )
+    // Walked only once the queue overflowed, which is rare.
+    let at_frame_boundary = |written: usize| {
+        let mut end = 0;
+        written == 0
+            || frame_lens.clone().any(|len| {
+                end += len;
+                end == written
+            })
     };
     let mut writes = 0;
     let mut written = 0usize;
     let mut give_up = false;
     let deadline = tokio::time::Instant::now() + timeout;
     while !slices.is_empty() {
-        if give_up && (written == 0 || frame_ends.binary_search(&written).is_ok()) {
-            return Err(slow());
+        if give_up && at_frame_boundary(written) {
+            return Err(Close::slow_consumer());
         }
         let result = loop {
             tokio::select! {
@@ -878,8 +900,8 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(
                 () = shared.wake.notified(), if !give_up => {
                     if shared.is_slow() {
                         give_up = true;
-                        if written == 0 || frame_ends.binary_search(&written).is_ok() {
-                            return Err(slow());
+                        if at_frame_boundary(written) {
+                            return Err(Close::slow_consumer());
                         }
                     }
                 }
@@ -903,7 +925,62 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use hanmadi_proto::SharedMessage;
+    use hanmadi_storage::chat::{Cursor, CURSOR_LEN};
+
+    use super::{frame_fit, keep_unwritten, Outbound};
+
+    fn deliver(n: u8) -> Outbound {
+        let cursor = Cursor([n; CURSOR_LEN]);
+        let message = SharedMessage::encode(&hanmadi_proto::Message::default());
+        Outbound::Deliver {
+            cursor,
+            frame: message.deliver_frame(cursor.as_bytes()).unwrap(),
+        }
+    }
+
+    fn cursors(items: &[Outbound]) -> Vec<u8> {
+        items
+            .iter()
+            .map(|item| match item {
+                Outbound::Deliver { cursor, .. } => cursor.0[0],
+                Outbound::Pull => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn written_cursors_only_move_forward() {
+        let mut last = Some(Cursor([3; CURSOR_LEN]));
+        let mut drained = vec![deliver(2), deliver(3), deliver(5), deliver(4), deliver(6)];
+        assert!(!keep_unwritten(&mut drained, &mut last));
+        assert_eq!(cursors(&drained), [5, 6]);
+        assert_eq!(last, Some(Cursor([6; CURSOR_LEN])));
+    }
+
+    #[test]
+    fn deliveries_after_a_pull_wait_for_it() {
+        // The pull is for a commit older than 7: writing 7 first would
+        // move the cursor past it.
+        let mut last = None;
+        let mut drained = vec![deliver(1), Outbound::Pull, deliver(7), Outbound::Pull];
+        assert!(keep_unwritten(&mut drained, &mut last));
+        assert_eq!(cursors(&drained), [1]);
+        assert_eq!(last, Some(Cursor([1; CURSOR_LEN])));
+    }
+
+    #[test]
+    fn pages_keep_at_least_one_item() {
+        assert_eq!(frame_fit(1000, [10, 20, 30].into_iter()), 3);
+        // 1000 bytes leave 932 after the length prefix and the envelope.
+        assert_eq!(frame_fit(1000, [900, 32].into_iter()), 2);
+        assert_eq!(frame_fit(1000, [900, 33].into_iter()), 1);
+        assert_eq!(frame_fit(1000, [5000, 20].into_iter()), 1);
+        assert_eq!(frame_fit(1000, std::iter::empty()), 0);
+    }
+
     /// Every idle connection holds its task's future: keep it small (the
     /// handshake and write paths are boxed for this).
     #[test]

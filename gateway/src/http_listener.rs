@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use crate::listener::{accept_admitted, tls_handshake};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -66,42 +67,23 @@ impl HttpListener {
     /// own task on `tracker`.
     pub async fn serve(self, listener: TcpListener, tracker: TaskTracker) {
         let this = Arc::new(self);
-        loop {
-            let (socket, peer) = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of descriptors or a reset before accept: keep
-                        // serving, after a pause so it does not spin.
-                        tracing::warn!(error = %e, "http accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                () = this.shutdown.cancelled() => return,
-            };
-            let _ = socket.set_nodelay(true);
-            if this.registry.admit_ip(peer.ip()).is_err() {
-                this.metrics.closed("too_many_from_address");
-                continue;
-            }
+        while let Some((socket, peer, permit)) =
+            accept_admitted(&listener, &this.registry, &this.metrics, &this.shutdown).await
+        {
             let this = Arc::clone(&this);
             tracker.spawn(async move {
                 match &this.tls {
                     None => this.serve_connection(socket, peer).await,
                     Some(acceptor) => {
-                        let handshake = tokio::time::timeout(
-                            this.limits.handshake_timeout,
-                            acceptor.accept(socket),
-                        );
-                        match handshake.await {
-                            Ok(Ok(tls)) => this.serve_connection(tls, peer).await,
-                            Ok(Err(_)) => this.metrics.closed("tls_handshake_failed"),
-                            Err(_) => this.metrics.closed("handshake_timeout"),
+                        let timeout = this.limits.handshake_timeout;
+                        if let Some(tls) =
+                            tls_handshake(acceptor, socket, timeout, &this.metrics).await
+                        {
+                            this.serve_connection(tls, peer).await;
                         }
                     }
                 }
-                this.registry.release_ip(peer.ip());
+                drop(permit);
             });
         }
     }

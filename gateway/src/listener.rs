@@ -1,14 +1,23 @@
 //! Accept loops: TCP and TLS listeners hand each socket to its own task.
+//!
+//! [`accept_admitted`] and [`tls_handshake`] are shared with the HTTP and
+//! HTTPS listeners ([`crate::http_listener`]), so every port applies the
+//! per-address limit and the handshake deadline the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hanmadi_storage::kv::Kv;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::{self, ConnContext};
+use crate::metrics::Metrics;
+use crate::registry::{IpPermit, Registry};
 
 /// Accepts on `listener` until shutdown, serving each socket in its own
 /// task (TLS when `tls` is given). Sockets past the per-address limit are
@@ -19,27 +28,9 @@ pub async fn accept_loop<K: Kv>(
     ctx: Arc<ConnContext<K>>,
     tracker: TaskTracker,
 ) {
-    let transport = if tls.is_some() { "tls" } else { "tcp" };
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = ctx.shutdown.cancelled() => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of descriptors or a reset before accept: keep serving,
-                // after a short pause so a persistent error does not spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
-        if ctx.registry.admit_ip(peer.ip()).is_err() {
-            ctx.metrics.closed("too_many_from_address");
-            continue;
-        }
+    while let Some((socket, peer, permit)) =
+        accept_admitted(&listener, &ctx.registry, &ctx.metrics, &ctx.shutdown).await
+    {
         let ctx = Arc::clone(&ctx);
         // Two task types, not one with both paths: a task's size is that of
         // its largest state, and a TLS stream is far larger than a socket,
@@ -47,35 +38,88 @@ pub async fn accept_loop<K: Kv>(
         match &tls {
             None => {
                 tracker.spawn(async move {
-                    conn::serve(Arc::clone(&ctx), socket, peer, transport).await;
-                    ctx.registry.release_ip(peer.ip());
+                    conn::serve(ctx, socket, peer, "tcp").await;
+                    drop(permit);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tracker.spawn(async move {
-                    serve_tls(Arc::clone(&ctx), socket, peer, acceptor).await;
-                    ctx.registry.release_ip(peer.ip());
+                    serve_tls(ctx, socket, peer, acceptor).await;
+                    drop(permit);
                 });
             }
         }
     }
 }
 
+/// The next accepted socket that the per-address limit admits, with its
+/// permit; `None` once `shutdown` fires. Refused sockets are closed and
+/// counted.
+pub(crate) async fn accept_admitted(
+    listener: &TcpListener,
+    registry: &Arc<Registry>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr, IpPermit)> {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return None,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                match registry.admit_ip(peer.ip()) {
+                    Ok(permit) => return Some((socket, peer, permit)),
+                    Err(_) => metrics.closed("too_many_from_address"),
+                }
+            }
+            Err(e) => {
+                // Out of descriptors or a reset before accept: keep serving,
+                // after a short pause so a persistent error does not spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// The server side of a TLS handshake within `timeout`; a failure is
+/// counted as a close and yields `None`.
+pub(crate) async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    socket: TcpStream,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(_)) => {
+            metrics.closed("tls_handshake_failed");
+            None
+        }
+        Err(_) => {
+            metrics.closed("handshake_timeout");
+            None
+        }
+    }
+}
+
 async fn serve_tls<K: Kv>(
     ctx: Arc<ConnContext<K>>,
-    socket: tokio::net::TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
 ) {
     // The handshake's state is boxed: it is gone once the session is up.
-    let handshake = Box::pin(tokio::time::timeout(
+    let handshake = Box::pin(tls_handshake(
+        &acceptor,
+        socket,
         ctx.config.handshake_timeout,
-        acceptor.accept(socket),
+        &ctx.metrics,
     ));
-    match handshake.await {
-        Ok(Ok(stream)) => conn::serve(ctx, stream, peer, "tls").await,
-        Ok(Err(_)) => ctx.metrics.closed("tls_handshake_failed"),
-        Err(_) => ctx.metrics.closed("handshake_timeout"),
+    if let Some(stream) = handshake.await {
+        conn::serve(ctx, stream, peer, "tls").await;
     }
 }

@@ -8,7 +8,7 @@ use hanmadi_gateway::config::{Cli, Command, Config, StoreKind};
 use hanmadi_gateway::conn::ConnConfig;
 use hanmadi_gateway::registry::RegistryLimits;
 use hanmadi_gateway::{tls, Listeners, Server, ServerOptions};
-use hanmadi_router::{AppenderConfig, RouterConfig};
+use hanmadi_router::RouterConfig;
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::kv::Kv;
@@ -110,8 +110,8 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
     }
     if let (Some(addr), Some((cert, key))) = (config.https_listener(), config.tls_files()) {
         // HTTP/1.1 only: WebSocket upgrades are HTTP/1.1 requests.
-        let tls =
-            tls::server_config_with_alpn(cert, key, &[b"http/1.1"]).map_err(|e| e.to_string())?;
+        let tls = tls::server_config_with_alpn(cert, key, &[tls::ALPN_HTTP_1_1])
+            .map_err(|e| e.to_string())?;
         listeners.https = Some((bind(addr, "https").await?, tls));
     }
     let options = ServerOptions {
@@ -123,8 +123,8 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
             rate_per_sec: config.rate_per_sec,
             rate_burst: config.rate_burst,
             write_timeout: config.write_timeout,
-            max_in_flight: 64,
             max_body: config.max_body_bytes,
+            ..ConnConfig::default()
         },
         registry: RegistryLimits {
             per_user: config.max_conns_per_user,
@@ -135,7 +135,7 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
             node: config.node_id,
             max_body: config.max_body_bytes,
             max_group_members: config.max_group_members,
-            appender: AppenderConfig::default(),
+            ..RouterConfig::default()
         },
         secret: secret.into_bytes(),
         drain_timeout: config.drain_timeout,

@@ -40,7 +40,9 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Seconds from a batch's start to its durable commit.
     pub commit_seconds: Histogram,
-    registry: parking_lot::Mutex<Option<Registry>>,
+    /// The export registry: it holds handles to the same series as the
+    /// fields above.
+    registry: Registry,
 }
 
 impl Default for Metrics {
@@ -52,7 +54,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Fresh counters, registered for export.
     pub fn new() -> Self {
-        let m = Self {
+        let mut m = Self {
             connections: Family::default(),
             frames_in: Counter::default(),
             frames_out: Counter::default(),
@@ -61,9 +63,9 @@ impl Metrics {
             closes: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
-            registry: parking_lot::Mutex::new(None),
+            registry: Registry::with_prefix("hanmadi"),
         };
-        let mut r = Registry::with_prefix("hanmadi");
+        let r = &mut m.registry;
         r.register("connections", "Live connections", m.connections.clone());
         r.register("frames_in", "Frames read from clients", m.frames_in.clone());
         r.register(
@@ -88,17 +90,14 @@ impl Metrics {
             "Time to commit a batch durably",
             m.commit_seconds.clone(),
         );
-        *m.registry.lock() = Some(r);
         m
     }
 
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if let Some(r) = self.registry.lock().as_ref() {
-            // Writing into a String cannot fail.
-            let _ = prometheus_client::encoding::text::encode(&mut out, r);
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::Buf as _;
 use dashmap::DashMap;
 use hanmadi_proto::{DeliverFrame, SharedMessage};
 use hanmadi_router::{Delivery, DeliverySink, Presence};
@@ -43,6 +43,17 @@ pub enum Outbound {
     Pull,
 }
 
+impl Outbound {
+    /// Bytes the item counts against the queue's cap: the whole frame of a
+    /// `Deliver`, nothing for a `Pull`.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Self::Deliver { frame, .. } => frame.remaining(),
+            Self::Pull => 0,
+        }
+    }
+}
+
 /// The part of a connection other tasks touch: its outbound queue.
 #[derive(Debug)]
 pub struct ConnShared {
@@ -64,10 +75,11 @@ pub struct ConnShared {
 impl ConnShared {
     /// Queues an item; returns false (and marks the connection slow) when
     /// it would pass the byte cap.
-    pub fn push(&self, item: Outbound, bytes: usize) -> bool {
+    pub fn push(&self, item: Outbound) -> bool {
         if self.slow.load(Ordering::Relaxed) {
             return false;
         }
+        let bytes = item.byte_len();
         if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max_bytes {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.slow.store(true, Ordering::Release);
@@ -89,8 +101,10 @@ impl ConnShared {
     /// Drops everything queued (the connection is closing and unregistered;
     /// its client will sync what it missed).
     pub fn clear(&self) {
-        let dropped: Vec<Outbound> = self.queue.lock().drain(..).collect();
-        let bytes: usize = dropped.iter().map(outbound_len).sum();
+        let mut queue = self.queue.lock();
+        let bytes: usize = queue.iter().map(Outbound::byte_len).sum();
+        queue.clear();
+        drop(queue);
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         // Nothing queues here any more once the connection is unregistered;
         // the last frame (the close reason) may be written.
@@ -202,6 +216,31 @@ impl Drop for PollWaiter<'_> {
     }
 }
 
+/// One socket counted against its address's limit by
+/// [`Registry::admit_ip`]. Dropping it gives the place back, so a
+/// connection task that ends any way at all, a panic included, never leaks
+/// its address's count.
+pub struct IpPermit {
+    registry: Arc<Registry>,
+    ip: IpAddr,
+}
+
+impl std::fmt::Debug for IpPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpPermit").field("ip", &self.ip).finish()
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let ips = &self.registry.ips;
+        if let Some(mut n) = ips.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+        ips.remove_if(&self.ip, |_, n| *n == 0);
+    }
+}
+
 /// Every live, authenticated connection of this node, and the users'
 /// waiting long-polls.
 #[derive(Debug)]
@@ -225,26 +264,22 @@ impl Registry {
         }
     }
 
-    /// Counts a new socket from `ip` before it authenticates.
+    /// Counts a new socket from `ip` before it authenticates; the count
+    /// drops when the returned permit does.
     ///
     /// # Errors
     ///
     /// [`RegisterError::PerIp`] past the per-address limit.
-    pub fn admit_ip(&self, ip: IpAddr) -> Result<(), RegisterError> {
+    pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<IpPermit, RegisterError> {
         let mut n = self.ips.entry(ip).or_insert(0);
         if *n >= self.limits.per_ip {
             return Err(RegisterError::PerIp(self.limits.per_ip));
         }
         *n += 1;
-        Ok(())
-    }
-
-    /// Forgets a socket counted by [`Registry::admit_ip`].
-    pub fn release_ip(&self, ip: IpAddr) {
-        if let Some(mut n) = self.ips.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-        }
-        self.ips.remove_if(&ip, |_, n| *n == 0);
+        Ok(IpPermit {
+            registry: Arc::clone(self),
+            ip,
+        })
     }
 
     /// Registers an authenticated connection of `user`.
@@ -344,7 +379,6 @@ impl DeliverySink for Registry {
             let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
                 continue;
             };
-            let bytes = frame.header().len() + frame.message().len();
             // Pushing is an in-memory append and a wake-up: holding the
             // shard's read guard for it never waits on I/O.
             for conn in conns.iter() {
@@ -352,7 +386,7 @@ impl DeliverySink for Registry {
                     cursor,
                     frame: frame.clone(),
                 };
-                if conn.push(item, bytes) {
+                if conn.push(item) {
                     delivered += 1;
                 } else {
                     overflowed.push(Arc::clone(conn));
@@ -376,24 +410,8 @@ impl DeliverySink for Registry {
         if let Some(local) = self.users.get(&user) {
             local.wake_polls();
             for conn in local.conns.iter() {
-                conn.push(Outbound::Pull, 0);
+                conn.push(Outbound::Pull);
             }
         }
-    }
-}
-
-/// Bytes a queued item counts against the cap.
-pub fn outbound_len(item: &Outbound) -> usize {
-    match item {
-        Outbound::Deliver { frame, .. } => frame.header().len() + frame.message().len(),
-        Outbound::Pull => 0,
-    }
-}
-
-/// Frames written to the socket in one go are built from these.
-pub fn frame_bytes(item: &Outbound) -> Option<(&[u8], &Bytes)> {
-    match item {
-        Outbound::Deliver { frame, .. } => Some((frame.header(), frame.message())),
-        Outbound::Pull => None,
     }
 }

@@ -148,12 +148,10 @@ impl<K: Kv> Server<K> {
             .tls
             .as_ref()
             .and_then(|(l, _)| l.local_addr().ok());
-        let hostname = options.hostname.clone().unwrap_or_else(|| {
-            hostname::get().map_or_else(
-                |_| "localhost".to_owned(),
-                |h| h.to_string_lossy().into_owned(),
-            )
-        });
+        let hostname = options
+            .hostname
+            .clone()
+            .unwrap_or_else(crate::config::machine_hostname);
         let node = crate::http::NodeInfo {
             node_id: u64::from(options.router.node),
             endpoints: crate::http::Endpoints::bound(

@@ -332,6 +332,14 @@ mod tests {
         TlsConnector::from(config).connect(name, tcp).await
     }
 
+    /// Sends `message` to an [`echo_server`] and returns its answer.
+    async fn echo(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, message: &[u8]) -> Vec<u8> {
+        tls.write_all(message).await.unwrap();
+        let mut reply = Vec::new();
+        tls.read_to_end(&mut reply).await.unwrap();
+        reply
+    }
+
     #[tokio::test]
     async fn real_handshake_and_echo() {
         let f = generated(&["localhost", "127.0.0.1"]);
@@ -344,10 +352,7 @@ mod tests {
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
         assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-        tls.write_all(b"hello").await.unwrap();
-        let mut reply = Vec::new();
-        tls.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, b"HELLO");
+        assert_eq!(echo(&mut tls, b"hello").await, b"HELLO");
         server.await.unwrap().unwrap();
     }
 
@@ -371,10 +376,7 @@ mod tests {
             tls.get_ref().1.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_2)
         );
-        tls.write_all(b"abcde").await.unwrap();
-        let mut reply = Vec::new();
-        tls.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, b"ABCDE");
+        assert_eq!(echo(&mut tls, b"abcde").await, b"ABCDE");
         server.await.unwrap().unwrap();
     }
 
@@ -389,9 +391,7 @@ mod tests {
         client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut tls = connect(Arc::new(client), addr, "localhost").await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-        tls.write_all(b"hello").await.unwrap();
-        let mut reply = Vec::new();
-        tls.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(echo(&mut tls, b"hello").await, b"HELLO");
         server.await.unwrap().unwrap();
     }
 

@@ -63,23 +63,23 @@ fn refuse(status: StatusCode, code: ErrorCode, message: &'static str) -> Respons
     response
 }
 
-fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// The comma-separated tokens of every `name` header, trimmed.
+fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> + '_ {
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// The first subprotocol the client offers that Hanmadi speaks.
 fn choose_subprotocol(headers: &HeaderMap) -> Option<Encoding> {
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(Encoding::from_subprotocol)
+    header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).find_map(Encoding::from_subprotocol)
 }
 
 /// Upgrades to a WebSocket speaking Hanmadi's protocol (docs/PROTOCOL.md
@@ -156,14 +156,14 @@ pub(crate) async fn upgrade<K: Kv>(
             "this connection cannot be upgraded",
         );
     };
-    if ctx.registry.admit_ip(peer.ip()).is_err() {
+    let Ok(permit) = ctx.registry.admit_ip(peer.ip()) else {
         ctx.metrics.closed("too_many_from_address");
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooManyConnections,
             "too many connections from this address",
         );
-    }
+    };
     let ctx = Arc::clone(ctx);
     let transport = if secure.is_some() { "wss" } else { "ws" };
     let encoding = chosen.unwrap_or_default();
@@ -182,7 +182,7 @@ pub(crate) async fn upgrade<K: Kv>(
             }
             Err(_) => ctx.metrics.closed("upgrade_failed"),
         }
-        ctx.registry.release_ip(peer.ip());
+        drop(permit);
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
