@@ -617,21 +617,14 @@ where
                     Some(match router.send(user, req).await {
                         Ok(ack) => pb::ServerFrame {
                             req_id,
-                            kind: Some(server_frame::Kind::SendAck(pb::SendAck {
-                                client_msg_id: ack.client_msg_id,
-                                conversation: Some(ack.conversation.into()),
-                                message_id: ack.message_id,
-                                sent_at: ack.sent_at,
-                            })),
+                            kind: Some(server_frame::Kind::SendAck(ack.into())),
                         },
                         Err(e) => router_error(req_id, &e),
                     })
                 })
             }
             client_frame::Kind::Sync(s) => Box::pin(async move {
-                // 0 asks for the server's default page size.
-                let limit = if s.limit == 0 { 200 } else { s.limit.min(500) };
-                Some(match router.sync(user, &s.after, limit).await {
+                Some(match router.sync(user, &s.after, s.limit).await {
                     Ok(batch) => sync_batch(req_id, batch, max_frame),
                     Err(e) => router_error(req_id, &e),
                 })
@@ -640,10 +633,9 @@ where
                 let Some(conversation) = self.conversation(req_id, h.conversation.as_ref())? else {
                     return Ok(None);
                 };
-                let limit = if h.limit == 0 { 50 } else { h.limit.min(500) };
                 Box::pin(async move {
                     Some(
-                        match router.history(user, conversation, h.before, limit).await {
+                        match router.history(user, conversation, h.before, h.limit).await {
                             Ok(page) => history_page(req_id, page, max_frame),
                             Err(e) => router_error(req_id, &e),
                         },
@@ -737,7 +729,7 @@ where
         let batch = self
             .ctx
             .router
-            .sync(self.user, after.as_ref().map_or(&[], Cursor::as_bytes), 200)
+            .sync(self.user, after.as_ref().map_or(&[], Cursor::as_bytes), 0)
             .await
             .map_err(|e| Close::with(e.code(), "pull_failed", e.to_string()))?;
         for e in &batch.entries {

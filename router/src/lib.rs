@@ -94,6 +94,34 @@ pub struct SendAck {
     pub sent_at: u64,
 }
 
+impl From<SendAck> for hanmadi_proto::SendAck {
+    fn from(ack: SendAck) -> Self {
+        Self {
+            client_msg_id: ack.client_msg_id,
+            conversation: Some(ack.conversation.into()),
+            message_id: ack.message_id,
+            sent_at: ack.sent_at,
+        }
+    }
+}
+
+/// Inbox entries a `Sync` page holds when the client names no limit
+/// (`0`), and the most it may ask for; sockets and HTTP alike.
+pub const DEFAULT_SYNC_LIMIT: u32 = 200;
+/// See [`DEFAULT_SYNC_LIMIT`].
+pub const MAX_SYNC_LIMIT: u32 = 500;
+/// Messages a `History` page holds when the client names no limit (`0`),
+/// and the most it may ask for.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
+/// See [`DEFAULT_HISTORY_LIMIT`].
+pub const MAX_HISTORY_LIMIT: u32 = 500;
+
+/// A page size as asked for: `0` takes the default, more than `max` is cut
+/// to it.
+fn page_limit(asked: u32, default: u32, max: u32) -> usize {
+    (if asked == 0 { default } else { asked.min(max) }) as usize
+}
+
 /// The router of one node.
 pub struct Router<K: Kv> {
     store: ChatStore<K>,
@@ -287,7 +315,8 @@ impl<K: Kv> Router<K> {
         Ok(Self::acked(cmid, &a))
     }
 
-    /// `user`'s inbox after `after` (empty: from the oldest kept entry).
+    /// `user`'s inbox after `after` (empty: from the oldest kept entry),
+    /// a page of `limit` entries (see [`DEFAULT_SYNC_LIMIT`]).
     ///
     /// # Errors
     ///
@@ -300,11 +329,13 @@ impl<K: Kv> Router<K> {
         limit: u32,
     ) -> Result<SyncBatch, RouterError> {
         let after = Cursor::parse(after)?;
-        Ok(self.store.sync(user, after, limit.max(1) as usize).await?)
+        let limit = page_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
+        Ok(self.store.sync(user, after, limit).await?)
     }
 
     /// A page of a conversation's history as `user` may see it, newest
-    /// first, before message id `before` (`0`: from the newest).
+    /// first, before message id `before` (`0`: from the newest), of
+    /// `limit` messages (see [`DEFAULT_HISTORY_LIMIT`]).
     ///
     /// # Errors
     ///
@@ -318,7 +349,12 @@ impl<K: Kv> Router<K> {
     ) -> Result<HistoryPage, RouterError> {
         Ok(self
             .store
-            .history(conversation, Some(user), before, limit.max(1) as usize)
+            .history(
+                conversation,
+                Some(user),
+                before,
+                page_limit(limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT),
+            )
             .await?)
     }
 

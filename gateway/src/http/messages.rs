@@ -23,10 +23,10 @@ use super::groups::group_record;
 use super::proto_schema as proto;
 use super::HttpState;
 
-/// History page size when none is asked for.
-const DEFAULT_HISTORY_LIMIT: u32 = 50;
-/// Largest history page.
-const MAX_HISTORY_LIMIT: u32 = 200;
+/// Conversations a list page holds when none is asked for.
+const DEFAULT_CONVERSATIONS: u32 = 50;
+/// Largest conversation list page: each entry costs several reads.
+const MAX_CONVERSATIONS: u32 = 200;
 
 /// A message to send.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -48,7 +48,8 @@ pub struct HistoryQuery {
     #[serde(default, deserialize_with = "optional")]
     #[param(value_type = Option<String>)]
     before: Option<Id>,
-    /// At most this many messages: default 50, at most 200.
+    /// At most this many: messages default 50, at most 500 (absent or 0:
+    /// the default); conversations default 50, at most 200.
     #[serde(default, deserialize_with = "optional")]
     #[param(value_type = Option<u32>)]
     limit: Option<u32>,
@@ -125,12 +126,7 @@ async fn send<K: Kv>(
     // client is better told to come back (the retry is exactly-once) than
     // held while the node is overloaded.
     let ack = state.ctx.router.try_send(sender, request).await?;
-    Ok(Json(pb::SendAck {
-        client_msg_id: ack.client_msg_id,
-        conversation: Some(ack.conversation.into()),
-        message_id: ack.message_id,
-        sent_at: ack.sent_at,
-    }))
+    Ok(Json(ack.into()))
 }
 
 async fn history<K: Kv>(
@@ -139,10 +135,8 @@ async fn history<K: Kv>(
     conversation: ConversationId,
     query: HistoryQuery,
 ) -> Result<Json<pb::HistoryPage>, ApiError> {
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_HISTORY_LIMIT)
-        .clamp(1, MAX_HISTORY_LIMIT);
+    // The router applies the page-size policy (0: its default).
+    let limit = query.limit.unwrap_or(0);
     let before = query.before.map_or(0, |id| id.0);
     let page = state
         .ctx
@@ -255,8 +249,8 @@ pub(super) async fn list_conversations<K: Kv>(
 ) -> Result<Json<ConversationList>, ApiError> {
     let limit = query
         .limit
-        .unwrap_or(DEFAULT_HISTORY_LIMIT)
-        .clamp(1, MAX_HISTORY_LIMIT) as usize;
+        .unwrap_or(DEFAULT_CONVERSATIONS)
+        .clamp(1, MAX_CONVERSATIONS) as usize;
     let before = query.before.map_or(u64::MAX, |id| id.0);
     let store = state.ctx.router.store();
     // Each conversation's head (its newest message id, time-sortable across

@@ -28,10 +28,6 @@ use super::messages::decode_message;
 use super::proto_schema as proto;
 use super::HttpState;
 
-/// Entries per answer when none is asked for (as a socket's `Sync`).
-const DEFAULT_SYNC_LIMIT: u32 = 200;
-/// Most entries per answer.
-const MAX_SYNC_LIMIT: u32 = 500;
 /// Longest a poll may wait: under the usual 60 s idle timeouts of proxies.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -49,7 +45,7 @@ pub struct SyncQuery {
     /// padded or not); absent: from the oldest kept entry.
     #[serde(default)]
     after: Option<String>,
-    /// At most this many entries: default 200, at most 500.
+    /// At most this many entries: default 200 (absent or 0), at most 500.
     #[serde(default, deserialize_with = "optional")]
     #[param(value_type = Option<u32>)]
     limit: Option<u32>,
@@ -118,10 +114,8 @@ pub(super) async fn sync<K: Kv>(
         Some(text) => parse_cursor(text)?,
         None => Vec::new(),
     };
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_SYNC_LIMIT)
-        .clamp(1, MAX_SYNC_LIMIT);
+    // The router applies the page-size policy (0: its default).
+    let limit = query.limit.unwrap_or(0);
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     if wait.is_zero() || state.ctx.shutdown.is_cancelled() {
         let batch = state.ctx.router.sync(me, &after, limit).await?;
