@@ -15,10 +15,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::stream::{FuturesUnordered, StreamExt};
+use hanmadi_proto::deliver::{put_history_page, put_sync_batch};
 use hanmadi_proto::pb::{self, client_frame, send, server_frame};
-use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::{
     codec::LENGTH_PREFIX_LEN, reserve_read, shrink_idle, ConversationId, ErrorCode, ServerCodec,
     SharedMessage,
@@ -99,7 +99,22 @@ impl<K: Kv> std::fmt::Debug for ConnContext<K> {
 
 /// A request running in the background, and its reply (`None` for a
 /// request answered only when it fails).
-type Pending = Pin<Box<dyn Future<Output = Option<pb::ServerFrame>> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = Option<Reply>> + Send>>;
+
+/// An answer to a request.
+enum Reply {
+    /// A frame to encode.
+    Frame(pb::ServerFrame),
+    /// A frame already encoded, length prefix included: sync and history
+    /// pages, built from the stored message bytes without decoding them.
+    Encoded(BytesMut),
+}
+
+impl From<pb::ServerFrame> for Reply {
+    fn from(frame: pb::ServerFrame) -> Self {
+        Self::Frame(frame)
+    }
+}
 
 /// An `Error` frame that leaves the client its own retry backoff.
 fn error_frame(req_id: u64, code: ErrorCode, message: impl Into<String>) -> pb::ServerFrame {
@@ -472,6 +487,18 @@ where
         Ok(())
     }
 
+    /// Queues the answer of a request that ran in the background.
+    fn answer(&mut self, reply: Reply) -> Result<(), Close> {
+        match reply {
+            Reply::Frame(frame) => self.reply(&frame),
+            Reply::Encoded(frame) => {
+                self.wbuf.extend_from_slice(&frame);
+                self.ctx.metrics.frames_out.inc();
+                Ok(())
+            }
+        }
+    }
+
     async fn serve_frames(&mut self) -> Result<(), Close> {
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut rate = RateLimit::new(self.ctx.config.rate_per_sec, self.ctx.config.rate_burst);
@@ -519,8 +546,8 @@ where
                     }
                 }
                 Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                    if let Some(frame) = reply {
-                        self.reply(&frame)?;
+                    if let Some(reply) = reply {
+                        self.answer(reply)?;
                     }
                 }
                 () = shared.wake.notified() => {}
@@ -532,7 +559,7 @@ where
                     // and are answered before the reconnect notice.
                     let drain = async {
                         while let Some(reply) = inflight.next().await {
-                            if reply.is_some_and(|frame| self.reply(&frame).is_err()) {
+                            if reply.is_some_and(|reply| self.answer(reply).is_err()) {
                                 break;
                             }
                         }
@@ -614,19 +641,20 @@ where
                     body: s.body,
                 };
                 Box::pin(async move {
-                    Some(match router.send(user, req).await {
+                    let frame = match router.send(user, req).await {
                         Ok(ack) => pb::ServerFrame {
                             req_id,
                             kind: Some(server_frame::Kind::SendAck(ack.into())),
                         },
                         Err(e) => router_error(req_id, &e),
-                    })
+                    };
+                    Some(frame.into())
                 })
             }
             client_frame::Kind::Sync(s) => Box::pin(async move {
                 Some(match router.sync(user, &s.after, s.limit).await {
-                    Ok(batch) => sync_batch(req_id, batch, max_frame),
-                    Err(e) => router_error(req_id, &e),
+                    Ok(batch) => sync_batch(req_id, &batch, max_frame),
+                    Err(e) => router_error(req_id, &e).into(),
                 })
             }),
             client_frame::Kind::History(h) => {
@@ -636,8 +664,8 @@ where
                 Box::pin(async move {
                     Some(
                         match router.history(user, conversation, h.before, h.limit).await {
-                            Ok(page) => history_page(req_id, page, max_frame),
-                            Err(e) => router_error(req_id, &e),
+                            Ok(page) => history_page(req_id, &page, max_frame),
+                            Err(e) => router_error(req_id, &e).into(),
                         },
                     )
                 })
@@ -647,7 +675,7 @@ where
                 // Acks and reads are answered only when they fail.
                 Box::pin(async move {
                     let done = router.ack(user, &device, &a.cursor).await;
-                    done.err().map(|e| router_error(req_id, &e))
+                    done.err().map(|e| router_error(req_id, &e).into())
                 })
             }
             client_frame::Kind::Read(r) => {
@@ -656,7 +684,7 @@ where
                 };
                 Box::pin(async move {
                     let done = router.read(user, conversation, r.message_id).await;
-                    done.err().map(|e| router_error(req_id, &e))
+                    done.err().map(|e| router_error(req_id, &e).into())
                 })
             }
         };
@@ -788,12 +816,8 @@ fn frame_fit(max_frame: usize, sizes: impl Iterator<Item = usize>) -> usize {
         .count()
 }
 
-/// Builds a `SyncBatch` that fits in one frame.
-fn sync_batch(
-    req_id: u64,
-    batch: hanmadi_storage::chat::SyncBatch,
-    max_frame: usize,
-) -> pb::ServerFrame {
+/// A `SyncBatch` that fits in one frame, built from the stored bytes.
+fn sync_batch(req_id: u64, batch: &hanmadi_storage::chat::SyncBatch, max_frame: usize) -> Reply {
     // A `Deliver` entry is its message and cursor plus field keys and
     // lengths: 8 bytes up to 16 KiB; the envelope room absorbs the 2 more
     // of each larger message, as only a few fit in a frame.
@@ -808,50 +832,27 @@ fn sync_batch(
     } else {
         batch.next
     };
-    let messages = batch
-        .entries
-        .into_iter()
-        .take(fit)
-        .filter_map(|e| {
-            Some(pb::Deliver {
-                message: Some(pb::Message::decode(e.message).ok()?),
-                cursor: Bytes::copy_from_slice(e.cursor.as_bytes()),
-            })
-        })
-        .collect();
-    pb::ServerFrame {
-        req_id,
-        kind: Some(server_frame::Kind::SyncBatch(pb::SyncBatch {
-            messages,
-            next: next
-                .map(|c| Bytes::copy_from_slice(c.as_bytes()))
-                .unwrap_or_default(),
-            has_more: batch.has_more || cut,
-        })),
+    let entries = batch.entries[..fit]
+        .iter()
+        .map(|e| (e.cursor.as_bytes(), e.message.as_ref()));
+    let mut out = BytesMut::new();
+    let next = next.as_ref().map_or(&[][..], Cursor::as_bytes);
+    match put_sync_batch(&mut out, req_id, entries, next, batch.has_more || cut) {
+        Ok(()) => Reply::Encoded(out),
+        Err(e) => error_frame(req_id, ErrorCode::Internal, e.to_string()).into(),
     }
 }
 
-/// Builds a `HistoryPage` that fits in one frame.
-fn history_page(
-    req_id: u64,
-    page: hanmadi_storage::chat::HistoryPage,
-    max_frame: usize,
-) -> pb::ServerFrame {
+/// A `HistoryPage` that fits in one frame, built from the stored bytes.
+fn history_page(req_id: u64, page: &hanmadi_storage::chat::HistoryPage, max_frame: usize) -> Reply {
     // A repeated message field adds a key and a length of at most 4 bytes.
     let fit = frame_fit(max_frame, page.messages.iter().map(|m| m.len() + 4));
     let cut = fit < page.messages.len();
-    let messages = page
-        .messages
-        .into_iter()
-        .take(fit)
-        .filter_map(|m| pb::Message::decode(m).ok())
-        .collect();
-    pb::ServerFrame {
-        req_id,
-        kind: Some(server_frame::Kind::HistoryPage(pb::HistoryPage {
-            messages,
-            has_more: page.has_more || cut,
-        })),
+    let messages = page.messages[..fit].iter().map(|m| m.as_ref());
+    let mut out = BytesMut::new();
+    match put_history_page(&mut out, req_id, messages, page.has_more || cut) {
+        Ok(()) => Reply::Encoded(out),
+        Err(e) => error_frame(req_id, ErrorCode::Internal, e.to_string()).into(),
     }
 }
 

@@ -23,10 +23,17 @@
 //!
 //! Neither builder checks the peer's frame limit: a message within the body
 //! limit is far below it.
+//!
+//! [`put_sync_batch`] and [`put_history_page`] build the answers to `Sync`
+//! and `History` the same way, from messages as storage holds them: each
+//! message's bytes are copied into the page, never decoded and encoded
+//! again. The result is byte for byte what prost would encode; the caller
+//! sizes the page to its frame limit.
 
 use std::io::IoSlice;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message as _;
 
 use crate::codec::LENGTH_PREFIX_LEN;
@@ -43,6 +50,17 @@ const SERVER_FRAME_DELIVER_KEY: u8 = (4 << 3) | LENGTH_DELIMITED;
 const DELIVER_MESSAGE_KEY: u8 = (1 << 3) | LENGTH_DELIMITED;
 /// Key of `Deliver.cursor` (field 2).
 const DELIVER_CURSOR_KEY: u8 = (2 << 3) | LENGTH_DELIMITED;
+/// Field numbers of the replies built from stored bytes (`hanmadi.proto`).
+const SERVER_FRAME_REQ_ID: u32 = 1;
+const SERVER_FRAME_SYNC_BATCH: u32 = 5;
+const SERVER_FRAME_HISTORY_PAGE: u32 = 6;
+const DELIVER_MESSAGE: u32 = 1;
+const DELIVER_CURSOR: u32 = 2;
+const SYNC_BATCH_MESSAGES: u32 = 1;
+const SYNC_BATCH_NEXT: u32 = 2;
+const SYNC_BATCH_HAS_MORE: u32 = 3;
+const HISTORY_PAGE_MESSAGES: u32 = 1;
+const HISTORY_PAGE_HAS_MORE: u32 = 2;
 /// Longest varint encoding of a `u64`.
 const MAX_VARINT_LEN: usize = 10;
 /// Room for the longest header: prefix, three keys, three lengths (the
@@ -331,15 +349,150 @@ impl HeaderWriter {
     }
 
     fn put_varint(&mut self, value: usize) {
-        let mut value = value as u64;
-        while value >= 0x80 {
-            self.bytes[self.len] = (value as u8) | 0x80;
-            self.len += 1;
-            value >>= 7;
-        }
-        self.bytes[self.len] = value as u8;
-        self.len += 1;
+        let mut rest = &mut self.bytes[self.len..];
+        let room = rest.len();
+        prost::encoding::encode_varint(value as u64, &mut rest);
+        let written = room - rest.len();
+        self.len += written;
     }
+}
+
+/// Bytes of a length-delimited field `tag` holding `len` bytes.
+fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Writes the key and length of a length-delimited field.
+fn put_field_head(out: &mut BytesMut, tag: u32, len: usize) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+}
+
+/// Appends a length-prefixed `ServerFrame { req_id, <kind field `tag`> }`
+/// whose kind message is `body_len` bytes written by `body`.
+fn put_server_frame(
+    out: &mut BytesMut,
+    req_id: u64,
+    tag: u32,
+    body_len: usize,
+    body: impl FnOnce(&mut BytesMut),
+) -> Result<(), DeliverError> {
+    let req_id_len = if req_id == 0 {
+        0
+    } else {
+        key_len(SERVER_FRAME_REQ_ID) + encoded_len_varint(req_id)
+    };
+    let frame_len = req_id_len + field_len(tag, body_len);
+    let prefix =
+        u32::try_from(frame_len).map_err(|_| DeliverError::FrameTooLarge { len: frame_len })?;
+    out.reserve(LENGTH_PREFIX_LEN + frame_len);
+    out.put_u32(prefix);
+    if req_id != 0 {
+        encode_key(SERVER_FRAME_REQ_ID, WireType::Varint, out);
+        encode_varint(req_id, out);
+    }
+    put_field_head(out, tag, body_len);
+    body(out);
+    Ok(())
+}
+
+/// Appends `ServerFrame { req_id, sync_batch: SyncBatch { messages, next,
+/// has_more } }`, length-prefixed, built from stored `(cursor, message)`
+/// pairs: each message's stored encoding is copied as is, never decoded
+/// and encoded again.
+///
+/// # Errors
+///
+/// [`DeliverError::FrameTooLarge`] past a 4-byte length prefix; the caller
+/// sizes pages to its frame limit.
+pub fn put_sync_batch<'a, I>(
+    out: &mut BytesMut,
+    req_id: u64,
+    entries: I,
+    next: &[u8],
+    has_more: bool,
+) -> Result<(), DeliverError>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+{
+    let deliver_len = |cursor: &[u8], message: &[u8]| {
+        let cursor_len = if cursor.is_empty() {
+            0
+        } else {
+            field_len(DELIVER_CURSOR, cursor.len())
+        };
+        cursor_len + field_len(DELIVER_MESSAGE, message.len())
+    };
+    let body_len = entries
+        .clone()
+        .map(|(c, m)| field_len(SYNC_BATCH_MESSAGES, deliver_len(c, m)))
+        .sum::<usize>()
+        + if next.is_empty() {
+            0
+        } else {
+            field_len(SYNC_BATCH_NEXT, next.len())
+        }
+        + if has_more {
+            key_len(SYNC_BATCH_HAS_MORE) + 1
+        } else {
+            0
+        };
+    put_server_frame(out, req_id, SERVER_FRAME_SYNC_BATCH, body_len, |out| {
+        for (cursor, message) in entries {
+            put_field_head(out, SYNC_BATCH_MESSAGES, deliver_len(cursor, message));
+            put_field_head(out, DELIVER_MESSAGE, message.len());
+            out.put_slice(message);
+            if !cursor.is_empty() {
+                put_field_head(out, DELIVER_CURSOR, cursor.len());
+                out.put_slice(cursor);
+            }
+        }
+        if !next.is_empty() {
+            put_field_head(out, SYNC_BATCH_NEXT, next.len());
+            out.put_slice(next);
+        }
+        if has_more {
+            encode_key(SYNC_BATCH_HAS_MORE, WireType::Varint, out);
+            encode_varint(1, out);
+        }
+    })
+}
+
+/// Appends `ServerFrame { req_id, history_page: HistoryPage { messages,
+/// has_more } }`, length-prefixed, from stored message encodings copied as
+/// is.
+///
+/// # Errors
+///
+/// [`DeliverError::FrameTooLarge`] past a 4-byte length prefix.
+pub fn put_history_page<'a, I>(
+    out: &mut BytesMut,
+    req_id: u64,
+    messages: I,
+    has_more: bool,
+) -> Result<(), DeliverError>
+where
+    I: Iterator<Item = &'a [u8]> + Clone,
+{
+    let body_len = messages
+        .clone()
+        .map(|m| field_len(HISTORY_PAGE_MESSAGES, m.len()))
+        .sum::<usize>()
+        + if has_more {
+            key_len(HISTORY_PAGE_HAS_MORE) + 1
+        } else {
+            0
+        };
+    put_server_frame(out, req_id, SERVER_FRAME_HISTORY_PAGE, body_len, |out| {
+        for message in messages {
+            put_field_head(out, HISTORY_PAGE_MESSAGES, message.len());
+            out.put_slice(message);
+        }
+        if has_more {
+            encode_key(HISTORY_PAGE_HAS_MORE, WireType::Varint, out);
+            encode_varint(1, out);
+        }
+    })
 }
 
 /// Bytes a varint encoding of `value` takes.

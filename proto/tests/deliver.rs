@@ -7,9 +7,10 @@ mod common;
 use std::io::IoSlice;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use hanmadi_proto::deliver::{put_history_page, put_sync_batch};
 use hanmadi_proto::{
-    server_frame, ClientCodec, ConversationId, Deliver, DeliverError, FrameCodec, Message,
-    ServerFrame, SharedMessage, MAX_CURSOR_LEN,
+    server_frame, ClientCodec, ConversationId, Deliver, DeliverError, FrameCodec, HistoryPage,
+    Message, ServerFrame, SharedMessage, SyncBatch, MAX_CURSOR_LEN,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -172,5 +173,61 @@ proptest! {
         cursor in proptest::collection::vec(any::<u8>(), 0..=MAX_CURSOR_LEN),
     ) {
         check(&message, &cursor);
+    }
+
+    /// Pages built from stored bytes are byte for byte what prost encodes
+    /// for the same decoded frame.
+    #[test]
+    fn pages_from_stored_bytes_equal_prost_encoding(
+        req_id in prop_oneof![Just(0u64), any::<u64>()],
+        entries in proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 0..=MAX_CURSOR_LEN), common::arb_message()),
+            0..6,
+        ),
+        next in proptest::collection::vec(any::<u8>(), 0..=MAX_CURSOR_LEN),
+        has_more in any::<bool>(),
+    ) {
+        let stored: Vec<(Vec<u8>, Bytes)> = entries
+            .iter()
+            .map(|(c, m)| (c.clone(), Bytes::from(m.encode_to_vec())))
+            .collect();
+        let mut out = BytesMut::new();
+        put_sync_batch(
+            &mut out,
+            req_id,
+            stored.iter().map(|(c, m)| (c.as_slice(), m.as_ref())),
+            &next,
+            has_more,
+        )
+        .unwrap();
+        let want = ServerFrame {
+            req_id,
+            kind: Some(server_frame::Kind::SyncBatch(SyncBatch {
+                messages: entries
+                    .iter()
+                    .map(|(c, m)| Deliver {
+                        message: Some(m.clone()),
+                        cursor: Bytes::copy_from_slice(c),
+                    })
+                    .collect(),
+                next: Bytes::copy_from_slice(&next),
+                has_more,
+            })),
+        };
+        prop_assert_eq!(out[4..].to_vec(), want.encode_to_vec());
+        prop_assert_eq!(decode_frame(&out), want);
+
+        let mut out = BytesMut::new();
+        put_history_page(&mut out, req_id, stored.iter().map(|(_, m)| m.as_ref()), has_more)
+            .unwrap();
+        let want = ServerFrame {
+            req_id,
+            kind: Some(server_frame::Kind::HistoryPage(HistoryPage {
+                messages: entries.iter().map(|(_, m)| m.clone()).collect(),
+                has_more,
+            })),
+        };
+        prop_assert_eq!(out[4..].to_vec(), want.encode_to_vec());
+        prop_assert_eq!(decode_frame(&out), want);
     }
 }
