@@ -59,8 +59,13 @@ fn start(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<R>, Arc<Co
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn request(to: Target) -> SendRequest {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+/// The next send's sequence number: its `client_msg_id`, and for 1:1
+/// sends its pair of users.
+fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+fn request(n: u64, to: Target) -> SendRequest {
     SendRequest {
         client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
         to,
@@ -98,9 +103,10 @@ fn sends(c: &mut Criterion) {
                             let router = Arc::clone(&router);
                             tasks.push(tokio::spawn(async move {
                                 for _ in 0..per {
-                                    let (a, b) = pair(SEQ.load(Ordering::Relaxed));
+                                    let n = next_seq();
+                                    let (a, b) = pair(n);
                                     router
-                                        .send(a, request(Target::User(b)))
+                                        .send(a, request(n, Target::User(b)))
                                         .await
                                         .expect("send");
                                 }
@@ -146,7 +152,7 @@ fn fanout(c: &mut Criterion) {
                         tasks.push(tokio::spawn(async move {
                             for _ in 0..per {
                                 router
-                                    .send(1 + s % m, request(Target::Group(group)))
+                                    .send(1 + s % m, request(next_seq(), Target::Group(group)))
                                     .await
                                     .expect("send");
                             }
