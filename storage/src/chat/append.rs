@@ -13,7 +13,7 @@ use prost::Message;
 use super::groups::members_in;
 use super::records::{GroupRecord, MemberRecord, Role};
 use super::{be_u64, decode, keys, ChatStore, StoreError};
-use crate::kv::{AtomicOp, Kv, KvError, KvTxn, Retry, Versionstamp, VERSIONSTAMP_LEN};
+use crate::kv::{Kv, KvError, KvTxn, Retry, Versionstamp, VERSIONSTAMP_LEN};
 
 /// Hands out message ids (the router's generator, DESIGN §3.3).
 pub trait IdSource: Send + Sync {
@@ -501,16 +501,9 @@ impl<K: Kv> ChatStore<K> {
             let order = st.order as u16;
             txn.set_versionstamped_key(&keys::inbox_stamped(r, order), &inbox_val);
             if r != msg.sender && !online(r) {
-                txn.set_versionstamped_value(
-                    &keys::push_field(r, 0),
-                    &keys::stamped_cursor_value(order),
-                );
-                txn.atomic_op(&keys::push_field(r, 1), AtomicOp::Add, &1u64.to_le_bytes());
-                txn.atomic_op(
-                    &keys::push_field(r, 2),
-                    AtomicOp::Min,
-                    &msg.sent_at.to_le_bytes(),
-                );
+                // Blind writes: marking a user never conflicts (push.rs).
+                txn.set_versionstamped_key(&keys::push_stamped(r, order), &inbox_val);
+                txn.set(&keys::push_due(msg.sent_at, r), b"");
             }
             st.order += 1;
         }

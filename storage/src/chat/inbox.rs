@@ -1,5 +1,5 @@
 //! Reading the message sync queue: sync after a cursor, history, read and
-//! delivery state, push pending, and inbox retention.
+//! delivery state, and inbox retention.
 
 use bytes::Bytes;
 use hanmadi_proto::ConversationId;
@@ -77,19 +77,6 @@ pub struct HistoryPage {
     pub messages: Vec<Bytes>,
     /// Older messages exist within what the reader may see.
     pub has_more: bool,
-}
-
-/// A user with messages waiting for a push notification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushPending {
-    /// The user.
-    pub user: u64,
-    /// The latest inbox cursor covered.
-    pub cursor: Option<Cursor>,
-    /// Messages since the last push.
-    pub count: u64,
-    /// When the first of them was sent (ms).
-    pub since: u64,
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -361,56 +348,6 @@ impl<K: Kv> ChatStore<K> {
         transact!(&self.kv, |txn| match txn.get(&key, true).await? {
             Some(v) => Ok(Cursor::parse(&v).map_err(|_| StoreError::Corrupt("delivered"))?),
             None => Ok(None),
-        })
-    }
-
-    /// Takes up to `limit` users' push-pending marks, clearing them, for the
-    /// push sender.
-    ///
-    /// # Errors
-    ///
-    /// A storage failure.
-    pub async fn take_push_pending(&self, limit: usize) -> Result<Vec<PushPending>, StoreError> {
-        let begin = keys::push_all();
-        let end = keys::prefix_end(&begin);
-        transact!(&self.kv, |txn| {
-            // Three fields per user.
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).limit(limit.saturating_mul(3)))
-                .await?;
-            let mut out: Vec<PushPending> = Vec::new();
-            for kv in &rows {
-                let (_, user, field) = foundationdb_tuple::unpack::<(u16, u64, u16)>(&kv.key)
-                    .map_err(|_| StoreError::Corrupt("push_pending"))?;
-                if out.last().is_none_or(|p| p.user != user) {
-                    out.push(PushPending {
-                        user,
-                        cursor: None,
-                        count: 0,
-                        since: 0,
-                    });
-                }
-                let Some(p) = out.last_mut() else { continue };
-                match field {
-                    0 => {
-                        p.cursor = kv
-                            .value
-                            .get(..CURSOR_LEN)
-                            .and_then(|c| Cursor::parse(c).ok().flatten())
-                    }
-                    1 => p.count = le_u64(&kv.value),
-                    _ => p.since = le_u64(&kv.value),
-                }
-            }
-            // A user cut by the limit is left for the next call.
-            if rows.len() == limit.saturating_mul(3) && out.len() > 1 {
-                out.pop();
-            }
-            for p in &out {
-                let k = keys::push_of(p.user);
-                txn.clear_range(&k, &keys::prefix_end(&k));
-            }
-            Ok(out)
         })
     }
 

@@ -28,6 +28,11 @@ pub(crate) enum Space {
     Nodes = 15,
     Presence = 16,
     Directs = 17,
+    PushDevices = 18,
+    Mutes = 19,
+    PushDue = 20,
+    PushRetry = 21,
+    PushJobs = 22,
 }
 
 impl TuplePack for Space {
@@ -174,28 +179,74 @@ pub(crate) fn delivered(user: u64, device: &str) -> Vec<u8> {
     key(&(Space::Delivered, user, device))
 }
 
-/// Push-pending entries: `(user, 0)` latest cursor, `(user, 1)` count,
-/// `(user, 2)` first pending time; kept apart so each is one blind atomic
-/// write.
-pub(crate) fn push_field(user: u64, field: u16) -> Vec<u8> {
-    key(&(Space::PushPending, user, field))
-}
-
+/// A user's push-pending entries: `(user, cursor)` per message that found
+/// them offline, valued like the inbox entry of the same cursor.
 pub(crate) fn push_of(user: u64) -> Vec<u8> {
     key(&(Space::PushPending, user))
 }
 
-pub(crate) fn push_all() -> Vec<u8> {
-    key(&(Space::PushPending,))
+/// The push-pending key of a new message, completed at commit with the
+/// same cursor as the recipient's inbox entry.
+pub(crate) fn push_stamped(user: u64, order: u16) -> Vec<u8> {
+    foundationdb_tuple::pack_with_versionstamp(&(
+        Space::PushPending,
+        user,
+        TupleStamp::incomplete(order),
+    ))
 }
 
-/// A versionstamped value holding only the commit's cursor.
-pub(crate) fn stamped_cursor_value(order: u16) -> Vec<u8> {
-    let mut v = vec![0u8; CURSOR_LEN + 4];
-    v[VERSIONSTAMP_LEN..CURSOR_LEN].copy_from_slice(&order.to_be_bytes());
-    // Offset of the 10-byte placeholder: the start.
-    v[CURSOR_LEN..].copy_from_slice(&0u32.to_le_bytes());
-    v
+/// The push-pending key of a known cursor.
+pub(crate) fn push_at(user: u64, cursor: &[u8; CURSOR_LEN]) -> Vec<u8> {
+    let mut stamp = [0u8; VERSIONSTAMP_LEN];
+    stamp.copy_from_slice(&cursor[..VERSIONSTAMP_LEN]);
+    let order = u16::from_be_bytes([cursor[VERSIONSTAMP_LEN], cursor[VERSIONSTAMP_LEN + 1]]);
+    key(&(Space::PushPending, user, TupleStamp::complete(stamp, order)))
+}
+
+/// The push index by first-pending time: `(sent_at, user)`, due once the
+/// push delay has passed since `sent_at`.
+pub(crate) fn push_due(sent_at: u64, user: u64) -> Vec<u8> {
+    key(&(Space::PushDue, sent_at, user))
+}
+
+pub(crate) fn push_due_all() -> Vec<u8> {
+    key(&(Space::PushDue,))
+}
+
+/// The schedule of push jobs: `(at, user)`, due at `at` (a retry, or the
+/// end of a claim's lease).
+pub(crate) fn push_retry(at: u64, user: u64) -> Vec<u8> {
+    key(&(Space::PushRetry, at, user))
+}
+
+pub(crate) fn push_retry_all() -> Vec<u8> {
+    key(&(Space::PushRetry,))
+}
+
+/// A user's push job: the request being sent or retried.
+pub(crate) fn push_job(user: u64) -> Vec<u8> {
+    key(&(Space::PushJobs, user))
+}
+
+pub(crate) fn push_device(user: u64, device: &str) -> Vec<u8> {
+    key(&(Space::PushDevices, user, device))
+}
+
+pub(crate) fn push_devices(user: u64) -> Vec<u8> {
+    key(&(Space::PushDevices, user))
+}
+
+pub(crate) fn mute(user: u64, c: ConversationId) -> Vec<u8> {
+    let (kind, a, b) = conv_elems(c);
+    key(&(Space::Mutes, user, kind, a, b))
+}
+
+pub(crate) fn mutes(user: u64) -> Vec<u8> {
+    key(&(Space::Mutes, user))
+}
+
+pub(crate) fn delivered_of(user: u64) -> Vec<u8> {
+    key(&(Space::Delivered, user))
 }
 
 pub(crate) fn node(id: u64) -> Vec<u8> {

@@ -4,8 +4,9 @@
 //! - [`records`]: stored values.
 //! - `users`, `groups`: accounts, blocks, groups and memberships.
 //! - `append`: the atomic append of a batch of messages.
-//! - `inbox`: sync after a cursor, history, read state, push pending,
-//!   retention.
+//! - `inbox`: sync after a cursor, history, read state, retention.
+//! - `push`: push registrations, mutes, and the push worker's pending
+//!   entries, index and jobs.
 //! - `nodes`: node registrations and presence.
 
 mod append;
@@ -13,13 +14,18 @@ mod groups;
 mod inbox;
 pub mod keys;
 mod nodes;
+mod push;
 pub mod records;
 mod users;
 
 pub use append::{Appended, IdSource, MembershipChange, NewMessage};
-pub use inbox::{Cursor, HistoryPage, PushPending, SyncBatch, SyncEntry};
+pub use inbox::{Cursor, HistoryPage, SyncBatch, SyncEntry};
 pub use keys::CURSOR_LEN;
-pub use records::{GroupRecord, MemberRecord, NodeRecord, Role, UserRecord};
+pub use push::{
+    idempotency_key, BuildPush, Claimed, DueKind, DuePush, PushClaim, PushContent, PushDevice,
+    PushJob, PushOutcome, MAX_DEVICE_ID, MAX_PUSH_DEVICES, MAX_PUSH_TOKEN,
+};
+pub use records::{GroupRecord, MemberRecord, NodeRecord, PushPlatform, Role, UserRecord};
 
 use crate::kv::{Kv, KvError, KvTxn};
 

@@ -101,3 +101,70 @@ pub struct NodeRecord {
     #[prost(uint64, tag = "7")]
     pub lease_expires_at: u64,
 }
+
+/// Where a device's push notifications go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum PushPlatform {
+    /// Any other service; the push gateway knows what the token means.
+    Other = 0,
+    /// Apple Push Notification service.
+    Apns = 1,
+    /// Firebase Cloud Messaging.
+    Fcm = 2,
+    /// A Web Push subscription.
+    Webpush = 3,
+}
+
+impl PushPlatform {
+    /// The name used in the HTTP API and in push requests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Other => "other",
+            Self::Apns => "apns",
+            Self::Fcm => "fcm",
+            Self::Webpush => "webpush",
+        }
+    }
+}
+
+/// A device's push registration, under `push_devices/(user, device_id)`.
+#[derive(Clone, PartialEq, Message)]
+pub struct PushDeviceRecord {
+    /// Which service the token belongs to.
+    #[prost(enumeration = "PushPlatform", tag = "1")]
+    pub platform: i32,
+    /// The service's device token (or Web Push subscription).
+    #[prost(string, tag = "2")]
+    pub token: String,
+    /// When it was registered or last changed, in ms since the Unix epoch.
+    #[prost(uint64, tag = "3")]
+    pub updated_at: u64,
+}
+
+/// A push request being sent or waiting to be retried, under
+/// `push_jobs/(user)`: kept until the push gateway accepts it or it is
+/// dropped, so a retry and a crash re-send the very same request.
+#[derive(Clone, PartialEq, Message)]
+pub struct PushJobRecord {
+    /// Stays the same on every attempt, so the gateway can deduplicate.
+    #[prost(string, tag = "1")]
+    pub idempotency_key: String,
+    /// The newest push-pending cursor the request covers.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub cursor: bytes::Bytes,
+    /// The request body, as first built.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body: bytes::Bytes,
+    /// Attempts started so far.
+    #[prost(uint32, tag = "4")]
+    pub attempts: u32,
+    /// The worker that holds it (a random id per process).
+    #[prost(uint64, tag = "5")]
+    pub owner: u64,
+    /// Nobody else touches the job before this time (ms): the end of the
+    /// holder's lease, or the time of the next retry. `push_retry` holds
+    /// an entry at exactly this time.
+    #[prost(uint64, tag = "6")]
+    pub not_before: u64,
+}

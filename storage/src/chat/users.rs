@@ -115,6 +115,14 @@ impl<K: Kv> ChatStore<K> {
                 return Ok(());
             }
             txn.clear(&keys::username(&fold(&rec.username)));
+            // Nothing is pushed to a deleted account, nor kept for it.
+            for prefix in [
+                keys::push_devices(user_id),
+                keys::push_of(user_id),
+                keys::mutes(user_id),
+            ] {
+                txn.clear_range(&prefix, &keys::prefix_end(&prefix));
+            }
             rec.deleted = true;
             rec.password_hash.clear();
             rec.tokens_valid_after = now_ms;

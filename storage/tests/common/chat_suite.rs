@@ -592,18 +592,43 @@ pub async fn trimmed_cursor_expires<K: Kv>(store: ChatStore<K>) {
     );
 }
 
-/// Push pending collects offline recipients' bursts into one entry; online
-/// users get none.
+/// Push pending collects offline recipients' bursts into one request;
+/// online users, muted conversations and read messages count for nothing;
+/// concurrent claims of one user yield one request, taken over with the
+/// same idempotency key once its lease lapses, and cleared when finished.
 pub async fn push_pending_collapses_bursts<K: Kv>(store: ChatStore<K>) {
+    use hanmadi_storage::chat::{Claimed, DueKind, DuePush, PushClaim, PushOutcome, PushPlatform};
+
     let base = fresh_base();
-    let (a, b, c) = (base, base + 1, base + 2);
+    let (a, b, c, d) = (base, base + 1, base + 2, base + 3);
     let ids = TestIds::default();
     let online = move |u: u64| u == c;
+    let sent_at = 1_700_000_000_000;
+    store
+        .set_muted(b, ConversationId::direct(b, d), true)
+        .await
+        .expect("mute");
+    store
+        .put_push_device(b, "phone", PushPlatform::Apns, "tok-b", 1)
+        .await
+        .expect("device");
+    store
+        .append(
+            vec![text(ConversationId::direct(d, b), d, "m0", "muted")],
+            &ids,
+            &online,
+        )
+        .await;
     for i in 0..3 {
         store
             .append(
                 vec![
-                    text(ConversationId::direct(a, b), a, &format!("p{i}"), "x"),
+                    text(
+                        ConversationId::direct(a, b),
+                        a,
+                        &format!("p{i}"),
+                        &format!("hi {i}"),
+                    ),
                     text(ConversationId::direct(a, c), a, &format!("q{i}"), "x"),
                 ],
                 &ids,
@@ -611,19 +636,129 @@ pub async fn push_pending_collapses_bursts<K: Kv>(store: ChatStore<K>) {
             )
             .await;
     }
-    let mut mine = Vec::new();
-    for _ in 0..100 {
-        let taken = store.take_push_pending(1000).await.expect("take");
-        if taken.is_empty() {
-            break;
-        }
-        mine.extend(taken.into_iter().filter(|p| [a, b, c].contains(&p.user)));
-    }
-    assert_eq!(mine.len(), 1, "only the offline recipient: {mine:?}");
-    assert_eq!(mine[0].user, b);
-    assert_eq!(mine[0].count, 3);
+    let seen = std::sync::Mutex::new(Vec::new());
+    let build = |content: &hanmadi_storage::chat::PushContent, key: &str| {
+        seen.lock()
+            .expect("lock")
+            .push((content.clone(), key.to_owned()));
+        Some(Bytes::from(format!("push {key}")))
+    };
+    let claim = |owner: u64, now: u64| PushClaim {
+        owner,
+        now,
+        delay_ms: 2000,
+        lease_ms: 5000,
+        build: &build,
+    };
+    let due = |user: u64| DuePush {
+        user,
+        at: sent_at,
+        kind: DueKind::Pending,
+    };
+    // Not due within the delay; nothing for the online user.
+    assert_eq!(
+        store
+            .claim_push(due(b), claim(1, sent_at + 1999))
+            .await
+            .expect("claim"),
+        Claimed::Nothing
+    );
+    assert_eq!(
+        store
+            .claim_push(due(c), claim(1, sent_at + 5000))
+            .await
+            .expect("claim"),
+        Claimed::Nothing
+    );
+
+    // Two workers at once: one request.
+    let now = sent_at + 2000;
+    let (x, y) = futures::join!(
+        store.claim_push(due(b), claim(1, now)),
+        store.claim_push(due(b), claim(2, now))
+    );
+    let sends: Vec<_> = [x.expect("claim"), y.expect("claim")]
+        .into_iter()
+        .filter_map(|r| match r {
+            Claimed::Send(job) => Some(job),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), 1, "exactly one claim wins: {sends:?}");
+    let job = sends[0].clone();
+    assert_eq!(job.attempt, 1);
+    let (content, key) = seen.lock().expect("lock").last().cloned().expect("built");
+    assert_eq!(key, job.idempotency_key);
+    assert_eq!(content.unseen, 3, "the muted conversation does not count");
+    assert_eq!(content.body, "hi 2");
+    assert_eq!(content.sender, a);
+    assert_eq!(content.devices.len(), 1);
+    assert_eq!(content.devices[0].token, "tok-b");
     let last = read_inbox(&store, b, None).await.last().map(|(c, _)| *c);
-    assert_eq!(mine[0].cursor, last, "points at the newest entry");
+    assert_eq!(Some(content.cursor), last, "covers the newest entry");
+
+    // Held: nobody else takes it before the lease ends; after, the same
+    // request is sent again (a worker that died).
+    let lease = DuePush {
+        user: b,
+        at: now + 5000,
+        kind: DueKind::Scheduled,
+    };
+    assert_eq!(
+        store
+            .claim_push(lease, claim(3, now + 4999))
+            .await
+            .expect("claim"),
+        Claimed::Nothing
+    );
+    match store
+        .claim_push(lease, claim(3, now + 5000))
+        .await
+        .expect("claim")
+    {
+        Claimed::Send(again) => {
+            assert_eq!(again.idempotency_key, job.idempotency_key);
+            assert_eq!(again.body, job.body);
+            assert_eq!(again.attempt, 2);
+        }
+        other => panic!("a lapsed lease is taken over, got {other:?}"),
+    }
+    store
+        .finish_push(b, &job.idempotency_key, PushOutcome::Done)
+        .await
+        .expect("finish");
+    let after = DuePush {
+        user: b,
+        at: now + 10_000,
+        kind: DueKind::Scheduled,
+    };
+    assert_eq!(
+        store
+            .claim_push(after, claim(3, now + 20_000))
+            .await
+            .expect("claim"),
+        Claimed::Nothing
+    );
+
+    // A message read before its push is not pushed.
+    let m = append_one(
+        &store,
+        &ids,
+        text(ConversationId::direct(a, b), a, "r0", "read"),
+    )
+    .await
+    .expect("append");
+    let cursor = m
+        .cursor(m.recipients.iter().position(|&u| u == b).expect("b"))
+        .expect("cursor");
+    store.clear_push_pending(b, cursor).await.expect("clear");
+    assert_eq!(
+        store
+            .claim_push(due(b), claim(1, now + 30_000))
+            .await
+            .expect("claim"),
+        Claimed::Nothing
+    );
 }
 
 /// Read marks move forward only; unread counts follow them.
