@@ -46,6 +46,15 @@
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
 //! | `--token-ttl-secs` | `HANMADI_TOKEN_TTL_SECS` | `token_ttl_secs` | `604800` (7 days) | lifetime of tokens issued at log-in |
 //! | `--retention-days` | `HANMADI_RETENTION_DAYS` | `retention_days` | `30` | days messages are kept; `0` keeps them forever |
+//! | `--push-webhook` | `HANMADI_PUSH_WEBHOOK` | `push_webhook` | none (no pushes) | `http://` URL that receives one POST per push to an offline recipient |
+//! | `--push-delay-ms` | `HANMADI_PUSH_DELAY_MS` | `push_delay_ms` | `2000` | how long a message waits for its recipient to connect, sync or ack before it is pushed |
+//! | `--push-preview` | `HANMADI_PUSH_PREVIEW` | `push_preview` | `true` | whether pushes carry the newest message's text (`true` / `false`) |
+//! | `--push-format` | `HANMADI_PUSH_FORMAT` | `push_format` | `hanmadi` | request shape: `hanmadi`, or `gorush` (Gorush's `POST /api/push`) |
+//! | `--push-max-in-flight` | `HANMADI_PUSH_MAX_IN_FLIGHT` | `push_max_in_flight` | `64` | push requests in flight at once |
+//! | `--push-timeout-ms` | `HANMADI_PUSH_TIMEOUT_MS` | `push_timeout_ms` | `10000` | longest one push request may take |
+//! | `--push-max-attempts` | `HANMADI_PUSH_MAX_ATTEMPTS` | `push_max_attempts` | `10` | attempts of one push (5xx, timeouts, refused connections) before it is dropped |
+//! | `--push-retry-base-ms` | `HANMADI_PUSH_RETRY_BASE_MS` | `push_retry_base_ms` | `1000` | wait before the first retry, doubled for each next one (with jitter) |
+//! | `--push-retry-max-ms` | `HANMADI_PUSH_RETRY_MAX_MS` | `push_retry_max_ms` | `300000` | longest wait between two attempts |
 //!
 //! `hanmadi gen-cert [--out-dir DIR] [--hostname NAME]...` writes a
 //! self-signed `cert.pem` and `key.pem` (mode 0600) for local TLS; the
@@ -62,6 +71,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::push::{PushConfig, PushFormat};
 use crate::server::ServerOptions;
 
 /// Prefix of every environment variable Hanmadi reads.
@@ -204,6 +214,36 @@ pub struct ServeArgs {
     /// Days messages are kept; 0 keeps them forever [default: 30].
     #[arg(long, value_name = "DAYS")]
     pub retention_days: Option<u32>,
+    /// URL that receives one POST per push to an offline recipient
+    /// [default: none, no pushes].
+    #[arg(long, value_name = "URL")]
+    pub push_webhook: Option<String>,
+    /// How long a message waits for its recipient before it is pushed
+    /// [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub push_delay_ms: Option<u64>,
+    /// Whether pushes carry the newest message's text [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub push_preview: Option<bool>,
+    /// Push request shape [default: hanmadi].
+    #[arg(long, value_enum)]
+    pub push_format: Option<PushFormat>,
+    /// Push requests in flight at once [default: 64].
+    #[arg(long, value_name = "N")]
+    pub push_max_in_flight: Option<usize>,
+    /// Longest one push request may take [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub push_timeout_ms: Option<u64>,
+    /// Attempts of one push before it is dropped [default: 10].
+    #[arg(long, value_name = "N")]
+    pub push_max_attempts: Option<u32>,
+    /// Wait before the first push retry, doubled for each next one
+    /// [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub push_retry_base_ms: Option<u64>,
+    /// Longest wait between two push attempts [default: 300000].
+    #[arg(long, value_name = "MS")]
+    pub push_retry_max_ms: Option<u64>,
 }
 
 /// `hanmadi gen-cert` flags.
@@ -389,6 +429,15 @@ pub struct FileConfig {
     pub http_header_timeout_ms: Option<u64>,
     pub token_ttl_secs: Option<u64>,
     pub retention_days: Option<u32>,
+    pub push_webhook: Option<String>,
+    pub push_delay_ms: Option<u64>,
+    pub push_preview: Option<bool>,
+    pub push_format: Option<PushFormat>,
+    pub push_max_in_flight: Option<usize>,
+    pub push_timeout_ms: Option<u64>,
+    pub push_max_attempts: Option<u32>,
+    pub push_retry_base_ms: Option<u64>,
+    pub push_retry_max_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -558,6 +607,8 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Days messages are kept; 0 keeps them forever.
     pub retention_days: u32,
+    /// Pushes to offline recipients (the `push_*` settings).
+    pub push: PushConfig,
 }
 
 impl Default for Config {
@@ -602,6 +653,7 @@ impl Default for Config {
             retention_days: server.retention.map_or(0, |r| {
                 u32::try_from(r.as_secs() / 86_400).unwrap_or(u32::MAX)
             }),
+            push: server.push,
         }
     }
 }
@@ -763,6 +815,17 @@ impl Config {
             http_header_timeout: setting!(http_header_timeout_ms).map_or(d.http_header_timeout, ms),
             token_ttl: setting!(token_ttl_secs).map_or(d.token_ttl, Duration::from_secs),
             retention_days: setting!(retention_days).unwrap_or(d.retention_days),
+            push: PushConfig {
+                webhook: setting!(push_webhook).or(d.push.webhook),
+                delay: setting!(push_delay_ms).map_or(d.push.delay, ms),
+                preview: setting!(push_preview).unwrap_or(d.push.preview),
+                format: setting!(push_format).unwrap_or(d.push.format),
+                max_in_flight: setting!(push_max_in_flight).unwrap_or(d.push.max_in_flight),
+                timeout: setting!(push_timeout_ms).map_or(d.push.timeout, ms),
+                max_attempts: setting!(push_max_attempts).unwrap_or(d.push.max_attempts),
+                retry_base: setting!(push_retry_base_ms).map_or(d.push.retry_base, ms),
+                retry_max: setting!(push_retry_max_ms).map_or(d.push.retry_max, ms),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -815,10 +878,24 @@ impl Config {
             ("write_timeout_ms", self.write_timeout),
             ("http_header_timeout_ms", self.http_header_timeout),
             ("token_ttl_secs", self.token_ttl),
+            ("push_timeout_ms", self.push.timeout),
+            ("push_retry_base_ms", self.push.retry_base),
         ] {
             if value.is_zero() {
                 return invalid(setting, "must be above 0");
             }
+        }
+        if let Some(url) = &self.push.webhook {
+            // The client speaks plain HTTP: push gateways run beside the
+            // node (Gorush, Sygnal) or behind a local TLS-terminating proxy.
+            let ok = reqwest::Url::parse(url)
+                .is_ok_and(|u| u.scheme() == "http" && u.host_str().is_some());
+            if !ok {
+                return invalid("push_webhook", "must be an http:// URL");
+            }
+        }
+        if self.push.retry_max < self.push.retry_base {
+            return invalid("push_retry_max_ms", "must be at least push_retry_base_ms");
         }
         if self.idle_timeout <= self.heartbeat {
             // A client that pings on schedule would still be cut off.
@@ -831,6 +908,8 @@ impl Config {
             ("max_conns_per_ip", self.max_conns_per_ip as u64),
             ("max_group_members", u64::from(self.max_group_members)),
             ("max_password_hashes", self.max_password_hashes as u64),
+            ("push_max_in_flight", self.push.max_in_flight as u64),
+            ("push_max_attempts", u64::from(self.push.max_attempts)),
         ] {
             if value == 0 {
                 return invalid(setting, "must be above 0");
@@ -1023,6 +1102,10 @@ mod tests {
         assert_eq!(c.outbound_queue_bytes, 1 << 20);
         assert_eq!(c.max_connections, 100_000);
         assert_eq!(c.retention_days, 30);
+        assert_eq!(c.push, PushConfig::default());
+        assert_eq!(c.push.webhook, None);
+        assert_eq!(c.push.delay, Duration::from_secs(2));
+        assert!(c.push.preview);
         assert!(c.secret.is_none());
         assert!(c.config_file.is_none());
     }
@@ -1130,6 +1213,24 @@ mod tests {
             "13",
             "--retention-days",
             "0",
+            "--push-webhook",
+            "http://127.0.0.1:9/push",
+            "--push-delay-ms",
+            "17",
+            "--push-preview",
+            "false",
+            "--push-format",
+            "gorush",
+            "--push-max-in-flight",
+            "18",
+            "--push-timeout-ms",
+            "19",
+            "--push-max-attempts",
+            "20",
+            "--push-retry-base-ms",
+            "21",
+            "--push-retry-max-ms",
+            "22",
         ]);
         let c = Config::from_sources(a, &HashMap::new(), None).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/d"));
@@ -1155,6 +1256,20 @@ mod tests {
         assert_eq!(c.token_ttl, Duration::from_secs(13));
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!(
+            c.push,
+            PushConfig {
+                webhook: Some("http://127.0.0.1:9/push".into()),
+                delay: Duration::from_millis(17),
+                preview: false,
+                format: PushFormat::Gorush,
+                max_in_flight: 18,
+                timeout: Duration::from_millis(19),
+                max_attempts: 20,
+                retry_base: Duration::from_millis(21),
+                retry_max: Duration::from_millis(22),
+            }
+        );
         assert_eq!(
             c.resolve_secret().unwrap().as_bytes(),
             b"0123456789abcdef0123456789abcdef"
@@ -1196,9 +1311,24 @@ mod tests {
             http_header_timeout_ms = 16
             token_ttl_secs = 13
             retention_days = 14
+            push_webhook = "http://localhost:8088/api/push"
+            push_delay_ms = 17
+            push_preview = false
+            push_format = "gorush"
+            push_max_in_flight = 18
+            push_timeout_ms = 19
+            push_max_attempts = 20
+            push_retry_base_ms = 21
+            push_retry_max_ms = 22
             "#,
         );
         let c = Config::from_sources(ServeArgs::default(), &HashMap::new(), Some(f)).unwrap();
+        assert_eq!(
+            c.push.webhook.as_deref(),
+            Some("http://localhost:8088/api/push")
+        );
+        assert_eq!((c.push.format, c.push.preview), (PushFormat::Gorush, false));
+        assert_eq!(c.push.retry_max, Duration::from_millis(22));
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!(c.tcp, addr("0.0.0.0:7000"));
@@ -1241,8 +1371,21 @@ mod tests {
             ("HANMADI_RETENTION_DAYS", "14"),
             ("HANMADI_MAX_PASSWORD_HASHES", "15"),
             ("HANMADI_HTTP_HEADER_TIMEOUT_MS", "16"),
+            ("HANMADI_PUSH_WEBHOOK", "http://127.0.0.1:9/"),
+            ("HANMADI_PUSH_DELAY_MS", "17"),
+            ("HANMADI_PUSH_PREVIEW", "false"),
+            ("HANMADI_PUSH_FORMAT", "Gorush"),
+            ("HANMADI_PUSH_MAX_IN_FLIGHT", "18"),
+            ("HANMADI_PUSH_TIMEOUT_MS", "19"),
+            ("HANMADI_PUSH_MAX_ATTEMPTS", "20"),
+            ("HANMADI_PUSH_RETRY_BASE_MS", "21"),
+            ("HANMADI_PUSH_RETRY_MAX_MS", "22"),
         ]);
         let c = Config::from_sources(ServeArgs::default(), &e, None).unwrap();
+        assert_eq!(c.push.webhook.as_deref(), Some("http://127.0.0.1:9/"));
+        assert_eq!(c.push.delay, Duration::from_millis(17));
+        assert_eq!((c.push.format, c.push.preview), (PushFormat::Gorush, false));
+        assert_eq!((c.push.max_in_flight, c.push.max_attempts), (18, 20));
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!(c.tcp, None);
@@ -1339,6 +1482,15 @@ mod tests {
             "idle_timeout_ms",
         );
         bad(&["--rate-burst", "0"], "rate_burst");
+        bad(&["--push-webhook", "not a url"], "push_webhook");
+        bad(&["--push-webhook", "ftp://host/x"], "push_webhook");
+        bad(&["--push-max-in-flight", "0"], "push_max_in_flight");
+        bad(&["--push-max-attempts", "0"], "push_max_attempts");
+        bad(&["--push-timeout-ms", "0"], "push_timeout_ms");
+        bad(
+            &["--push-retry-base-ms", "10", "--push-retry-max-ms", "9"],
+            "push_retry_max_ms",
+        );
         bad(&["--max-conns-per-user", "0"], "max_conns_per_user");
         bad(&["--region", " "], "region");
 

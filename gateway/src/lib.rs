@@ -11,6 +11,7 @@
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`http`]: the HTTP API, `/healthz` and `/metrics`.
 //! - [`password`]: argon2id password hashing, a bounded number at once.
+//! - [`push`]: the webhook worker that pushes to offline recipients.
 //! - [`ws`]: `/ws`, WebSocket connections on the HTTP and HTTPS ports.
 //! - [`http_listener`]: the HTTP and HTTPS listeners (the routes of
 //!   [`http`] and [`ws`], behind TLS for HTTPS).
@@ -23,6 +24,7 @@ pub mod http_listener;
 pub mod listener;
 pub mod metrics;
 pub mod password;
+pub mod push;
 pub mod registry;
 pub mod server;
 pub mod tls;

@@ -147,6 +147,7 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         max_connections: config.max_connections,
         max_password_hashes: config.max_password_hashes,
         http_header_timeout: config.http_header_timeout,
+        push: config.push.clone(),
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");

@@ -40,6 +40,19 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Seconds from a batch's start to its durable commit.
     pub commit_seconds: Histogram,
+    /// Push requests the gateway accepted (2xx).
+    pub push_sent: Counter,
+    /// Push attempts that failed and will be retried.
+    pub push_retried: Counter,
+    /// Push requests given up, by reason.
+    pub push_dropped: Family<ReasonLabel, Counter>,
+    /// Seconds one push request took, answered or not.
+    pub push_seconds: Histogram,
+    /// Push requests in flight now.
+    pub push_in_flight: Gauge,
+    /// Most push requests that were ever in flight at once.
+    pub push_in_flight_peak: Gauge,
+    push_peak: std::sync::atomic::AtomicI64,
     /// The export registry: it holds handles to the same series as the
     /// fields above.
     registry: Registry,
@@ -63,6 +76,13 @@ impl Metrics {
             closes: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            push_sent: Counter::default(),
+            push_retried: Counter::default(),
+            push_dropped: Family::default(),
+            push_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            push_in_flight: Gauge::default(),
+            push_in_flight_peak: Gauge::default(),
+            push_peak: std::sync::atomic::AtomicI64::new(0),
             registry: Registry::with_prefix("hanmadi"),
         };
         let r = &mut m.registry;
@@ -90,6 +110,32 @@ impl Metrics {
             "Time to commit a batch durably",
             m.commit_seconds.clone(),
         );
+        r.register("push_sent", "Push requests accepted", m.push_sent.clone());
+        r.register(
+            "push_retried",
+            "Push attempts that failed and will be retried",
+            m.push_retried.clone(),
+        );
+        r.register(
+            "push_dropped",
+            "Push requests given up, by reason",
+            m.push_dropped.clone(),
+        );
+        r.register(
+            "push_seconds",
+            "Time one push request took",
+            m.push_seconds.clone(),
+        );
+        r.register(
+            "push_in_flight",
+            "Push requests in flight",
+            m.push_in_flight.clone(),
+        );
+        r.register(
+            "push_in_flight_peak",
+            "Most push requests in flight at once",
+            m.push_in_flight_peak.clone(),
+        );
         m
     }
 
@@ -99,6 +145,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a push request given up.
+    pub fn push_dropped(&self, reason: &'static str) {
+        self.push_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a push request starting, and keeps the peak.
+    pub fn push_in_flight_started(&self) {
+        let now = self.push_in_flight.inc() + 1;
+        let peak = self
+            .push_peak
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed)
+            .max(now);
+        self.push_in_flight_peak.set(peak);
     }
 
     /// Counts a close.

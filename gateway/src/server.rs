@@ -62,6 +62,8 @@ pub struct ServerOptions {
     pub hostname: Option<String>,
     /// Connections this node is meant to hold: its capacity in discovery.
     pub max_connections: u64,
+    /// Pushes to offline recipients (off without a webhook).
+    pub push: crate::push::PushConfig,
 }
 
 impl Default for ServerOptions {
@@ -83,6 +85,7 @@ impl Default for ServerOptions {
             region: "local".to_owned(),
             hostname: None,
             max_connections: 100_000,
+            push: crate::push::PushConfig::default(),
         }
     }
 }
@@ -135,6 +138,14 @@ impl<K: Kv> Server<K> {
             tracker.spawn(retention_sweeps(
                 Arc::clone(&router),
                 retention,
+                shutdown.clone(),
+            ));
+        }
+        if options.push.webhook.is_some() {
+            tracker.spawn(crate::push::run(
+                router.store().clone(),
+                options.push.clone(),
+                Arc::clone(&metrics),
                 shutdown.clone(),
             ));
         }

@@ -316,7 +316,8 @@ impl<K: Kv> Router<K> {
     }
 
     /// `user`'s inbox after `after` (empty: from the oldest kept entry),
-    /// a page of `limit` entries (see [`DEFAULT_SYNC_LIMIT`]).
+    /// a page of `limit` entries (see [`DEFAULT_SYNC_LIMIT`]). What it
+    /// returns is no longer pending a push.
     ///
     /// # Errors
     ///
@@ -330,7 +331,12 @@ impl<K: Kv> Router<K> {
     ) -> Result<SyncBatch, RouterError> {
         let after = Cursor::parse(after)?;
         let limit = page_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
-        Ok(self.store.sync(user, after, limit).await?)
+        let batch = self.store.sync(user, after, limit).await?;
+        if let (Some(last), false) = (batch.next, batch.entries.is_empty()) {
+            // Read now: no push for these.
+            self.store.clear_push_pending(user, last).await?;
+        }
+        Ok(batch)
     }
 
     /// A page of a conversation's history as `user` may see it, newest
@@ -358,14 +364,17 @@ impl<K: Kv> Router<K> {
             .await?)
     }
 
-    /// Records what one of `user`'s devices has received.
+    /// Records what one of `user`'s devices has received; it is no longer
+    /// pending a push.
     ///
     /// # Errors
     ///
     /// A malformed cursor or a storage failure.
     pub async fn ack(&self, user: u64, device: &str, cursor: &[u8]) -> Result<(), RouterError> {
         let cursor = Cursor::parse(cursor)?.ok_or(RouterError::InvalidArgument("empty cursor"))?;
-        Ok(self.store.ack_delivered(user, device, cursor).await?)
+        self.store.ack_delivered(user, device, cursor).await?;
+        // Received: no push for these.
+        Ok(self.store.clear_push_pending(user, cursor).await?)
     }
 
     fn check_participant(
