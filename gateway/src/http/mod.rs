@@ -5,7 +5,8 @@
 //! - [`extract`]: JSON, path and query extractors that refuse in that shape;
 //!   [`extract::Id`], ids as decimal strings.
 //! - [`auth`]: the bearer-token extractor.
-//! - `users`, `groups`, `messages`, `sync`: the routes, one file per area.
+//! - `users`, `groups`, `messages`, `sync`, `push`: the routes, one file
+//!   per area (`push`: device push registrations and muted conversations).
 //! - [`discovery`]: `GET /v1/discovery` and what this node advertises.
 //! - [`openapi`], `proto_schema`: the OpenAPI document, built from the
 //!   handlers' annotations and the protocol's descriptor set.
@@ -18,6 +19,7 @@ mod groups;
 mod messages;
 pub mod openapi;
 mod proto_schema;
+mod push;
 mod sync;
 mod users;
 
@@ -101,6 +103,9 @@ fn api<K: Kv>() -> OpenApiRouter<HttpState<K>> {
         .routes(routes!(messages::send_direct, messages::direct_history))
         .routes(routes!(messages::send_group, messages::group_history))
         .routes(routes!(sync::sync))
+        .routes(routes!(push::list_devices))
+        .routes(routes!(push::put_push, push::delete_push))
+        .routes(routes!(push::mute, push::unmute))
         .routes(routes!(discovery::discovery))
         .routes(routes!(healthz))
         .routes(routes!(metrics))

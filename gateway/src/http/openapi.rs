@@ -29,6 +29,7 @@ use super::error::ErrorBody;
         (name = "users", description = "Accounts, sessions, profiles and blocks"),
         (name = "groups", description = "Groups and their members"),
         (name = "messages", description = "Sending, history, conversations and sync"),
+        (name = "devices", description = "Devices, their push registrations, and muted conversations"),
         (name = "operations", description = "Discovery, health, metrics and this document"),
     )
 )]
