@@ -182,6 +182,8 @@ async fn an_offline_recipient_is_pushed_once_after_the_delay_with_preview_count_
     assert_eq!(p["sender_id"], "1");
     assert_eq!(p["sender_name"], "user1");
     assert_eq!(p["conversation_type"], "direct");
+    assert_eq!(p["conversation"]["direct"]["user_low"], "1", "{p}");
+    assert_eq!(p["conversation"]["direct"]["user_high"], "2");
     assert_eq!(p["peer_id"], "1");
     assert!(p["cursor"].as_str().is_some_and(|c| !c.is_empty()));
     assert_eq!(pushes[0].key.as_deref(), p["idempotency_key"].as_str());

@@ -178,9 +178,14 @@ pub(crate) async fn run<K: Kv>(
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            // A slot came free: scan again at once unless the index ran dry.
-            Some(_) = tasks.join_next(), if !caught_up && !tasks.is_empty() => {}
-            () = tokio::time::sleep(idle_tick) => {}
+            // A slot came free: scan again at once unless the index ran
+            // dry, for every slot freed meanwhile (one scan, not one each).
+            Some(_) = tasks.join_next(), if !caught_up && !tasks.is_empty() => {
+                while tasks.try_join_next().is_some() {}
+            }
+            () = tokio::time::sleep(idle_tick) => {
+                while tasks.try_join_next().is_some() {}
+            }
         }
     }
     // Requests in flight end within their timeout; an unfinished job is
