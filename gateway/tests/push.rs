@@ -356,6 +356,30 @@ async fn muted_conversations_do_not_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_push_offline_members_but_membership_events_do_not() {
+    let receiver = Receiver::start(|_, _| 200).await;
+    let node = common::start(options(receiver.url("/push"), quick())).await;
+    let (alice, bob, carol, dave) = (1, 2, 3, 4);
+    let group = node.group_of("team", &[alice, bob, carol]).await;
+    node.user(dave).await;
+    let (a, _) = node.connect(alice, "laptop", Transport::Tcp).await;
+    a.send(Target::Group(group), "standup in 5")
+        .await
+        .expect("send");
+    for member in [bob, carol] {
+        let pushes = receiver.wait_for_user(member, 1, WAIT).await;
+        let p = &pushes[0].body;
+        assert_eq!(p["conversation_type"], "group");
+        assert_eq!(p["group_id"], group.to_string());
+        assert_eq!(p["unseen"], 1, "the group's creation is not counted: {p}");
+        assert_eq!(p["preview"], "standup in 5");
+    }
+    barrier(&a, &receiver, dave).await;
+    assert_eq!(receiver.requests().len(), 3, "{:#?}", receiver.requests());
+    node.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_gets_retries_with_one_key_then_nothing_more() {
     let (bob, carol) = (2, 3);
     // Bob's push fails twice with 500, then succeeds.

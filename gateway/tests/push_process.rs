@@ -57,7 +57,15 @@ impl Drop for Node {
 
 fn spawn(data: &Path, webhook: &str) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
-        .args(["serve", "--tcp", "127.0.0.1:0", "--http", "off", "--https", "off"])
+        .args([
+            "serve",
+            "--tcp",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+            "--https",
+            "off",
+        ])
         .arg("--data-dir")
         .arg(data)
         .args(["--secret", SECRET, "--push-webhook", webhook])
@@ -110,7 +118,10 @@ async fn pushes_pending_or_in_flight_at_kill_9_arrive_after_restart() {
 
     let mut node = spawn(dir.path(), &webhook);
     let alice = connect(&node, ALICE).await;
-    alice.send(Target::User(CAROL), "in flight").await.expect("ack");
+    alice
+        .send(Target::User(CAROL), "in flight")
+        .await
+        .expect("ack");
     let first = receiver
         .wait_for_user(CAROL, 1, Duration::from_secs(10))
         .await;
@@ -119,7 +130,10 @@ async fn pushes_pending_or_in_flight_at_kill_9_arrive_after_restart() {
     node.child.kill().expect("kill -9");
     node.child.wait().expect("reap");
     drop(alice);
-    assert!(receiver.for_user(BOB).is_empty(), "bob's push was not due yet");
+    assert!(
+        receiver.for_user(BOB).is_empty(),
+        "bob's push was not due yet"
+    );
 
     let _node = spawn(dir.path(), &webhook);
     // Carol's job is taken over once its lease (timeout + 2 s) lapses.
@@ -127,10 +141,16 @@ async fn pushes_pending_or_in_flight_at_kill_9_arrive_after_restart() {
         .wait_for_user(CAROL, 2, Duration::from_secs(15))
         .await;
     let key = first[0].key.clone().expect("key");
-    assert_eq!(carol[1].key.as_deref(), Some(key.as_str()), "the same key again");
+    assert_eq!(
+        carol[1].key.as_deref(),
+        Some(key.as_str()),
+        "the same key again"
+    );
     assert_eq!(carol[1].body, first[0].body, "the same request again");
     assert_eq!(carol[1].status, 200);
-    let bob = receiver.wait_for_user(BOB, 1, Duration::from_secs(15)).await;
+    let bob = receiver
+        .wait_for_user(BOB, 1, Duration::from_secs(15))
+        .await;
     assert_eq!(bob[0].body["preview"], "pending");
     assert_eq!(bob[0].body["devices"][0]["token"], "token-2");
     assert_eq!(bob[0].status, 200);

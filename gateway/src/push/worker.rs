@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hanmadi_storage::chat::{Claimed, DuePush, PushClaim, PushContent, PushJob, PushOutcome};
+use hanmadi_storage::chat::{
+    Claimed, DueFrom, DueKind, DuePush, PushClaim, PushContent, PushJob, PushOutcome,
+};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
 use parking_lot::Mutex;
@@ -27,6 +29,13 @@ use crate::now_ms;
 /// A claim's lease outlasts its request by this much: time for the claim
 /// and outcome transactions, and for clock differences between nodes.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+/// How often a scan starts from the front of the index, for entries
+/// written behind where scans start (see [`DueFrom`]).
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a draining node waits for push requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Most bytes of a response read (and dropped) so its connection can be
 /// kept alive; a longer one is cut and its connection closed.
@@ -143,6 +152,8 @@ pub(crate) async fn run<K: Kv>(
         owner: rand::random(),
     });
     let mut tasks = JoinSet::new();
+    let mut from = DueFrom::default();
+    let mut last_full_scan = Instant::now();
     tracing::info!(webhook = %shared.url, "push worker started");
     loop {
         let free = permits.available_permits();
@@ -152,9 +163,22 @@ pub(crate) async fn run<K: Kv>(
             // Past the entries of users already held, at most a slot's worth.
             let limit = free + held_now;
             let delay_ms = u64::try_from(shared.config.delay.as_millis()).unwrap_or(u64::MAX);
-            match shared.store.due_pushes(now_ms(), delay_ms, limit).await {
+            if last_full_scan.elapsed() >= FULL_SCAN_EVERY {
+                from = DueFrom::default();
+                last_full_scan = Instant::now();
+            }
+            let now = now_ms();
+            match shared.store.due_pushes(from, now, delay_ms, limit).await {
                 Ok(due) => {
                     caught_up = due.len() < limit;
+                    // The next scan starts at the first entry still there,
+                    // or where this one ended.
+                    let first = |kind| due.iter().filter(|d| d.kind == kind).map(|d| d.at).min();
+                    from = DueFrom {
+                        pending: first(DueKind::Pending)
+                            .unwrap_or_else(|| now.saturating_sub(delay_ms)),
+                        scheduled: first(DueKind::Scheduled).unwrap_or(now),
+                    };
                     let mut seen = HashSet::new();
                     for d in due {
                         if !seen.insert(d.user) || held.users.lock().contains(&d.user) {
@@ -188,9 +212,12 @@ pub(crate) async fn run<K: Kv>(
             }
         }
     }
-    // Requests in flight end within their timeout; an unfinished job is
-    // sent again after its lease by whoever runs next.
-    while tasks.join_next().await.is_some() {}
+    // Requests in flight get a moment to finish; one cut off here is sent
+    // again, with the same key, after its lease by whoever runs next.
+    let finish = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+        tasks.shutdown().await;
+    }
 }
 
 /// Claims one due user and, if there is a request to send, sends it.
@@ -278,7 +305,7 @@ async fn send<K: Kv>(shared: &Shared<K>, job: PushJob) {
     };
     if let Err(e) = shared
         .store
-        .finish_push(job.user, &job.idempotency_key, outcome)
+        .finish_push(job.user, &job.idempotency_key, outcome, now_ms())
         .await
     {
         // The job stays leased: it is sent again, with the same key, when

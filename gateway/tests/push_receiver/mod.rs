@@ -19,7 +19,12 @@ pub struct Received {
     pub path: String,
     /// The `Idempotency-Key` header.
     pub key: Option<String>,
+    /// The body (`Null` when the receiver keeps no bodies).
     pub body: Value,
+    /// The recipient, in Hanmadi's format or Gorush's.
+    pub recipient: Option<u64>,
+    /// `unseen` of a Hanmadi-format body.
+    pub unseen: Option<u64>,
     /// What the receiver answered (`0`: never answered).
     pub status: u16,
     pub at: Instant,
@@ -28,11 +33,15 @@ pub struct Received {
 impl Received {
     /// The recipient, in Hanmadi's format or Gorush's.
     pub fn user(&self) -> Option<u64> {
-        let id = self.body["user_id"]
-            .as_str()
-            .or_else(|| self.body["notifications"][0]["data"]["user_id"].as_str())?;
-        id.parse().ok()
+        self.recipient
     }
+}
+
+fn recipient(body: &Value) -> Option<u64> {
+    let id = body["user_id"]
+        .as_str()
+        .or_else(|| body["notifications"][0]["data"]["user_id"].as_str())?;
+    id.parse().ok()
 }
 
 /// Chooses the answer to a request from its body and how many requests
@@ -45,6 +54,8 @@ struct State {
     respond: Box<Respond>,
     /// How long each answer takes, so overlapping requests can be counted.
     hold: Duration,
+    /// Whether to keep each body (a load test keeps only what it counts).
+    keep_bodies: bool,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
 }
@@ -88,7 +99,9 @@ async fn handle(
         log.push(Received {
             path: uri.path().to_owned(),
             key,
-            body,
+            recipient: recipient(&body),
+            unseen: body["unseen"].as_u64(),
+            body: if state.keep_bodies { body } else { Value::Null },
             status,
             at: Instant::now(),
         });
@@ -114,12 +127,23 @@ impl Receiver {
 
     /// A receiver on `listener`, each answer taking `hold`.
     pub fn serve(listener: TcpListener, respond: Box<Respond>, hold: Duration) -> Self {
+        Self::serve_with(listener, respond, hold, true)
+    }
+
+    /// As [`Receiver::serve`], keeping request bodies or not.
+    pub fn serve_with(
+        listener: TcpListener,
+        respond: Box<Respond>,
+        hold: Duration,
+        keep_bodies: bool,
+    ) -> Self {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
             log: Mutex::new(Vec::new()),
             changed: Notify::new(),
             respond,
             hold,
+            keep_bodies,
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
@@ -165,12 +189,14 @@ impl Receiver {
             let changed = self.state.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let log = self.requests();
-            if done(&log) {
-                return log;
+            if done(&self.state.log.lock()) {
+                return self.requests();
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                panic!("{what}: not within {timeout:?}; received {log:#?}");
+                panic!(
+                    "{what}: not within {timeout:?}; received {:#?}",
+                    self.requests()
+                );
             }
         }
     }

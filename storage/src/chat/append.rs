@@ -500,8 +500,9 @@ impl<K: Kv> ChatStore<K> {
         for &r in &recipients {
             let order = st.order as u16;
             txn.set_versionstamped_key(&keys::inbox_stamped(r, order), &inbox_val);
-            if r != msg.sender && !online(r) {
-                // Blind writes: marking a user never conflicts (push.rs).
+            if r != msg.sender && msg.kind == MessageKind::Text && !online(r) {
+                // Blind writes: marking a user never conflicts (push.rs);
+                // membership events are not pushed.
                 txn.set_versionstamped_key(&keys::push_stamped(r, order), &inbox_val);
                 txn.set(&keys::push_due(msg.sent_at, r), b"");
             }

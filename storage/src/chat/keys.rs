@@ -209,18 +209,10 @@ pub(crate) fn push_due(sent_at: u64, user: u64) -> Vec<u8> {
     key(&(Space::PushDue, sent_at, user))
 }
 
-pub(crate) fn push_due_all() -> Vec<u8> {
-    key(&(Space::PushDue,))
-}
-
 /// The schedule of push jobs: `(at, user)`, due at `at` (a retry, or the
 /// end of a claim's lease).
 pub(crate) fn push_retry(at: u64, user: u64) -> Vec<u8> {
     key(&(Space::PushRetry, at, user))
-}
-
-pub(crate) fn push_retry_all() -> Vec<u8> {
-    key(&(Space::PushRetry,))
 }
 
 /// A user's push job: the request being sent or retried.

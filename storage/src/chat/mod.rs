@@ -22,8 +22,8 @@ pub use append::{Appended, IdSource, MembershipChange, NewMessage};
 pub use inbox::{Cursor, HistoryPage, SyncBatch, SyncEntry};
 pub use keys::CURSOR_LEN;
 pub use push::{
-    idempotency_key, BuildPush, Claimed, DueKind, DuePush, PushClaim, PushContent, PushDevice,
-    PushJob, PushOutcome, MAX_DEVICE_ID, MAX_PUSH_DEVICES, MAX_PUSH_TOKEN,
+    idempotency_key, BuildPush, Claimed, DueFrom, DueKind, DuePush, PushClaim, PushContent,
+    PushDevice, PushJob, PushOutcome, MAX_DEVICE_ID, MAX_PUSH_DEVICES, MAX_PUSH_TOKEN,
 };
 pub use records::{GroupRecord, MemberRecord, NodeRecord, PushPlatform, Role, UserRecord};
 

@@ -75,6 +75,22 @@ pub struct DuePush {
     pub kind: DueKind,
 }
 
+/// Where a scan of the push index starts, per index (ms since the Unix
+/// epoch; `0`: from the first entry).
+///
+/// Entries are cleared as users are handled, and an LSM engine keeps a
+/// cleared key as a tombstone until compaction: a scan that always began
+/// at the front would step over every entry handled lately. A worker
+/// starts where the previous scan found its first entry, and now and then
+/// from the front, for entries written behind it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DueFrom {
+    /// In `push_due`.
+    pub pending: u64,
+    /// In `push_retry`.
+    pub scheduled: u64,
+}
+
 /// What a push tells: everything pending for one user.
 #[derive(Clone, Debug)]
 pub struct PushContent {
@@ -216,11 +232,14 @@ pub fn idempotency_key(user: u64, cursor: &Cursor) -> String {
 
 /// Ends a job: clears it, its schedule entry and the pending entries it
 /// covered, and indexes whatever arrived after them (their own index
-/// entries were dropped while the job held the user).
+/// entries were dropped while the job held the user) at `now` at the
+/// earliest: a user just pushed waits a whole delay for the next push, and
+/// the entry lands ahead of where scans start.
 async fn close_job<T: KvTxn>(
     txn: &mut T,
     user: u64,
     job: &PushJobRecord,
+    now: u64,
 ) -> Result<(), StoreError> {
     let cursor = job_cursor(job)?;
     let prefix = keys::push_of(user);
@@ -234,7 +253,7 @@ async fn close_job<T: KvTxn>(
         .await?;
     if let Some(kv) = next.into_iter().next() {
         let p = parse_pending(&kv.key, &kv.value)?;
-        txn.set(&keys::push_due(p.sent_at, user), b"");
+        txn.set(&keys::push_due(p.sent_at.max(now), user), b"");
     }
     Ok(())
 }
@@ -401,22 +420,23 @@ impl<K: Kv> ChatStore<K> {
 
     /// Index entries due at `now`: new pending messages older than
     /// `delay_ms`, and scheduled retries and lapsed leases; at most `limit`
-    /// of each, oldest first. A snapshot read of the due part of the
-    /// index only.
+    /// of each, oldest first, from the times in `from` on. A snapshot read
+    /// of the due part of the index only.
     ///
     /// # Errors
     ///
     /// A storage failure or a corrupt key.
     pub async fn due_pushes(
         &self,
+        from: DueFrom,
         now: u64,
         delay_ms: u64,
         limit: usize,
     ) -> Result<Vec<DuePush>, StoreError> {
         let limit = limit.max(1);
-        let pending_begin = keys::push_due_all();
+        let pending_begin = keys::push_due(from.pending, 0);
         let pending_end = keys::push_due(now.saturating_sub(delay_ms).saturating_add(1), 0);
-        let retry_begin = keys::push_retry_all();
+        let retry_begin = keys::push_retry(from.scheduled, 0);
         let retry_end = keys::push_retry(now.saturating_add(1), 0);
         transact!(&self.kv, |txn| {
             let mut out = Vec::new();
@@ -479,7 +499,7 @@ impl<K: Kv> ChatStore<K> {
                     .await?;
                 if left.is_empty() {
                     // Read meanwhile: nothing left to tell.
-                    close_job(&mut txn, user, &job).await?;
+                    close_job(&mut txn, user, &job, claim.now).await?;
                     return Ok(Claimed::Nothing);
                 }
                 txn.clear(&keys::push_retry(job.not_before, user));
@@ -607,8 +627,9 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
-    /// Records how an attempt of `user`'s job `idempotency_key` ended. A job
-    /// that another worker replaced or ended meanwhile is left alone.
+    /// Records how an attempt of `user`'s job `idempotency_key` ended, at
+    /// `now`. A job that another worker replaced or ended meanwhile is left
+    /// alone.
     ///
     /// # Errors
     ///
@@ -618,6 +639,7 @@ impl<K: Kv> ChatStore<K> {
         user: u64,
         idempotency_key: &str,
         outcome: PushOutcome,
+        now: u64,
     ) -> Result<(), StoreError> {
         let job_key = keys::push_job(user);
         transact!(&self.kv, |txn| {
@@ -629,7 +651,7 @@ impl<K: Kv> ChatStore<K> {
                 return Ok(());
             }
             match outcome {
-                PushOutcome::Done => close_job(&mut txn, user, &job).await?,
+                PushOutcome::Done => close_job(&mut txn, user, &job, now).await?,
                 PushOutcome::RetryAt(at) => {
                     txn.clear(&keys::push_retry(job.not_before, user));
                     job.not_before = at;

@@ -724,7 +724,7 @@ pub async fn push_pending_collapses_bursts<K: Kv>(store: ChatStore<K>) {
         other => panic!("a lapsed lease is taken over, got {other:?}"),
     }
     store
-        .finish_push(b, &job.idempotency_key, PushOutcome::Done)
+        .finish_push(b, &job.idempotency_key, PushOutcome::Done, now + 6000)
         .await
         .expect("finish");
     let after = DuePush {
