@@ -300,9 +300,9 @@ async fn find_max_reports_the_highest_rate_that_held() {
     assert_eq!(first_failed.is_none(), rates.len() == 3, "{report}");
     let best = steps
         .iter()
-        .filter(|s| s["held"] == true)
-        .map(|s| s["rate"].as_f64().unwrap())
-        .last();
+        .rev()
+        .find(|s| s["held"] == true)
+        .map(|s| s["rate"].as_f64().unwrap());
     let max_rate = report["find_max"]["max_rate"].as_f64().unwrap();
     assert_eq!(max_rate, best.unwrap_or(0.0), "{report}");
 }
