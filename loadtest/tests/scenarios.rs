@@ -390,26 +390,23 @@ async fn faulty_proxy(upstream: SocketAddr, fault: Fault, after: u64) -> SocketA
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_delivery_fails_the_run() {
+/// A `direct` run through a proxy that commits `fault` on the 50th
+/// delivery: the tool's exit code and report.
+async fn run_through(fault: Fault) -> (i32, serde_json::Value) {
     let node = start().await;
-    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Drop, 50)
+    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), fault, 50)
         .await
         .to_string();
     let http = node.http();
-    let mut args = vec![
-        "direct",
-        "--http",
-        &http,
-        "--target",
-        &proxy,
-        "--connections",
-        "10",
-        "--rate",
-        "200",
-    ];
+    let mut args = vec!["direct", "--http", &http, "--target", &proxy];
+    args.extend(["--connections", "10", "--rate", "200"]);
     args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    loadtest(node.dir.path(), &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_fails_the_run() {
+    let (code, report) = run_through(Fault::Drop).await;
     assert_eq!(code, 1, "{report}");
     assert_eq!(n(&report, "lost"), 1.0, "{report}");
     assert_eq!(n(&report, "duplicated"), 0.0, "{report}");
@@ -417,24 +414,7 @@ async fn a_lost_delivery_fails_the_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_delivery_fails_the_run() {
-    let node = start().await;
-    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Duplicate, 50)
-        .await
-        .to_string();
-    let http = node.http();
-    let mut args = vec![
-        "direct",
-        "--http",
-        &http,
-        "--target",
-        &proxy,
-        "--connections",
-        "10",
-        "--rate",
-        "200",
-    ];
-    args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    let (code, report) = run_through(Fault::Duplicate).await;
     assert_eq!(code, 1, "{report}");
     assert_eq!(n(&report, "duplicated"), 1.0, "{report}");
     assert_eq!(n(&report, "lost"), 0.0, "{report}");
