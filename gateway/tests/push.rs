@@ -384,7 +384,7 @@ async fn a_failing_receiver_gets_retries_with_one_key_then_nothing_more() {
     let (bob, carol) = (2, 3);
     // Bob's push fails twice with 500, then succeeds.
     let receiver = Receiver::start(move |body, earlier| {
-        if body["user_id"] == bob.to_string() && earlier < 2 {
+        if push_receiver::is_user(body, bob) && earlier < 2 {
             500
         } else {
             200
@@ -425,7 +425,7 @@ async fn a_failing_receiver_gets_retries_with_one_key_then_nothing_more() {
 async fn a_400_is_dropped_at_once_and_counted_and_previews_can_be_off() {
     let (bob, carol) = (2, 3);
     let receiver = Receiver::start(move |body, _| {
-        if body["user_id"] == bob.to_string() {
+        if push_receiver::is_user(body, bob) {
             400
         } else {
             200
@@ -560,7 +560,7 @@ fn gorush_shape_errors(body: &Value) -> Vec<String> {
         if !matches!(n["platform"].as_u64(), Some(1 | 2)) {
             errors.push(format!("bad platform: {}", n["platform"]));
         }
-        if !n["message"].as_str().is_some_and(|m| !m.is_empty()) {
+        if n["message"].as_str().is_none_or(str::is_empty) {
             errors.push("message must be a non-empty string".into());
         }
         if n.get("badge").is_some_and(|b| !b.is_u64()) {

@@ -107,7 +107,7 @@ async fn pushes_pending_or_in_flight_at_kill_9_arrive_after_restart() {
     // Carol's first request is never answered: the node dies with it in
     // flight. Every later request is accepted.
     let receiver = Receiver::start(move |body, earlier| {
-        if body["user_id"] == CAROL.to_string() && earlier == 0 {
+        if push_receiver::is_user(body, CAROL) && earlier == 0 {
             0
         } else {
             200

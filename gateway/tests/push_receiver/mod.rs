@@ -37,6 +37,11 @@ impl Received {
     }
 }
 
+/// Whether a Hanmadi-format body is a push for `user`.
+pub fn is_user(body: &Value, user: u64) -> bool {
+    body["user_id"].as_str() == Some(user.to_string().as_str())
+}
+
 fn recipient(body: &Value) -> Option<u64> {
     let id = body["user_id"]
         .as_str()
