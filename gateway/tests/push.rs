@@ -422,6 +422,47 @@ async fn a_failing_receiver_gets_retries_with_one_key_then_nothing_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_times_out_is_retried_with_the_same_key() {
+    let (bob, carol) = (2, 3);
+    // Bob's first request is never answered.
+    let receiver = Receiver::start(move |body, earlier| {
+        if push_receiver::is_user(body, bob) && earlier == 0 {
+            0
+        } else {
+            200
+        }
+    })
+    .await;
+    let node = common::start(options(
+        receiver.url("/push"),
+        PushConfig {
+            timeout: Duration::from_millis(500),
+            ..quick()
+        },
+    ))
+    .await;
+    let http = Http::new(&node);
+    for u in [1, bob, carol] {
+        node.user(u).await;
+    }
+    let (a, _) = node.connect(1, "laptop", Transport::Tcp).await;
+    send(&a, bob, "slow gateway").await;
+    let attempts = receiver.wait_for_user(bob, 2, WAIT).await;
+    assert_eq!(attempts[0].key, attempts[1].key);
+    assert_eq!(attempts[1].status, 200);
+    assert!(attempts[1].at - attempts[0].at >= Duration::from_millis(500));
+    barrier(&a, &receiver, carol).await;
+    assert_eq!(receiver.for_user(bob).len(), 2);
+    let metrics = counter_reaches(&http, "hanmadi_push_sent_total", 2.0).await;
+    assert_eq!(
+        counter(&metrics, "hanmadi_push_retried_total"),
+        1.0,
+        "{metrics}"
+    );
+    node.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_is_dropped_at_once_and_counted_and_previews_can_be_off() {
     let (bob, carol) = (2, 3);
     let receiver = Receiver::start(move |body, _| {
