@@ -174,8 +174,13 @@ function onMessages(messages) {
       }
     }
     if (isMembershipChange(m)) refreshConversationsSoon();
-    if (membershipRemoves(m, me) && c.type === "group") {
+    if (c.type === "group" && membershipRemoves(m, me)) {
+      // Out of the group: an open view stays readable, the list drops it.
       c.left = true;
+      if (c.key !== state.openKey) state.conversations.delete(c.key);
+    } else if (c.type === "group" && m.kind === "MESSAGE_KIND_MEMBERS_ADDED"
+      && ((m.membership && m.membership.user_ids) || []).includes(me)) {
+      c.left = false;
     }
   }
   redraw();
