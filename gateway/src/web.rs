@@ -72,7 +72,10 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 fn respond(asset: &'static Asset) -> Response {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            ),
             // Revalidate on every load: a node upgraded in place serves its
             // new client at once.
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),

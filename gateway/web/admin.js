@@ -138,6 +138,7 @@ function drawCharts() {
     return span;
   });
   $("connections-legend").replaceChildren(...legend);
+  $("dashboard").dataset.samples = String(series.rate.length);
 }
 
 /** Whether a discovery entry is the node serving this page. */

@@ -11,6 +11,8 @@ const HISTORY_PAGE = 50;
 const CONVERSATION_PAGE = 200;
 /** Start loading older messages this close to the top, in pixels. */
 const PAGE_BACK_MARGIN = 120;
+/** The message box grows with its text up to this height, in pixels. */
+const COMPOSER_MAX_HEIGHT = 160;
 /** The server counts unread messages up to 100. */
 const MAX_UNREAD_SHOWN = 99;
 
@@ -329,6 +331,7 @@ function preview(c) {
   const m = c.lastMessage;
   if (!m) return "No messages yet";
   const text = describe(m);
+  if (isMembershipChange(m)) return text;
   const who = m.sender === state.session.user_id ? "You: " : c.type === "group" ? `${nameOf(m.sender)}: ` : "";
   return who + text;
 }
@@ -427,8 +430,7 @@ function drawConversation() {
   const writable = !c.left;
   $("composer").disabled = !writable;
   $("send").disabled = !writable;
-  $("composer").placeholder = writable
-    ? "Message (Enter to send, Shift+Enter for a new line)" : "You are no longer in this group";
+  $("composer").placeholder = writable ? "Message" : "You are no longer in this group";
 
   const me = state.session.user_id;
   const ordered = [...c.messages.values()].sort((a, b) => {
@@ -513,7 +515,8 @@ function sendFromComposer() {
 function autosize() {
   const box = $("composer");
   box.style.height = "auto";
-  box.style.height = `${Math.min(box.scrollHeight, 160)}px`;
+  box.style.height = `${Math.min(box.scrollHeight + 2, COMPOSER_MAX_HEIGHT)}px`;
+  box.style.overflowY = box.scrollHeight + 2 > COMPOSER_MAX_HEIGHT ? "auto" : "hidden";
 }
 
 // --- dialogs ------------------------------------------------------------------------
@@ -817,4 +820,5 @@ function wire() {
 }
 
 wire();
+autosize();
 enterChat();
