@@ -225,7 +225,11 @@ export class Connection {
 
   hello() {
     this.frame("hello", { token: this.token, device_id: this.deviceId }, (reply) => {
-      if (!reply.welcome) return; // a refusal arrives as an error frame
+      if (!reply.welcome) {
+        // Refused (§3.2): the server closes; its code says what next.
+        this.onClosing(reply.error || {});
+        return;
+      }
       const w = reply.welcome;
       this.heartbeatMs = w.heartbeat_ms || DEFAULT_HEARTBEAT_MS;
       if (w.max_body_len) this.maxBodyLen = w.max_body_len;

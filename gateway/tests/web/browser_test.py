@@ -385,6 +385,30 @@ def run(pages):
         m["system"] and m["body"] == "carol left" for m in alice.messages()))
     say("members: added and removed dave; carol left")
 
+    # --- history pages back as the reader scrolls up ---
+    carol_token, carol_id = log_in("carol")
+    bob_token, bob_id = log_in("bob")
+    older = [f"history {i:03} 📜" for i in range(120)]
+    for text in older:
+        send_over_api(bob_token, carol_id, text, "h-" + secrets.token_hex(8))
+    carol.open_conversation("bob")
+    carol.wait("the newest page", lambda: carol.texts()[-1:] == older[-1:])
+    assert len(carol.texts()) < len(older), "the whole history came at once"
+    while carol.el("history-state").text != "Start of the conversation":
+        shown = len(carol.texts())
+        carol.js("document.getElementById('scroller').scrollTop = 0;")
+        carol.wait("an older page", lambda: len(carol.texts()) > shown
+                   or carol.el("history-state").text == "Start of the conversation")
+    assert carol.texts() == older, "history paged back: every message once, in order"
+    # Only the session token is secret, and it is the only thing stored
+    # besides the device id and the inbox position.
+    stored = carol.js("return Object.fromEntries(Object.entries(localStorage));")
+    assert sorted(stored) == sorted(["hanmadi.session", "hanmadi.device",
+                                     f"hanmadi.position.{carol_id}"]), stored
+    assert sorted(json.loads(stored["hanmadi.session"])) == ["token", "user_id", "username"]
+    assert PASSWORD not in json.dumps(stored)
+    say(f"history: {len(older)} messages paged back on scroll, once each, in order")
+
     # --- screenshots of the chat ---
     alice.open_conversation("bob")
     alice.shot("chat-1280x800")
@@ -402,7 +426,6 @@ def run(pages):
     say("no console errors")
 
     # --- kill -9 and a restart on the same ports while the page is open ---
-    bob_token, bob_id = log_in("bob")
     _, alice_id = log_in("alice")
     before = [f"before the crash {i}" for i in range(3)]
     for text in before:
