@@ -226,11 +226,14 @@ fn web_client_in_a_real_browser() {
         }
     }
     let status = script.child.wait().expect("wait for the script");
-    assert!(
-        status.success() && done,
-        "the browser script failed ({status}); see its output above, the node's log at {} \
-         and the screenshots in {}",
-        data.with_extension("log").display(),
-        shots.display()
-    );
+    if !(status.success() && done) {
+        let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        panic!(
+            "the browser script failed ({status}); see its output above and the \
+             screenshots in {}. The node's log ends:\n{tail}",
+            shots.display()
+        );
+    }
 }

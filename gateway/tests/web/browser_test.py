@@ -288,6 +288,12 @@ def run(pages):
     # The log-in page, as a newcomer sees it.
     alice.open_app()
     alice.wait("the log-in form", lambda: alice.el("auth-username").is_displayed())
+    # Keyboard: the form starts focused and Tab walks it in reading order.
+    order = [alice.js("return document.activeElement.id")]
+    for _ in range(3):
+        alice.d.switch_to.active_element.send_keys(Keys.TAB)
+        order.append(alice.js("return document.activeElement.id"))
+    assert order == ["auth-username", "auth-password", "log-in", "sign-up"], order
     alice.shot("login-1280x800")
     alice.viewport(360, 740)
     alice.shot("login-360x740")
