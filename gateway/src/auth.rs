@@ -817,7 +817,13 @@ mod tests {
         let other = TokenIssuer::new(b"another secret of thirty-two bytes!");
         assert!(!other.is_admin_token(&token));
         // Nothing else passes, and the admin token is no user token.
-        for bad in ["", "hma1.", "hma1.x", &token[..token.len() - 1], "hm1.abc.def"] {
+        for bad in [
+            "",
+            "hma1.",
+            "hma1.x",
+            &token[..token.len() - 1],
+            "hm1.abc.def",
+        ] {
             assert!(!i.is_admin_token(bad), "{bad}");
         }
         let mut flipped = token.clone().into_bytes();

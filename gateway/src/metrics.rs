@@ -173,7 +173,10 @@ mod tests {
                 .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
                 .unwrap_or(-1.0)
         };
-        assert!(value("hanmadi_process_resident_memory_bytes ") > 1_000_000.0, "{text}");
+        assert!(
+            value("hanmadi_process_resident_memory_bytes ") > 1_000_000.0,
+            "{text}"
+        );
         assert!(value("hanmadi_process_cpu_seconds ") >= 0.0, "{text}");
     }
 }

@@ -1052,6 +1052,8 @@ async fn discovery_lists_live_nodes_ranked_for_the_client() {
 const ROUTES: &[&str] = &[
     "/healthz",
     "/metrics",
+    "/v1/admin/token",
+    "/v1/admin/users:batch",
     "/v1/conversations",
     "/v1/direct/{user_id}/messages",
     "/v1/discovery",
@@ -1186,3 +1188,23 @@ async fn the_web_client_and_operator_view_are_served_with_a_strict_policy() {
             .expect(404, Some(ErrorCode::NotFound));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_check_takes_the_admin_token_only() {
+    let (node, api) = setup().await;
+    let (_, user_token) = api.user("alice").await;
+    let admin = node.server.auth().admin_token();
+    let r = api.get(ADMIN_TOKEN_CHECK, &admin).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    api.get(ADMIN_TOKEN_CHECK, &user_token)
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.get(ADMIN_TOKEN_CHECK, &format!("{admin}x"))
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.get_public(ADMIN_TOKEN_CHECK)
+        .await
+        .expect(401, Some(ErrorCode::Unauthenticated));
+}
+
+const ADMIN_TOKEN_CHECK: &str = "/v1/admin/token";

@@ -20,6 +20,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use hanmadi_gateway::auth::TokenIssuer;
+
 const SECRET: &str = "web-client-test-secret-0123456789abcdef";
 /// Longest the script may stay silent: starting three browsers on a busy
 /// machine is the slowest step.
@@ -186,7 +188,7 @@ fn web_client_in_a_real_browser() {
         .arg(format!("http://{http}"))
         .arg(format!("https://{https}"))
         .arg(&shots)
-        .arg("operator-admin-token")
+        .arg(TokenIssuer::new(SECRET.as_bytes()).admin_token())
         .env("HANMADI_CHROMIUM", &browser.chromium)
         .env("HANMADI_CHROMEDRIVER", &browser.chromedriver)
         .stdin(Stdio::piped())

@@ -1,20 +1,24 @@
 // The operator view: this node's counters from GET /metrics and the
 // cluster's nodes from GET /v1/discovery, polled every second and drawn as
-// small charts. The admin token stays in memory (this tab only) and goes
-// with every request as a bearer token.
+// small charts. The operator's admin token (`hanmadi admin-token`) is
+// checked with GET /v1/admin/token before anything is shown, stays in
+// memory (this tab only) and goes with every request as a bearer token.
 
 const POLL_MS = 1000;
-/** Points kept per chart: two minutes at one a second. */
-const HISTORY = 120;
+/** Points kept per chart: one minute at one a second. */
+const HISTORY = 60;
 const TRANSPORTS = ["tcp", "tls", "ws", "wss"];
-const COLOURS = { tcp: "#1d4ed8", tls: "#7c3aed", ws: "#067647", wss: "#b45309", rate: "#1d4ed8", latency: "#b42318" };
+const COLOURS = {
+  tcp: "#1d4ed8", tls: "#7c3aed", ws: "#067647", wss: "#b45309",
+  rate: "#1d4ed8", latency: "#b42318", memory: "#7c3aed", cpu: "#067647",
+};
 
 const $ = (id) => document.getElementById(id);
 
 let token = null;
 let timer = null;
 let previous = null;
-const series = { tcp: [], tls: [], ws: [], wss: [], rate: [], latency: [] };
+const series = { tcp: [], tls: [], ws: [], wss: [], rate: [], latency: [], memory: [], cpu: [] };
 
 /** Samples of a Prometheus / OpenMetrics text: name{labels} -> value. */
 export function parseMetrics(text) {
@@ -64,7 +68,13 @@ async function poll() {
       messages: m.get("hanmadi_commit_batch_messages_sum") || 0,
       commitSeconds: m.get("hanmadi_commit_seconds_sum") || 0,
       commits: m.get("hanmadi_commit_seconds_count") || 0,
+      cpuSeconds: m.get("hanmadi_process_cpu_seconds"),
     };
+    const rss = m.get("hanmadi_process_resident_memory_bytes");
+    if (rss !== undefined) {
+      push("memory", rss / (1024 * 1024));
+      $("memory-now").textContent = `${(rss / (1024 * 1024)).toFixed(1)} MiB`;
+    }
     if (previous) {
       const seconds = Math.max((sample.at - previous.at) / 1000, 0.001);
       const rate = Math.max(sample.messages - previous.messages, 0) / seconds;
@@ -74,6 +84,11 @@ async function poll() {
       push("latency", latencyMs);
       $("rate-now").textContent = `${rate.toFixed(rate < 10 ? 1 : 0)} /s`;
       $("latency-now").textContent = commits > 0 ? `${latencyMs.toFixed(2)} ms` : "idle";
+      if (sample.cpuSeconds !== undefined && previous.cpuSeconds !== undefined) {
+        const cpu = (Math.max(sample.cpuSeconds - previous.cpuSeconds, 0) / seconds) * 100;
+        push("cpu", cpu);
+        $("cpu-now").textContent = `${cpu.toFixed(0)} % CPU`;
+      }
     }
     previous = sample;
     $("connections-total").textContent = String(total);
@@ -100,9 +115,9 @@ const SVG = "http://www.w3.org/2000/svg";
 
 function line(values, max, colour) {
   const path = document.createElementNS(SVG, "polyline");
+  // Fills from the left, then scrolls once HISTORY points are drawn.
   const step = 300 / (HISTORY - 1);
-  const offset = HISTORY - values.length;
-  const points = values.map((v, i) => `${((offset + i) * step).toFixed(1)},${(86 - (v / max) * 80).toFixed(1)}`);
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(86 - (v / max) * 80).toFixed(1)}`);
   path.setAttribute("points", points.join(" "));
   path.setAttribute("fill", "none");
   path.setAttribute("stroke", colour);
@@ -130,6 +145,7 @@ function drawCharts() {
   chart($("connections-chart"), TRANSPORTS);
   chart($("rate-chart"), ["rate"]);
   chart($("latency-chart"), ["latency"]);
+  chart($("process-chart"), ["memory"]);
   const legend = TRANSPORTS.map((t) => {
     const span = document.createElement("span");
     span.style.setProperty("--swatch", COLOURS[t]);
@@ -170,7 +186,7 @@ function drawNodes(nodes) {
   $("nodes").replaceChildren(...rows);
 }
 
-function start(event) {
+async function start(event) {
   event.preventDefault();
   const value = $("admin-token").value.trim();
   if (!value) {
@@ -178,6 +194,15 @@ function start(event) {
     return;
   }
   token = value;
+  try {
+    await get("/v1/admin/token");
+  } catch (error) {
+    token = null;
+    $("admin-error").textContent = error.refused
+      ? "This is not the node's admin token (see `hanmadi admin-token`)."
+      : "The node cannot be reached.";
+    return;
+  }
   $("admin-token").value = "";
   $("admin-error").textContent = "";
   $("admin-form").hidden = true;

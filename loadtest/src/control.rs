@@ -28,7 +28,10 @@ const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub fn admin_token(secret: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(ADMIN_TOKEN_LABEL.as_bytes());
-    format!("hma1.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    format!(
+        "hma1.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 /// An HS256 JWT for `user_id`, as an application's backend would mint it.
@@ -215,7 +218,12 @@ impl Control {
     }
 
     /// Creates a group owned by `owner` with `members`; its id.
-    pub async fn create_group(&self, owner: &User, name: &str, members: &[u64]) -> anyhow::Result<u64> {
+    pub async fn create_group(
+        &self,
+        owner: &User,
+        name: &str,
+        members: &[u64],
+    ) -> anyhow::Result<u64> {
         #[derive(Serialize)]
         struct NewGroup<'a> {
             name: &'a str,
@@ -336,5 +344,8 @@ async fn json_or_error<T: serde::de::DeserializeOwned>(
         404 => " (is this a Hanmadi node with the admin API?)",
         _ => "",
     };
-    bail!("{what}: the server answered {status}{hint}: {}", body.trim())
+    bail!(
+        "{what}: the server answered {status}{hint}: {}",
+        body.trim()
+    )
 }

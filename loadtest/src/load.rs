@@ -16,9 +16,9 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use hanmadi_client::{
     Client, ClientError, Deliveries, ErrorCode, Event, ReconnectingHandle, Target,
 };
+use hanmadi_proto::SendAck;
 use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
-use hanmadi_proto::SendAck;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -93,7 +93,13 @@ impl HttpSender {
             .json(&serde_json::json!({ "client_msg_id": client_msg_id, "body": body }))
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { SendFailure::Timeout } else { SendFailure::Other })?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    SendFailure::Timeout
+                } else {
+                    SendFailure::Other
+                }
+            })?;
         match response.status().as_u16() {
             200 | 201 => {}
             429 => return Err(SendFailure::RateLimited),
@@ -217,7 +223,8 @@ impl Load {
                 Ok(message_id) => {
                     self.acked.push(route.conversation, message_id);
                     let members = self.members[route.conversation as usize];
-                    self.expected.fetch_add(u64::from(members), Ordering::Relaxed);
+                    self.expected
+                        .fetch_add(u64::from(members), Ordering::Relaxed);
                     self.stats.record_ack(route.connection, due_us);
                 }
                 Err(failure) => self.stats.record_failure(failure),

@@ -41,7 +41,10 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     tracing_subscriber_init();
     let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hanmadi-loadtest: starting the runtime: {e}");

@@ -57,8 +57,8 @@ impl Dialer {
             }]
         } else {
             let nodes = control.discover().await?;
-            let spread = common.discovery.is_some() && common.http.is_none()
-                || common.discovery.is_some();
+            let spread =
+                common.discovery.is_some() && common.http.is_none() || common.discovery.is_some();
             let chosen: Vec<&Node> = if spread {
                 nodes.iter().collect()
             } else {
@@ -173,9 +173,8 @@ pub async fn connect(config: ClientConfig) -> anyhow::Result<(Client, Deliveries
                 wait *= 2;
             }
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("connecting to {} (attempt {attempt})", config.addr)
-                })
+                return Err(e)
+                    .with_context(|| format!("connecting to {} (attempt {attempt})", config.addr))
             }
         }
     }
@@ -184,8 +183,7 @@ pub async fn connect(config: ClientConfig) -> anyhow::Result<(Client, Deliveries
 
 fn retryable(e: &ClientError) -> bool {
     use hanmadi_client::ErrorAction;
-    matches!(e, ClientError::Io(_) | ClientError::Timeout(_))
-        || e.action() == ErrorAction::Retry
+    matches!(e, ClientError::Io(_) | ClientError::Timeout(_)) || e.action() == ErrorAction::Retry
 }
 
 /// `host:port` of a `host:port` or a `scheme://host:port/path`.
@@ -227,7 +225,10 @@ fn tls_config(common: &Common) -> anyhow::Result<Arc<rustls::ClientConfig>> {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth()
     } else {
-        bail!("--transport {} needs --ca FILE (the server's certificate or its CA) or --insecure", common.transport.name());
+        bail!(
+            "--transport {} needs --ca FILE (the server's certificate or its CA) or --insecure",
+            common.transport.name()
+        );
     };
     Ok(Arc::new(config))
 }

@@ -200,9 +200,21 @@ impl Report {
         let row = |t: &mut String, k: &str, v: String| {
             let _ = writeln!(t, "  {k:<28} {v}");
         };
-        row(&mut t, "sent / acked", format!("{} / {}", self.sent, self.acked));
-        row(&mut t, "acked/s (measured)", format!("{:.0}", self.acked_per_s));
-        row(&mut t, "delivered/s (measured)", format!("{:.0}", self.delivered_per_s));
+        row(
+            &mut t,
+            "sent / acked",
+            format!("{} / {}", self.sent, self.acked),
+        );
+        row(
+            &mut t,
+            "acked/s (measured)",
+            format!("{:.0}", self.acked_per_s),
+        );
+        row(
+            &mut t,
+            "delivered/s (measured)",
+            format!("{:.0}", self.delivered_per_s),
+        );
         row(
             &mut t,
             "send→deliver ms",
@@ -235,7 +247,12 @@ impl Report {
             "errors",
             format!(
                 "rate_limited {}  busy {}  timeouts {}  other {}  disconnects {}  held by cap {}",
-                e.rate_limited, e.busy, e.timeouts, e.other, self.disconnects, self.held_by_in_flight_cap
+                e.rate_limited,
+                e.busy,
+                e.timeouts,
+                e.other,
+                self.disconnects,
+                self.held_by_in_flight_cap
             ),
         );
         if let Some(s) = &self.server {
@@ -251,7 +268,11 @@ impl Report {
                 ),
             );
         }
-        row(&mut t, "loadtest CPU", format!("{:.2} s", self.loadtest_cpu_seconds));
+        row(
+            &mut t,
+            "loadtest CPU",
+            format!("{:.2} s", self.loadtest_cpu_seconds),
+        );
         for (k, v) in &self.extra {
             row(&mut t, k, v.to_string());
         }
@@ -335,7 +356,9 @@ fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -373,7 +396,10 @@ fn plot_throughput(path: &Path, series: &[Second]) -> anyhow::Result<()> {
     ];
     for (name, color, f) in lines {
         chart
-            .draw_series(LineSeries::new(series.iter().map(|s| (s.t, f(s) as f64)), color))
+            .draw_series(LineSeries::new(
+                series.iter().map(|s| (s.t, f(s) as f64)),
+                color,
+            ))
             .map_err(plot_err)?
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
@@ -451,7 +477,10 @@ fn plot_distribution(path: &Path, points: &[(f64, f64)]) -> anyhow::Result<()> {
         .draw()
         .map_err(plot_err)?;
     chart
-        .draw_series(LineSeries::new(points.iter().map(|(p, v)| (nines(*p), *v)), RED))
+        .draw_series(LineSeries::new(
+            points.iter().map(|(p, v)| (nines(*p), *v)),
+            RED,
+        ))
         .map_err(plot_err)?;
     root.present().map_err(plot_err)
 }

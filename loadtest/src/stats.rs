@@ -149,7 +149,10 @@ impl Stats {
     pub fn record_ack(&self, shard: usize, due_us: u64) {
         self.acked.fetch_add(1, Ordering::Relaxed);
         if self.measuring.load(Ordering::Relaxed) {
-            let us = self.now_us().saturating_sub(due_us).clamp(1, MAX_LATENCY_US);
+            let us = self
+                .now_us()
+                .saturating_sub(due_us)
+                .clamp(1, MAX_LATENCY_US);
             let _ = self.shards[shard % SHARDS].lock().ack.record(us);
         }
     }
@@ -158,7 +161,10 @@ impl Stats {
     pub fn record_delivery(&self, shard: usize, due_us: u64) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if self.measuring.load(Ordering::Relaxed) {
-            let us = self.now_us().saturating_sub(due_us).clamp(1, MAX_LATENCY_US);
+            let us = self
+                .now_us()
+                .saturating_sub(due_us)
+                .clamp(1, MAX_LATENCY_US);
             let _ = self.shards[shard % SHARDS].lock().deliver.record(us);
         }
     }

@@ -35,9 +35,12 @@ async fn start() -> Node {
     let key = dir.path().join("key.pem");
     hanmadi_gateway::tls::generate_self_signed(&["localhost".into()], &cert, &key).unwrap();
     let tls = hanmadi_gateway::tls::server_config(&cert, &key).unwrap();
-    let https_tls =
-        hanmadi_gateway::tls::server_config_with_alpn(&cert, &key, &[hanmadi_gateway::tls::ALPN_HTTP_1_1])
-            .unwrap();
+    let https_tls = hanmadi_gateway::tls::server_config_with_alpn(
+        &cert,
+        &key,
+        &[hanmadi_gateway::tls::ALPN_HTTP_1_1],
+    )
+    .unwrap();
     let bind = || TcpListener::bind("127.0.0.1:0");
     let backend = FjallBackend::open(&dir.path().join("store"), FjallOptions::default()).unwrap();
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).unwrap();
@@ -114,14 +117,28 @@ const SHORT: [&str; 6] = ["--duration", "1500ms", "--warmup", "300ms", "--drain"
 async fn direct_over_tcp_and_json_websocket() {
     let node = start().await;
     let http = node.http();
-    for transport in [&["--transport", "tcp"][..], &["--transport", "ws", "--encoding", "json"]] {
-        let mut args = vec!["direct", "--http", &http, "--connections", "40", "--rate", "400"];
+    for transport in [
+        &["--transport", "tcp"][..],
+        &["--transport", "ws", "--encoding", "json"],
+    ] {
+        let mut args = vec![
+            "direct",
+            "--http",
+            &http,
+            "--connections",
+            "40",
+            "--rate",
+            "400",
+        ];
         args.extend(transport);
         args.extend(SHORT);
         let (code, report) = loadtest(node.dir.path(), &args).await;
         assert_clean(code, &report);
         assert_eq!(report["config"]["connections"], 40);
-        assert!(report["server"]["cpu_us_per_message"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(
+            report["server"]["cpu_us_per_message"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
         assert!(!report["timeseries"].as_array().unwrap().is_empty());
     }
 }
@@ -134,8 +151,21 @@ async fn direct_over_tls_with_an_html_report() {
     let report_dir = node.dir.path().join("html");
     let report_arg = report_dir.display().to_string();
     let mut args = vec![
-        "direct", "--http", &http, "--transport", "tls", "--ca", &cert, "--tls-name", "localhost",
-        "--connections", "20", "--rate", "200", "--report", &report_arg,
+        "direct",
+        "--http",
+        &http,
+        "--transport",
+        "tls",
+        "--ca",
+        &cert,
+        "--tls-name",
+        "localhost",
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+        "--report",
+        &report_arg,
     ];
     args.extend(SHORT);
     let (code, report) = loadtest(node.dir.path(), &args).await;
@@ -152,19 +182,41 @@ async fn direct_over_tls_with_an_html_report() {
 async fn group_fan_out() {
     let node = start().await;
     let http = node.http();
-    let mut args = vec!["group", "--http", &http, "--groups", "4", "--members", "10", "--rate", "100"];
+    let mut args = vec![
+        "group",
+        "--http",
+        &http,
+        "--groups",
+        "4",
+        "--members",
+        "10",
+        "--rate",
+        "100",
+    ];
     args.extend(SHORT);
     let (code, report) = loadtest(node.dir.path(), &args).await;
     assert_clean(code, &report);
     // Every member's device, the sender's included, gets each message.
-    assert_eq!(n(&report, "expected"), n(&report, "acked") * 10.0, "{report}");
+    assert_eq!(
+        n(&report, "expected"),
+        n(&report, "acked") * 10.0,
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_report_memory() {
     let node = start().await;
     let http = node.http();
-    let args = ["idle", "--http", &http, "--connections", "200", "--duration", "500ms"];
+    let args = [
+        "idle",
+        "--http",
+        &http,
+        "--connections",
+        "200",
+        "--duration",
+        "500ms",
+    ];
     let (code, report) = loadtest(node.dir.path(), &args).await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["extra"]["connections_open_at_end"], 200);
@@ -175,7 +227,15 @@ async fn idle_connections_report_memory() {
 async fn reconnect_storm_loses_nothing() {
     let node = start().await;
     let http = node.http();
-    let mut args = vec!["reconnect", "--http", &http, "--connections", "40", "--rate", "400"];
+    let mut args = vec![
+        "reconnect",
+        "--http",
+        &http,
+        "--connections",
+        "40",
+        "--rate",
+        "400",
+    ];
     args.extend(SHORT);
     let (code, report) = loadtest(node.dir.path(), &args).await;
     assert_clean(code, &report);
@@ -186,7 +246,15 @@ async fn reconnect_storm_loses_nothing() {
 async fn http_sends_and_long_polls() {
     let node = start().await;
     let http = node.http();
-    let mut args = vec!["http", "--http", &http, "--connections", "20", "--rate", "200"];
+    let mut args = vec![
+        "http",
+        "--http",
+        &http,
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+    ];
     args.extend(SHORT);
     let (code, report) = loadtest(node.dir.path(), &args).await;
     assert_clean(code, &report);
@@ -197,9 +265,26 @@ async fn find_max_reports_the_highest_rate_that_held() {
     let node = start().await;
     let http = node.http();
     let args = [
-        "direct", "--http", &http, "--connections", "20", "--rate", "200", "--find-max",
-        "--step-duration", "700ms", "--max-rate", "500", "--step-factor", "1.5", "--p99-ms",
-        "1000", "--warmup", "200ms", "--drain", "3s",
+        "direct",
+        "--http",
+        &http,
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+        "--find-max",
+        "--step-duration",
+        "700ms",
+        "--max-rate",
+        "500",
+        "--step-factor",
+        "1.5",
+        "--p99-ms",
+        "1000",
+        "--warmup",
+        "200ms",
+        "--drain",
+        "3s",
     ];
     let (code, report) = loadtest(node.dir.path(), &args).await;
     assert_eq!(code, 0, "{report}");
@@ -210,17 +295,30 @@ async fn find_max_reports_the_highest_rate_that_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_errors_for_no_server_and_a_wrong_secret() {
-    let (code, _) = loadtest(Path::new("/tmp"), &["direct", "--http", "http://127.0.0.1:1"]).await;
+    let (code, _) = loadtest(
+        Path::new("/tmp"),
+        &["direct", "--http", "http://127.0.0.1:1"],
+    )
+    .await;
     assert_eq!(code, 2);
     let node = start().await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hanmadi-loadtest"))
-        .args(["direct", "--http", &node.http(), "--secret", "not the node's secret at all, no"])
+        .args([
+            "direct",
+            "--http",
+            &node.http(),
+            "--secret",
+            "not the node's secret at all, no",
+        ])
         .output()
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("403") && stderr.contains("--secret"), "{stderr}");
+    assert!(
+        stderr.contains("403") && stderr.contains("--secret"),
+        "{stderr}"
+    );
 }
 
 /// What the proxy does to the first `Deliver` frame past the threshold.
@@ -281,9 +379,21 @@ async fn faulty_proxy(upstream: SocketAddr, fault: Fault, after: u64) -> SocketA
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_delivery_fails_the_run() {
     let node = start().await;
-    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Drop, 50).await.to_string();
+    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Drop, 50)
+        .await
+        .to_string();
     let http = node.http();
-    let mut args = vec!["direct", "--http", &http, "--target", &proxy, "--connections", "10", "--rate", "200"];
+    let mut args = vec![
+        "direct",
+        "--http",
+        &http,
+        "--target",
+        &proxy,
+        "--connections",
+        "10",
+        "--rate",
+        "200",
+    ];
     args.extend(SHORT);
     let (code, report) = loadtest(node.dir.path(), &args).await;
     assert_eq!(code, 1, "{report}");
@@ -294,9 +404,21 @@ async fn a_lost_delivery_fails_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_delivery_fails_the_run() {
     let node = start().await;
-    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Duplicate, 50).await.to_string();
+    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Duplicate, 50)
+        .await
+        .to_string();
     let http = node.http();
-    let mut args = vec!["direct", "--http", &http, "--target", &proxy, "--connections", "10", "--rate", "200"];
+    let mut args = vec![
+        "direct",
+        "--http",
+        &http,
+        "--target",
+        &proxy,
+        "--connections",
+        "10",
+        "--rate",
+        "200",
+    ];
     args.extend(SHORT);
     let (code, report) = loadtest(node.dir.path(), &args).await;
     assert_eq!(code, 1, "{report}");

@@ -494,6 +494,15 @@ def run(pages):
     # --- the operator view ---
     alice.d.get(HTTP + "/admin")
     alice.wait("the token form", lambda: alice.el("admin-token").is_displayed())
+    # A user's token is not the admin token: refused, nothing shown.
+    alice.el("admin-token").send_keys(bob_token, Keys.ENTER)
+    alice.wait("the refusal", lambda: "not the node's admin token" in alice.el("admin-error").text)
+    assert not alice.el("dashboard").is_displayed()
+    # The browser logs the 403 itself; nothing else may appear.
+    errors = alice.console_errors(allowed=("/v1/admin/token - Failed to load resource: "
+                                           "the server responded with a status of 403",))
+    assert not errors, f"alice's console after the refused token: {errors}"
+    alice.el("admin-token").clear()
     alice.el("admin-token").send_keys(ADMIN_TOKEN, Keys.ENTER)
     alice.wait("the dashboard", lambda: alice.el("dashboard").is_displayed())
     # Traffic while the charts fill: bob writes until six samples are drawn.
@@ -521,6 +530,7 @@ def run(pages):
     alice.wait("a message rate", lambda: alice.el("rate-now").text.endswith("/s"))
     alice.wait("a commit latency", lambda: alice.el("latency-now").text.endswith("ms")
                or alice.el("latency-now").text == "idle")
+    alice.wait("the process's memory", lambda: alice.el("memory-now").text.endswith("MiB"))
     alice.shot("admin-1280x800")
     alice.viewport(360, 740)
     alice.shot("admin-360x740")
@@ -528,7 +538,8 @@ def run(pages):
     for page in pages:
         errors = page.console_errors()
         assert not errors, f"{page.name}'s console: {errors}"
-    say("admin: nodes, connections by transport, messages/s, commit latency")
+    say("admin: a user's token refused; with the admin token, nodes, connections by "
+        "transport, messages/s, commit latency, memory")
 
 
 if __name__ == "__main__":

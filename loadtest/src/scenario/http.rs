@@ -92,8 +92,12 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
                     continue;
                 };
                 for entry in &batch.messages {
-                    let Some(body) = Body::parse(&entry.message.body) else { continue };
-                    let Ok(id) = entry.message.message_id.parse::<u64>() else { continue };
+                    let Some(body) = Body::parse(&entry.message.body) else {
+                        continue;
+                    };
+                    let Ok(id) = entry.message.message_id.parse::<u64>() else {
+                        continue;
+                    };
                     if body.run == run {
                         received.record(body.conversation, id);
                         stats.record_delivery(i, body.due_us);

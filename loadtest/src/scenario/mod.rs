@@ -22,7 +22,11 @@ use crate::stats::Stats;
 /// Runs `scenario` and reports.
 pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     let common = scenario.common();
-    let control = Control::new(common.http_url(), &common.secret, common.admin_token.as_deref())?;
+    let control = Control::new(
+        common.http_url(),
+        &common.secret,
+        common.admin_token.as_deref(),
+    )?;
     control.check_reachable().await?;
     let cpu_before = own_cpu_seconds();
     let mut report = match scenario {

@@ -56,7 +56,9 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
                 let Some(next) = next else { break };
                 match next {
                     Ok(r) => {
-                        let Some(body) = Body::parse(&r.message.body) else { continue };
+                        let Some(body) = Body::parse(&r.message.body) else {
+                            continue;
+                        };
                         if body.run == run {
                             received.record(body.conversation, r.message.message_id);
                             stats.record_delivery(i, body.due_us);
@@ -144,8 +146,9 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
     );
     report.set_verdict(verdict);
     fill_counters(&mut report, &stats);
-    report
-        .extra
-        .insert("storm_reconnect_seconds".into(), serde_json::json!(storm_seconds));
+    report.extra.insert(
+        "storm_reconnect_seconds".into(),
+        serde_json::json!(storm_seconds),
+    );
     Ok(report)
 }

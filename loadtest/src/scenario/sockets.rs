@@ -28,7 +28,11 @@ pub(super) struct Shape {
 }
 
 /// Users in pairs, each sending to its partner.
-pub(super) async fn direct_shape(c: &Common, control: &Control, scenario: &str) -> anyhow::Result<Shape> {
+pub(super) async fn direct_shape(
+    c: &Common,
+    control: &Control,
+    scenario: &str,
+) -> anyhow::Result<Shape> {
     let n = c.connections.max(2) / 2 * 2;
     let users = control.provision(&prefix(c, scenario), n).await?;
     let mut routes = Vec::with_capacity(n);
@@ -72,7 +76,10 @@ pub(super) async fn group(g: &GroupArgs, control: &Control) -> anyhow::Result<Re
     let mut routes = Vec::with_capacity(n);
     for gi in 0..g.groups {
         let first = gi * g.members;
-        let rest: Vec<u64> = users[first + 1..first + g.members].iter().map(|u| u.id).collect();
+        let rest: Vec<u64> = users[first + 1..first + g.members]
+            .iter()
+            .map(|u| u.id)
+            .collect();
         let group_id = control
             .create_group(&users[first], &format!("loadtest {gi}"), &rest)
             .await?;
@@ -91,9 +98,7 @@ pub(super) async fn group(g: &GroupArgs, control: &Control) -> anyhow::Result<Re
         conversations_of: (0..n).map(|i| vec![(i / g.members) as u32]).collect(),
     };
     let mut report = socket_load(c, control, shape).await?;
-    report
-        .extra
-        .insert("groups".into(), g.groups.into());
+    report.extra.insert("groups".into(), g.groups.into());
     report
         .extra
         .insert("members_per_group".into(), g.members.into());
@@ -247,10 +252,8 @@ async fn find_max(c: &Common, control: &Control, load: &Arc<Load>, report: &mut 
             errors,
             held: false,
         };
-        let held = step.p99_ms <= c.p99_ms
-            && step.acked_per_s >= 0.9 * rate
-            && errors == 0
-            && caught_up;
+        let held =
+            step.p99_ms <= c.p99_ms && step.acked_per_s >= 0.9 * rate && errors == 0 && caught_up;
         search.steps.push(Step { held, ..step });
         if !held {
             break;
