@@ -380,7 +380,7 @@ function drawList() {
   const list = $("conversations");
   const focusedKey = document.activeElement && document.activeElement.dataset
     ? document.activeElement.dataset.key : null;
-  const items = sortedConversations().map((c) => {
+  const items = sortedConversations().map((c) => row(c.key, () => {
     const unread = c.unread > 0
       ? el("span", { class: "unread", dataset: { count: String(c.unread) },
         "aria-label": `${c.unread} unread` }, c.unread > MAX_UNREAD_SHOWN ? "99+" : String(c.unread))
@@ -398,11 +398,12 @@ function drawList() {
       el("span", { class: "conv-bottom" }, el("span", { class: "preview muted" }, preview(c)), unread)));
     button.addEventListener("click", () => openConversation(c.key));
     return el("li", {}, button);
-  });
-  list.replaceChildren(...items);
+  }));
+  reconcile(list, items);
   $("no-conversations").hidden = items.length > 0;
   list.hidden = items.length === 0;
-  if (focusedKey) {
+  if (focusedKey && document.activeElement === document.body) {
+    // The focused entry was redrawn: focus its new element.
     const again = list.querySelector(`.conv[data-key="${focusedKey}"]`);
     if (again) again.focus();
   }
@@ -438,41 +439,52 @@ function drawConversation() {
     const y = big(b.message_id);
     return x === y ? 0 : x < y ? -1 : 1;
   });
+  // Rows keyed so that a redraw touches only what changed: own messages by
+  // client_msg_id (pending, then acknowledged, is one row), others by id.
   const rows = [];
   let previousSender = null;
   for (const m of ordered) {
     if (isMembershipChange(m)) {
-      rows.push(el("li", { class: "msg system", dataset: { id: m.message_id, state: "sent" } },
-        el("span", { class: "body" }, describe(m))));
+      rows.push(row(`m:${m.message_id}`, () => el("li", {
+        class: "msg system", dataset: { id: m.message_id, state: "sent" },
+      }, el("span", { class: "body" }, describe(m)))));
       previousSender = null;
       continue;
     }
     const mine = m.sender === me;
     const showName = c.type === "group" && !mine && m.sender !== previousSender;
     previousSender = m.sender;
-    rows.push(el("li", {
+    const sent = new Date(Number(m.sent_at));
+    rows.push(row(mine ? `c:${m.client_msg_id}` : `m:${m.message_id}`, () => el("li", {
       class: `msg ${mine ? "mine" : "theirs"}`,
       dataset: { id: m.message_id, state: "sent", sender: m.sender },
     },
     showName ? el("span", { class: "sender" }, nameOf(m.sender)) : null,
     el("span", { class: "body" }, m.body || ""),
-    el("time", { class: "meta", datetime: new Date(Number(m.sent_at)).toISOString(),
-      title: new Date(Number(m.sent_at)).toLocaleString() }, timeText(m.sent_at))));
+    el("time", { class: "meta", datetime: sent.toISOString(), title: sent.toLocaleString() },
+      timeText(m.sent_at)))));
   }
   for (const o of c.outgoing) {
-    rows.push(el("li", {
+    rows.push(row(`c:${o.client_msg_id}`, () => el("li", {
       class: `msg mine ${o.failed ? "failed" : "pending"}`,
       dataset: { state: o.failed ? "failed" : "pending", clientMsgId: o.client_msg_id },
     },
     el("span", { class: "body" }, o.body),
-    el("span", { class: "meta" }, o.failed ? `Not sent: ${o.failed}` : "Sending…")));
+    el("span", { class: "meta" }, o.failed ? `Not sent: ${o.failed}` : "Sending…"))));
   }
 
   const list = $("messages");
   const oldHeight = scroller.scrollHeight;
   const oldTop = scroller.scrollTop;
-  const firstBefore = list.firstElementChild ? list.firstElementChild.dataset.id : null;
-  list.replaceChildren(...rows);
+  const firstBefore = list.firstElementChild ? list.firstElementChild.dataset.key : null;
+  if (list.dataset.conversation !== c.key) {
+    // Another conversation: fill the log silently, announce what follows.
+    list.dataset.conversation = c.key;
+    list.setAttribute("aria-live", "off");
+    list.replaceChildren();
+    setTimeout(() => list.setAttribute("aria-live", "polite"), 0);
+  }
+  reconcile(list, rows);
   let status = "";
   if (c.loading) status = "Loading earlier messages…";
   else if (c.historyError) status = `Could not load messages: ${c.historyError}`;
@@ -481,13 +493,46 @@ function drawConversation() {
 
   if (stickToBottom) {
     scroller.scrollTop = scroller.scrollHeight;
-  } else if (firstBefore && list.firstElementChild && list.firstElementChild.dataset.id !== firstBefore) {
+  } else if (firstBefore && list.firstElementChild && list.firstElementChild.dataset.key !== firstBefore) {
     // Older messages were put on top: keep the reader where they were.
     scroller.scrollTop = oldTop + (scroller.scrollHeight - oldHeight);
   }
   if (c.loaded && c.hasMore && !c.loading && scroller.scrollHeight <= scroller.clientHeight) {
     loadOlder(c); // the first page does not fill the view
   }
+}
+
+/** A row of a keyed list: its key, and how to build it. */
+function row(key, build) {
+  return { key, build };
+}
+
+/**
+ * Makes `list`'s children the built rows, in order, reusing the element of
+ * every row whose key and content are unchanged: a screen reader hears only
+ * new messages, and the reader's scroll anchor survives.
+ */
+function reconcile(list, rows) {
+  const existing = new Map([...list.children].map((n) => [n.dataset.key, n]));
+  let cursor = list.firstElementChild;
+  for (const { key, build } of rows) {
+    const fresh = build();
+    fresh.dataset.key = key;
+    let node = existing.get(key);
+    existing.delete(key);
+    if (node && !node.isEqualNode(fresh)) {
+      node.replaceWith(fresh);
+      if (cursor === node) cursor = fresh;
+      node = fresh;
+    }
+    node = node || fresh;
+    if (node === cursor) {
+      cursor = cursor.nextElementSibling;
+    } else {
+      list.insertBefore(node, cursor);
+    }
+  }
+  for (const stale of existing.values()) stale.remove();
 }
 
 // --- sending ------------------------------------------------------------------------
