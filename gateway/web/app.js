@@ -315,7 +315,11 @@ function drawStatus(detail = {}) {
   if (state.connState === "reconnecting" && detail.delayMs >= 1000) {
     text = `Reconnecting in ${Math.round(detail.delayMs / 1000)} s…`;
   }
+  if (state.connState === "stopped" && detail.reason && detail.reason !== "logged out") {
+    text = `Offline: ${detail.reason}`;
+  }
   el.textContent = text;
+  el.title = text;
 }
 
 function sortedConversations() {
