@@ -365,19 +365,72 @@ fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e}")
 }
 
+/// One line of a time plot: its legend, colour and value per second.
+struct Line {
+    name: &'static str,
+    color: RGBColor,
+    value: fn(&Second) -> f64,
+}
+
 fn plot_throughput(path: &Path, series: &[Second]) -> anyhow::Result<()> {
+    let lines = [
+        Line {
+            name: "sent",
+            color: BLUE,
+            value: |s| s.sent as f64,
+        },
+        Line {
+            name: "acked",
+            color: GREEN,
+            value: |s| s.acked as f64,
+        },
+        Line {
+            name: "delivered",
+            color: RED,
+            value: |s| s.delivered as f64,
+        },
+    ];
+    plot_over_time(path, "messages per second", "per second", series, &lines)
+}
+
+fn plot_latency(path: &Path, series: &[Second]) -> anyhow::Result<()> {
+    let lines = [
+        Line {
+            name: "send→deliver p50",
+            color: BLUE,
+            value: |s| s.deliver_p50_ms,
+        },
+        Line {
+            name: "send→deliver p99",
+            color: RED,
+            value: |s| s.deliver_p99_ms,
+        },
+        Line {
+            name: "send→ack p99",
+            color: GREEN,
+            value: |s| s.ack_p99_ms,
+        },
+    ];
+    plot_over_time(path, "latency per second (ms)", "ms", series, &lines)
+}
+
+fn plot_over_time(
+    path: &Path,
+    caption: &str,
+    y_desc: &str,
+    series: &[Second],
+    lines: &[Line],
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 360)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let t_max = series.last().map_or(1.0, |s| s.t).max(1.0);
     let y_max = series
         .iter()
-        .map(|s| s.sent.max(s.acked).max(s.delivered))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64
+        .flat_map(|s| lines.iter().map(move |l| (l.value)(s)))
+        .fold(1.0, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption("messages per second", ("sans-serif", 18))
+        .caption(caption, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(70)
@@ -386,65 +439,18 @@ fn plot_throughput(path: &Path, series: &[Second]) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .x_desc("seconds")
-        .y_desc("per second")
+        .y_desc(y_desc)
         .draw()
         .map_err(plot_err)?;
-    let lines: [(&str, RGBColor, fn(&Second) -> u64); 3] = [
-        ("sent", BLUE, |s| s.sent),
-        ("acked", GREEN, |s| s.acked),
-        ("delivered", RED, |s| s.delivered),
-    ];
-    for (name, color, f) in lines {
+    for line in lines {
+        let color = line.color;
         chart
             .draw_series(LineSeries::new(
-                series.iter().map(|s| (s.t, f(s) as f64)),
+                series.iter().map(|s| (s.t, (line.value)(s))),
                 color,
             ))
             .map_err(plot_err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err)
-}
-
-fn plot_latency(path: &Path, series: &[Second]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 360)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let t_max = series.last().map_or(1.0, |s| s.t).max(1.0);
-    let y_max = series
-        .iter()
-        .map(|s| s.deliver_p99_ms.max(s.ack_p99_ms))
-        .fold(1.0, f64::max)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("latency per second (ms)", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("ms")
-        .draw()
-        .map_err(plot_err)?;
-    let lines: [(&str, RGBColor, fn(&Second) -> f64); 3] = [
-        ("send→deliver p50", BLUE, |s| s.deliver_p50_ms),
-        ("send→deliver p99", RED, |s| s.deliver_p99_ms),
-        ("send→ack p99", GREEN, |s| s.ack_p99_ms),
-    ];
-    for (name, color, f) in lines {
-        chart
-            .draw_series(LineSeries::new(series.iter().map(|s| (s.t, f(s))), color))
-            .map_err(plot_err)?
-            .label(name)
+            .label(line.name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
     }
     chart

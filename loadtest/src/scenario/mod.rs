@@ -79,12 +79,15 @@ struct Snapshot {
 
 impl Snapshot {
     async fn take(stats: &Stats, control: &Control, pid: Option<u32>) -> Self {
-        let usage = control.usage(pid).await.ok();
+        // Counters first: the scrape of the server's usage takes time.
+        let at = tokio::time::Instant::now();
+        let acked = stats.acked.load(Ordering::Relaxed);
+        let delivered = stats.delivered.load(Ordering::Relaxed);
         Self {
-            at: tokio::time::Instant::now(),
-            acked: stats.acked.load(Ordering::Relaxed),
-            delivered: stats.delivered.load(Ordering::Relaxed),
-            usage,
+            at,
+            acked,
+            delivered,
+            usage: control.usage(pid).await.ok(),
         }
     }
 }

@@ -252,8 +252,13 @@ async fn find_max(c: &Common, control: &Control, load: &Arc<Load>, report: &mut 
             errors,
             held: false,
         };
-        let held =
-            step.p99_ms <= c.p99_ms && step.acked_per_s >= 0.9 * rate && errors == 0 && caught_up;
+        // Held: (nearly) every send of the step was acknowledged, the acks
+        // kept up (the step did not overrun its length waiting for them),
+        // nothing was refused, deliveries caught up, and the p99 is in bound.
+        let step_secs = c.step_duration.as_secs_f64();
+        let answered = (end.acked - start.acked) as f64 >= 0.95 * rate * step_secs;
+        let kept_up = secs <= step_secs * 1.2 + 0.5;
+        let held = step.p99_ms <= c.p99_ms && answered && kept_up && errors == 0 && caught_up;
         search.steps.push(Step { held, ..step });
         if !held {
             break;
