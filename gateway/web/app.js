@@ -35,7 +35,6 @@ const state = {
 
 /** Ids are decimal strings of uint64; BigInt compares them exactly. */
 const big = (id) => BigInt(id || "0");
-const laterId = (a, b) => (big(a) >= big(b) ? a : b);
 
 function directConversation(a, b) {
   const [low, high] = big(a) <= big(b) ? [a, b] : [b, a];
