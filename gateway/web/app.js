@@ -127,7 +127,7 @@ function refreshConversationsSoon() {
 }
 
 function showListError(error) {
-  if (error instanceof ApiError && (error.status === 401)) logOut();
+  if (error instanceof ApiError && error.status === 401) logOut();
 }
 
 // --- profiles ---------------------------------------------------------------
@@ -321,8 +321,12 @@ function drawStatus(detail = {}) {
   el.title = text;
 }
 
+/** A message id starts with its time (PROTOCOL.md §4.3), so ordering by
+ * the newest id is newest activity first. A chat just started here has no
+ * message yet: it goes on top, newest start first (a millisecond time
+ * shifted past every id's bits). */
 function sortedConversations() {
-  const key = (c) => (c.lastId === "0" ? BigInt(c.createdLocally) << 30n : big(c.lastId));
+  const key = (c) => (c.lastId === "0" ? BigInt(c.createdLocally) << 64n : big(c.lastId));
   return [...state.conversations.values()].sort((a, b) => {
     const x = key(a);
     const y = key(b);
