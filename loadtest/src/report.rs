@@ -192,14 +192,35 @@ impl Report {
     pub fn table(&self) -> String {
         let mut t = String::new();
         let c = &self.config;
+        let load = if self.scenario == "idle" {
+            format!("held idle for {:.1} s", c.duration_s)
+        } else {
+            format!(
+                "{:.0} msg/s offered for {:.1} s (+{:.1} s warm-up), {}-byte bodies",
+                c.rate, c.duration_s, c.warmup_s, c.body_size
+            )
+        };
         let _ = writeln!(
             t,
-            "\n{} over {} ({}), {} connections on {} endpoint(s), {:.0} msg/s offered for {:.1} s (+{:.1} s warm-up), {}-byte bodies",
-            self.scenario, c.transport, c.encoding, c.connections, c.endpoints, c.rate, c.duration_s, c.warmup_s, c.body_size
+            "\n{} over {} ({}), {} connections on {} endpoint(s), {load}",
+            self.scenario, c.transport, c.encoding, c.connections, c.endpoints
         );
         let row = |t: &mut String, k: &str, v: String| {
             let _ = writeln!(t, "  {k:<28} {v}");
         };
+        if self.scenario == "idle" {
+            // No messages: only the connections and the server's memory.
+            row(&mut t, "disconnects", self.disconnects.to_string());
+            for (k, v) in &self.extra {
+                row(&mut t, k, v.to_string());
+            }
+            row(
+                &mut t,
+                "loadtest CPU",
+                format!("{:.2} s", self.loadtest_cpu_seconds),
+            );
+            return t;
+        }
         row(
             &mut t,
             "sent / acked",
