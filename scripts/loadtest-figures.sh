@@ -15,8 +15,9 @@ figures=("$@")
 ((${#figures[@]})) || figures=(idle direct-max direct-cpu group latency)
 mkdir -p "$out"
 
-cargo build --release --bin hanmadi --bin hanmadi-loadtest
-bin=target/release
+# HANMADI_BIN_DIR: binaries built earlier (skips the build).
+bin="${HANMADI_BIN_DIR:-target/release}"
+[[ -n "${HANMADI_BIN_DIR:-}" ]] || cargo build --release --bin hanmadi --bin hanmadi-loadtest
 secret="loadtest figures secret, not for production use"
 data="$(mktemp -d)"
 server_pid=""
