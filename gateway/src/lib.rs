@@ -13,6 +13,8 @@
 //! - [`password`]: argon2id password hashing, a bounded number at once.
 //! - [`push`]: the webhook worker that pushes to offline recipients.
 //! - [`ws`]: `/ws`, WebSocket connections on the HTTP and HTTPS ports.
+//! - [`web`]: the web chat client (`GET /`) and operator view (`GET
+//!   /admin`), embedded in the binary.
 //! - [`http_listener`]: the HTTP and HTTPS listeners (the routes of
 //!   [`http`] and [`ws`], behind TLS for HTTPS).
 
@@ -28,6 +30,7 @@ pub mod push;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod web;
 pub mod ws;
 
 pub use server::{Listeners, Server, ServerOptions};

@@ -138,7 +138,14 @@ async fn direct_over_tcp_and_json_websocket() {
             report["server"]["cpu_us_per_message"].as_f64().unwrap() > 0.0,
             "{report}"
         );
-        assert!(!report["timeseries"].as_array().unwrap().is_empty());
+        let series = report["timeseries"].as_array().unwrap();
+        assert!(!series.is_empty());
+        assert!(
+            series
+                .iter()
+                .any(|s| s["server_rss_mib"].as_f64().unwrap() > 1.0),
+            "{report}"
+        );
     }
 }
 
@@ -168,7 +175,12 @@ async fn direct_over_tls_with_an_html_report() {
     assert_clean(code, &report);
     let html = std::fs::read_to_string(report_dir.join("index.html")).unwrap();
     assert!(html.contains("throughput.svg"));
-    for plot in ["throughput.svg", "latency.svg", "distribution.svg"] {
+    for plot in [
+        "throughput.svg",
+        "latency.svg",
+        "distribution.svg",
+        "server.svg",
+    ] {
         let svg = std::fs::read_to_string(report_dir.join(plot)).unwrap();
         assert!(svg.starts_with("<svg"), "{plot}");
     }

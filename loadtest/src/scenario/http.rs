@@ -121,7 +121,7 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
         })
         .collect();
     let load = shape.load(run, senders, c, &stats);
-    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c.quiet);
+    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c, control);
     let mut report = Report {
         config: run_config(c, shape.users.len(), 1),
         ..Report::default()

@@ -105,7 +105,7 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
             started.elapsed().as_secs_f64()
         })
     };
-    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c.quiet);
+    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c, control);
     let mut report = Report {
         config: run_config(c, handles.len(), dialer.endpoint_count()),
         ..Report::default()

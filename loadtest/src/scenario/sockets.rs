@@ -189,7 +189,7 @@ async fn socket_load(c: &Common, control: &Control, shape: Shape) -> anyhow::Res
     }
     let senders = clients.iter().cloned().map(Sender::Plain).collect();
     let load = shape.load(run, senders, c, &stats);
-    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c.quiet);
+    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c, control);
     let mut report = Report {
         config: run_config(c, clients.len(), dialer.endpoint_count()),
         ..Report::default()
