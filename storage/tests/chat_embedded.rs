@@ -38,4 +38,5 @@ embedded_tests!(
     read_marks_and_unread => suite::read_marks_and_unread,
     blocks => suite::blocks,
     membership_rules => suite::membership_rules,
+    node_leases => suite::node_leases,
 );

@@ -108,6 +108,12 @@ async fn membership_rules() {
 }
 
 #[tokio::test]
+async fn node_leases() {
+    suite::node_leases(healthy()).await;
+    suite::node_leases(faulty(10, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
 async fn blocks() {
     suite::blocks(healthy()).await;
 }

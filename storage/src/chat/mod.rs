@@ -19,6 +19,7 @@ mod users;
 pub use append::{Appended, IdSource, MembershipChange, NewMessage};
 pub use inbox::{Cursor, HistoryPage, PushPending, SyncBatch, SyncEntry};
 pub use keys::CURSOR_LEN;
+pub use nodes::NodeLease;
 pub use records::{GroupRecord, MemberRecord, NodeRecord, Role, UserRecord};
 
 use crate::kv::{Kv, KvError, KvTxn};
@@ -56,6 +57,16 @@ pub enum StoreError {
     /// The KV layer failed.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// This node's id was taken by another node after its lease lapsed:
+    /// it must commit nothing more under that id.
+    #[error("node {node_id} lost its lease: another node holds its id")]
+    LeaseLost {
+        /// The id that was lost.
+        node_id: u64,
+    },
+    /// Every node id is held by a live lease.
+    #[error("all {0} node ids are held by live nodes")]
+    NoFreeNodeId(u64),
 }
 
 impl StoreError {

@@ -100,4 +100,10 @@ pub struct NodeRecord {
     /// Milliseconds since the Unix epoch after which the entry is void.
     #[prost(uint64, tag = "7")]
     pub lease_expires_at: u64,
+    /// The holder's fencing epoch (see [`crate::chat::NodeLease`]).
+    #[prost(uint64, tag = "8")]
+    pub epoch: u64,
+    /// Where the node-to-node link of this node listens (`host:port`).
+    #[prost(string, tag = "9")]
+    pub link: String,
 }

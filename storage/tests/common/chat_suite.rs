@@ -795,3 +795,79 @@ pub async fn membership_rules<K: Kv>(store: ChatStore<K>) {
     assert_eq!(members.len(), 3);
     assert!(!members.contains(&member));
 }
+
+/// Node ids are leased: a live lease is never taken, a lapsed one is, and
+/// the old holder then fails every check of its lease (fencing); a
+/// released id is free at once. Times lie far in the future and apart for
+/// each run, so leases of other runs sharing a cluster do not interfere.
+pub async fn node_leases<K: Kv>(store: ChatStore<K>) {
+    use hanmadi_storage::chat::NodeRecord;
+    use std::time::Duration;
+    const EXPIRY: Duration = Duration::from_secs(10);
+    let t0 = 4_000_000_000_000 + u64::from(rand::random::<u32>()) * 1000;
+    let record = |name: &str| NodeRecord {
+        hostname: name.to_owned(),
+        ..NodeRecord::default()
+    };
+
+    let a = store
+        .acquire_node(&record("a"), t0, EXPIRY)
+        .await
+        .expect("a");
+    let b = store
+        .acquire_node(&record("b"), t0, EXPIRY)
+        .await
+        .expect("b");
+    assert_ne!(a.node_id, b.node_id, "a live lease is never taken");
+    assert!(a.node_id < 1024 && b.node_id < 1024);
+    store.check_lease(&a).await.expect("a holds");
+    let renewed = store
+        .renew_node(&a, &record("a"), t0 + 5_000, EXPIRY)
+        .await
+        .expect("renew");
+    assert_eq!(renewed, t0 + 15_000);
+
+    // Both lapse; the lowest lapsed id is a's, and the new holder mints
+    // above a's last expiry.
+    let later = t0 + 20_000;
+    let c = store
+        .acquire_node(&record("c"), later, EXPIRY)
+        .await
+        .expect("c");
+    assert_eq!(c.node_id, a.node_id);
+    assert_eq!(c.epoch, a.epoch + 1);
+    assert_eq!(c.ids_floor_ms, t0 + 15_000);
+    // Every lease here is for the same id, a's.
+    let lost = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(r, Err(StoreError::LeaseLost { node_id }) if node_id == a.node_id),
+            "{r:?}"
+        );
+    };
+    lost(store.check_lease(&a).await);
+    lost(
+        store
+            .renew_node(&a, &record("a"), later, EXPIRY)
+            .await
+            .map(|_| ()),
+    );
+    store
+        .release_node(&a)
+        .await
+        .expect("a stale release is a no-op");
+    store.check_lease(&c).await.expect("c holds");
+    let registered = store.nodes().await.expect("nodes");
+    assert!(registered
+        .iter()
+        .any(|(id, r)| *id == c.node_id && r.hostname == "c" && r.epoch == c.epoch));
+
+    // A released id is free at once, before its lease would have lapsed.
+    store.release_node(&c).await.expect("release");
+    let d = store
+        .acquire_node(&record("d"), later, EXPIRY)
+        .await
+        .expect("d");
+    assert_eq!(d.node_id, c.node_id);
+    assert_eq!(d.epoch, c.epoch + 1);
+    lost(store.check_lease(&c).await);
+}
