@@ -36,6 +36,8 @@ pub struct NodeLease {
     /// Ids minted under this lease must lie above this millisecond (Unix
     /// time): the previous holder's lease expiry, past which it minted none.
     pub ids_floor_ms: u64,
+    /// The holder's random instance number, kept in its registration.
+    pub instance: u64,
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -68,6 +70,10 @@ impl<K: Kv> ChatStore<K> {
     /// Takes the lowest node id whose lease has lapsed (or that was never
     /// taken), for `expiry` from `now_ms`, and registers `record` under it.
     ///
+    /// A take retried after an unknown commit result finds the id its
+    /// first attempt took (by `record.instance`, drawn here when zero)
+    /// rather than taking a second one.
+    ///
     /// # Errors
     ///
     /// [`StoreError::NoFreeNodeId`] when every id is held, or a storage
@@ -81,6 +87,10 @@ impl<K: Kv> ChatStore<K> {
         let begin = keys::nodes();
         let end = keys::prefix_end(&begin);
         let expires = now_ms.saturating_add(duration_ms(expiry));
+        let instance = match record.instance {
+            0 => rand::random::<u64>().max(1),
+            given => given,
+        };
         transact!(&self.kv, |txn| {
             // A conflict-checked read of every registration: two nodes
             // taking ids at once conflict, and the loser picks again.
@@ -89,7 +99,17 @@ impl<K: Kv> ChatStore<K> {
             for row in &rows {
                 let id = super::trailing_id(&row.key, begin.len(), "nodes")?;
                 if let Some(slot) = held.get_mut(id as usize) {
-                    *slot = Some(decode::<NodeRecord>(&row.value, "nodes")?);
+                    let r = decode::<NodeRecord>(&row.value, "nodes")?;
+                    if r.instance == instance && r.lease_expires_at > now_ms {
+                        // An earlier attempt of this take committed.
+                        return Ok(NodeLease {
+                            node_id: id,
+                            epoch: r.epoch,
+                            ids_floor_ms: r.ids_floor_ms,
+                            instance,
+                        });
+                    }
+                    *slot = Some(r);
                 }
             }
             let Some(node_id) = (0..NODE_IDS).find(|&id| {
@@ -106,15 +126,19 @@ impl<K: Kv> ChatStore<K> {
                 None => 1,
             };
             txn.set(&epoch_key, &epoch.to_be_bytes());
+            let ids_floor_ms = previous.map_or(0, |r| r.lease_expires_at);
             let mut record = record.clone();
             record.lease_expires_at = expires;
             record.epoch = epoch;
             record.draining = false;
+            record.instance = instance;
+            record.ids_floor_ms = ids_floor_ms;
             txn.set(&keys::node(node_id), &record.encode_to_vec());
             Ok(NodeLease {
                 node_id,
                 epoch,
-                ids_floor_ms: previous.map_or(0, |r| r.lease_expires_at),
+                ids_floor_ms,
+                instance,
             })
         })
     }
@@ -136,6 +160,8 @@ impl<K: Kv> ChatStore<K> {
         let mut record = record.clone();
         record.lease_expires_at = now_ms.saturating_add(duration_ms(expiry));
         record.epoch = lease.epoch;
+        record.instance = lease.instance;
+        record.ids_floor_ms = lease.ids_floor_ms;
         let value = record.encode_to_vec();
         let key = keys::node(lease.node_id);
         transact!(&self.kv, |txn| {

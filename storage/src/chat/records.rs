@@ -106,4 +106,12 @@ pub struct NodeRecord {
     /// Where the node-to-node link of this node listens (`host:port`).
     #[prost(string, tag = "9")]
     pub link: String,
+    /// A random number naming the process that holds the lease, so a take
+    /// retried after an unknown commit result finds its own.
+    #[prost(uint64, tag = "10")]
+    pub instance: u64,
+    /// The holder mints ids above this millisecond (see
+    /// [`crate::chat::NodeLease::ids_floor_ms`]).
+    #[prost(uint64, tag = "11")]
+    pub ids_floor_ms: u64,
 }
