@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use hanmadi_storage::chat::{Appended, IdSource, NewMessage};
 use hanmadi_storage::kv::Kv;
-use hanmadi_storage::ChatStore;
+use hanmadi_storage::{ChatStore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -141,12 +141,22 @@ async fn run<K: Kv>(
 }
 
 /// Hands a batch's new messages to the sink in commit order.
-fn deliver(sink: &dyn DeliverySink, results: &[Result<Appended, hanmadi_storage::StoreError>]) {
-    let mut fresh: Vec<&Appended> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .filter(|a| !a.duplicate)
-        .collect();
+fn deliver(sink: &dyn DeliverySink, results: &[Result<Appended, StoreError>]) {
+    let mut fresh: Vec<&Appended> = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(a) if !a.duplicate => fresh.push(a),
+            // It may be stored though its sender got an error: whoever it
+            // was planned for pulls, or their cursors could later move past
+            // an entry nobody delivered.
+            Err(StoreError::MaybeStored { recipients, .. }) => {
+                for &u in recipients {
+                    sink.notify(u);
+                }
+            }
+            _ => {}
+        }
+    }
     // Transactions of one batch may commit in any order (one per
     // conversation on a cluster): sort by versionstamp.
     fresh.sort_by_key(|a| a.cursors);

@@ -56,12 +56,29 @@ pub enum StoreError {
     /// The KV layer failed.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// An append failed after an attempt that may have committed: the
+    /// message may be stored. `recipients` must read their inboxes (they may
+    /// have an entry nobody will deliver live), and a retry of the send with
+    /// the same `client_msg_id` is answered with the stored message, if any.
+    #[error("the message may have been stored; retry with the same client_msg_id: {source}")]
+    MaybeStored {
+        /// The last failure.
+        #[source]
+        source: KvError,
+        /// Users the message was planned for.
+        recipients: Vec<u64>,
+    },
 }
 
 impl StoreError {
     /// Whether the operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Kv(e) if e.is_retryable())
+        match self {
+            StoreError::Kv(e) => e.is_retryable(),
+            // Retrying is always safe: the dedup entry answers it.
+            StoreError::MaybeStored { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -79,6 +96,9 @@ pub struct StoreConfig {
     pub max_txn_bytes: usize,
     /// Default group size cap.
     pub max_group_members: u32,
+    /// Attempts an append transaction gets (conflicts, unknown results, an
+    /// unavailable cluster) before its messages fail with a retryable error.
+    pub append_attempts: u32,
 }
 
 impl Default for StoreConfig {
@@ -87,6 +107,7 @@ impl Default for StoreConfig {
             split_by_conversation: false,
             max_txn_bytes: 8_000_000,
             max_group_members: 1000,
+            append_attempts: 100,
         }
     }
 }

@@ -47,7 +47,7 @@ fn nobody_online(_: u64) -> bool {
     false
 }
 
-fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage {
+pub fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage {
     NewMessage {
         conversation: conv,
         sender,
@@ -280,6 +280,9 @@ pub async fn exactly_once_sends<K: Kv>(store: ChatStore<K>) {
     assert_eq!(later.message_id, out[0].message_id);
     assert!(later.duplicate);
     assert_eq!(later.sent_at, out[0].sent_at);
+    // The retry's ack carries the stored message, as the first one did.
+    assert_eq!(later.message, out[0].message);
+    assert_eq!(decode(&later.message).body, "hello");
     // The same id reused for another conversation answers with the first.
     let elsewhere = append_one(
         &store,

@@ -116,7 +116,23 @@ struct Slot {
     msg: NewMessage,
     /// An attempt that wrote this message may have committed.
     maybe_ours: bool,
+    /// Recipients planned by every attempt that may have committed it: if
+    /// the append ends in an error, they are told to read their inboxes.
+    notify: Vec<u64>,
     outcome: Option<Result<Appended, StoreError>>,
+}
+
+impl Slot {
+    /// Remembers that an attempt planning `recipients` for this message may
+    /// have committed.
+    fn maybe_committed(&mut self, recipients: &[u64]) {
+        self.maybe_ours = true;
+        for &u in recipients {
+            if !self.notify.contains(&u) {
+                self.notify.push(u);
+            }
+        }
+    }
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -160,6 +176,7 @@ impl<K: Kv> ChatStore<K> {
                 outcome: validate(&msg).err().map(Err),
                 msg,
                 maybe_ours: false,
+                notify: Vec::new(),
             })
             .collect();
         if self.config.split_by_conversation {
@@ -209,7 +226,7 @@ impl<K: Kv> ChatStore<K> {
     ) {
         let mut start = 0;
         while start < slots.len() {
-            let mut retry = Retry::default();
+            let mut retry = Retry::new(self.config.append_attempts);
             loop {
                 let attempt = self.append_attempt(&mut slots[start..], ids, online).await;
                 let (end, result) = match attempt {
@@ -226,8 +243,14 @@ impl<K: Kv> ChatStore<K> {
                 let (err, planned) = result;
                 if err.maybe_committed() {
                     for (s, p) in slots[start..start + end].iter_mut().zip(&planned) {
-                        if matches!(p, Planned::Fresh { .. }) {
-                            s.maybe_ours = true;
+                        match p {
+                            Planned::Fresh { recipients, .. }
+                            | Planned::Stored {
+                                found_before: false,
+                                recipients,
+                                ..
+                            } => s.maybe_committed(recipients),
+                            _ => {}
                         }
                     }
                 }
@@ -239,14 +262,26 @@ impl<K: Kv> ChatStore<K> {
                     let retryable = e.is_retryable();
                     let end = end.max(1);
                     for s in slots[start..start + end].iter_mut() {
-                        if s.outcome.is_none() {
-                            let cause = std::io::Error::other(msg.clone());
-                            s.outcome = Some(Err(StoreError::Kv(if retryable {
-                                KvError::Unavailable(Box::new(cause))
-                            } else {
-                                KvError::engine(cause)
-                            })));
+                        if s.outcome.is_some() {
+                            continue;
                         }
+                        let cause = std::io::Error::other(msg.clone());
+                        let kv = if retryable {
+                            KvError::Unavailable(Box::new(cause))
+                        } else {
+                            KvError::engine(cause)
+                        };
+                        // A message that may be stored must reach whoever
+                        // it was planned for: they pull, and a retry of the
+                        // send is answered with the stored message.
+                        s.outcome = Some(Err(if s.maybe_ours {
+                            StoreError::MaybeStored {
+                                source: kv,
+                                recipients: std::mem::take(&mut s.notify),
+                            }
+                        } else {
+                            StoreError::Kv(kv)
+                        }));
                     }
                     start += end;
                     break;

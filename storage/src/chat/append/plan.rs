@@ -101,6 +101,12 @@ impl<K: Kv> ChatStore<K> {
             let (conv, message_id, sent_at) =
                 parse_dedup_value(&v).ok_or(StoreError::Corrupt("dedup"))?;
             st.seen.insert(seen_key, index);
+            // The ack of a retried send carries the stored message, like the
+            // first ack would have.
+            let row = txn
+                .get(&keys::message(conv, message_id), true)
+                .await?
+                .unwrap_or_default();
             if !slot.maybe_ours {
                 return Ok(Some(Planned::Stored {
                     conversation: conv,
@@ -108,16 +114,12 @@ impl<K: Kv> ChatStore<K> {
                     sent_at,
                     found_before: true,
                     recipients: Vec::new(),
-                    message: Bytes::new(),
+                    message: row,
                 }));
             }
             // Committed by an earlier attempt whose outcome was unknown: its
             // recipients pull it from their inboxes.
             let recipients = self.current_recipients(txn, conv).await?;
-            let row = txn
-                .get(&keys::message(conv, message_id), true)
-                .await?
-                .unwrap_or_default();
             return Ok(Some(Planned::Stored {
                 conversation: conv,
                 message_id,
