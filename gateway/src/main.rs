@@ -61,7 +61,7 @@ fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
             let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
                 .map_err(|e| format!("starting the store: {e}"))?;
-            runtime.block_on(run(ChatStore::new(kv, StoreConfig::default()), &config))
+            runtime.block_on(run(ChatStore::new(kv, StoreConfig::single_node()), &config))
         }
         StoreKind::Fdb => serve_fdb(&runtime, &config),
     }

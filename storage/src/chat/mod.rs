@@ -16,7 +16,7 @@ mod nodes;
 pub mod records;
 mod users;
 
-pub use append::{Appended, IdSource, MembershipChange, NewMessage};
+pub use append::{Appended, IdSource, MembershipChange, NewMessage, PreparedAppend};
 pub use inbox::{Cursor, HistoryPage, PushPending, SyncBatch, SyncEntry};
 pub use keys::CURSOR_LEN;
 pub use records::{GroupRecord, MemberRecord, NodeRecord, Role, UserRecord};
@@ -96,6 +96,11 @@ pub struct StoreConfig {
     pub max_txn_bytes: usize,
     /// Default group size cap.
     pub max_group_members: u32,
+    /// This store is the only writer of messages (one appender over the
+    /// embedded engine): conversation heads are kept in its memory instead of
+    /// read, with a conflict, by every append (see `chat::append::heads`).
+    /// Never on a cluster, where other nodes append too.
+    pub single_writer: bool,
     /// Attempts an append transaction gets (conflicts, unknown results, an
     /// unavailable cluster) before its messages fail with a retryable error.
     pub append_attempts: u32,
@@ -107,12 +112,22 @@ impl Default for StoreConfig {
             split_by_conversation: false,
             max_txn_bytes: 8_000_000,
             max_group_members: 1000,
+            single_writer: false,
             append_attempts: 100,
         }
     }
 }
 
 impl StoreConfig {
+    /// One node on the embedded engine, whose appender is the only writer
+    /// of messages.
+    pub fn single_node() -> Self {
+        Self {
+            single_writer: true,
+            ..Self::default()
+        }
+    }
+
     /// FoundationDB's shape: per-conversation transactions under 1 MB.
     pub fn for_cluster() -> Self {
         Self {
@@ -128,12 +143,18 @@ impl StoreConfig {
 pub struct ChatStore<K: Kv> {
     kv: K,
     config: StoreConfig,
+    /// Heads of a single writer (`config.single_writer`).
+    heads: std::sync::Arc<append::heads::HeadCache>,
 }
 
 impl<K: Kv> ChatStore<K> {
     /// The keyspace over `kv`.
     pub fn new(kv: K, config: StoreConfig) -> Self {
-        Self { kv, config }
+        Self {
+            kv,
+            config,
+            heads: std::sync::Arc::default(),
+        }
     }
 
     /// The engine under the store.

@@ -5,9 +5,11 @@
 //!
 //! - [`plan`]: one attempt's dedup checks, ids, recipients and writes.
 //! - [`group`]: group recipients and membership changes.
+//! - [`heads`]: conversation heads kept in a single writer's memory.
 //! - [`values`]: the layout of inbox and dedup values.
 
 mod group;
+pub(crate) mod heads;
 mod plan;
 mod values;
 
@@ -20,9 +22,27 @@ use hanmadi_proto::ConversationId;
 use super::records::Role;
 use super::{keys, ChatStore, StoreError};
 use crate::kv::{Kv, KvError, KvTxn, Retry, Versionstamp};
-use plan::Planned;
+use plan::{Attempt, Planned};
 use values::parse_dedup_value;
 pub(crate) use values::parse_inbox_value;
+
+/// A batch planned by [`ChatStore::prepare_append`], for
+/// [`ChatStore::commit_append`]. Dropping it abandons the plan.
+pub struct PreparedAppend<K: Kv> {
+    slots: Vec<Slot>,
+    /// The first attempt, with the head cache's generation it was planned
+    /// under.
+    first: Option<(u64, Attempt<K>)>,
+}
+
+impl<K: Kv> std::fmt::Debug for PreparedAppend<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedAppend")
+            .field("messages", &self.slots.len())
+            .field("planned", &self.first.is_some())
+            .finish()
+    }
+}
 
 /// Hands out message ids (the router's generator, DESIGN §3.3).
 pub trait IdSource: Send + Sync {
@@ -169,7 +189,24 @@ impl<K: Kv> ChatStore<K> {
         ids: &dyn IdSource,
         online: &(dyn Fn(u64) -> bool + Sync),
     ) -> Vec<Result<Appended, StoreError>> {
-        let n = batch.len();
+        let prepared = self.prepare_append(batch, ids, online).await;
+        self.commit_append(prepared, ids, online).await
+    }
+
+    /// The first half of [`ChatStore::append`]: plans the batch (dedup
+    /// reads, ids, recipients, encoding) in a transaction, without
+    /// committing it. A single writer plans its next batch this way while
+    /// the one before it commits; committing in the order planned keeps
+    /// every conversation's and every user's order.
+    ///
+    /// On a cluster (`split_by_conversation`) the planning happens inside
+    /// [`ChatStore::commit_append`], per conversation.
+    pub async fn prepare_append(
+        &self,
+        batch: Vec<NewMessage>,
+        ids: &dyn IdSource,
+        online: &(dyn Fn(u64) -> bool + Sync),
+    ) -> PreparedAppend<K> {
         let mut slots: Vec<Slot> = batch
             .into_iter()
             .map(|msg| Slot {
@@ -179,6 +216,29 @@ impl<K: Kv> ChatStore<K> {
                 notify: Vec::new(),
             })
             .collect();
+        let first = if self.config.split_by_conversation || slots.is_empty() {
+            None
+        } else {
+            let generation = self.heads.generation();
+            Some((
+                generation,
+                self.append_attempt(&mut slots, ids, online).await,
+            ))
+        };
+        PreparedAppend { slots, first }
+    }
+
+    /// The second half of [`ChatStore::append`]: commits a planned batch
+    /// (planning again what the first transaction did not hold, and
+    /// whatever a retry needs). Outcomes come back in the batch's order.
+    pub async fn commit_append(
+        &self,
+        prepared: PreparedAppend<K>,
+        ids: &dyn IdSource,
+        online: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Vec<Result<Appended, StoreError>> {
+        let PreparedAppend { mut slots, first } = prepared;
+        let n = slots.len();
         if self.config.split_by_conversation {
             // Each conversation's slice runs in its own transactions, all at
             // once: a conflict on one never holds up the others.
@@ -193,7 +253,7 @@ impl<K: Kv> ChatStore<K> {
                 groups.push((idx, part));
             }
             let runs = groups.into_iter().map(|(idx, mut part)| async move {
-                self.append_run(&mut part, ids, online).await;
+                self.append_run(&mut part, ids, online, None).await;
                 (idx, part)
             });
             let mut out: Vec<Option<Result<Appended, StoreError>>> = (0..n).map(|_| None).collect();
@@ -206,7 +266,11 @@ impl<K: Kv> ChatStore<K> {
                 .map(|o| o.unwrap_or(Err(StoreError::Invalid("message was not processed"))))
                 .collect()
         } else {
-            self.append_run(&mut slots, ids, online).await;
+            // A plan made before the head cache was dropped (a failed
+            // commit) may rest on heads that never committed: plan again.
+            let first = first.filter(|(generation, _)| *generation == self.heads.generation());
+            self.append_run(&mut slots, ids, online, first.map(|(_, a)| a))
+                .await;
             slots
                 .into_iter()
                 .map(|s| {
@@ -223,12 +287,16 @@ impl<K: Kv> ChatStore<K> {
         slots: &mut [Slot],
         ids: &dyn IdSource,
         online: &(dyn Fn(u64) -> bool + Sync),
+        mut first: Option<Attempt<K>>,
     ) {
         let mut start = 0;
         while start < slots.len() {
             let mut retry = Retry::new(self.config.append_attempts);
             loop {
-                let attempt = self.append_attempt(&mut slots[start..], ids, online).await;
+                let attempt = match first.take() {
+                    Some(planned) => planned,
+                    None => self.append_attempt(&mut slots[start..], ids, online).await,
+                };
                 let (end, result) = match attempt {
                     Ok((end, planned, txn)) => match txn.commit().await {
                         Ok(stamp) => {
@@ -241,6 +309,8 @@ impl<K: Kv> ChatStore<K> {
                     Err((end, e)) => (end, (e, Vec::new())),
                 };
                 let (err, planned) = result;
+                // Heads this attempt planned may not have committed.
+                self.heads.clear();
                 if err.maybe_committed() {
                     for (s, p) in slots[start..start + end].iter_mut().zip(&planned) {
                         match p {

@@ -16,6 +16,11 @@ use crate::chat::records::{GroupRecord, Role};
 use crate::chat::{be_u64, keys, ChatStore, StoreError};
 use crate::kv::{AtomicOp, Kv, KvError, KvTxn};
 
+/// One attempt's plan: how many messages its transaction holds, what it
+/// decided for each, and the transaction to commit; or the error that ended
+/// it and how many messages that covers.
+pub(super) type Attempt<K> = Result<(usize, Vec<Planned>, <K as Kv>::Txn), (usize, KvError)>;
+
 /// What an attempt decided for one message, before its commit.
 #[derive(Debug)]
 pub(super) enum Planned {
@@ -59,7 +64,7 @@ impl<K: Kv> ChatStore<K> {
         slots: &mut [Slot],
         ids: &dyn IdSource,
         online: &(dyn Fn(u64) -> bool + Sync),
-    ) -> Result<(usize, Vec<Planned>, K::Txn), (usize, KvError)> {
+    ) -> Attempt<K> {
         let mut txn = self.kv.begin().map_err(|e| (0, e))?;
         let mut st = AttemptState::default();
         let mut planned: Vec<Planned> = Vec::with_capacity(slots.len());
@@ -77,6 +82,9 @@ impl<K: Kv> ChatStore<K> {
             }
         }
         let end = planned.len();
+        if self.config.single_writer {
+            self.heads.extend(st.heads.iter().map(|(&c, &h)| (c, h)));
+        }
         Ok((end, planned, txn))
     }
 
@@ -133,10 +141,7 @@ impl<K: Kv> ChatStore<K> {
         let conv = msg.conversation;
         let head = match st.heads.get(&conv) {
             Some(h) => *h,
-            None => match txn.get(&keys::head(conv), false).await? {
-                Some(v) => be_u64(&v, "heads")?,
-                None => 0,
-            },
+            None => self.read_head(txn, conv).await?,
         };
 
         // Recipients first (reads only), so a message that does not fit
@@ -238,6 +243,22 @@ impl<K: Kv> ChatStore<K> {
             recipients,
             message: encoded,
         }))
+    }
+
+    /// The head of `conv` before this attempt. A single writer knows the
+    /// heads it planned and reads others without a conflict range (see
+    /// [`super::heads`]).
+    async fn read_head(&self, txn: &K::Txn, conv: ConversationId) -> Result<u64, StoreError> {
+        let single = self.config.single_writer;
+        if single {
+            if let Some(h) = self.heads.get(conv) {
+                return Ok(h);
+            }
+        }
+        Ok(match txn.get(&keys::head(conv), single).await? {
+            Some(v) => be_u64(&v, "heads")?,
+            None => 0,
+        })
     }
 
     /// Recipients as membership stands now (for messages recovered after an
