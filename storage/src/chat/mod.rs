@@ -98,7 +98,7 @@ pub struct StoreConfig {
     pub max_group_members: u32,
     /// This store is the only writer of messages (one appender over the
     /// embedded engine): conversation heads are kept in its memory instead of
-    /// read, with a conflict, by every append (see `chat::append::heads`).
+    /// read, with a conflict, by every append (see `chat::append::writer`).
     /// Never on a cluster, where other nodes append too.
     pub single_writer: bool,
     /// Attempts an append transaction gets (conflicts, unknown results, an
@@ -144,7 +144,9 @@ pub struct ChatStore<K: Kv> {
     kv: K,
     config: StoreConfig,
     /// Heads of a single writer (`config.single_writer`).
-    heads: std::sync::Arc<append::heads::HeadCache>,
+    heads: std::sync::Arc<append::writer::HeadCache>,
+    /// Batches of a single writer planned and not yet committed.
+    in_flight: std::sync::Arc<append::writer::InFlight>,
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -154,6 +156,7 @@ impl<K: Kv> ChatStore<K> {
             kv,
             config,
             heads: std::sync::Arc::default(),
+            in_flight: std::sync::Arc::default(),
         }
     }
 

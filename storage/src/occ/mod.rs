@@ -125,7 +125,9 @@ impl<B: Backend> Core<B> {
         Txn::new(Arc::clone(self))
     }
 
-    fn take_read_view(&self) -> (u64, B::Snapshot) {
+    /// A snapshot and its version, registered as a live reader when
+    /// `register`.
+    fn take_read_view(&self, register: bool) -> (u64, B::Snapshot) {
         // Snapshot and version are taken under the resolver lock, and the
         // resolver publishes a version only after its batch is applied, so a
         // snapshot is never older than its version (at worst newer, which
@@ -133,8 +135,22 @@ impl<B: Backend> Core<B> {
         let mut r = self.resolver.lock();
         let snapshot = self.backend.snapshot();
         let version = r.version;
-        *r.readers.entry(version).or_insert(0) += 1;
+        if register {
+            *r.readers.entry(version).or_insert(0) += 1;
+        }
         (version, snapshot)
+    }
+
+    /// Registers a reader of `version` late, at its first conflict-checked
+    /// read; `false` when a newer version was published since, whose write
+    /// sets may not have been kept.
+    fn register_reader(&self, version: u64) -> bool {
+        let mut r = self.resolver.lock();
+        if r.version != version {
+            return false;
+        }
+        *r.readers.entry(version).or_insert(0) += 1;
+        true
     }
 
     fn release_reader(&self, version: u64) {

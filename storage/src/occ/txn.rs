@@ -50,7 +50,11 @@ impl Mutations {
 #[derive(Debug)]
 pub struct CommitRequest {
     pub(super) started: Instant,
+    /// The version its conflict-checked reads saw, registered with the
+    /// resolver; `None` when it made none.
     pub(super) read_version: Option<u64>,
+    /// The version any of its reads saw.
+    pub(super) read_at: Option<u64>,
     pub(super) read_ranges: Vec<KeyRange>,
     pub(super) muts: Mutations,
 }
@@ -63,15 +67,25 @@ impl CommitRequest {
 
     /// A read-only commit succeeds at once, at the version it read.
     pub fn read_only_stamp(&self, current: u64) -> Versionstamp {
-        Versionstamp::new(self.read_version.unwrap_or(current), u16::MAX)
+        Versionstamp::new(self.read_at.unwrap_or(current), u16::MAX)
     }
 }
 
 /// The read state of a transaction, set at its first read.
+///
+/// Its version is registered with the resolver (which then keeps the write
+/// sets committed after it) only at its first conflict-checked read: a
+/// transaction that reads only snapshots, like a single writer's append,
+/// costs the resolver no bookkeeping. If a commit was published between the
+/// view and that first checked read, the write sets it needs may be gone:
+/// the transaction then fails with a conflict at commit, a needless one at
+/// worst, never a missed one.
 struct ReadView<S> {
     version: u64,
     snapshot: S,
     ranges: Vec<KeyRange>,
+    registered: bool,
+    stale: bool,
 }
 
 /// A transaction of an optimistic engine. The engine commits it by turning it
@@ -95,7 +109,9 @@ impl<B: Backend> std::fmt::Debug for Txn<B> {
 impl<B: Backend> Drop for Txn<B> {
     fn drop(&mut self) {
         if let Some(view) = self.reads.get_mut().take() {
-            self.core.release_reader(view.version);
+            if view.registered {
+                self.core.release_reader(view.version);
+            }
         }
     }
 }
@@ -123,20 +139,32 @@ impl<B: Backend> Txn<B> {
         }
     }
 
+    /// Runs `f` on the read view, taking it first if needed; `checked`:
+    /// the read is conflict-checked.
     fn with_view<T>(
         &self,
+        checked: bool,
         f: impl FnOnce(&mut ReadView<B::Snapshot>) -> Result<T, KvError>,
     ) -> Result<T, KvError> {
         self.check_age()?;
         let mut guard = self.reads.lock();
         let view = guard.get_or_insert_with(|| {
-            let (version, snapshot) = self.core.take_read_view();
+            let (version, snapshot) = self.core.take_read_view(checked);
             ReadView {
                 version,
                 snapshot,
                 ranges: Vec::new(),
+                registered: checked,
+                stale: false,
             }
         });
+        if checked && !view.registered && !view.stale {
+            if self.core.register_reader(view.version) {
+                view.registered = true;
+            } else {
+                view.stale = true;
+            }
+        }
         f(view)
     }
 
@@ -156,7 +184,7 @@ impl<B: Backend> Txn<B> {
             return Ok(None);
         }
         let cleared = self.muts.in_cleared(key);
-        self.with_view(|view| {
+        self.with_view(!snapshot, |view| {
             if !snapshot {
                 view.ranges
                     .push(KeyRange::point(Bytes::copy_from_slice(key)));
@@ -199,7 +227,7 @@ impl<B: Backend> Txn<B> {
             .cleared
             .iter()
             .any(|c| c.intersects(&KeyRange::span(range.begin, range.end)));
-        self.with_view(|view| {
+        self.with_view(!range.snapshot, |view| {
             // Fetch enough from the snapshot to fill the limit even if the
             // transaction's own clears hide some of it; a cleared range can
             // hide any number, so then everything is fetched.
@@ -392,13 +420,15 @@ impl<B: Backend> Txn<B> {
             });
         }
         let view = self.reads.get_mut().take();
-        let (read_version, read_ranges) = match view {
-            Some(v) => (Some(v.version), v.ranges),
-            None => (None, Vec::new()),
+        let (read_version, read_at, read_ranges) = match view {
+            Some(v) if v.stale => return Err(KvError::Conflict),
+            Some(v) => (v.registered.then_some(v.version), Some(v.version), v.ranges),
+            None => (None, None, Vec::new()),
         };
         let req = CommitRequest {
             started: self.started,
             read_version,
+            read_at,
             read_ranges,
             muts: std::mem::take(&mut self.muts),
         };

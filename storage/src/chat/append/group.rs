@@ -22,7 +22,9 @@ impl<K: Kv> ChatStore<K> {
         let record = match st.group_records.get(&group) {
             Some(r) => r.clone(),
             None => {
-                let r = match txn.get(&keys::group(group), false).await? {
+                // A single writer's reads are snapshots (see `writer`).
+                let snapshot = self.config.single_writer;
+                let r = match txn.get(&keys::group(group), snapshot).await? {
                     Some(v) => Some(decode::<GroupRecord>(&v, "groups")?),
                     None => None,
                 };
@@ -81,7 +83,7 @@ impl<K: Kv> ChatStore<K> {
         let with_roles = match st.members.get(&group) {
             Some(m) => m.clone(),
             None => {
-                let m: Vec<(u64, Role)> = members_in(txn, group, false)
+                let m: Vec<(u64, Role)> = members_in(txn, group, self.config.single_writer)
                     .await?
                     .into_iter()
                     .map(|(u, r)| (u, r.role()))

@@ -5,13 +5,14 @@
 //!
 //! - [`plan`]: one attempt's dedup checks, ids, recipients and writes.
 //! - [`group`]: group recipients and membership changes.
-//! - [`heads`]: conversation heads kept in a single writer's memory.
+//! - [`writer`]: what a single writer keeps in memory (heads, batches in
+//!   flight).
 //! - [`values`]: the layout of inbox and dedup values.
 
 mod group;
-pub(crate) mod heads;
 mod plan;
 mod values;
+pub(crate) mod writer;
 
 use std::collections::HashMap;
 
@@ -22,6 +23,7 @@ use hanmadi_proto::ConversationId;
 use super::records::Role;
 use super::{keys, ChatStore, StoreError};
 use crate::kv::{Kv, KvError, KvTxn, Retry, Versionstamp};
+pub(crate) use plan::last_message_id;
 use plan::{Attempt, Planned};
 use values::parse_dedup_value;
 pub(crate) use values::parse_inbox_value;
@@ -30,6 +32,8 @@ pub(crate) use values::parse_inbox_value;
 /// [`ChatStore::commit_append`]. Dropping it abandons the plan.
 pub struct PreparedAppend<K: Kv> {
     slots: Vec<Slot>,
+    /// Marks the batch in flight until it has committed (single writer).
+    _in_flight: Option<writer::InFlightGuard>,
     /// The first attempt, with the head cache's generation it was planned
     /// under.
     first: Option<(u64, Attempt<K>)>,
@@ -216,7 +220,15 @@ impl<K: Kv> ChatStore<K> {
                 notify: Vec::new(),
             })
             .collect();
-        let first = if self.config.split_by_conversation || slots.is_empty() {
+        let (overlaps, in_flight) = if self.config.single_writer {
+            let (overlaps, guard) = self.in_flight.enter(slots.iter().map(|s| &s.msg));
+            (overlaps, Some(guard))
+        } else {
+            (false, None)
+        };
+        // A batch that reads what an earlier one in flight may change is
+        // planned when it commits, after that one.
+        let first = if self.config.split_by_conversation || slots.is_empty() || overlaps {
             None
         } else {
             let generation = self.heads.generation();
@@ -225,7 +237,11 @@ impl<K: Kv> ChatStore<K> {
                 self.append_attempt(&mut slots, ids, online).await,
             ))
         };
-        PreparedAppend { slots, first }
+        PreparedAppend {
+            slots,
+            _in_flight: in_flight,
+            first,
+        }
     }
 
     /// The second half of [`ChatStore::append`]: commits a planned batch
@@ -237,7 +253,11 @@ impl<K: Kv> ChatStore<K> {
         ids: &dyn IdSource,
         online: &(dyn Fn(u64) -> bool + Sync),
     ) -> Vec<Result<Appended, StoreError>> {
-        let PreparedAppend { mut slots, first } = prepared;
+        let PreparedAppend {
+            mut slots,
+            _in_flight: in_flight,
+            first,
+        } = prepared;
         let n = slots.len();
         if self.config.split_by_conversation {
             // Each conversation's slice runs in its own transactions, all at
@@ -271,6 +291,8 @@ impl<K: Kv> ChatStore<K> {
             let first = first.filter(|(generation, _)| *generation == self.heads.generation());
             self.append_run(&mut slots, ids, online, first.map(|(_, a)| a))
                 .await;
+            // Committed (or failed): later batches need not wait for it.
+            drop(in_flight);
             slots
                 .into_iter()
                 .map(|s| {

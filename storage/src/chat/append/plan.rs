@@ -14,7 +14,7 @@ use super::{IdSource, MembershipChange, Slot};
 use crate::chat::groups::members_in;
 use crate::chat::records::{GroupRecord, Role};
 use crate::chat::{be_u64, keys, ChatStore, StoreError};
-use crate::kv::{AtomicOp, Kv, KvError, KvTxn};
+use crate::kv::{AtomicOp, Kv, KvError, KvTxn, RangeRead};
 
 /// One attempt's plan: how many messages its transaction holds, what it
 /// decided for each, and the transaction to commit; or the error that ended
@@ -105,7 +105,9 @@ impl<K: Kv> ChatStore<K> {
             return Ok(Some(Planned::CopyOf(first)));
         }
         let dedup_key = keys::dedup(msg.sender, &msg.client_msg_id);
-        if let Some(v) = txn.get(&dedup_key, false).await? {
+        // A single writer's reads are snapshots (see `writer`).
+        let snapshot = self.config.single_writer;
+        if let Some(v) = txn.get(&dedup_key, snapshot).await? {
             let (conv, message_id, sent_at) =
                 parse_dedup_value(&v).ok_or(StoreError::Corrupt("dedup"))?;
             st.seen.insert(seen_key, index);
@@ -207,7 +209,11 @@ impl<K: Kv> ChatStore<K> {
             &keys::dedup(msg.sender, &msg.client_msg_id),
             &dedup_value(conv, message_id, msg.sent_at, first_order),
         );
-        txn.set(&keys::head(conv), &message_id.to_be_bytes());
+        // A single writer's head is its last message (see `writer`): one
+        // write fewer per message.
+        if !self.config.single_writer {
+            txn.set(&keys::head(conv), &message_id.to_be_bytes());
+        }
         if head == 0 {
             if let ConversationId::Direct {
                 user_low,
@@ -246,19 +252,19 @@ impl<K: Kv> ChatStore<K> {
     }
 
     /// The head of `conv` before this attempt. A single writer knows the
-    /// heads it planned and reads others without a conflict range (see
-    /// [`super::heads`]).
+    /// heads it planned, and finds others from the conversation's last
+    /// message, without a conflict range (see [`super::writer`]).
     async fn read_head(&self, txn: &K::Txn, conv: ConversationId) -> Result<u64, StoreError> {
-        let single = self.config.single_writer;
-        if single {
-            if let Some(h) = self.heads.get(conv) {
-                return Ok(h);
-            }
+        if !self.config.single_writer {
+            return Ok(match txn.get(&keys::head(conv), false).await? {
+                Some(v) => be_u64(&v, "heads")?,
+                None => 0,
+            });
         }
-        Ok(match txn.get(&keys::head(conv), single).await? {
-            Some(v) => be_u64(&v, "heads")?,
-            None => 0,
-        })
+        if let Some(h) = self.heads.get(conv) {
+            return Ok(h);
+        }
+        last_message_id(txn, conv).await
     }
 
     /// Recipients as membership stands now (for messages recovered after an
@@ -283,5 +289,29 @@ impl<K: Kv> ChatStore<K> {
                 .map(|(u, _)| u)
                 .collect(),
         })
+    }
+}
+
+/// The id of `conv`'s last stored message (`0`: none), read without a
+/// conflict range.
+pub(crate) async fn last_message_id<T: KvTxn>(
+    txn: &T,
+    conv: ConversationId,
+) -> Result<u64, StoreError> {
+    let prefix = keys::messages_of(conv);
+    let end = keys::prefix_end(&prefix);
+    let last = txn
+        .get_range(
+            RangeRead::new(&prefix, &end)
+                .limit(1)
+                .reverse(true)
+                .snapshot(true),
+        )
+        .await?;
+    match last.first() {
+        None => Ok(0),
+        Some(kv) => Ok(pb::Message::decode(kv.value.as_ref())
+            .map_err(|_| StoreError::Corrupt("messages"))?
+            .message_id),
     }
 }
