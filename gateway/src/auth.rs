@@ -23,6 +23,13 @@
 //! sends a client to log in again. JWTs come from another machine's clock, so
 //! their `exp`, `nbf` and `iat` are checked with [`JWT_LEEWAY`] of slack.
 //!
+//! A third kind of bearer token is the **operator's admin token**,
+//! `hma1.<mac>`: HMAC-SHA256 under the same secret over the fixed text
+//! [`ADMIN_TOKEN_LABEL`]. It names no user and never passes [`TokenIssuer::verify`];
+//! only the operator routes (`/v1/admin/...`) take it, through
+//! [`TokenIssuer::is_admin_token`]. Anyone holding the secret can derive it
+//! (`hanmadi admin-token` prints it), and changing the secret changes it.
+//!
 //! Revocation is the caller's: an account keeps a "tokens valid after"
 //! instant (set when it is deleted or logs out everywhere), and
 //! [`Claims::issued_before`] / [`Claims::check_not_revoked`] compare with it.
@@ -44,6 +51,13 @@ const HM1_PREFIX: &str = "hm1.";
 
 /// Length of the decoded Hanmadi token payload: user id, issued-at, expiry.
 const HM1_PAYLOAD_LEN: usize = 24;
+
+/// The prefix of the operator's admin token, including its separator.
+const ADMIN_PREFIX: &str = "hma1.";
+
+/// The text whose HMAC under the token secret is the admin token. Fixed,
+/// so every node of a cluster derives the same token from the same secret.
+pub const ADMIN_TOKEN_LABEL: &str = "hanmadi admin token v1";
 
 /// Length of an HMAC-SHA256 tag.
 const MAC_LEN: usize = 32;
@@ -235,6 +249,32 @@ impl TokenIssuer {
             jwt_key: jsonwebtoken::DecodingKey::from_secret(secret),
             jwt_validation,
         }
+    }
+
+    /// The operator's admin token for this secret: `hma1.` and the unpadded
+    /// base64url HMAC-SHA256 of [`ADMIN_TOKEN_LABEL`].
+    #[must_use]
+    pub fn admin_token(&self) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(ADMIN_TOKEN_LABEL.as_bytes());
+        let mut token = String::from(ADMIN_PREFIX);
+        URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
+        token
+    }
+
+    /// Whether `token` is this secret's admin token, compared in constant
+    /// time. Never panics, whatever `token` holds.
+    #[must_use]
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let Some(tag) = token.strip_prefix(ADMIN_PREFIX) else {
+            return false;
+        };
+        let Ok(tag) = decode_fixed::<MAC_LEN>(tag) else {
+            return false;
+        };
+        let mut mac = self.mac.clone();
+        mac.update(ADMIN_TOKEN_LABEL.as_bytes());
+        mac.verify_slice(&tag).is_ok()
     }
 
     /// Issues a Hanmadi token for `user_id`, valid from `now_ms` for `ttl`.
@@ -765,5 +805,31 @@ mod tests {
             assert_eq!(i.verify(&a, NOW).unwrap().user_id, 5);
             assert_eq!(i.verify(&b, NOW).unwrap().user_id, 5);
         }
+    }
+
+    #[test]
+    fn admin_token_is_derived_and_checked_in_constant_time() {
+        let i = issuer();
+        let token = i.admin_token();
+        assert!(token.starts_with("hma1."));
+        assert!(i.is_admin_token(&token));
+        // Another secret derives another token.
+        let other = TokenIssuer::new(b"another secret of thirty-two bytes!");
+        assert!(!other.is_admin_token(&token));
+        // Nothing else passes, and the admin token is no user token.
+        for bad in [
+            "",
+            "hma1.",
+            "hma1.x",
+            &token[..token.len() - 1],
+            "hm1.abc.def",
+        ] {
+            assert!(!i.is_admin_token(bad), "{bad}");
+        }
+        let mut flipped = token.clone().into_bytes();
+        let last = flipped.len() - 2;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        assert!(!i.is_admin_token(std::str::from_utf8(&flipped).unwrap()));
+        assert_eq!(i.verify(&token, NOW), Err(AuthError::Malformed));
     }
 }

@@ -92,6 +92,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write a self-signed certificate and key for local TLS.
     GenCert(GenCertArgs),
+    /// Print the operator's admin token (for `/v1/admin/` routes), derived
+    /// from the token secret that `serve` with the same settings uses.
+    AdminToken(ServeArgs),
 }
 
 /// `hanmadi serve` flags. Every one is optional: an absent flag falls back to
@@ -981,7 +984,7 @@ mod tests {
         let argv = ["hanmadi", "serve"].iter().chain(args).copied();
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(a) => a,
-            Command::GenCert(_) => unreachable!(),
+            Command::GenCert(_) | Command::AdminToken(_) => unreachable!(),
         }
     }
 

@@ -1,9 +1,11 @@
 //! The `hanmadi` binary: `hanmadi serve` runs a node, `hanmadi gen-cert`
-//! writes a self-signed certificate for local TLS.
+//! writes a self-signed certificate for local TLS, `hanmadi admin-token`
+//! prints the operator's admin token.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use hanmadi_gateway::auth::TokenIssuer;
 use hanmadi_gateway::config::{Cli, Command, Config, StoreKind};
 use hanmadi_gateway::conn::ConnConfig;
 use hanmadi_gateway::registry::RegistryLimits;
@@ -35,6 +37,10 @@ fn main() -> ExitCode {
                 args.key_path().display()
             );
         }),
+        Command::AdminToken(args) => Config::load(args)
+            .and_then(|config| config.resolve_secret())
+            .map(|secret| println!("{}", TokenIssuer::new(secret.as_bytes()).admin_token()))
+            .map_err(|e| e.to_string()),
         Command::Serve(args) => match Config::load(args) {
             Ok(config) => serve(config),
             Err(e) => Err(e.to_string()),

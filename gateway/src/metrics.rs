@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Label of per-transport series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +41,11 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Seconds from a batch's start to its durable commit.
     pub commit_seconds: Histogram,
+    /// The process's resident set, read from `/proc` at each scrape.
+    process_rss: Gauge,
+    /// CPU time the process has used, user and system, read from `/proc`
+    /// at each scrape; load tools divide its growth by the messages moved.
+    process_cpu: Gauge<f64, AtomicU64>,
     /// The export registry: it holds handles to the same series as the
     /// fields above.
     registry: Registry,
@@ -63,6 +69,8 @@ impl Metrics {
             closes: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            process_rss: Gauge::default(),
+            process_cpu: Gauge::default(),
             registry: Registry::with_prefix("hanmadi"),
         };
         let r = &mut m.registry;
@@ -90,11 +98,25 @@ impl Metrics {
             "Time to commit a batch durably",
             m.commit_seconds.clone(),
         );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident set size of the process",
+            m.process_rss.clone(),
+        );
+        r.register(
+            "process_cpu_seconds",
+            "User and system CPU time of the process",
+            m.process_cpu.clone(),
+        );
         m
     }
 
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
+        if let Some(usage) = ProcessUsage::read() {
+            self.process_rss.set(usage.rss_bytes);
+            self.process_cpu.set(usage.cpu_seconds);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -104,5 +126,57 @@ impl Metrics {
     /// Counts a close.
     pub fn closed(&self, reason: &'static str) {
         self.closes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// What `/proc` says of this process.
+#[derive(Debug, Clone, Copy)]
+struct ProcessUsage {
+    rss_bytes: i64,
+    cpu_seconds: f64,
+}
+
+impl ProcessUsage {
+    /// Linux reports CPU times in USER_HZ ticks, fixed at 100 per second
+    /// by its ABI whatever the kernel's own tick rate.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    /// `/proc/self/statm` counts pages; 4 KiB on every platform this runs on.
+    const PAGE_BYTES: i64 = 4096;
+
+    /// `None` where `/proc` is missing (not Linux) or unreadable.
+    fn read() -> Option<Self> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let rss_pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name is parenthesised and may hold spaces: count the
+        // fields after its closing parenthesis. utime and stime are fields
+        // 14 and 15 of the line, so 12th and 13th after the name.
+        let mut after_name = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+        let utime: u64 = after_name.nth(11)?.parse().ok()?;
+        let stime: u64 = after_name.next()?.parse().ok()?;
+        Some(Self {
+            rss_bytes: rss_pages * Self::PAGE_BYTES,
+            cpu_seconds: (utime + stime) as f64 / Self::TICKS_PER_SECOND,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_process_usage() {
+        let text = Metrics::new().render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(-1.0)
+        };
+        assert!(
+            value("hanmadi_process_resident_memory_bytes ") > 1_000_000.0,
+            "{text}"
+        );
+        assert!(value("hanmadi_process_cpu_seconds ") >= 0.0, "{text}");
     }
 }

@@ -1034,9 +1034,86 @@ async fn discovery_lists_live_nodes_ranked_for_the_client() {
 }
 
 /// Every route of DESIGN §4 but `/ws` (served by the WebSocket module).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_provisions_accounts_without_passwords() {
+    let (node, api) = setup().await;
+    let admin = hanmadi_gateway::auth::TokenIssuer::new(common::SECRET).admin_token();
+    let (_, user_token) = api.user("carol").await;
+    let batch =
+        json!({"users": [{"username": "bot-1"}, {"username": "bot-2", "display_name": "봇 🤖"}]});
+
+    // Only the admin token opens the route.
+    let path = "/v1/admin/users:batch";
+    api.post_public(path, batch.clone())
+        .await
+        .expect(401, Some(ErrorCode::Unauthenticated));
+    api.post(path, &user_token, batch.clone())
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    let forged = format!("{}A", &admin[..admin.len() - 1]);
+    api.post(path, &forged, batch.clone())
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    // And the admin token is no user's token.
+    api.get("/v1/users/me", &admin)
+        .await
+        .expect(401, Some(ErrorCode::TokenInvalid));
+
+    let first = api
+        .post(path, &admin, batch.clone())
+        .await
+        .expect(200, None)
+        .clone();
+    let users = first["users"].as_array().expect("users");
+    assert_eq!(users.len(), 2);
+    assert!(users.iter().all(|u| u["created"] == true), "{first}");
+    assert_eq!(users[1]["username"], "bot-2");
+    // Repeating the call changes nothing and answers the same ids; a taken
+    // username keeps its account.
+    let again =
+        json!({"users": [{"username": "bot-1"}, {"username": "bot-2"}, {"username": "carol"}]});
+    let second = api
+        .post(path, &admin, again)
+        .await
+        .expect(200, None)
+        .clone();
+    for i in 0..2 {
+        assert_eq!(second["users"][i]["user_id"], first["users"][i]["user_id"]);
+        assert_eq!(second["users"][i]["created"], false);
+    }
+    assert_eq!(second["users"][2]["created"], false);
+
+    // The account has no password; the application's JWT lets it in.
+    let bot = id_of(&first["users"][1]["user_id"]);
+    let jwt = node.jwt(bot);
+    let me = api.get_ok("/v1/users/me", &jwt).await;
+    assert_eq!(me["display_name"], "봇 🤖");
+    api.post_public(
+        "/v1/sessions",
+        json!({"username": "bot-2", "password": "anything at all"}),
+    )
+    .await
+    .expect(401, Some(ErrorCode::Unauthenticated));
+
+    // Batches are bounded and validated.
+    api.post(path, &admin, json!({"users": []}))
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"username": format!("u{i}")}))
+        .collect();
+    api.post(path, &admin, json!({"users": many}))
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+    api.post(path, &admin, json!({"users": [{"username": "no spaces"}]}))
+        .await
+        .expect(400, Some(ErrorCode::InvalidArgument));
+}
+
 const ROUTES: &[&str] = &[
     "/healthz",
     "/metrics",
+    "/v1/admin/users:batch",
     "/v1/conversations",
     "/v1/direct/{user_id}/messages",
     "/v1/discovery",

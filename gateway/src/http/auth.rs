@@ -37,7 +37,7 @@ impl<K: Kv> FromRequestParts<HttpState<K>> for Caller {
 }
 
 /// The token of a `Bearer` authorization (the scheme is case-insensitive).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

@@ -5,11 +5,13 @@
 //! - [`extract`]: JSON, path and query extractors that refuse in that shape;
 //!   [`extract::Id`], ids as decimal strings.
 //! - [`auth`]: the bearer-token extractor.
+//! - [`admin`]: operator routes that take the admin token (provisioning).
 //! - `users`, `groups`, `messages`, `sync`: the routes, one file per area.
 //! - [`discovery`]: `GET /v1/discovery` and what this node advertises.
 //! - [`openapi`], `proto_schema`: the OpenAPI document, built from the
 //!   handlers' annotations and the protocol's descriptor set.
 
+pub mod admin;
 pub mod auth;
 pub mod discovery;
 pub mod error;
@@ -89,6 +91,7 @@ impl<K: Kv> std::fmt::Debug for HttpState<K> {
 fn api<K: Kv>() -> OpenApiRouter<HttpState<K>> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(users::sign_up))
+        .routes(routes!(admin::provision_users))
         .routes(routes!(users::log_in))
         .routes(routes!(users::get_me, users::patch_me, users::delete_me))
         .routes(routes!(users::get_user))

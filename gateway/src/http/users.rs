@@ -21,7 +21,7 @@ const MIN_PASSWORD: usize = 8;
 /// ...and at most this many, so nobody makes the server hash a megabyte.
 const MAX_PASSWORD: usize = 1024;
 /// Longest display name, in characters.
-const MAX_DISPLAY_NAME: usize = 64;
+pub(super) const MAX_DISPLAY_NAME: usize = 64;
 /// Longest status text, in characters.
 const MAX_STATUS_TEXT: usize = 256;
 /// Longest avatar URL, in bytes.
@@ -109,7 +109,7 @@ pub struct ProfileUpdate {
     avatar_url: Option<String>,
 }
 
-fn check_username(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_username(name: &str) -> Result<(), ApiError> {
     let ok = (1..=MAX_USERNAME).contains(&name.len())
         && name
             .bytes()

@@ -18,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub type Kv = EmbeddedKv<FjallBackend>;
 
+/// The token secret of every test node.
+pub const SECRET: &[u8] = b"test secret, not for production";
+
 /// How a test client reaches the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)] // each test binary uses some of them
@@ -50,7 +53,7 @@ pub async fn start(options: ServerOptions) -> Node {
     let store = ChatStore::new(kv, StoreConfig::single_node());
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let options = ServerOptions {
-        secret: b"test secret, not for production".to_vec(),
+        secret: SECRET.to_vec(),
         ..options
     };
     let server = Server::start(
@@ -172,6 +175,18 @@ impl Node {
         self.server
             .auth()
             .issue(id, now_ms(), Duration::from_secs(3600))
+    }
+
+    /// An HS256 JWT for `id`, as an application's backend mints one.
+    #[allow(dead_code)] // each test binary uses some helpers
+    pub fn jwt(&self, id: u64) -> String {
+        let claims = serde_json::json!({"sub": id.to_string(), "exp": now_ms() / 1000 + 3600});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .expect("sign a JWT")
     }
 }
 

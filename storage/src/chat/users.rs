@@ -41,6 +41,56 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
+    /// Makes sure each of `users` exists, in one transaction: a username
+    /// that is free gets the record under its caller-chosen id; a taken one
+    /// keeps its account. Answers each username's id and whether this call
+    /// created it (a retry after an unknown commit result counts its own
+    /// accounts as created). Operators provision accounts this way, with
+    /// no password: such users authenticate with JWTs an application mints.
+    ///
+    /// The caller bounds the batch so the transaction stays small (each
+    /// user is two keys of well under a kilobyte).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`] for an empty username or a repeated id, or a
+    /// storage failure.
+    pub async fn ensure_users(
+        &self,
+        users: &[(u64, UserRecord)],
+    ) -> Result<Vec<(u64, bool)>, StoreError> {
+        if users.iter().any(|(_, r)| r.username.is_empty()) {
+            return Err(StoreError::Invalid("empty username"));
+        }
+        let encoded: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = users
+            .iter()
+            .map(|(id, r)| {
+                (
+                    keys::username(&fold(&r.username)),
+                    keys::user(*id),
+                    r.encode_to_vec(),
+                )
+            })
+            .collect();
+        transact!(&self.kv, |txn| {
+            let mut out = Vec::with_capacity(users.len());
+            for ((user_id, _), (name_key, user_key, value)) in users.iter().zip(&encoded) {
+                if let Some(owner) = txn.get(name_key, false).await? {
+                    let owner = super::be_u64(&owner, "usernames")?;
+                    out.push((owner, owner == *user_id));
+                    continue;
+                }
+                if txn.get(user_key, false).await?.is_some() {
+                    return Err(StoreError::Invalid("user id in use"));
+                }
+                txn.set(name_key, &user_id.to_be_bytes());
+                txn.set(user_key, value);
+                out.push((*user_id, true));
+            }
+            Ok(out)
+        })
+    }
+
     /// A user's record, deleted accounts included.
     ///
     /// # Errors

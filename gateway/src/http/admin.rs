@@ -1,0 +1,144 @@
+//! Operator routes under `/v1/admin/`: provisioning for deployments whose
+//! own backend owns identities, and for load tests that need thousands of
+//! accounts in seconds.
+//!
+//! They take the operator's admin token (`Authorization: Bearer hma1.…`,
+//! derived from the node's secret: [`crate::auth::TokenIssuer::admin_token`],
+//! printed by `hanmadi admin-token`), never a user's token. Accounts made
+//! here have no password, so no hash is computed: their users authenticate
+//! with HS256 JWTs the application mints with the same secret.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::Json;
+use hanmadi_proto::ErrorCode;
+use hanmadi_storage::chat::UserRecord;
+use hanmadi_storage::kv::Kv;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::bearer;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{check_text, ApiJson, Id};
+use super::users::{check_username, MAX_DISPLAY_NAME};
+use super::{now_ms, HttpState};
+
+/// Most accounts one `POST /v1/admin/users:batch` may name: one transaction
+/// each, well under FoundationDB's size and time limits.
+pub const MAX_USERS_PER_BATCH: usize = 1000;
+
+/// A request made with the operator's admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl<K: Kv> FromRequestParts<HttpState<K>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState<K>,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this route needs `Authorization: Bearer <admin token>`",
+            ));
+        };
+        if state.ctx.auth.is_admin_token(token) {
+            Ok(Self)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                "this route takes the operator's admin token only",
+            ))
+        }
+    }
+}
+
+/// `POST /v1/admin/users:batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UserBatch {
+    /// 1 to 1,000 accounts.
+    users: Vec<NewUser>,
+}
+
+/// One account to provision.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewUser {
+    /// As for sign-up: 1 to 32 characters of `A-Z a-z 0-9 _ . -`.
+    username: String,
+    /// Name shown to others, up to 64 characters.
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+/// What a batch did, one entry per requested account, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProvisionedUsers {
+    /// The accounts.
+    users: Vec<ProvisionedUser>,
+}
+
+/// One provisioned account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProvisionedUser {
+    /// The account's id: the new one, or the existing account's.
+    user_id: Id,
+    /// The username as requested.
+    username: String,
+    /// `false` when the username belonged to an account already, which is
+    /// left as it was.
+    created: bool,
+}
+
+/// Makes sure each named account exists, in one transaction, without
+/// passwords. Usernames already taken keep their account and answer its id,
+/// so the call can be repeated safely.
+#[utoipa::path(post, path = "/v1/admin/users:batch", tag = "operations",
+    request_body = UserBatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every account exists", body = ProvisionedUsers),
+        (status = 400, description = "A bad username or display name, or an empty or too large batch (`INVALID_ARGUMENT`)", body = ErrorBody),
+        (status = 401, description = "No bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 403, description = "Not the admin token (`PERMISSION_DENIED`)", body = ErrorBody),
+    ))]
+pub(super) async fn provision_users<K: Kv>(
+    State(state): State<HttpState<K>>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<UserBatch>,
+) -> Result<Json<ProvisionedUsers>, ApiError> {
+    if req.users.is_empty() || req.users.len() > MAX_USERS_PER_BATCH {
+        return Err(ApiError::invalid(format!(
+            "users: 1 to {MAX_USERS_PER_BATCH} accounts per batch"
+        )));
+    }
+    let created_at = now_ms();
+    let mut records = Vec::with_capacity(req.users.len());
+    for user in req.users {
+        check_username(&user.username)?;
+        let display_name = user.display_name.unwrap_or_default();
+        check_text("display_name", &display_name, MAX_DISPLAY_NAME)?;
+        let user_id = state.ctx.router.ids().next_above(0);
+        records.push((
+            user_id,
+            UserRecord {
+                username: user.username,
+                display_name,
+                created_at,
+                ..UserRecord::default()
+            },
+        ));
+    }
+    let ids = state.ctx.router.store().ensure_users(&records).await?;
+    let users = records
+        .into_iter()
+        .zip(ids)
+        .map(|((_, record), (user_id, created))| ProvisionedUser {
+            user_id: Id(user_id),
+            username: record.username,
+            created,
+        })
+        .collect();
+    Ok(Json(ProvisionedUsers { users }))
+}

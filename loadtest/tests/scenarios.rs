@@ -1,0 +1,427 @@
+//! Each scenario of `hanmadi-loadtest` for a few seconds against a real
+//! node on 127.0.0.1:0, and proof that the tool fails when the server
+//! loses or repeats a delivery (a proxy in front of the node drops or
+//! doubles one `Deliver` frame).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hanmadi_gateway::{Listeners, Server, ServerOptions};
+use hanmadi_proto::pb::{server_frame, ServerFrame};
+use hanmadi_proto::prost::Message as _;
+use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::{ChatStore, StoreConfig};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+const SECRET: &str = "load test secret, thirty-two bytes or more";
+
+struct Node {
+    server: Server<EmbeddedKv<FjallBackend>>,
+    dir: tempfile::TempDir,
+    cert: PathBuf,
+}
+
+async fn start() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    hanmadi_gateway::tls::generate_self_signed(&["localhost".into()], &cert, &key).unwrap();
+    let tls = hanmadi_gateway::tls::server_config(&cert, &key).unwrap();
+    let https_tls = hanmadi_gateway::tls::server_config_with_alpn(
+        &cert,
+        &key,
+        &[hanmadi_gateway::tls::ALPN_HTTP_1_1],
+    )
+    .unwrap();
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let backend = FjallBackend::open(&dir.path().join("store"), FjallOptions::default()).unwrap();
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).unwrap();
+    let server = Server::start(
+        ChatStore::new(kv, StoreConfig::default()),
+        Listeners {
+            tcp: Some(bind().await.unwrap()),
+            tls: Some((bind().await.unwrap(), tls)),
+            http: Some(bind().await.unwrap()),
+            https: Some((bind().await.unwrap(), https_tls)),
+        },
+        ServerOptions {
+            secret: SECRET.as_bytes().to_vec(),
+            ..ServerOptions::default()
+        },
+    );
+    Node { server, dir, cert }
+}
+
+impl Node {
+    fn http(&self) -> String {
+        format!("http://{}", self.server.http_addr().unwrap())
+    }
+}
+
+/// Runs the tool; its exit code and its JSON report.
+async fn loadtest(dir: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let json = dir.join(format!("report-{}.json", rand_suffix()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hanmadi-loadtest"))
+        .args(args)
+        .args(["--secret", SECRET, "--quiet", "--json"])
+        .arg(&json)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the tool finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    let code = output.status.code().unwrap_or(-1);
+    let report = std::fs::read_to_string(&json)
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (code, report)
+}
+
+fn rand_suffix() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn n(report: &serde_json::Value, field: &str) -> f64 {
+    report[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} in {report}"))
+}
+
+/// What every clean run must show.
+fn assert_clean(code: i32, report: &serde_json::Value) {
+    assert_eq!(code, 0, "{report}");
+    assert!(n(report, "acked") > 0.0, "{report}");
+    assert!(n(report, "delivered") >= n(report, "acked"), "{report}");
+    assert_eq!(n(report, "lost"), 0.0, "{report}");
+    assert_eq!(n(report, "duplicated"), 0.0, "{report}");
+    assert_eq!(n(report, "reordered"), 0.0, "{report}");
+    assert!(n(report, "p99_ms") > 0.0, "{report}");
+}
+
+const SHORT: [&str; 6] = ["--duration", "1500ms", "--warmup", "300ms", "--drain", "5s"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_over_tcp_and_json_websocket() {
+    let node = start().await;
+    let http = node.http();
+    for transport in [
+        &["--transport", "tcp"][..],
+        &["--transport", "ws", "--encoding", "json"],
+    ] {
+        let mut args = vec![
+            "direct",
+            "--http",
+            &http,
+            "--connections",
+            "40",
+            "--rate",
+            "400",
+        ];
+        args.extend(transport);
+        args.extend(SHORT);
+        let (code, report) = loadtest(node.dir.path(), &args).await;
+        assert_clean(code, &report);
+        assert_eq!(report["config"]["connections"], 40);
+        assert!(
+            report["server"]["cpu_us_per_message"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert!(!report["timeseries"].as_array().unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_over_tls_with_an_html_report() {
+    let node = start().await;
+    let http = node.http();
+    let cert = node.cert.display().to_string();
+    let report_dir = node.dir.path().join("html");
+    let report_arg = report_dir.display().to_string();
+    let mut args = vec![
+        "direct",
+        "--http",
+        &http,
+        "--transport",
+        "tls",
+        "--ca",
+        &cert,
+        "--tls-name",
+        "localhost",
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+        "--report",
+        &report_arg,
+    ];
+    args.extend(SHORT);
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_clean(code, &report);
+    let html = std::fs::read_to_string(report_dir.join("index.html")).unwrap();
+    assert!(html.contains("throughput.svg"));
+    for plot in ["throughput.svg", "latency.svg", "distribution.svg"] {
+        let svg = std::fs::read_to_string(report_dir.join(plot)).unwrap();
+        assert!(svg.starts_with("<svg"), "{plot}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_fan_out() {
+    let node = start().await;
+    let http = node.http();
+    let mut args = vec![
+        "group",
+        "--http",
+        &http,
+        "--groups",
+        "4",
+        "--members",
+        "10",
+        "--rate",
+        "100",
+    ];
+    args.extend(SHORT);
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_clean(code, &report);
+    // Every member's device, the sender's included, gets each message.
+    assert_eq!(
+        n(&report, "expected"),
+        n(&report, "acked") * 10.0,
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_report_memory() {
+    let node = start().await;
+    let http = node.http();
+    let args = [
+        "idle",
+        "--http",
+        &http,
+        "--connections",
+        "200",
+        "--duration",
+        "500ms",
+    ];
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["extra"]["connections_open_at_end"], 200);
+    assert!(report["extra"]["server_rss_after_bytes"].as_f64().unwrap() > 1e6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storm_loses_nothing() {
+    let node = start().await;
+    let http = node.http();
+    let mut args = vec![
+        "reconnect",
+        "--http",
+        &http,
+        "--connections",
+        "40",
+        "--rate",
+        "400",
+    ];
+    args.extend(SHORT);
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_clean(code, &report);
+    assert!(report["extra"]["storm_reconnect_seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sends_and_long_polls() {
+    let node = start().await;
+    let http = node.http();
+    let mut args = vec![
+        "http",
+        "--http",
+        &http,
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+    ];
+    args.extend(SHORT);
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_clean(code, &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_max_reports_the_highest_rate_that_held() {
+    let node = start().await;
+    let http = node.http();
+    let args = [
+        "direct",
+        "--http",
+        &http,
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+        "--find-max",
+        "--step-duration",
+        "700ms",
+        "--max-rate",
+        "500",
+        "--step-factor",
+        "1.5",
+        "--p99-ms",
+        "1000",
+        "--warmup",
+        "200ms",
+        "--drain",
+        "3s",
+    ];
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_eq!(code, 0, "{report}");
+    let search = &report["find_max"];
+    assert_eq!(search["steps"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(search["max_rate"].as_f64().unwrap(), 450.0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors_for_no_server_and_a_wrong_secret() {
+    let (code, _) = loadtest(
+        Path::new("/tmp"),
+        &["direct", "--http", "http://127.0.0.1:1"],
+    )
+    .await;
+    assert_eq!(code, 2);
+    let node = start().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hanmadi-loadtest"))
+        .args([
+            "direct",
+            "--http",
+            &node.http(),
+            "--secret",
+            "not the node's secret at all, no",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("--secret"),
+        "{stderr}"
+    );
+}
+
+/// What the proxy does to the first `Deliver` frame past the threshold.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Drop,
+    Duplicate,
+}
+
+/// A TCP proxy in front of the node that passes frames through, except one
+/// `Deliver` (the `after`-th overall) that it drops or sends twice.
+async fn faulty_proxy(upstream: SocketAddr, fault: Fault, after: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let server = TcpStream::connect(upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut buf = BytesMut::new();
+                loop {
+                    if sr.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    while buf.len() >= 4 {
+                        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                        if buf.len() < 4 + len {
+                            break;
+                        }
+                        let frame = buf.split_to(4 + len);
+                        let decoded = ServerFrame::decode(&frame[4..]).unwrap();
+                        let mut copies = 1;
+                        if matches!(decoded.kind, Some(server_frame::Kind::Deliver(_)))
+                            && seen.fetch_add(1, Ordering::Relaxed) == after
+                        {
+                            copies = match fault {
+                                Fault::Drop => 0,
+                                Fault::Duplicate => 2,
+                            };
+                        }
+                        for _ in 0..copies {
+                            if cw.write_all(&frame).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_fails_the_run() {
+    let node = start().await;
+    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Drop, 50)
+        .await
+        .to_string();
+    let http = node.http();
+    let mut args = vec![
+        "direct",
+        "--http",
+        &http,
+        "--target",
+        &proxy,
+        "--connections",
+        "10",
+        "--rate",
+        "200",
+    ];
+    args.extend(SHORT);
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(n(&report, "lost"), 1.0, "{report}");
+    assert_eq!(n(&report, "duplicated"), 0.0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_delivery_fails_the_run() {
+    let node = start().await;
+    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Duplicate, 50)
+        .await
+        .to_string();
+    let http = node.http();
+    let mut args = vec![
+        "direct",
+        "--http",
+        &http,
+        "--target",
+        &proxy,
+        "--connections",
+        "10",
+        "--rate",
+        "200",
+    ];
+    args.extend(SHORT);
+    let (code, report) = loadtest(node.dir.path(), &args).await;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(n(&report, "duplicated"), 1.0, "{report}");
+    assert_eq!(n(&report, "lost"), 0.0, "{report}");
+}

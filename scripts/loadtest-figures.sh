@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The end-to-end figures of docs/PERFORMANCE.md: starts a release node on
+# loopback with a throwaway data directory, runs hanmadi-loadtest against
+# it, and leaves each run's JSON (and HTML report) in OUT.
+#
+#   scripts/loadtest-figures.sh [OUT] [FIGURE...]
+#
+# FIGURE is any of: idle direct-max direct-cpu group latency soak
+# (default: all but soak, which takes ten minutes).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${1:-target/loadtest-figures}"
+shift || true
+figures=("$@")
+((${#figures[@]})) || figures=(idle direct-max direct-cpu group latency)
+mkdir -p "$out"
+
+cargo build --release --bin hanmadi --bin hanmadi-loadtest
+bin=target/release
+secret="loadtest figures secret, not for production use"
+data="$(mktemp -d)"
+server_pid=""
+stop_node() {
+  [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+trap 'stop_node; rm -rf "$data"' EXIT
+
+# One node per figure, on fresh ports, so each starts from the same state.
+start_node() {
+  stop_node
+  rm -rf "$data"/*
+  "$bin/hanmadi" gen-cert --out-dir "$data" --hostname localhost >/dev/null
+  "$bin/hanmadi" serve --data-dir "$data" --secret "$secret" --hostname 127.0.0.1 \
+    --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls 127.0.0.1:0 --https 127.0.0.1:0 \
+    --cert "$data/cert.pem" --key "$data/key.pem" \
+    --max-conns-per-ip 30000 --max-connections 30000 >"$data/listening" 2>"$data/log" &
+  server_pid=$!
+  # Wait for the HTTP listener's line, not for a fixed time.
+  for _ in $(seq 100); do
+    http=$(sed -n 's/^listening http //p' "$data/listening")
+    [[ -n "$http" ]] && break
+    sleep 0.1
+  done
+  [[ -n "$http" ]] || { cat "$data/log"; exit 1; }
+  url="http://$http"
+}
+
+lt() {
+  local name="$1"
+  shift
+  echo "== $name: hanmadi-loadtest $*"
+  "$bin/hanmadi-loadtest" "$@" --http "$url" --secret "$secret" --server-pid "$server_pid" \
+    --ca "$data/cert.pem" --tls-name localhost --quiet --json "$out/$name.json" || true
+}
+
+for figure in "${figures[@]}"; do
+  case "$figure" in
+    idle)
+      for t in tcp tls ws wss; do
+        start_node
+        lt "idle-$t" idle --transport "$t" --connections 10000 --duration 5s --connect-concurrency 100
+      done
+      ;;
+    direct-max)
+      for t in tcp tls; do
+        start_node
+        lt "direct-max-$t" direct --transport "$t" --connections 1000 --rate 2000 --find-max \
+          --p99-ms 10 --step-duration 5s --step-factor 1.25 --warmup 3s
+      done
+      ;;
+    direct-cpu)
+      start_node
+      lt direct-cpu-4000 direct --connections 1000 --rate 4000 --duration 20s --warmup 3s
+      ;;
+    group)
+      start_node
+      lt group-100 group --groups 100 --members 100 --rate 500 --find-max --p99-ms 100 \
+        --step-duration 5s --step-factor 1.25 --warmup 3s
+      ;;
+    latency)
+      for rate in 1000 10000 40000; do
+        start_node
+        lt "latency-$rate" direct --connections 1000 --rate "$rate" --duration 15s --warmup 3s
+      done
+      ;;
+    soak)
+      start_node
+      lt soak direct --connections 1000 --rate "${SOAK_RATE:-4000}" --duration 10m --warmup 5s \
+        --report "$out/soak-report"
+      ;;
+    *)
+      echo "unknown figure $figure" >&2
+      exit 2
+      ;;
+  esac
+done
+stop_node
+echo "JSON in $out"
