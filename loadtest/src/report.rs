@@ -192,14 +192,35 @@ impl Report {
     pub fn table(&self) -> String {
         let mut t = String::new();
         let c = &self.config;
+        let load = if self.scenario == "idle" {
+            format!("held idle for {:.1} s", c.duration_s)
+        } else {
+            format!(
+                "{:.0} msg/s offered for {:.1} s (+{:.1} s warm-up), {}-byte bodies",
+                c.rate, c.duration_s, c.warmup_s, c.body_size
+            )
+        };
         let _ = writeln!(
             t,
-            "\n{} over {} ({}), {} connections on {} endpoint(s), {:.0} msg/s offered for {:.1} s (+{:.1} s warm-up), {}-byte bodies",
-            self.scenario, c.transport, c.encoding, c.connections, c.endpoints, c.rate, c.duration_s, c.warmup_s, c.body_size
+            "\n{} over {} ({}), {} connections on {} endpoint(s), {load}",
+            self.scenario, c.transport, c.encoding, c.connections, c.endpoints
         );
         let row = |t: &mut String, k: &str, v: String| {
             let _ = writeln!(t, "  {k:<28} {v}");
         };
+        if self.scenario == "idle" {
+            // No messages: only the connections and the server's memory.
+            row(&mut t, "disconnects", self.disconnects.to_string());
+            for (k, v) in &self.extra {
+                row(&mut t, k, v.to_string());
+            }
+            row(
+                &mut t,
+                "loadtest CPU",
+                format!("{:.2} s", self.loadtest_cpu_seconds),
+            );
+            return t;
+        }
         row(
             &mut t,
             "sent / acked",
@@ -320,6 +341,7 @@ impl Report {
         plot_throughput(&dir.join("throughput.svg"), &self.timeseries)?;
         plot_latency(&dir.join("latency.svg"), &self.timeseries)?;
         plot_distribution(&dir.join("distribution.svg"), &self.distribution)?;
+        plot_server(&dir.join("server.svg"), &self.timeseries)?;
         let json = serde_json::to_string_pretty(self).context("encoding the report")?;
         let table = html_escape(&self.table());
         let html = format!(
@@ -331,6 +353,7 @@ pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}img{{max-width:100%}}</styl
 <h2>Throughput</h2><img src=\"throughput.svg\" alt=\"messages per second over time\">\
 <h2>Latency over time</h2><img src=\"latency.svg\" alt=\"send to deliver p50 and p99 per second\">\
 <h2>Latency distribution</h2><img src=\"distribution.svg\" alt=\"send to deliver latency by percentile\">\
+<h2>Server memory</h2><img src=\"server.svg\" alt=\"server resident memory per second\">\
 <h2>Every figure</h2><details><summary>JSON</summary><pre>{json}</pre></details></body></html>\n",
             scenario = self.scenario,
             json = html_escape(&json),
@@ -412,6 +435,15 @@ fn plot_latency(path: &Path, series: &[Second]) -> anyhow::Result<()> {
         },
     ];
     plot_over_time(path, "latency per second (ms)", "ms", series, &lines)
+}
+
+fn plot_server(path: &Path, series: &[Second]) -> anyhow::Result<()> {
+    let lines = [Line {
+        name: "server RSS (MiB)",
+        color: BLUE,
+        value: |s| s.server_rss_mib,
+    }];
+    plot_over_time(path, "server resident memory (MiB)", "MiB", series, &lines)
 }
 
 fn plot_over_time(
