@@ -388,11 +388,17 @@ fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e}")
 }
 
-/// One line of a time plot: its legend, colour and value per second.
+/// One line of a time plot: its legend, colour and value per second
+/// (`None`: no point that second, e.g. a latency when nothing arrived).
 struct Line {
     name: &'static str,
     color: RGBColor,
-    value: fn(&Second) -> f64,
+    value: fn(&Second) -> Option<f64>,
+}
+
+/// A latency is only a point when something was measured that second.
+fn measured(ms: f64) -> Option<f64> {
+    (ms > 0.0).then_some(ms)
 }
 
 fn plot_throughput(path: &Path, series: &[Second]) -> anyhow::Result<()> {
@@ -400,17 +406,17 @@ fn plot_throughput(path: &Path, series: &[Second]) -> anyhow::Result<()> {
         Line {
             name: "sent",
             color: BLUE,
-            value: |s| s.sent as f64,
+            value: |s| Some(s.sent as f64),
         },
         Line {
             name: "acked",
             color: GREEN,
-            value: |s| s.acked as f64,
+            value: |s| Some(s.acked as f64),
         },
         Line {
             name: "delivered",
             color: RED,
-            value: |s| s.delivered as f64,
+            value: |s| Some(s.delivered as f64),
         },
     ];
     plot_over_time(path, "messages per second", "per second", series, &lines)
@@ -421,17 +427,17 @@ fn plot_latency(path: &Path, series: &[Second]) -> anyhow::Result<()> {
         Line {
             name: "send→deliver p50",
             color: BLUE,
-            value: |s| s.deliver_p50_ms,
+            value: |s| measured(s.deliver_p50_ms),
         },
         Line {
             name: "send→deliver p99",
             color: RED,
-            value: |s| s.deliver_p99_ms,
+            value: |s| measured(s.deliver_p99_ms),
         },
         Line {
             name: "send→ack p99",
             color: GREEN,
-            value: |s| s.ack_p99_ms,
+            value: |s| measured(s.ack_p99_ms),
         },
     ];
     plot_over_time(path, "latency per second (ms)", "ms", series, &lines)
@@ -441,7 +447,7 @@ fn plot_server(path: &Path, series: &[Second]) -> anyhow::Result<()> {
     let lines = [Line {
         name: "server RSS (MiB)",
         color: BLUE,
-        value: |s| s.server_rss_mib,
+        value: |s| measured(s.server_rss_mib),
     }];
     plot_over_time(path, "server resident memory (MiB)", "MiB", series, &lines)
 }
@@ -458,7 +464,7 @@ fn plot_over_time(
     let t_max = series.last().map_or(1.0, |s| s.t).max(1.0);
     let y_max = series
         .iter()
-        .flat_map(|s| lines.iter().map(move |l| (l.value)(s)))
+        .flat_map(|s| lines.iter().filter_map(move |l| (l.value)(s)))
         .fold(1.0, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
@@ -478,7 +484,7 @@ fn plot_over_time(
         let color = line.color;
         chart
             .draw_series(LineSeries::new(
-                series.iter().map(|s| (s.t, (line.value)(s))),
+                series.iter().filter_map(|s| Some((s.t, (line.value)(s)?))),
                 color,
             ))
             .map_err(plot_err)?
