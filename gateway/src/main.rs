@@ -69,7 +69,7 @@ fn serve(config: Config) -> Result<(), String> {
             let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
                 .map_err(|e| format!("starting the store: {e}"))?;
             runtime.block_on(run(
-                ChatStore::new(kv, StoreConfig::default()),
+                ChatStore::new(kv, StoreConfig::single_node()),
                 &config,
                 false,
             ))

@@ -47,7 +47,7 @@ fn nobody_online(_: u64) -> bool {
     false
 }
 
-fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage {
+pub fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage {
     NewMessage {
         conversation: conv,
         sender,
@@ -96,7 +96,7 @@ pub async fn read_inbox<K: Kv>(
     }
 }
 
-async fn create_group<K: Kv>(
+pub async fn create_group<K: Kv>(
     store: &ChatStore<K>,
     ids: &TestIds,
     group: u64,
@@ -280,6 +280,9 @@ pub async fn exactly_once_sends<K: Kv>(store: ChatStore<K>) {
     assert_eq!(later.message_id, out[0].message_id);
     assert!(later.duplicate);
     assert_eq!(later.sent_at, out[0].sent_at);
+    // The retry's ack carries the stored message, as the first one did.
+    assert_eq!(later.message, out[0].message);
+    assert_eq!(decode(&later.message).body, "hello");
     // The same id reused for another conversation answers with the first.
     let elsewhere = append_one(
         &store,
@@ -870,4 +873,88 @@ pub async fn node_leases<K: Kv>(store: ChatStore<K>) {
     assert_eq!(d.node_id, c.node_id);
     assert_eq!(d.epoch, c.epoch + 1);
     lost(store.check_lease(&c).await);
+}
+
+/// A single writer plans a batch while the one before it is still to
+/// commit: a batch holding a send of the earlier one, or a message to a
+/// group whose membership the earlier one changes, is planned only after
+/// it; others are planned at once. Either way the outcomes are those of
+/// appending one batch after the other.
+pub async fn pipelined_batches_keep_every_rule<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b, c) = (base, base + 1, base + 2);
+    let group = base + 3;
+    let conv = ConversationId::direct(a, b);
+    let gconv = ConversationId::Group(group);
+    let ids = TestIds::default();
+    create_group(&store, &ids, group, a, &[b, c]).await;
+
+    // The second batch repeats a send of the first, and writes to a group
+    // the first removes a member from.
+    let remove = NewMessage {
+        membership: Some(MembershipChange::Remove { users: vec![c] }),
+        kind: MessageKind::MembersRemoved,
+        ..text(gconv, a, "rm", "")
+    };
+    let first = store
+        .prepare_append(
+            vec![text(conv, a, "m1", "one"), remove],
+            &ids,
+            &nobody_online,
+        )
+        .await;
+    let second = store
+        .prepare_append(
+            vec![
+                text(conv, a, "m1", "one"),
+                text(conv, b, "m2", "two"),
+                text(gconv, b, "g1", "to the group"),
+            ],
+            &ids,
+            &nobody_online,
+        )
+        .await;
+    let first = store.commit_append(first, &ids, &nobody_online).await;
+    let second = store.commit_append(second, &ids, &nobody_online).await;
+    let first: Vec<Appended> = first.into_iter().map(|r| r.expect("first")).collect();
+    let second: Vec<Appended> = second.into_iter().map(|r| r.expect("second")).collect();
+    assert!(second[0].duplicate, "a repeated send is stored once");
+    assert_eq!(second[0].message_id, first[0].message_id);
+    assert!(second[1].message_id > first[0].message_id);
+    let mut to_group = second[2].recipients.clone();
+    to_group.sort_unstable();
+    assert_eq!(to_group, vec![a, b], "the removed member gets nothing");
+
+    // Batches with nothing in common: the second is planned before the
+    // first commits, and its ids still follow the first's.
+    let third = store
+        .prepare_append(vec![text(conv, a, "m3", "three")], &ids, &nobody_online)
+        .await;
+    let fourth = store
+        .prepare_append(vec![text(conv, b, "m4", "four")], &ids, &nobody_online)
+        .await;
+    let third = store.commit_append(third, &ids, &nobody_online).await;
+    let fourth = store.commit_append(fourth, &ids, &nobody_online).await;
+    let (third, fourth) = (
+        third.into_iter().next().expect("one").expect("third"),
+        fourth.into_iter().next().expect("one").expect("fourth"),
+    );
+    assert!(fourth.message_id > third.message_id);
+    let inbox = read_inbox(&store, b, None).await;
+    let ids_seen: Vec<u64> = inbox
+        .iter()
+        .filter(|(_, m)| m.conversation == Some(conv.into()))
+        .map(|(_, m)| m.message_id)
+        .collect();
+    assert_eq!(
+        ids_seen,
+        vec![
+            first[0].message_id,
+            second[1].message_id,
+            third.message_id,
+            fourth.message_id
+        ],
+        "each message once, in commit order, ids increasing"
+    );
+    assert_eq!(store.head(conv).await.expect("head"), fourth.message_id);
 }
