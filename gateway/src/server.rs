@@ -123,10 +123,14 @@ impl<K: Kv> std::fmt::Debug for Server<K> {
 impl<K: Kv> Server<K> {
     /// Starts serving `listeners` over `store` on the current runtime.
     pub fn start(store: ChatStore<K>, listeners: Listeners, mut options: ServerOptions) -> Self {
-        if let Some((lease, _)) = &options.cluster {
-            // Node ids are 10 bits; a lease never names a larger one.
-            options.router.node = u16::try_from(lease.node_id).unwrap_or(u16::MAX);
-        }
+        let store = match &options.cluster {
+            Some((lease, _)) => {
+                // Node ids are 10 bits; a lease never names a larger one.
+                options.router.node = u16::try_from(lease.node_id).unwrap_or(u16::MAX);
+                store.fenced(*lease)
+            }
+            None => store,
+        };
         let lease_store = store.clone();
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(options.registry, Arc::clone(&metrics)));

@@ -30,6 +30,10 @@ fn store(seed: u64) -> ChatStore<SimKv> {
 /// A node on `store` with its id from a lease, as `hanmadi serve --store
 /// fdb` starts one.
 async fn node(store: &ChatStore<SimKv>, name: &str) -> Server<SimKv> {
+    node_timed(store, name, TIMING).await
+}
+
+async fn node_timed(store: &ChatStore<SimKv>, name: &str, timing: LeaseTiming) -> Server<SimKv> {
     let record = NodeRecord {
         hostname: name.to_owned(),
         region: "local".to_owned(),
@@ -48,7 +52,7 @@ async fn node(store: &ChatStore<SimKv>, name: &str) -> Server<SimKv> {
         ServerOptions {
             secret: b"cluster test secret, thirty-two bytes+".to_vec(),
             hostname: Some(name.to_owned()),
-            cluster: Some((lease, TIMING)),
+            cluster: Some((lease, timing)),
             ..ServerOptions::default()
         },
     )
@@ -111,6 +115,78 @@ async fn nodes_take_distinct_ids_and_discovery_lists_the_live_ones() {
     until_discovery(&c, &[(0, "node-a"), (1, "node-d"), (2, "node-c")]).await;
 }
 
+/// Takes the lowest lapsed id, as a node would after `store`'s holders
+/// paused for an hour.
+async fn take_over(store: &ChatStore<SimKv>) -> hanmadi_storage::chat::NodeLease {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = NodeRecord {
+        hostname: "usurper".to_owned(),
+        ..NodeRecord::default()
+    };
+    store
+        .acquire_node(&record, now + 3_600_000, TIMING.expiry)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_id_is_taken_stores_nothing_more() {
+    let store = store(3);
+    // Renewals far apart: the node has not noticed the take-over when it
+    // is asked to store a message.
+    let slow = LeaseTiming {
+        expiry: Duration::from_secs(600),
+        renew_every: Duration::from_secs(300),
+    };
+    let a = node_timed(&store, "node-a", slow).await;
+    for (id, name) in [(10, "ten"), (11, "eleven")] {
+        let user = hanmadi_storage::chat::UserRecord {
+            username: name.to_owned(),
+            ..Default::default()
+        };
+        store.create_user(id, &user).await.unwrap();
+    }
+    let token = a.auth().issue(10, common_now(), Duration::from_secs(3600));
+    let config = hanmadi_client::ClientConfig::new(a.tcp_addr().unwrap().to_string(), token, "d");
+    let (client, _events) = hanmadi_client::Client::connect(config).await.unwrap();
+    client
+        .send(hanmadi_client::Target::User(11), "before the take-over")
+        .await
+        .expect("stored while the lease holds");
+
+    let taken = take_over(&store).await;
+    assert_eq!(taken.node_id, 0);
+    let refused = client
+        .send(hanmadi_client::Target::User(11), "after the take-over")
+        .await
+        .unwrap_err();
+    let code = refused.server_error().and_then(|e| e.error_code());
+    assert_eq!(
+        code,
+        Some(hanmadi_proto::ErrorCode::ServerDraining),
+        "{refused}"
+    );
+    let conv = hanmadi_proto::ConversationId::direct(10, 11);
+    let page = store.history(conv, None, u64::MAX, 10).await.unwrap();
+    let bodies: Vec<String> = page
+        .messages
+        .iter()
+        .map(|m| {
+            use hanmadi_proto::prost::Message as _;
+            hanmadi_proto::pb::Message::decode(m.clone()).unwrap().body
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        ["before the take-over"],
+        "nothing stored under a lost id"
+    );
+    a.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_id_is_taken_stops() {
     let store = store(2);
@@ -118,22 +194,16 @@ async fn a_node_whose_id_is_taken_stops() {
     until_discovery(&a, &[(0, "node-a")]).await;
     // Another node finds a's lease lapsed (as after a long pause) and takes
     // the id; a's next renewal finds out, and a stops.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let far = now + 3_600_000;
-    let record = NodeRecord {
-        hostname: "usurper".to_owned(),
-        ..NodeRecord::default()
-    };
-    let taken = store
-        .acquire_node(&record, far, TIMING.expiry)
-        .await
-        .unwrap();
-    assert_eq!(taken.node_id, 0);
+    assert_eq!(take_over(&store).await.node_id, 0);
     tokio::time::timeout(Duration::from_secs(10), a.lease_lost().cancelled())
         .await
         .expect("the node notices it lost its id");
     a.shutdown().await;
+}
+
+fn common_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

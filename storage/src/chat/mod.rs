@@ -158,6 +158,9 @@ pub struct ChatStore<K: Kv> {
     heads: std::sync::Arc<append::writer::HeadCache>,
     /// Batches of a single writer planned and not yet committed.
     in_flight: std::sync::Arc<append::writer::InFlight>,
+    /// In a cluster, the lease whose epoch every commit that mints ids
+    /// checks (see [`ChatStore::fenced`]).
+    fence: Option<NodeLease>,
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -168,6 +171,32 @@ impl<K: Kv> ChatStore<K> {
             config,
             heads: std::sync::Arc::default(),
             in_flight: std::sync::Arc::default(),
+            fence: None,
+        }
+    }
+
+    /// This store, for a cluster node holding `lease`: from now on every
+    /// append and every account creation reads the id's epoch in its own
+    /// transaction and fails with [`StoreError::LeaseLost`] once another
+    /// node has taken the id, so ids minted under a lost lease are never
+    /// stored.
+    #[must_use]
+    pub fn fenced(&self, lease: NodeLease) -> Self {
+        Self {
+            fence: Some(lease),
+            ..self.clone()
+        }
+    }
+
+    /// Fails when the node's id was taken (see [`ChatStore::fenced`]); a
+    /// conflict-checked read inside `txn`.
+    pub(crate) async fn check_fence<T: crate::kv::KvTxn>(
+        &self,
+        txn: &mut T,
+    ) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(lease) => nodes::check_epoch(txn, lease).await,
+            None => Ok(()),
         }
     }
 

@@ -69,6 +69,27 @@ impl<K: Kv> ChatStore<K> {
         online: &(dyn Fn(u64) -> bool + Sync),
     ) -> Attempt<K> {
         let mut txn = self.kv.begin().map_err(|e| (0, e))?;
+        match self.check_fence(&mut txn).await {
+            Ok(()) => {}
+            Err(StoreError::Kv(e)) => return Err((1, e)),
+            Err(lost) => {
+                // The node's id is another's now: nothing of this batch
+                // may be stored under it.
+                let node_id = match lost {
+                    StoreError::LeaseLost { node_id } => node_id,
+                    // An unreadable epoch fences the node all the same.
+                    _ => self.fence.map_or(u64::MAX, |l| l.node_id),
+                };
+                let failed = slots
+                    .iter()
+                    .map(|s| match &s.outcome {
+                        Some(_) => Planned::CopyOf(usize::MAX),
+                        None => Planned::Failed(StoreError::LeaseLost { node_id }),
+                    })
+                    .collect();
+                return Ok((slots.len(), failed, txn));
+            }
+        }
         let mut st = AttemptState::default();
         let mut planned: Vec<Planned> = Vec::with_capacity(slots.len());
         let mut dedups = self.read_dedups(&txn, slots).await.map_err(|e| (1, e))?;
