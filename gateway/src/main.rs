@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hanmadi_gateway::auth::TokenIssuer;
+use hanmadi_gateway::cluster::LeaseTiming;
 use hanmadi_gateway::config::{Cli, Command, Config, StoreKind};
 use hanmadi_gateway::conn::ConnConfig;
 use hanmadi_gateway::registry::RegistryLimits;
@@ -67,7 +68,11 @@ fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
             let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
                 .map_err(|e| format!("starting the store: {e}"))?;
-            runtime.block_on(run(ChatStore::new(kv, StoreConfig::default()), &config))
+            runtime.block_on(run(
+                ChatStore::new(kv, StoreConfig::single_node()),
+                &config,
+                false,
+            ))
         }
         StoreKind::Fdb => serve_fdb(&runtime, &config),
     }
@@ -81,7 +86,8 @@ fn serve_fdb(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<(), S
         .as_ref()
         .map(|p| p.display().to_string());
     let kv = FdbKv::open(cluster.as_deref()).map_err(|e| format!("opening FoundationDB: {e}"))?;
-    let result = runtime.block_on(run(ChatStore::new(kv, StoreConfig::for_cluster()), config));
+    let store = ChatStore::new(kv, StoreConfig::for_cluster());
+    let result = runtime.block_on(run(store, config, true));
     hanmadi_storage::fdb::stop_network();
     result
 }
@@ -101,7 +107,9 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Str
     Ok(l)
 }
 
-async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT, or until a cluster node loses its lease.
+/// `cluster`: take the node id from a lease in storage (`--store fdb`).
+async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Result<(), String> {
     let secret = config.resolve_secret().map_err(|e| e.to_string())?;
     let mut listeners = Listeners::default();
     if let Some(addr) = config.tcp {
@@ -120,6 +128,28 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
             .map_err(|e| e.to_string())?;
         listeners.https = Some((bind(addr, "https").await?, tls));
     }
+    let cluster = if cluster {
+        if config.node_id != 0 {
+            tracing::warn!(
+                "--node-id is ignored with --store fdb: the node takes its id from a lease"
+            );
+        }
+        let timing = LeaseTiming {
+            expiry: config.lease_expiry,
+            renew_every: config.lease_expiry / 5,
+        };
+        let record = hanmadi_storage::chat::NodeRecord {
+            hostname: config.hostname.clone(),
+            region: config.region.clone(),
+            ..Default::default()
+        };
+        let lease = hanmadi_gateway::cluster::join(&store, &record, timing)
+            .await
+            .map_err(|e| format!("joining the cluster: {e}"))?;
+        Some((lease, timing))
+    } else {
+        None
+    };
     let options = ServerOptions {
         conn: ConnConfig {
             max_frame: config.max_frame_bytes,
@@ -154,14 +184,19 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         max_password_hashes: config.max_password_hashes,
         http_header_timeout: config.http_header_timeout,
         push: config.push.clone(),
+        cluster,
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");
-    wait_for_signal().await?;
+    let lease_lost = server.lease_lost();
+    let outcome = tokio::select! {
+        signal = wait_for_signal() => signal,
+        () = lease_lost.cancelled() => Err("this node lost its lease on its node id".to_owned()),
+    };
     tracing::info!("draining: finishing commits in flight and closing connections");
     server.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }
 
 async fn wait_for_signal() -> Result<(), String> {
