@@ -153,24 +153,24 @@ impl Stats {
     /// An ack arrived for a send due at `due_us`.
     pub fn record_ack(&self, shard: usize, due_us: u64) {
         self.acked.fetch_add(1, Ordering::Relaxed);
-        if self.measuring.load(Ordering::Relaxed) {
-            let us = self
-                .now_us()
-                .saturating_sub(due_us)
-                .clamp(1, MAX_LATENCY_US);
-            let _ = self.shards[shard % SHARDS].lock().ack.record(us);
-        }
+        self.record(shard, due_us, |l| &mut l.ack);
     }
 
     /// A delivery arrived of a message due at `due_us`.
     pub fn record_delivery(&self, shard: usize, due_us: u64) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.record(shard, due_us, |l| &mut l.deliver);
+    }
+
+    /// Records the time since `due_us` in the histogram `pick` chooses,
+    /// while measuring.
+    fn record(&self, shard: usize, due_us: u64, pick: fn(&mut Latencies) -> &mut Histogram<u64>) {
         if self.measuring.load(Ordering::Relaxed) {
             let us = self
                 .now_us()
                 .saturating_sub(due_us)
                 .clamp(1, MAX_LATENCY_US);
-            let _ = self.shards[shard % SHARDS].lock().deliver.record(us);
+            let _ = pick(&mut self.shards[shard % SHARDS].lock()).record(us);
         }
     }
 

@@ -12,7 +12,6 @@ use hanmadi_proto::pb;
 use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::ConversationId;
 use hanmadi_router::{LocalPresence, Router, RouterConfig, RouterError, Target};
-use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::sim::{Faults, SimKv, SimOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
 
@@ -26,18 +25,7 @@ async fn recipients_of_a_maybe_committed_send_are_told_to_pull() {
             ..StoreConfig::default()
         },
     );
-    for id in [1u64, 2] {
-        store
-            .create_user(
-                id,
-                &UserRecord {
-                    username: format!("user{id}"),
-                    ..UserRecord::default()
-                },
-            )
-            .await
-            .expect("create user");
-    }
+    common::users(&store, &[1, 2]).await;
     let sink = Arc::new(RecordingSink::default());
     let (router, _task) = Router::start(
         store.clone(),

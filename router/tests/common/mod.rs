@@ -80,7 +80,7 @@ pub async fn harness(config: RouterConfig) -> Harness {
 }
 
 /// Creates users `ids` named after their ids.
-pub async fn users(store: &Store, ids: &[u64]) {
+pub async fn users<K: hanmadi_storage::kv::Kv>(store: &ChatStore<K>, ids: &[u64]) {
     for &id in ids {
         store
             .create_user(
