@@ -44,6 +44,9 @@
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
 //! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
+//! | `--http-rate-per-sec` | `HANMADI_HTTP_RATE_PER_SEC` | `http_rate_per_sec` | `100` | HTTP API requests per second one remote address may make, on average; more are answered `429` |
+//! | `--http-rate-burst` | `HANMADI_HTTP_RATE_BURST` | `http_rate_burst` | `200` | HTTP API requests one remote address may make at once |
+//! | `--http-request-timeout-ms` | `HANMADI_HTTP_REQUEST_TIMEOUT_MS` | `http_request_timeout_ms` | `10000` | longest an HTTP API request may take before it is answered `503` (a long-poll sync gets its wait on top) |
 //! | `--token-ttl-secs` | `HANMADI_TOKEN_TTL_SECS` | `token_ttl_secs` | `604800` (7 days) | lifetime of tokens issued at log-in |
 //! | `--retention-days` | `HANMADI_RETENTION_DAYS` | `retention_days` | `30` | days messages are kept; `0` keeps them forever |
 //!
@@ -201,6 +204,15 @@ pub struct ServeArgs {
     /// keep-alive connection is closed after it [default: 30000].
     #[arg(long, value_name = "MS")]
     pub http_header_timeout_ms: Option<u64>,
+    /// HTTP API requests per second per remote address [default: 100].
+    #[arg(long, value_name = "N")]
+    pub http_rate_per_sec: Option<u32>,
+    /// HTTP API requests one remote address may make at once [default: 200].
+    #[arg(long, value_name = "N")]
+    pub http_rate_burst: Option<u32>,
+    /// Longest an HTTP API request may take [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub http_request_timeout_ms: Option<u64>,
     /// Lifetime of tokens issued at log-in [default: 604800].
     #[arg(long, value_name = "SECS")]
     pub token_ttl_secs: Option<u64>,
@@ -390,6 +402,9 @@ pub struct FileConfig {
     pub max_group_members: Option<u32>,
     pub max_password_hashes: Option<usize>,
     pub http_header_timeout_ms: Option<u64>,
+    pub http_rate_per_sec: Option<u32>,
+    pub http_rate_burst: Option<u32>,
+    pub http_request_timeout_ms: Option<u64>,
     pub token_ttl_secs: Option<u64>,
     pub retention_days: Option<u32>,
 }
@@ -557,6 +572,12 @@ pub struct Config {
     /// Deadline of an HTTP request's headers and of an idle keep-alive
     /// connection.
     pub http_header_timeout: Duration,
+    /// HTTP API requests per second per remote address.
+    pub http_rate_per_sec: u32,
+    /// HTTP API requests one remote address may make at once.
+    pub http_rate_burst: u32,
+    /// Longest an HTTP API request may take.
+    pub http_request_timeout: Duration,
     /// Lifetime of tokens issued at log-in.
     pub token_ttl: Duration,
     /// Days messages are kept; 0 keeps them forever.
@@ -601,6 +622,9 @@ impl Default for Config {
             max_group_members: server.router.max_group_members,
             max_password_hashes: server.max_password_hashes,
             http_header_timeout: server.http_header_timeout,
+            http_rate_per_sec: server.http_requests.rate_per_sec,
+            http_rate_burst: server.http_requests.burst,
+            http_request_timeout: server.http_requests.deadline,
             token_ttl: server.token_ttl,
             retention_days: server.retention.map_or(0, |r| {
                 u32::try_from(r.as_secs() / 86_400).unwrap_or(u32::MAX)
@@ -764,6 +788,10 @@ impl Config {
             max_group_members: setting!(max_group_members).unwrap_or(d.max_group_members),
             max_password_hashes: setting!(max_password_hashes).unwrap_or(d.max_password_hashes),
             http_header_timeout: setting!(http_header_timeout_ms).map_or(d.http_header_timeout, ms),
+            http_rate_per_sec: setting!(http_rate_per_sec).unwrap_or(d.http_rate_per_sec),
+            http_rate_burst: setting!(http_rate_burst).unwrap_or(d.http_rate_burst),
+            http_request_timeout: setting!(http_request_timeout_ms)
+                .map_or(d.http_request_timeout, ms),
             token_ttl: setting!(token_ttl_secs).map_or(d.token_ttl, Duration::from_secs),
             retention_days: setting!(retention_days).unwrap_or(d.retention_days),
         };
@@ -817,6 +845,7 @@ impl Config {
             ("heartbeat_ms", self.heartbeat),
             ("write_timeout_ms", self.write_timeout),
             ("http_header_timeout_ms", self.http_header_timeout),
+            ("http_request_timeout_ms", self.http_request_timeout),
             ("token_ttl_secs", self.token_ttl),
         ] {
             if value.is_zero() {
@@ -834,6 +863,8 @@ impl Config {
             ("max_conns_per_ip", self.max_conns_per_ip as u64),
             ("max_group_members", u64::from(self.max_group_members)),
             ("max_password_hashes", self.max_password_hashes as u64),
+            ("http_rate_per_sec", u64::from(self.http_rate_per_sec)),
+            ("http_rate_burst", u64::from(self.http_rate_burst)),
         ] {
             if value == 0 {
                 return invalid(setting, "must be above 0");
@@ -1129,6 +1160,12 @@ mod tests {
             "15",
             "--http-header-timeout-ms",
             "16",
+            "--http-rate-per-sec",
+            "17",
+            "--http-rate-burst",
+            "18",
+            "--http-request-timeout-ms",
+            "19",
             "--token-ttl-secs",
             "13",
             "--retention-days",
@@ -1158,6 +1195,8 @@ mod tests {
         assert_eq!(c.token_ttl, Duration::from_secs(13));
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
+        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
         assert_eq!(
             c.resolve_secret().unwrap().as_bytes(),
             b"0123456789abcdef0123456789abcdef"
@@ -1197,6 +1236,9 @@ mod tests {
             max_group_members = 12
             max_password_hashes = 15
             http_header_timeout_ms = 16
+            http_rate_per_sec = 17
+            http_rate_burst = 18
+            http_request_timeout_ms = 19
             token_ttl_secs = 13
             retention_days = 14
             "#,
@@ -1204,6 +1246,8 @@ mod tests {
         let c = Config::from_sources(ServeArgs::default(), &HashMap::new(), Some(f)).unwrap();
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
+        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
         assert_eq!(c.tcp, addr("0.0.0.0:7000"));
         assert_eq!(c.https_listener(), addr("[::]:443"));
         assert_eq!(c.store, StoreKind::Fdb);
@@ -1244,10 +1288,15 @@ mod tests {
             ("HANMADI_RETENTION_DAYS", "14"),
             ("HANMADI_MAX_PASSWORD_HASHES", "15"),
             ("HANMADI_HTTP_HEADER_TIMEOUT_MS", "16"),
+            ("HANMADI_HTTP_RATE_PER_SEC", "17"),
+            ("HANMADI_HTTP_RATE_BURST", "18"),
+            ("HANMADI_HTTP_REQUEST_TIMEOUT_MS", "19"),
         ]);
         let c = Config::from_sources(ServeArgs::default(), &e, None).unwrap();
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
+        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
         assert_eq!(c.tcp, None);
         assert_eq!(c.tls_listener(), addr("0.0.0.0:1"));
         assert_eq!(c.http, addr("127.0.0.1:0"));

@@ -17,6 +17,15 @@ use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreConfig};
 use tokio::net::TcpListener;
 
+/// mimalloc rather than glibc's malloc: every argon2id hash allocates and
+/// frees ~19 MiB, and glibc kept those in per-thread arenas (its mmap
+/// threshold rises to the freed size, so later hashes no longer map and
+/// unmap their memory), which grew a node's RSS by ~0.8 MiB per sign-up.
+/// mimalloc returns freed pages to the OS; docs/PERFORMANCE.md has both
+/// figures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The storage engine's own progress notes are for debugging it.
     let default_filter = "info,fjall=warn,lsm_tree=warn";
@@ -153,6 +162,11 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         max_connections: config.max_connections,
         max_password_hashes: config.max_password_hashes,
         http_header_timeout: config.http_header_timeout,
+        http_requests: hanmadi_gateway::http::limits::RequestLimits {
+            rate_per_sec: config.http_rate_per_sec,
+            burst: config.http_rate_burst,
+            deadline: config.http_request_timeout,
+        },
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");

@@ -55,6 +55,8 @@ pub struct ServerOptions {
     pub token_ttl: Duration,
     /// Password hashes running at once (sign-ups and log-ins).
     pub max_password_hashes: usize,
+    /// HTTP request rate per remote address and deadline per request.
+    pub http_requests: crate::http::limits::RequestLimits,
     /// This node's region, for discovery ranking.
     pub region: String,
     /// The host name clients dial and check TLS certificates against
@@ -80,6 +82,7 @@ impl Default for ServerOptions {
             retention: Some(Duration::from_secs(30 * 86_400)),
             token_ttl: Duration::from_secs(7 * 86_400),
             max_password_hashes: crate::password::Passwords::default_concurrency(),
+            http_requests: crate::http::limits::RequestLimits::default(),
             region: "local".to_owned(),
             hostname: None,
             max_connections: 100_000,
@@ -170,6 +173,9 @@ impl<K: Kv> Server<K> {
             token_ttl: options.token_ttl,
             node: Arc::new(node),
             tracker: tracker.clone(),
+            limiter: Arc::new(crate::http::limits::RequestLimiter::new(
+                options.http_requests,
+            )),
         });
         let web = HttpListener {
             app: api,

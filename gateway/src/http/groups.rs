@@ -216,11 +216,8 @@ pub(super) async fn list_groups<K: Kv>(
 ) -> Result<Json<GroupList>, ApiError> {
     let store = state.ctx.router.store();
     let mut groups = Vec::new();
-    for (group, membership) in store.groups_of(me).await? {
-        // A group removed between the two reads is simply not listed.
-        let Some(record) = store.group(group).await? else {
-            continue;
-        };
+    // One transaction for the whole list, not one per group.
+    for (group, membership, record) in store.groups_of_with_records(me).await? {
         groups.push(GroupSummary {
             group_id: Id(group),
             name: record.name,
