@@ -133,6 +133,10 @@ pub enum AuthError {
     /// A JWT whose `nbf` or `iat` lies in the future.
     #[error("token is not valid yet")]
     NotYetValid,
+    /// A token meant to last longer than the server's cap: its expiry is
+    /// further than the cap from its issue time, or from now.
+    #[error("token lifetime exceeds the server's maximum")]
+    LifetimeTooLong,
     /// A JWT signed with anything but HS256, `none` included.
     #[error("token algorithm is not accepted; only HS256 is")]
     UnsupportedAlgorithm,
@@ -159,6 +163,7 @@ impl AuthError {
             Self::Malformed
             | Self::BadSignature
             | Self::NotYetValid
+            | Self::LifetimeTooLong
             | Self::UnsupportedAlgorithm
             | Self::Revoked
             | Self::NoAccount => ErrorCode::TokenInvalid,
@@ -210,6 +215,8 @@ pub struct TokenIssuer {
     /// HMAC state keyed once; cloning it is cheaper than re-keying per token.
     /// Hanmadi tokens, JWTs and the admin token all use it.
     mac: HmacSha256,
+    /// Longest lifetime a token may claim (`None`: no cap).
+    max_ttl_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for TokenIssuer {
@@ -230,7 +237,39 @@ impl TokenIssuer {
         // HMAC takes keys of any length (longer ones are hashed first), so
         // there is no error to handle.
         let mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-        Self { mac }
+        Self {
+            mac,
+            max_ttl_ms: None,
+        }
+    }
+
+    /// Caps the lifetime of accepted tokens at `max_ttl`: a token whose
+    /// expiry lies further than that from its issue time (when it states
+    /// one) or from now is refused with [`AuthError::LifetimeTooLong`], so
+    /// a leaked long-lived JWT from an application's backend is not good for
+    /// years.
+    #[must_use]
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl_ms = Some(u64::try_from(max_ttl.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Refuses claims past the lifetime cap. `issued_at_ms` is `None` for
+    /// a JWT without `iat`.
+    fn check_lifetime(
+        &self,
+        issued_at_ms: Option<u64>,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), AuthError> {
+        let Some(max) = self.max_ttl_ms else {
+            return Ok(());
+        };
+        let from_issue = issued_at_ms.map_or(0, |iat| expires_at_ms.saturating_sub(iat));
+        if from_issue > max || expires_at_ms.saturating_sub(now_ms) > max {
+            return Err(AuthError::LifetimeTooLong);
+        }
+        Ok(())
     }
 
     /// The operator's admin token for this secret: `hma1.` and the unpadded
@@ -339,6 +378,7 @@ impl TokenIssuer {
         if now_ms >= claims.expires_at_ms {
             return Err(AuthError::Expired);
         }
+        self.check_lifetime(Some(claims.issued_at_ms), claims.expires_at_ms, now_ms)?;
         Ok(claims)
     }
 
@@ -404,6 +444,7 @@ impl TokenIssuer {
             }
             None => 0,
         };
+        self.check_lifetime(claims.iat.map(|_| issued_at_ms), expires_at_ms, now_ms)?;
         Ok(Claims {
             user_id,
             issued_at_ms,
@@ -625,6 +666,32 @@ mod tests {
         assert_eq!(
             issuer().verify(&format!("{t}A"), NOW),
             Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn lifetimes_past_the_cap_are_refused() {
+        let capped = issuer().with_max_ttl(HOUR);
+        let ok = issuer().issue(1, NOW, HOUR);
+        assert!(capped.verify(&ok, NOW).is_ok());
+        let long = issuer().issue(1, NOW, HOUR * 2);
+        assert_eq!(capped.verify(&long, NOW), Err(AuthError::LifetimeTooLong));
+        // Without a cap the same token passes.
+        assert!(issuer().verify(&long, NOW).is_ok());
+
+        let s = NOW / 1000;
+        let jwt = |claims: serde_json::Value| sign_hs256_jwt(SECRET, &claims).unwrap();
+        // exp − iat over the cap.
+        let t = jwt(serde_json::json!({"sub": "1", "iat": s - 3600, "exp": s + 60}));
+        assert_eq!(capped.verify(&t, NOW), Err(AuthError::LifetimeTooLong));
+        // No iat: exp − now over the cap.
+        let t = jwt(serde_json::json!({"sub": "1", "exp": s + 2 * 3600}));
+        assert_eq!(capped.verify(&t, NOW), Err(AuthError::LifetimeTooLong));
+        let t = jwt(serde_json::json!({"sub": "1", "exp": s + 600}));
+        assert!(capped.verify(&t, NOW).is_ok());
+        assert_eq!(
+            AuthError::LifetimeTooLong.error_code(),
+            ErrorCode::TokenInvalid
         );
     }
 

@@ -48,6 +48,7 @@
 //! | `--http-rate-burst` | `HANMADI_HTTP_RATE_BURST` | `http_rate_burst` | `200` | HTTP API requests one remote address may make at once |
 //! | `--http-request-timeout-ms` | `HANMADI_HTTP_REQUEST_TIMEOUT_MS` | `http_request_timeout_ms` | `10000` | longest an HTTP API request may take before it is answered `503` (a long-poll sync gets its wait on top) |
 //! | `--token-ttl-secs` | `HANMADI_TOKEN_TTL_SECS` | `token_ttl_secs` | `604800` (7 days) | lifetime of tokens issued at log-in |
+//! | `--max-token-ttl-secs` | `HANMADI_MAX_TOKEN_TTL_SECS` | `max_token_ttl_secs` | `2592000` (30 days) | longest lifetime a token may claim: a Hanmadi token or JWT whose expiry is further than this from its issue time, or from now, is refused; at least `token_ttl_secs` |
 //! | `--retention-days` | `HANMADI_RETENTION_DAYS` | `retention_days` | `30` | days messages are kept; `0` keeps them forever |
 //!
 //! `hanmadi gen-cert [--out-dir DIR] [--hostname NAME]...` writes a
@@ -216,6 +217,9 @@ pub struct ServeArgs {
     /// Lifetime of tokens issued at log-in [default: 604800].
     #[arg(long, value_name = "SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// Longest lifetime an accepted token may claim [default: 2592000].
+    #[arg(long, value_name = "SECS")]
+    pub max_token_ttl_secs: Option<u64>,
     /// Days messages are kept; 0 keeps them forever [default: 30].
     #[arg(long, value_name = "DAYS")]
     pub retention_days: Option<u32>,
@@ -406,6 +410,7 @@ pub struct FileConfig {
     pub http_rate_burst: Option<u32>,
     pub http_request_timeout_ms: Option<u64>,
     pub token_ttl_secs: Option<u64>,
+    pub max_token_ttl_secs: Option<u64>,
     pub retention_days: Option<u32>,
 }
 
@@ -580,6 +585,8 @@ pub struct Config {
     pub http_request_timeout: Duration,
     /// Lifetime of tokens issued at log-in.
     pub token_ttl: Duration,
+    /// Longest lifetime an accepted token may claim.
+    pub max_token_ttl: Duration,
     /// Days messages are kept; 0 keeps them forever.
     pub retention_days: u32,
 }
@@ -626,6 +633,7 @@ impl Default for Config {
             http_rate_burst: server.http_requests.burst,
             http_request_timeout: server.http_requests.deadline,
             token_ttl: server.token_ttl,
+            max_token_ttl: server.max_token_ttl,
             retention_days: server.retention.map_or(0, |r| {
                 u32::try_from(r.as_secs() / 86_400).unwrap_or(u32::MAX)
             }),
@@ -793,6 +801,8 @@ impl Config {
             http_request_timeout: setting!(http_request_timeout_ms)
                 .map_or(d.http_request_timeout, ms),
             token_ttl: setting!(token_ttl_secs).map_or(d.token_ttl, Duration::from_secs),
+            max_token_ttl: setting!(max_token_ttl_secs)
+                .map_or(d.max_token_ttl, Duration::from_secs),
             retention_days: setting!(retention_days).unwrap_or(d.retention_days),
         };
         config.validate()?;
@@ -851,6 +861,10 @@ impl Config {
             if value.is_zero() {
                 return invalid(setting, "must be above 0");
             }
+        }
+        if self.token_ttl > self.max_token_ttl {
+            // Tokens issued at log-in would be refused at once.
+            return invalid("max_token_ttl_secs", "must be at least token_ttl_secs");
         }
         if self.idle_timeout <= self.heartbeat {
             // A client that pings on schedule would still be cut off.
@@ -1166,6 +1180,8 @@ mod tests {
             "18",
             "--http-request-timeout-ms",
             "19",
+            "--max-token-ttl-secs",
+            "20",
             "--token-ttl-secs",
             "13",
             "--retention-days",
@@ -1197,6 +1213,7 @@ mod tests {
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
         assert_eq!(c.http_request_timeout, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
         assert_eq!(
             c.resolve_secret().unwrap().as_bytes(),
             b"0123456789abcdef0123456789abcdef"
@@ -1239,6 +1256,7 @@ mod tests {
             http_rate_per_sec = 17
             http_rate_burst = 18
             http_request_timeout_ms = 19
+            max_token_ttl_secs = 20
             token_ttl_secs = 13
             retention_days = 14
             "#,
@@ -1248,6 +1266,7 @@ mod tests {
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
         assert_eq!(c.http_request_timeout, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
         assert_eq!(c.tcp, addr("0.0.0.0:7000"));
         assert_eq!(c.https_listener(), addr("[::]:443"));
         assert_eq!(c.store, StoreKind::Fdb);
@@ -1291,12 +1310,14 @@ mod tests {
             ("HANMADI_HTTP_RATE_PER_SEC", "17"),
             ("HANMADI_HTTP_RATE_BURST", "18"),
             ("HANMADI_HTTP_REQUEST_TIMEOUT_MS", "19"),
+            ("HANMADI_MAX_TOKEN_TTL_SECS", "20"),
         ]);
         let c = Config::from_sources(ServeArgs::default(), &e, None).unwrap();
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
         assert_eq!(c.http_request_timeout, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
         assert_eq!(c.tcp, None);
         assert_eq!(c.tls_listener(), addr("0.0.0.0:1"));
         assert_eq!(c.http, addr("127.0.0.1:0"));

@@ -157,6 +157,7 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         retention: (config.retention_days > 0)
             .then(|| std::time::Duration::from_secs(u64::from(config.retention_days) * 86_400)),
         token_ttl: config.token_ttl,
+        max_token_ttl: config.max_token_ttl,
         region: config.region.clone(),
         hostname: Some(config.hostname.clone()),
         max_connections: config.max_connections,

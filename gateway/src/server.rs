@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub retention: Option<Duration>,
     /// How long a token from `POST /v1/sessions` lasts.
     pub token_ttl: Duration,
+    /// Longest lifetime an accepted token may claim (Hanmadi tokens and
+    /// JWTs alike).
+    pub max_token_ttl: Duration,
     /// Password hashes running at once (sign-ups and log-ins).
     pub max_password_hashes: usize,
     /// HTTP request rate per remote address and deadline per request.
@@ -81,6 +84,7 @@ impl Default for ServerOptions {
             http_header_timeout: Duration::from_secs(30),
             retention: Some(Duration::from_secs(30 * 86_400)),
             token_ttl: Duration::from_secs(7 * 86_400),
+            max_token_ttl: Duration::from_secs(30 * 86_400),
             max_password_hashes: crate::password::Passwords::default_concurrency(),
             http_requests: crate::http::limits::RequestLimits::default(),
             region: "local".to_owned(),
@@ -123,7 +127,7 @@ impl<K: Kv> Server<K> {
         let (router, appender) =
             Router::start(store, registry.clone(), registry.clone(), options.router);
         let router = Arc::new(router);
-        let auth = Arc::new(TokenIssuer::new(&options.secret));
+        let auth = Arc::new(TokenIssuer::new(&options.secret).with_max_ttl(options.max_token_ttl));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ctx = Arc::new(ConnContext {

@@ -571,6 +571,10 @@ async fn groups_create_list_read_add_and_remove() {
         .expect(204, None);
     let after = api.get_ok(&path, &a).await;
     assert_eq!(after["member_count"], 1);
+    // The owner cannot leave: the group would have nobody to manage it.
+    let r = api.delete(&format!("{members}/{alice}"), &a).await;
+    r.expect(403, Some(ErrorCode::PermissionDenied));
+    assert_eq!(api.get_ok(&path, &a).await["member_count"], 1);
 
     api.post("/v1/groups", &a, json!({"name": "", "members": []}))
         .await

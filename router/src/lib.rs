@@ -502,10 +502,11 @@ impl<K: Kv> Router<K> {
     }
 
     /// Removes `user` from `group`: owner or admins may remove others, and
-    /// anyone may remove themself (leave).
+    /// anyone but the owner may remove themself (leave).
     ///
     /// # Errors
     ///
+    /// [`RouterError::OwnerStays`] when `user` is the owner,
     /// [`RouterError::PermissionDenied`], [`RouterError::NotAMember`], ...
     pub async fn remove_member(
         &self,
@@ -520,6 +521,11 @@ impl<K: Kv> Router<K> {
             self.authz.check_manage(actor, group).await?;
             MessageKind::MembersRemoved
         };
+        // Without its owner nobody could manage the group again; the owner
+        // stays (ownership is not transferred).
+        if self.authz.group(group).await?.members.get(&user) == Some(&Role::Owner) {
+            return Err(RouterError::OwnerStays);
+        }
         self.system(
             actor,
             group,
