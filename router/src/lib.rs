@@ -461,8 +461,11 @@ impl<K: Kv> Router<K> {
         &self,
         owner: u64,
         name: String,
-        members: Vec<u64>,
+        mut members: Vec<u64>,
     ) -> Result<(u64, SendAck), RouterError> {
+        // The creator joins as owner; the announcement's `user_ids` lists
+        // the others only, even when the creator named themself.
+        members.retain(|&m| m != owner);
         let group = self.ids.next_above(0);
         let ack = self
             .system(
