@@ -482,11 +482,14 @@ impl<K: Kv> Router<K> {
         Ok((group, ack))
     }
 
-    /// Adds `users` to `group` (owner or admins only).
+    /// Adds `users` to `group` with `role`: members by the owner or admins,
+    /// admins by the owner only. A group has one owner, its creator, so
+    /// `Role::Owner` is never granted.
     ///
     /// # Errors
     ///
-    /// [`RouterError::PermissionDenied`], [`RouterError::GroupFull`], ...
+    /// [`RouterError::PermissionDenied`], [`RouterError::GroupFull`],
+    /// [`RouterError::InvalidArgument`] for `Role::Owner`, ...
     pub async fn add_members(
         &self,
         actor: u64,
@@ -495,6 +498,15 @@ impl<K: Kv> Router<K> {
         role: Role,
     ) -> Result<SendAck, RouterError> {
         self.authz.check_manage(actor, group).await?;
+        match role {
+            Role::Owner => return Err(RouterError::InvalidArgument("role")),
+            Role::Admin
+                if self.authz.group(group).await?.members.get(&actor) != Some(&Role::Owner) =>
+            {
+                return Err(RouterError::PermissionDenied);
+            }
+            Role::Admin | Role::Member => {}
+        }
         self.system(
             actor,
             group,
