@@ -15,13 +15,17 @@ figures=("$@")
 ((${#figures[@]})) || figures=(idle direct-max direct-cpu group latency)
 mkdir -p "$out"
 
-cargo build --release --bin hanmadi --bin hanmadi-loadtest
-bin=target/release
+# HANMADI_BIN_DIR: binaries built earlier (skips the build).
+bin="${HANMADI_BIN_DIR:-target/release}"
+[[ -n "${HANMADI_BIN_DIR:-}" ]] || cargo build --release --bin hanmadi --bin hanmadi-loadtest
 secret="loadtest figures secret, not for production use"
 data="$(mktemp -d)"
 server_pid=""
 stop_node() {
-  [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  if [[ -n "$server_pid" ]]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
   server_pid=""
 }
 trap 'stop_node; rm -rf "$data"' EXIT
@@ -31,6 +35,7 @@ start_node() {
   stop_node
   rm -rf "$data"/*
   "$bin/hanmadi" gen-cert --out-dir "$data" --hostname localhost >/dev/null
+  : >"$data/listening"
   "$bin/hanmadi" serve --data-dir "$data" --secret "$secret" --hostname 127.0.0.1 \
     --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls 127.0.0.1:0 --https 127.0.0.1:0 \
     --cert "$data/cert.pem" --key "$data/key.pem" \

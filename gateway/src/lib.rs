@@ -12,6 +12,8 @@
 //! - [`http`]: the HTTP API, `/healthz` and `/metrics`.
 //! - [`password`]: argon2id password hashing, a bounded number at once.
 //! - [`ws`]: `/ws`, WebSocket connections on the HTTP and HTTPS ports.
+//! - [`web`]: the web chat client (`GET /`) and operator view (`GET
+//!   /admin`), embedded in the binary.
 //! - [`http_listener`]: the HTTP and HTTPS listeners (the routes of
 //!   [`http`] and [`ws`], behind TLS for HTTPS).
 
@@ -26,6 +28,7 @@ pub mod password;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod web;
 pub mod ws;
 
 pub use server::{Listeners, Server, ServerOptions};

@@ -356,6 +356,7 @@ async fn every_authenticated_route_refuses_bad_tokens() {
         (Method::PATCH, "/v1/users/me".into()),
         (Method::DELETE, "/v1/users/me".into()),
         (Method::GET, format!("/v1/users/{bob}")),
+        (Method::GET, "/v1/users/by-name/bob".into()),
         (Method::PUT, format!("/v1/users/me/blocks/{bob}")),
         (Method::DELETE, format!("/v1/users/me/blocks/{bob}")),
         (Method::POST, "/v1/groups".into()),
@@ -436,6 +437,17 @@ async fn profiles_read_change_and_delete() {
     api.get("/v1/users/12345", &bob_token)
         .await
         .expect(404, Some(ErrorCode::NotFound));
+    // Found by username, in any case; names that cannot exist are unknown.
+    let found = api.get_ok("/v1/users/by-name/ALICE", &bob_token).await;
+    assert_eq!(
+        (id_of(&found["user_id"]), &found["username"]),
+        (alice, &json!("alice"))
+    );
+    for unknown in ["nobody", "no%20such", "%ED%95%9C", &"x".repeat(33)] {
+        api.get(&format!("/v1/users/by-name/{unknown}"), &bob_token)
+            .await
+            .expect(404, Some(ErrorCode::NotFound));
+    }
 
     // Deleting the account ends its tokens at once, on HTTP and sockets.
     api.delete("/v1/users/me", &token).await.expect(204, None);
@@ -446,6 +458,9 @@ async fn profiles_read_change_and_delete() {
     let refused = raw.hello(&token).await;
     assert_eq!(common::error_code(&refused), Some(ErrorCode::TokenInvalid));
     api.get(&format!("/v1/users/{alice}"), &bob_token)
+        .await
+        .expect(404, Some(ErrorCode::NotFound));
+    api.get("/v1/users/by-name/alice", &bob_token)
         .await
         .expect(404, Some(ErrorCode::NotFound));
     // The username is free again.
@@ -1157,6 +1172,7 @@ async fn the_admin_token_provisions_accounts_without_passwords() {
 const ROUTES: &[&str] = &[
     "/healthz",
     "/metrics",
+    "/v1/admin/token",
     "/v1/admin/users:batch",
     "/v1/conversations",
     "/v1/direct/{user_id}/messages",
@@ -1171,6 +1187,7 @@ const ROUTES: &[&str] = &[
     "/v1/sync",
     "/v1/users",
     "/v1/users/me",
+    "/v1/users/by-name/{username}",
     "/v1/users/me/blocks/{id}",
     "/v1/users/{id}",
     "/ws",
@@ -1226,7 +1243,8 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         };
         let concrete = path
             .replace("{id}", &id.to_string())
-            .replace("{user_id}", &bob.to_string());
+            .replace("{user_id}", &bob.to_string())
+            .replace("{username}", "bob");
         let method: Method = method.to_uppercase().parse().expect("method");
         let body = (method != Method::GET && method != Method::DELETE).then(|| json!({}));
         let r = api.call(method.clone(), &concrete, Some(&a), body).await;
@@ -1237,3 +1255,76 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     }
     assert_ne!(alice, bob);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_client_and_operator_view_are_served_with_a_strict_policy() {
+    let (_node, api) = setup().await;
+    let pages = [
+        ("/", "text/html", "/web/app.js"),
+        ("/admin", "text/html", "/web/admin.js"),
+        ("/web/app.js", "text/javascript", "/v1/conversations"),
+        ("/web/connection.js", "text/javascript", "hanmadi.v1.json"),
+        ("/web/api.js", "text/javascript", "authorization"),
+        ("/web/admin.js", "text/javascript", "/v1/discovery"),
+        ("/web/style.css", "text/css", "@media"),
+    ];
+    for (path, media, needle) in pages {
+        let resp = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(header("content-type").starts_with(media), "{path}");
+        let policy = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        let body = resp.text().await.expect("body");
+        assert!(body.contains(needle), "{path} does not mention {needle}");
+    }
+    // Only the embedded files are served; anything else is the API's 404.
+    for path in [
+        "/web/",
+        "/web/missing.js",
+        "/web/../Cargo.toml",
+        "/index.html",
+    ] {
+        api.get_public(path)
+            .await
+            .expect(404, Some(ErrorCode::NotFound));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_check_takes_the_admin_token_only() {
+    let (node, api) = setup().await;
+    let (_, user_token) = api.user("alice").await;
+    let admin = node.server.auth().admin_token();
+    let r = api.get(ADMIN_TOKEN_CHECK, &admin).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    api.get(ADMIN_TOKEN_CHECK, &user_token)
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.get(ADMIN_TOKEN_CHECK, &format!("{admin}x"))
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.get_public(ADMIN_TOKEN_CHECK)
+        .await
+        .expect(401, Some(ErrorCode::Unauthenticated));
+}
+
+const ADMIN_TOKEN_CHECK: &str = "/v1/admin/token";

@@ -192,14 +192,35 @@ impl Report {
     pub fn table(&self) -> String {
         let mut t = String::new();
         let c = &self.config;
+        let load = if self.scenario == "idle" {
+            format!("held idle for {:.1} s", c.duration_s)
+        } else {
+            format!(
+                "{:.0} msg/s offered for {:.1} s (+{:.1} s warm-up), {}-byte bodies",
+                c.rate, c.duration_s, c.warmup_s, c.body_size
+            )
+        };
         let _ = writeln!(
             t,
-            "\n{} over {} ({}), {} connections on {} endpoint(s), {:.0} msg/s offered for {:.1} s (+{:.1} s warm-up), {}-byte bodies",
-            self.scenario, c.transport, c.encoding, c.connections, c.endpoints, c.rate, c.duration_s, c.warmup_s, c.body_size
+            "\n{} over {} ({}), {} connections on {} endpoint(s), {load}",
+            self.scenario, c.transport, c.encoding, c.connections, c.endpoints
         );
         let row = |t: &mut String, k: &str, v: String| {
             let _ = writeln!(t, "  {k:<28} {v}");
         };
+        if self.scenario == "idle" {
+            // No messages: only the connections and the server's memory.
+            row(&mut t, "disconnects", self.disconnects.to_string());
+            for (k, v) in &self.extra {
+                row(&mut t, k, v.to_string());
+            }
+            row(
+                &mut t,
+                "loadtest CPU",
+                format!("{:.2} s", self.loadtest_cpu_seconds),
+            );
+            return t;
+        }
         row(
             &mut t,
             "sent / acked",
@@ -320,6 +341,7 @@ impl Report {
         plot_throughput(&dir.join("throughput.svg"), &self.timeseries)?;
         plot_latency(&dir.join("latency.svg"), &self.timeseries)?;
         plot_distribution(&dir.join("distribution.svg"), &self.distribution)?;
+        plot_server(&dir.join("server.svg"), &self.timeseries)?;
         let json = serde_json::to_string_pretty(self).context("encoding the report")?;
         let table = html_escape(&self.table());
         let html = format!(
@@ -331,6 +353,7 @@ pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}img{{max-width:100%}}</styl
 <h2>Throughput</h2><img src=\"throughput.svg\" alt=\"messages per second over time\">\
 <h2>Latency over time</h2><img src=\"latency.svg\" alt=\"send to deliver p50 and p99 per second\">\
 <h2>Latency distribution</h2><img src=\"distribution.svg\" alt=\"send to deliver latency by percentile\">\
+<h2>Server memory</h2><img src=\"server.svg\" alt=\"server resident memory per second\">\
 <h2>Every figure</h2><details><summary>JSON</summary><pre>{json}</pre></details></body></html>\n",
             scenario = self.scenario,
             json = html_escape(&json),
@@ -365,11 +388,17 @@ fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e}")
 }
 
-/// One line of a time plot: its legend, colour and value per second.
+/// One line of a time plot: its legend, colour and value per second
+/// (`None`: no point that second, e.g. a latency when nothing arrived).
 struct Line {
     name: &'static str,
     color: RGBColor,
-    value: fn(&Second) -> f64,
+    value: fn(&Second) -> Option<f64>,
+}
+
+/// A latency is only a point when something was measured that second.
+fn measured(ms: f64) -> Option<f64> {
+    (ms > 0.0).then_some(ms)
 }
 
 fn plot_throughput(path: &Path, series: &[Second]) -> anyhow::Result<()> {
@@ -377,17 +406,17 @@ fn plot_throughput(path: &Path, series: &[Second]) -> anyhow::Result<()> {
         Line {
             name: "sent",
             color: BLUE,
-            value: |s| s.sent as f64,
+            value: |s| Some(s.sent as f64),
         },
         Line {
             name: "acked",
             color: GREEN,
-            value: |s| s.acked as f64,
+            value: |s| Some(s.acked as f64),
         },
         Line {
             name: "delivered",
             color: RED,
-            value: |s| s.delivered as f64,
+            value: |s| Some(s.delivered as f64),
         },
     ];
     plot_over_time(path, "messages per second", "per second", series, &lines)
@@ -398,20 +427,29 @@ fn plot_latency(path: &Path, series: &[Second]) -> anyhow::Result<()> {
         Line {
             name: "send→deliver p50",
             color: BLUE,
-            value: |s| s.deliver_p50_ms,
+            value: |s| measured(s.deliver_p50_ms),
         },
         Line {
             name: "send→deliver p99",
             color: RED,
-            value: |s| s.deliver_p99_ms,
+            value: |s| measured(s.deliver_p99_ms),
         },
         Line {
             name: "send→ack p99",
             color: GREEN,
-            value: |s| s.ack_p99_ms,
+            value: |s| measured(s.ack_p99_ms),
         },
     ];
     plot_over_time(path, "latency per second (ms)", "ms", series, &lines)
+}
+
+fn plot_server(path: &Path, series: &[Second]) -> anyhow::Result<()> {
+    let lines = [Line {
+        name: "server RSS (MiB)",
+        color: BLUE,
+        value: |s| measured(s.server_rss_mib),
+    }];
+    plot_over_time(path, "server resident memory (MiB)", "MiB", series, &lines)
 }
 
 fn plot_over_time(
@@ -426,7 +464,7 @@ fn plot_over_time(
     let t_max = series.last().map_or(1.0, |s| s.t).max(1.0);
     let y_max = series
         .iter()
-        .flat_map(|s| lines.iter().map(move |l| (l.value)(s)))
+        .flat_map(|s| lines.iter().filter_map(move |l| (l.value)(s)))
         .fold(1.0, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
@@ -446,7 +484,7 @@ fn plot_over_time(
         let color = line.color;
         chart
             .draw_series(LineSeries::new(
-                series.iter().map(|s| (s.t, (line.value)(s))),
+                series.iter().filter_map(|s| Some((s.t, (line.value)(s)?))),
                 color,
             ))
             .map_err(plot_err)?

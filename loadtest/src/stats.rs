@@ -85,6 +85,11 @@ pub struct Second {
     pub deliver_p99_ms: f64,
     /// Send→ack p99, ms.
     pub ack_p99_ms: f64,
+    /// The server's resident set at the end of the second, MiB (0 when it
+    /// could not be read).
+    pub server_rss_mib: f64,
+    /// Cores the server used in the second.
+    pub server_cores: f64,
 }
 
 /// Everything a run counts, shared by every task of the run.
@@ -214,10 +219,20 @@ impl Stats {
             deliver_p50_ms: ms(&interval.deliver, 0.5),
             deliver_p99_ms: ms(&interval.deliver, 0.99),
             ack_p99_ms: ms(&interval.ack, 0.99),
+            server_rss_mib: 0.0,
+            server_cores: 0.0,
         };
         *last = now;
         self.series.lock().push(second);
         second
+    }
+
+    /// Adds the server's memory and CPU to the newest second.
+    pub fn annotate_server(&self, rss_mib: f64, cores: f64) {
+        if let Some(last) = self.series.lock().last_mut() {
+            last.server_rss_mib = rss_mib;
+            last.server_cores = cores;
+        }
     }
 
     /// The run's latency totals so far.

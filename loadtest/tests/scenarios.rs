@@ -120,66 +120,74 @@ fn assert_clean(code: i32, report: &serde_json::Value) {
 
 const SHORT: [&str; 6] = ["--duration", "1500ms", "--warmup", "300ms", "--drain", "5s"];
 
+/// A short run of `scenario` against `node`, with `args` besides.
+async fn short_run(node: &Node, scenario: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let http = node.http();
+    let mut all = vec![scenario, "--http", &http];
+    all.extend(args);
+    all.extend(SHORT);
+    loadtest(node.dir.path(), &all).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_over_tcp_and_json_websocket() {
     let node = start().await;
-    let http = node.http();
     for transport in [
         &["--transport", "tcp"][..],
         &["--transport", "ws", "--encoding", "json"],
     ] {
-        let mut args = vec![
-            "direct",
-            "--http",
-            &http,
-            "--connections",
-            "40",
-            "--rate",
-            "400",
-        ];
+        let mut args = vec!["--connections", "40", "--rate", "400"];
         args.extend(transport);
-        args.extend(SHORT);
-        let (code, report) = loadtest(node.dir.path(), &args).await;
+        let (code, report) = short_run(&node, "direct", &args).await;
         assert_clean(code, &report);
         assert_eq!(report["config"]["connections"], 40);
         assert!(
             report["server"]["cpu_us_per_message"].as_f64().unwrap() > 0.0,
             "{report}"
         );
-        assert!(!report["timeseries"].as_array().unwrap().is_empty());
+        let series = report["timeseries"].as_array().unwrap();
+        assert!(!series.is_empty());
+        assert!(
+            series
+                .iter()
+                .any(|s| s["server_rss_mib"].as_f64().unwrap() > 1.0),
+            "{report}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_over_tls_with_an_html_report() {
     let node = start().await;
-    let http = node.http();
     let cert = node.cert.display().to_string();
     let report_dir = node.dir.path().join("html");
     let report_arg = report_dir.display().to_string();
     let mut args = vec![
-        "direct",
-        "--http",
-        &http,
         "--transport",
         "tls",
         "--ca",
         &cert,
         "--tls-name",
         "localhost",
+    ];
+    args.extend([
         "--connections",
         "20",
         "--rate",
         "200",
         "--report",
         &report_arg,
-    ];
-    args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    ]);
+    let (code, report) = short_run(&node, "direct", &args).await;
     assert_clean(code, &report);
     let html = std::fs::read_to_string(report_dir.join("index.html")).unwrap();
     assert!(html.contains("throughput.svg"));
-    for plot in ["throughput.svg", "latency.svg", "distribution.svg"] {
+    for plot in [
+        "throughput.svg",
+        "latency.svg",
+        "distribution.svg",
+        "server.svg",
+    ] {
         let svg = std::fs::read_to_string(report_dir.join(plot)).unwrap();
         assert!(svg.starts_with("<svg"), "{plot}");
     }
@@ -188,20 +196,8 @@ async fn direct_over_tls_with_an_html_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_fan_out() {
     let node = start().await;
-    let http = node.http();
-    let mut args = vec![
-        "group",
-        "--http",
-        &http,
-        "--groups",
-        "4",
-        "--members",
-        "10",
-        "--rate",
-        "100",
-    ];
-    args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    let args = ["--groups", "4", "--members", "10", "--rate", "100"];
+    let (code, report) = short_run(&node, "group", &args).await;
     assert_clean(code, &report);
     // Every member's device, the sender's included, gets each message.
     assert_eq!(
@@ -233,18 +229,8 @@ async fn idle_connections_report_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_storm_loses_nothing() {
     let node = start().await;
-    let http = node.http();
-    let mut args = vec![
-        "reconnect",
-        "--http",
-        &http,
-        "--connections",
-        "40",
-        "--rate",
-        "400",
-    ];
-    args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    let args = ["--connections", "40", "--rate", "400"];
+    let (code, report) = short_run(&node, "reconnect", &args).await;
     assert_clean(code, &report);
     assert!(report["extra"]["storm_reconnect_seconds"].as_f64().unwrap() > 0.0);
 }
@@ -252,18 +238,8 @@ async fn reconnect_storm_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_sends_and_long_polls() {
     let node = start().await;
-    let http = node.http();
-    let mut args = vec![
-        "http",
-        "--http",
-        &http,
-        "--connections",
-        "20",
-        "--rate",
-        "200",
-    ];
-    args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    let args = ["--connections", "20", "--rate", "200"];
+    let (code, report) = short_run(&node, "http", &args).await;
     assert_clean(code, &report);
 }
 
@@ -397,26 +373,20 @@ async fn faulty_proxy(upstream: SocketAddr, fault: Fault, after: u64) -> SocketA
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_delivery_fails_the_run() {
+/// A `direct` run through a proxy that commits `fault` on the 50th
+/// delivery: the tool's exit code and report.
+async fn run_through(fault: Fault) -> (i32, serde_json::Value) {
     let node = start().await;
-    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Drop, 50)
+    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), fault, 50)
         .await
         .to_string();
-    let http = node.http();
-    let mut args = vec![
-        "direct",
-        "--http",
-        &http,
-        "--target",
-        &proxy,
-        "--connections",
-        "10",
-        "--rate",
-        "200",
-    ];
-    args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    let args = ["--target", &proxy, "--connections", "10", "--rate", "200"];
+    short_run(&node, "direct", &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_fails_the_run() {
+    let (code, report) = run_through(Fault::Drop).await;
     assert_eq!(code, 1, "{report}");
     assert_eq!(n(&report, "lost"), 1.0, "{report}");
     assert_eq!(n(&report, "duplicated"), 0.0, "{report}");
@@ -424,24 +394,7 @@ async fn a_lost_delivery_fails_the_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_delivery_fails_the_run() {
-    let node = start().await;
-    let proxy = faulty_proxy(node.server.tcp_addr().unwrap(), Fault::Duplicate, 50)
-        .await
-        .to_string();
-    let http = node.http();
-    let mut args = vec![
-        "direct",
-        "--http",
-        &http,
-        "--target",
-        &proxy,
-        "--connections",
-        "10",
-        "--rate",
-        "200",
-    ];
-    args.extend(SHORT);
-    let (code, report) = loadtest(node.dir.path(), &args).await;
+    let (code, report) = run_through(Fault::Duplicate).await;
     assert_eq!(code, 1, "{report}");
     assert_eq!(n(&report, "duplicated"), 1.0, "{report}");
     assert_eq!(n(&report, "lost"), 0.0, "{report}");

@@ -10,6 +10,7 @@
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::Json;
 use hanmadi_proto::ErrorCode;
 use hanmadi_storage::chat::UserRecord;
@@ -141,4 +142,17 @@ pub(super) async fn provision_users<K: Kv>(
         })
         .collect();
     Ok(Json(ProvisionedUsers { users }))
+}
+
+/// Checks a token: `204` when it is the operator's admin token. The
+/// operator view (`GET /admin`) asks this before it shows anything.
+#[utoipa::path(get, path = "/v1/admin/token", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The admin token"),
+        (status = 401, description = "No bearer token (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 403, description = "Not the admin token (`PERMISSION_DENIED`)", body = ErrorBody),
+    ))]
+pub(super) async fn check_token(_admin: Admin) -> StatusCode {
+    StatusCode::NO_CONTENT
 }

@@ -1,5 +1,5 @@
 //! The HTTP listener: the JSON API of DESIGN §4, `/ws` (in [`crate::ws`]),
-//! `/healthz` and Prometheus `/metrics`.
+//! `/healthz` and Prometheus `/metrics`; the pages of [`crate::web`].
 //!
 //! - [`error`]: the one error shape and the status of each protocol code.
 //! - [`extract`]: JSON, path and query extractors that refuse in that shape;
@@ -97,9 +97,11 @@ fn api<K: Kv>() -> OpenApiRouter<HttpState<K>> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(users::sign_up))
         .routes(routes!(admin::provision_users))
+        .routes(routes!(admin::check_token))
         .routes(routes!(users::log_in))
         .routes(routes!(users::get_me, users::patch_me, users::delete_me))
         .routes(routes!(users::get_user))
+        .routes(routes!(users::find_user))
         .routes(routes!(users::block, users::unblock))
         .routes(routes!(groups::create_group, groups::list_groups))
         .routes(routes!(groups::get_group))
@@ -121,6 +123,7 @@ pub fn routes<K: Kv>(state: HttpState<K>) -> Router {
     let (router, document) = api::<K>().split_for_parts();
     let limiter = Arc::clone(&state.limiter);
     router
+        .merge(crate::web::routes())
         .fallback(no_route)
         .layer(Extension(openapi::ApiDocument::render(&document)))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))

@@ -314,6 +314,28 @@ pub(super) async fn get_user<K: Kv>(
     Ok(Json(Profile::new(id, live_user(&state, id).await?)))
 }
 
+/// A user's profile by username (in any case): how a client finds whom to
+/// write to.
+#[utoipa::path(get, path = "/v1/users/by-name/{username}", tag = "users",
+    security(("bearer" = [])),
+    params(("username" = String, Path, description = "The username, in any case")),
+    responses(
+        (status = 200, description = "The profile", body = Profile),
+        (status = 404, description = "No such user (or deleted)", body = ErrorBody),
+    ))]
+pub(super) async fn find_user<K: Kv>(
+    State(state): State<HttpState<K>>,
+    Caller(_): Caller,
+    ApiPath(username): ApiPath<String>,
+) -> Result<Json<Profile>, ApiError> {
+    let not_found = || ApiError::not_found("user");
+    check_username(&username).map_err(|_| not_found())?;
+    let Some(id) = state.ctx.router.store().user_id_by_name(&username).await? else {
+        return Err(not_found());
+    };
+    Ok(Json(Profile::new(id, live_user(&state, id).await?)))
+}
+
 /// Blocks a user: no direct messages either way.
 #[utoipa::path(put, path = "/v1/users/me/blocks/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Id, Path, description = "The user to block")),

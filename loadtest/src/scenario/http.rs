@@ -2,18 +2,17 @@
 //! with long-poll `GET /v1/sync`, as a client that cannot keep a socket
 //! would.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
 use serde::Deserialize;
 
 use super::sockets::{direct_shape, measured_window};
-use super::{fill_counters, run_config, run_id, spawn_ticker};
+use super::{run_config, run_id, spawn_ticker};
 use crate::cli::Common;
 use crate::control::Control;
-use crate::ledger::{reckon, Acked, Body, Received};
-use crate::load::{HttpSender, Load, Sender};
+use crate::ledger::{Body, Received};
+use crate::load::{HttpSender, Sender};
 use crate::report::Report;
 use crate::stats::Stats;
 
@@ -110,30 +109,19 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
             received
         }));
     }
-    let load = Arc::new(Load {
-        run,
-        clients: shape
-            .users
-            .iter()
-            .map(|u| {
-                Sender::Http(HttpSender {
-                    client: control.client().clone(),
-                    base: control.url(""),
-                    token: u.token.clone(),
-                })
+    let senders = shape
+        .users
+        .iter()
+        .map(|u| {
+            Sender::Http(HttpSender {
+                client: control.client().clone(),
+                base: control.url(""),
+                token: u.token.clone(),
             })
-            .collect(),
-        routes: shape.routes,
-        members: shape.members.clone(),
-        body_size: c.body_size,
-        in_flight: c.in_flight,
-        stats: Arc::clone(&stats),
-        acked: Acked::new(shape.members.len()),
-        expected: AtomicU64::new(0),
-        next_id: AtomicU64::new(0),
-        seed: c.seed,
-    });
-    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c.quiet);
+        })
+        .collect();
+    let load = shape.load(run, senders, c, &stats);
+    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c, control);
     let mut report = Report {
         config: run_config(c, shape.users.len(), 1),
         ..Report::default()
@@ -145,21 +133,6 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
     bar.finish_and_clear();
     stopping.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
-    let mut received = Vec::with_capacity(readers.len());
-    for r in readers {
-        received.push(r.await.context("a long-poll reader failed")?);
-    }
-    let Ok(load) = Arc::try_unwrap(load) else {
-        bail!("the load is still in use after the run");
-    };
-    let acked = load.acked.into_sorted();
-    let verdict = reckon(
-        &acked,
-        received
-            .iter()
-            .zip(shape.conversations_of.iter().map(Vec::as_slice)),
-    );
-    report.set_verdict(verdict);
-    fill_counters(&mut report, &stats);
+    shape.reckon(load, readers, &mut report).await?;
     Ok(report)
 }

@@ -45,7 +45,7 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
         let _ = handshakes.record(crate::stats::micros(took).max(1));
         clients.push((client, deliveries));
     }
-    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c.quiet);
+    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c, control);
     // Hold them idle; the client library pings when the line is silent.
     tokio::time::sleep(c.duration).await;
     let after = control

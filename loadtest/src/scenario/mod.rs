@@ -132,11 +132,12 @@ fn fill_counters(report: &mut Report, stats: &Stats) {
     report.timeseries = stats.series();
 }
 
-/// The once-a-second ticker: closes each second of the statistics and
-/// draws the progress line (on a terminal; elsewhere a plain line every
-/// five seconds, unless `--quiet`).
-fn spawn_ticker(stats: Arc<Stats>, quiet: bool) -> (JoinHandle<()>, ProgressBar) {
-    let bar = if quiet {
+/// The once-a-second ticker: closes each second of the statistics, notes
+/// the server's memory and CPU beside it, and draws the progress line (on
+/// a terminal; elsewhere a plain line every five seconds, unless
+/// `--quiet`).
+fn spawn_ticker(stats: Arc<Stats>, c: &Common, control: &Control) -> (JoinHandle<()>, ProgressBar) {
+    let bar = if c.quiet {
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::new_spinner();
@@ -146,15 +147,25 @@ fn spawn_ticker(stats: Arc<Stats>, quiet: bool) -> (JoinHandle<()>, ProgressBar)
         );
         bar
     };
-    let plain = !quiet && bar.is_hidden();
+    let plain = !c.quiet && bar.is_hidden();
     let task_bar = bar.clone();
+    let (control, pid) = (control.clone(), c.server_pid);
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         let mut n = 0u64;
+        let mut last_cpu: Option<(tokio::time::Instant, f64)> = None;
         loop {
             tick.tick().await;
             let s = stats.tick();
+            if let Ok(usage) = control.usage(pid).await {
+                let now = tokio::time::Instant::now();
+                let cores = last_cpu.map_or(0.0, |(at, cpu)| {
+                    (usage.cpu_seconds - cpu) / (now - at).as_secs_f64().max(1e-3)
+                });
+                last_cpu = Some((now, usage.cpu_seconds));
+                stats.annotate_server(usage.rss_bytes / 1_048_576.0, cores);
+            }
             let line = format!(
                 "sent {}/s  acked {}/s  delivered {}/s  deliver p50 {:.1} ms p99 {:.1} ms  errors {}",
                 s.sent, s.acked, s.delivered, s.deliver_p50_ms, s.deliver_p99_ms, stats.errors()

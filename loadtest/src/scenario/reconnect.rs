@@ -4,19 +4,19 @@
 //! hand their users must still be every acknowledged message exactly once,
 //! in order.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use futures::stream::{self, StreamExt as _, TryStreamExt as _};
 use hanmadi_client::{ReconnectOptions, ReconnectingClient};
 
 use super::sockets::{direct_shape, measured_window};
-use super::{fill_counters, run_config, run_id, spawn_ticker};
+use super::{run_config, run_id, spawn_ticker};
 use crate::cli::Common;
 use crate::control::Control;
-use crate::ledger::{reckon, Acked, Body, Received};
-use crate::load::{Load, Sender};
+use crate::ledger::{Body, Received};
+use crate::load::Sender;
 use crate::net::Dialer;
 use crate::report::Report;
 use crate::stats::Stats;
@@ -77,19 +77,8 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
             received
         }));
     }
-    let load = Arc::new(Load {
-        run,
-        clients: handles.iter().cloned().map(Sender::Reconnecting).collect(),
-        routes: shape.routes,
-        members: shape.members.clone(),
-        body_size: c.body_size,
-        in_flight: c.in_flight,
-        stats: Arc::clone(&stats),
-        acked: Acked::new(shape.members.len()),
-        expected: AtomicU64::new(0),
-        next_id: AtomicU64::new(0),
-        seed: c.seed,
-    });
+    let senders = handles.iter().cloned().map(Sender::Reconnecting).collect();
+    let load = shape.load(run, senders, c, &stats);
     // The storm: halfway through the window, every connection drops at once.
     let storm = {
         let handles = handles.clone();
@@ -116,7 +105,7 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
             started.elapsed().as_secs_f64()
         })
     };
-    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c.quiet);
+    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c, control);
     let mut report = Report {
         config: run_config(c, handles.len(), dialer.endpoint_count()),
         ..Report::default()
@@ -129,23 +118,7 @@ pub(super) async fn run(c: &Common, control: &Control) -> anyhow::Result<Report>
     bar.finish_and_clear();
     stopping.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
-    let mut received = Vec::with_capacity(receivers.len());
-    for r in receivers {
-        received.push(r.await.context("a receiver task failed")?);
-    }
-    drop(handles);
-    let Ok(load) = Arc::try_unwrap(load) else {
-        bail!("the load is still in use after the run");
-    };
-    let acked = load.acked.into_sorted();
-    let verdict = reckon(
-        &acked,
-        received
-            .iter()
-            .zip(shape.conversations_of.iter().map(Vec::as_slice)),
-    );
-    report.set_verdict(verdict);
-    fill_counters(&mut report, &stats);
+    shape.reckon(load, receivers, &mut report).await?;
     report.extra.insert(
         "storm_reconnect_seconds".into(),
         serde_json::json!(storm_seconds),

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use hanmadi_client::Target;
+use tokio::task::JoinHandle;
 
 use super::{fill_counters, fill_window, prefix, run_config, run_id, spawn_ticker, Snapshot};
 use crate::cli::{Common, GroupArgs};
 use crate::control::{Control, User};
-use crate::ledger::{reckon, Acked, BODY_HEADER_MAX};
+use crate::ledger::{reckon, Acked, Received, BODY_HEADER_MAX};
 use crate::load::{spawn_receiver, Load, Route, Sender};
 use crate::net::Dialer;
 use crate::report::{FindMax, Report, Step};
@@ -25,6 +26,57 @@ pub(super) struct Shape {
     pub routes: Vec<Route>,
     pub members: Vec<u32>,
     pub conversations_of: Vec<Vec<u32>>,
+}
+
+impl Shape {
+    /// The run's load: these routes, sent through `senders` (by
+    /// connection index).
+    pub(super) fn load(
+        &self,
+        run: u32,
+        senders: Vec<Sender>,
+        c: &Common,
+        stats: &Arc<Stats>,
+    ) -> Arc<Load> {
+        Arc::new(Load {
+            run,
+            clients: senders,
+            routes: self.routes.clone(),
+            members: self.members.clone(),
+            body_size: c.body_size,
+            in_flight: c.in_flight,
+            stats: Arc::clone(stats),
+            acked: Acked::new(self.members.len()),
+            expected: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            seed: c.seed,
+        })
+    }
+
+    /// Collects what each device received (its receiver must be ending)
+    /// and checks it against what `load` had acknowledged.
+    pub(super) async fn reckon(
+        &self,
+        load: Arc<Load>,
+        receivers: Vec<JoinHandle<Received>>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let mut received = Vec::with_capacity(receivers.len());
+        for r in receivers {
+            received.push(r.await.context("a receiver task failed")?);
+        }
+        let stats = Arc::clone(&load.stats);
+        let Ok(load) = Arc::try_unwrap(load) else {
+            bail!("the load is still in use after the run");
+        };
+        let acked = load.acked.into_sorted();
+        let devices = received
+            .iter()
+            .zip(self.conversations_of.iter().map(Vec::as_slice));
+        report.set_verdict(reckon(&acked, devices));
+        fill_counters(report, &stats);
+        Ok(())
+    }
 }
 
 /// Users in pairs, each sending to its partner.
@@ -135,20 +187,9 @@ async fn socket_load(c: &Common, control: &Control, shape: Shape) -> anyhow::Res
         ));
         clients.push(client);
     }
-    let load = Arc::new(Load {
-        run,
-        clients: clients.iter().cloned().map(Sender::Plain).collect(),
-        routes: shape.routes,
-        members: shape.members.clone(),
-        body_size: c.body_size,
-        in_flight: c.in_flight,
-        stats: Arc::clone(&stats),
-        acked: Acked::new(shape.members.len()),
-        expected: AtomicU64::new(0),
-        next_id: AtomicU64::new(0),
-        seed: c.seed,
-    });
-    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c.quiet);
+    let senders = clients.iter().cloned().map(Sender::Plain).collect();
+    let load = shape.load(run, senders, c, &stats);
+    let (ticker, bar) = spawn_ticker(Arc::clone(&stats), c, control);
     let mut report = Report {
         config: run_config(c, clients.len(), dialer.endpoint_count()),
         ..Report::default()
@@ -165,22 +206,7 @@ async fn socket_load(c: &Common, control: &Control, shape: Shape) -> anyhow::Res
     for client in clients {
         client.close().await;
     }
-    let mut received = Vec::with_capacity(receivers.len());
-    for r in receivers {
-        received.push(r.await.context("a receiver task failed")?);
-    }
-    let Ok(load) = Arc::try_unwrap(load) else {
-        bail!("the load is still in use after the run");
-    };
-    let acked = load.acked.into_sorted();
-    let verdict = reckon(
-        &acked,
-        received
-            .iter()
-            .zip(shape.conversations_of.iter().map(Vec::as_slice)),
-    );
-    report.set_verdict(verdict);
-    fill_counters(&mut report, &stats);
+    shape.reckon(load, receivers, &mut report).await?;
     report
         .extra
         .insert("connect_seconds".into(), serde_json::json!(connect_seconds));
