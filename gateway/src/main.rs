@@ -3,6 +3,7 @@
 //! prints the operator's admin token.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use hanmadi_gateway::auth::TokenIssuer;
@@ -119,14 +120,23 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
     if let Some(addr) = config.http {
         listeners.http = Some(bind(addr, "http").await?);
     }
-    if let (Some(addr), Some((cert, key))) = (config.tls_listener(), config.tls_files()) {
-        let tls = tls::server_config(cert, key).map_err(|e| e.to_string())?;
-        listeners.tls = Some((bind(addr, "tls").await?, tls));
+    // One certificate for both TLS listeners, reloaded on SIGHUP.
+    let certificate = match config.tls_files() {
+        Some((cert, key))
+            if config.tls_listener().is_some() || config.https_listener().is_some() =>
+        {
+            Some(Arc::new(
+                tls::ReloadableCert::load(cert, key).map_err(|e| e.to_string())?,
+            ))
+        }
+        _ => None,
+    };
+    if let (Some(addr), Some(certificate)) = (config.tls_listener(), &certificate) {
+        listeners.tls = Some((bind(addr, "tls").await?, certificate.server_config(&[])));
     }
-    if let (Some(addr), Some((cert, key))) = (config.https_listener(), config.tls_files()) {
+    if let (Some(addr), Some(certificate)) = (config.https_listener(), &certificate) {
         // HTTP/1.1 only: WebSocket upgrades are HTTP/1.1 requests.
-        let tls = tls::server_config_with_alpn(cert, key, &[tls::ALPN_HTTP_1_1])
-            .map_err(|e| e.to_string())?;
+        let tls = certificate.server_config(&[tls::ALPN_HTTP_1_1]);
         listeners.https = Some((bind(addr, "https").await?, tls));
     }
     let options = ServerOptions {
@@ -171,20 +181,33 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");
-    wait_for_signal().await?;
+    wait_for_signal(certificate.as_deref()).await?;
     tracing::info!("draining: finishing commits in flight and closing connections");
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), String> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP meanwhile, reloads the TLS
+/// certificate and key (a failed reload keeps the old ones).
+async fn wait_for_signal(certificate: Option<&tls::ReloadableCert>) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match certificate.map(tls::ReloadableCert::reload) {
+                Some(Ok(())) => {
+                    tracing::info!("reloaded the TLS certificate and key");
+                    // Tests and scripts wait for this line.
+                    println!("reloaded tls certificate");
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "TLS reload failed; keeping the old certificate"),
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            },
+        }
     }
-    Ok(())
 }
