@@ -1,7 +1,6 @@
 //! `WsFrames`: a WebSocket seen as the length-prefixed frame stream, over an
 //! in-memory pipe between a real server-role and client-role WebSocket.
 
-#[allow(dead_code)]
 mod common;
 
 use bytes::{Bytes, BytesMut};
