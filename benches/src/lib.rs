@@ -30,7 +30,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub fn open_store(dir: &Path) -> ChatStore<EmbeddedKv<FjallBackend>> {
     let backend = FjallBackend::open(dir, FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-    ChatStore::new(kv, StoreConfig::default())
+    ChatStore::new(kv, StoreConfig::single_node())
 }
 
 /// Creates users `1..=n` (named `u<id>`), 256 sign-ups at a time so the

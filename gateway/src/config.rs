@@ -26,7 +26,8 @@
 //! | `--secret` | `HANMADI_SECRET` | `secret` | contents of `<data_dir>/secret`, created on first start | token secret (HMAC and HS256 JWT key), at least 32 bytes; every node of a cluster needs the same one |
 //! | `--store` | `HANMADI_STORE` | `store` | `embedded` | storage engine: `embedded` or `fdb` |
 //! | `--fdb-cluster-file` | `HANMADI_FDB_CLUSTER_FILE` | `fdb_cluster_file` | FoundationDB's default | cluster file for `--store fdb` |
-//! | `--node-id` | `HANMADI_NODE_ID` | `node_id` | `0` | node number in message ids (embedded store; a cluster assigns its own) |
+//! | `--node-id` | `HANMADI_NODE_ID` | `node_id` | `0` | node number in message ids, 0 to 1023 (embedded store; a cluster node takes its id from a lease) |
+//! | `--lease-expiry-ms` | `HANMADI_LEASE_EXPIRY_MS` | `lease_expiry_ms` | `10000` | with `--store fdb`: a node id whose lease is not renewed for this long may be taken by another node (renewed every fifth of it) |
 //! | `--hostname` | `HANMADI_HOSTNAME` | `hostname` | the machine's hostname | name clients reach this node by, and its TLS name, in discovery |
 //! | `--max-frame-bytes` | `HANMADI_MAX_FRAME_BYTES` | `max_frame_bytes` | `65536` | largest protocol frame; a larger one closes the connection |
 //! | `--max-body-bytes` | `HANMADI_MAX_BODY_BYTES` | `max_body_bytes` | `16384` | largest message body |
@@ -177,6 +178,10 @@ pub struct ServeArgs {
     /// On SIGTERM, longest to wait for connections to close [default: 4000].
     #[arg(long, value_name = "MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// With `--store fdb`: a node id whose lease is not renewed for this
+    /// long may be taken by another node [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub lease_expiry_ms: Option<u64>,
     /// Frames per second per connection, on average [default: 100].
     #[arg(long, value_name = "N")]
     pub rate_per_sec: Option<u32>,
@@ -397,6 +402,7 @@ pub struct FileConfig {
     pub idle_timeout_ms: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
+    pub lease_expiry_ms: Option<u64>,
     pub rate_per_sec: Option<u32>,
     pub rate_burst: Option<u32>,
     pub max_conns_per_user: Option<usize>,
@@ -557,6 +563,8 @@ pub struct Config {
     pub write_timeout: Duration,
     /// On SIGTERM, longest to wait for connections to close.
     pub drain_timeout: Duration,
+    /// In a cluster, how long a node id's lease lasts unrenewed.
+    pub lease_expiry: Duration,
     /// Frames per second one connection may send, on average.
     pub rate_per_sec: u32,
     /// Frames one connection may send in a burst.
@@ -620,6 +628,7 @@ impl Default for Config {
             idle_timeout: default_idle_timeout(conn.heartbeat),
             write_timeout: conn.write_timeout,
             drain_timeout: server.drain_timeout,
+            lease_expiry: crate::cluster::LeaseTiming::default().expiry,
             rate_per_sec: conn.rate_per_sec,
             rate_burst: conn.rate_burst,
             max_conns_per_user: server.registry.per_user,
@@ -787,6 +796,7 @@ impl Config {
                 .map_or_else(|| default_idle_timeout(heartbeat), ms),
             write_timeout: setting!(write_timeout_ms).map_or(d.write_timeout, ms),
             drain_timeout: setting!(drain_timeout_ms).map_or(d.drain_timeout, ms),
+            lease_expiry: setting!(lease_expiry_ms).map_or(d.lease_expiry, ms),
             rate_per_sec: setting!(rate_per_sec).unwrap_or(d.rate_per_sec),
             rate_burst: setting!(rate_burst).unwrap_or(d.rate_burst),
             max_conns_per_user: setting!(max_conns_per_user).unwrap_or(d.max_conns_per_user),
@@ -830,6 +840,15 @@ impl Config {
         }
         if self.region.trim().is_empty() {
             return invalid("region", "must not be empty");
+        }
+        if self.node_id > hanmadi_router::ids::MAX_NODE {
+            return invalid(
+                "node_id",
+                "must be at most 1023 (the 10 node bits of message ids)",
+            );
+        }
+        if self.lease_expiry < Duration::from_millis(500) {
+            return invalid("lease_expiry_ms", "must be at least 500");
         }
         if self.hostname.trim().is_empty() {
             return invalid("hostname", "must not be empty");
@@ -1287,7 +1306,7 @@ mod tests {
             ("HANMADI_SECRET", "0123456789abcdef0123456789abcdef"),
             ("HANMADI_STORE", "FDB"),
             ("HANMADI_FDB_CLUSTER_FILE", "/f"),
-            ("HANMADI_NODE_ID", "65535"),
+            ("HANMADI_NODE_ID", "1023"),
             ("HANMADI_HOSTNAME", "n1"),
             ("HANMADI_MAX_FRAME_BYTES", "2048"),
             ("HANMADI_MAX_BODY_BYTES", "1024"),
@@ -1322,7 +1341,7 @@ mod tests {
         assert_eq!(c.tls_listener(), addr("0.0.0.0:1"));
         assert_eq!(c.http, addr("127.0.0.1:0"));
         assert_eq!(c.store, StoreKind::Fdb);
-        assert_eq!(c.node_id, 65535);
+        assert_eq!(c.node_id, 1023);
         assert_eq!(c.token_ttl, Duration::from_secs(13));
         assert_eq!(c.retention_days, 14);
     }

@@ -18,6 +18,7 @@
 //!   [`http`] and [`ws`], behind TLS for HTTPS).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod http;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hanmadi_gateway::auth::TokenIssuer;
+use hanmadi_gateway::cluster::LeaseTiming;
 use hanmadi_gateway::config::{Cli, Command, Config, StoreKind};
 use hanmadi_gateway::conn::ConnConfig;
 use hanmadi_gateway::registry::RegistryLimits;
@@ -77,7 +78,11 @@ fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
             let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
                 .map_err(|e| format!("starting the store: {e}"))?;
-            runtime.block_on(run(ChatStore::new(kv, StoreConfig::default()), &config))
+            runtime.block_on(run(
+                ChatStore::new(kv, StoreConfig::single_node()),
+                &config,
+                false,
+            ))
         }
         StoreKind::Fdb => serve_fdb(&runtime, &config),
     }
@@ -91,7 +96,8 @@ fn serve_fdb(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<(), S
         .as_ref()
         .map(|p| p.display().to_string());
     let kv = FdbKv::open(cluster.as_deref()).map_err(|e| format!("opening FoundationDB: {e}"))?;
-    let result = runtime.block_on(run(ChatStore::new(kv, StoreConfig::for_cluster()), config));
+    let store = ChatStore::new(kv, StoreConfig::for_cluster());
+    let result = runtime.block_on(run(store, config, true));
     hanmadi_storage::fdb::stop_network();
     result
 }
@@ -111,7 +117,9 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Str
     Ok(l)
 }
 
-async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT, or until a cluster node loses its lease.
+/// `cluster`: take the node id from a lease in storage (`--store fdb`).
+async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Result<(), String> {
     let secret = config.resolve_secret().map_err(|e| e.to_string())?;
     let mut listeners = Listeners::default();
     if let Some(addr) = config.tcp {
@@ -139,6 +147,28 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
         let tls = certificate.server_config(&[tls::ALPN_HTTP_1_1]);
         listeners.https = Some((bind(addr, "https").await?, tls));
     }
+    let cluster = if cluster {
+        if config.node_id != 0 {
+            tracing::warn!(
+                "--node-id is ignored with --store fdb: the node takes its id from a lease"
+            );
+        }
+        let timing = LeaseTiming {
+            expiry: config.lease_expiry,
+            renew_every: config.lease_expiry / 5,
+        };
+        let record = hanmadi_storage::chat::NodeRecord {
+            hostname: config.hostname.clone(),
+            region: config.region.clone(),
+            ..Default::default()
+        };
+        let lease = hanmadi_gateway::cluster::join(&store, &record, timing)
+            .await
+            .map_err(|e| format!("joining the cluster: {e}"))?;
+        Some((lease, timing))
+    } else {
+        None
+    };
     let options = ServerOptions {
         conn: ConnConfig {
             max_frame: config.max_frame_bytes,
@@ -178,14 +208,19 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config) -> Result<(), String> 
             burst: config.http_rate_burst,
             deadline: config.http_request_timeout,
         },
+        cluster,
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");
-    wait_for_signal(certificate.as_deref()).await?;
+    let lease_lost = server.lease_lost();
+    let outcome = tokio::select! {
+        signal = wait_for_signal(certificate.as_deref()) => signal,
+        () = lease_lost.cancelled() => Err("this node lost its lease on its node id".to_owned()),
+    };
     tracing::info!("draining: finishing commits in flight and closing connections");
     server.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }
 
 /// Waits for SIGTERM or SIGINT; on SIGHUP meanwhile, reloads the TLS

@@ -13,7 +13,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use hanmadi_storage::chat::NodeLease;
+
 use crate::auth::TokenIssuer;
+use crate::cluster::LeaseTiming;
 use crate::conn::{ConnConfig, ConnContext};
 use crate::http_listener::{HttpLimits, HttpListener};
 use crate::listener::accept_loop;
@@ -67,6 +70,9 @@ pub struct ServerOptions {
     pub hostname: Option<String>,
     /// Connections this node is meant to hold: its capacity in discovery.
     pub max_connections: u64,
+    /// In a cluster: the lease this node holds on its id (which then
+    /// overrides `router.node`), and how it is renewed.
+    pub cluster: Option<(NodeLease, LeaseTiming)>,
 }
 
 impl Default for ServerOptions {
@@ -90,6 +96,7 @@ impl Default for ServerOptions {
             region: "local".to_owned(),
             hostname: None,
             max_connections: 100_000,
+            cluster: None,
         }
     }
 }
@@ -108,6 +115,7 @@ pub struct Server<K: Kv> {
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
     drain_timeout: Duration,
+    lease_lost: CancellationToken,
 }
 
 impl<K: Kv> std::fmt::Debug for Server<K> {
@@ -121,12 +129,30 @@ impl<K: Kv> std::fmt::Debug for Server<K> {
 
 impl<K: Kv> Server<K> {
     /// Starts serving `listeners` over `store` on the current runtime.
-    pub fn start(store: ChatStore<K>, listeners: Listeners, options: ServerOptions) -> Self {
+    pub fn start(store: ChatStore<K>, listeners: Listeners, mut options: ServerOptions) -> Self {
+        let store = match &options.cluster {
+            Some((lease, _)) => {
+                // Node ids are 10 bits; a lease never names a larger one.
+                options.router.node = u16::try_from(lease.node_id).unwrap_or(u16::MAX);
+                store.fenced(*lease)
+            }
+            None => store,
+        };
+        let lease_store = store.clone();
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(options.registry, Arc::clone(&metrics)));
         let (router, appender) =
             Router::start(store, registry.clone(), registry.clone(), options.router);
         let router = Arc::new(router);
+        if let Some((lease, _)) = &options.cluster {
+            // Mint above every id the id's previous holder could have.
+            let floor_ms = lease
+                .ids_floor_ms
+                .saturating_sub(hanmadi_router::ids::ID_EPOCH_MS);
+            router
+                .ids()
+                .next_above(hanmadi_router::ids::compose(floor_ms, 0, 0));
+        }
         let auth = Arc::new(TokenIssuer::new(&options.secret).with_max_ttl(options.max_token_ttl));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -168,6 +194,20 @@ impl<K: Kv> Server<K> {
             region: options.region.clone(),
             max_connections: options.max_connections,
         };
+        let lease_lost = CancellationToken::new();
+        if let Some((lease, timing)) = options.cluster {
+            let (node, registry, draining) =
+                (node.clone(), Arc::clone(&registry), shutdown.clone());
+            crate::cluster::membership::spawn_renewals(
+                &tracker,
+                lease_store,
+                lease,
+                timing,
+                move || node.record(registry.connections() as u64, draining.is_cancelled()),
+                shutdown.clone(),
+                lease_lost.clone(),
+            );
+        }
         let api = crate::http::routes(crate::http::HttpState {
             ctx: Arc::clone(&ctx),
             passwords: Arc::new(crate::password::Passwords::new(
@@ -230,7 +270,14 @@ impl<K: Kv> Server<K> {
             http_addr,
             https_addr,
             drain_timeout: options.drain_timeout,
+            lease_lost,
         }
+    }
+
+    /// Cancelled when this node lost its lease on its id (or let it lapse):
+    /// it must stop, since its commits fail from then on.
+    pub fn lease_lost(&self) -> CancellationToken {
+        self.lease_lost.clone()
     }
 
     /// The bound TCP address.

@@ -1057,6 +1057,7 @@ async fn discovery_lists_live_nodes_ranked_for_the_client() {
         current_connections: current,
         draining,
         lease_expires_at: lease,
+        ..NodeRecord::default()
     };
     store
         .put_node(7, &record("eu", 10, false, now + 60_000))

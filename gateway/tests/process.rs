@@ -23,7 +23,7 @@ const USERS: u64 = 6;
 fn open_store(data: &Path) -> ChatStore<EmbeddedKv<FjallBackend>> {
     let backend = FjallBackend::open(&data.join("store"), FjallOptions::default()).expect("open");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-    ChatStore::new(kv, StoreConfig::default())
+    ChatStore::new(kv, StoreConfig::single_node())
 }
 
 /// Creates the users before the node starts (the HTTP API is not needed).

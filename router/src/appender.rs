@@ -1,17 +1,24 @@
 //! The appender: one per node, the only writer of messages (DESIGN §3.5).
 //!
-//! Sends wait in a bounded queue. One task takes whatever queued while the
-//! previous commit was in flight — up to `max_batch` — and appends it as one
-//! batch: at low load a message commits alone and at once, at high load
-//! hundreds share one commit and one fsync. A full queue makes senders wait
-//! (`append`) or refuses them (`try_append`). Nothing is acknowledged before
-//! its commit is durable; deliveries go out in commit order, then the acks.
+//! Sends wait in a bounded queue. One task takes whatever queued — up to
+//! `max_batch` — and appends it as one batch: at low load a message commits
+//! alone and at once, at high load hundreds share one commit and one fsync.
+//! A full queue makes senders wait (`append`) or refuses them
+//! (`try_append`).
+//!
+//! It is a pipeline of two stages on different cores: while one batch
+//! commits (its fsync, then its deliveries and acks, in a task of its own),
+//! the next is planned (dedup reads, ids, recipients, encoding). A batch's
+//! commit starts only once the one before it has ended, so commits happen
+//! in planning order and ids, conversations and inbox cursors stay in
+//! order; deliveries go out in commit order too. Nothing is acknowledged
+//! before its own commit is durable.
 
 use std::sync::Arc;
 
 use hanmadi_storage::chat::{Appended, IdSource, NewMessage};
 use hanmadi_storage::kv::Kv;
-use hanmadi_storage::ChatStore;
+use hanmadi_storage::{ChatStore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -117,8 +124,39 @@ async fn run<K: Kv>(
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
 ) {
+    let online = move |u: u64| presence.is_online(u);
+    let stage = Arc::new(Stage {
+        store,
+        ids,
+        online: Box::new(online),
+        sink,
+    });
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut jobs, max_batch).await > 0 {
+    // Fires when the batch committing now has ended (stored or failed): the
+    // next batch's commit starts only then, so commits happen in planning
+    // order.
+    let mut committing: Option<oneshot::Receiver<()>> = None;
+    // Fires when the last batch's deliveries have been handed to the sink;
+    // the next batch's wait for it.
+    let mut delivered_before: Option<oneshot::Receiver<()>> = None;
+    let mut last_task: Option<JoinHandle<()>> = None;
+    loop {
+        let taken = match committing.as_mut() {
+            None => rx.recv_many(&mut jobs, max_batch).await,
+            Some(committed) => tokio::select! {
+                biased;
+                n = rx.recv_many(&mut jobs, max_batch) => n,
+                // A task that panicked dropped its sender: nothing to wait
+                // for either way.
+                _ = committed => {
+                    committing = None;
+                    continue;
+                }
+            },
+        };
+        if taken == 0 {
+            break;
+        }
         let mut replies = Vec::with_capacity(jobs.len());
         let batch: Vec<NewMessage> = jobs
             .drain(..)
@@ -127,12 +165,64 @@ async fn run<K: Kv>(
                 j.msg
             })
             .collect();
-        let online = |u: u64| presence.is_online(u);
-        let n = batch.len();
+        // Planned while the batch before commits.
+        let prepared = stage
+            .store
+            .prepare_append(batch, &*stage.ids, &*stage.online)
+            .await;
+        if let Some(committed) = committing.take() {
+            let _ = committed.await;
+        }
+        let (committed_tx, committed) = oneshot::channel();
+        let (delivered_tx, delivered) = oneshot::channel();
+        last_task = Some(tokio::spawn(Arc::clone(&stage).commit(
+            prepared,
+            replies,
+            committed_tx,
+            delivered_before.replace(delivered),
+            delivered_tx,
+        )));
+        committing = Some(committed);
+    }
+    // Queued sends are committed and answered before the task ends (each
+    // batch's task ends after the one before it has delivered).
+    if let Some(task) = last_task {
+        let _ = task.await;
+    }
+}
+
+/// What a batch's commit needs, shared by every batch.
+struct Stage<K: Kv> {
+    store: ChatStore<K>,
+    ids: Arc<dyn IdSource>,
+    online: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    sink: Arc<dyn DeliverySink>,
+}
+
+impl<K: Kv> Stage<K> {
+    /// Commits a planned batch, then, after the batch before it has been
+    /// delivered, delivers it in commit order and answers its senders.
+    async fn commit(
+        self: Arc<Self>,
+        prepared: hanmadi_storage::chat::PreparedAppend<K>,
+        replies: Vec<Reply>,
+        committed: oneshot::Sender<()>,
+        delivered_before: Option<oneshot::Receiver<()>>,
+        delivered: oneshot::Sender<()>,
+    ) {
+        let n = replies.len();
         let started = std::time::Instant::now();
-        let results = store.append(batch, &*ids, &online).await;
-        sink.committed(n, started.elapsed());
-        deliver(&*sink, &results);
+        let results = self
+            .store
+            .commit_append(prepared, &*self.ids, &*self.online)
+            .await;
+        let _ = committed.send(());
+        self.sink.committed(n, started.elapsed());
+        if let Some(before) = delivered_before {
+            let _ = before.await;
+        }
+        deliver(&*self.sink, &results);
+        let _ = delivered.send(());
         for (reply, result) in replies.into_iter().zip(results) {
             // A sender that gave up waiting still had its message stored.
             let _ = reply.send(result.map_err(RouterError::from));
@@ -141,12 +231,22 @@ async fn run<K: Kv>(
 }
 
 /// Hands a batch's new messages to the sink in commit order.
-fn deliver(sink: &dyn DeliverySink, results: &[Result<Appended, hanmadi_storage::StoreError>]) {
-    let mut fresh: Vec<&Appended> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .filter(|a| !a.duplicate)
-        .collect();
+fn deliver(sink: &dyn DeliverySink, results: &[Result<Appended, StoreError>]) {
+    let mut fresh: Vec<&Appended> = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(a) if !a.duplicate => fresh.push(a),
+            // It may be stored though its sender got an error: whoever it
+            // was planned for pulls, or their cursors could later move past
+            // an entry nobody delivered.
+            Err(StoreError::MaybeStored { recipients, .. }) => {
+                for &u in recipients {
+                    sink.notify(u);
+                }
+            }
+            _ => {}
+        }
+    }
     // Transactions of one batch may commit in any order (one per
     // conversation on a cluster): sort by versionstamp.
     fresh.sort_by_key(|a| a.cursors);

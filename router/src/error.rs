@@ -82,7 +82,12 @@ impl RouterError {
             RouterError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             RouterError::CursorExpired => ErrorCode::CursorExpired,
             RouterError::Busy => ErrorCode::ServerBusy,
-            RouterError::ShuttingDown => ErrorCode::ServerDraining,
+            RouterError::ShuttingDown
+            | RouterError::Store(hanmadi_storage::StoreError::LeaseLost { .. }) => {
+                // The node lost its id and is stopping: reconnect elsewhere
+                // and resend with the same client_msg_id.
+                ErrorCode::ServerDraining
+            }
             RouterError::Store(e) if e.is_retryable() => ErrorCode::Unavailable,
             RouterError::Store(_) => ErrorCode::Internal,
         }

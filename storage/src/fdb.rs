@@ -474,24 +474,17 @@ impl KvTxn for FdbTxn {
             }
             // The commit is durable from here on; failing to read its stamp
             // must not look like a retryable failure, or the caller would
-            // apply it twice.
+            // apply it twice, but it did commit: an append must still reach
+            // its recipients.
             Err(e) => {
-                return Err(KvError::Engine(
-                    format!(
-                        "committed, but reading its versionstamp failed: {e} ({})",
-                        e.code()
-                    )
-                    .into(),
+                return Err(KvError::CommittedStampUnknown(
+                    format!("reading the versionstamp failed: {e} ({})", e.code()).into(),
                 ))
             }
         };
         let stamp = <[u8; VERSIONSTAMP_LEN]>::try_from(&stamp[..]).map_err(|_| {
-            KvError::Engine(
-                format!(
-                    "committed, but FoundationDB returned a {}-byte versionstamp",
-                    stamp.len()
-                )
-                .into(),
+            KvError::CommittedStampUnknown(
+                format!("FoundationDB returned a {}-byte versionstamp", stamp.len()).into(),
             )
         })?;
         Ok(Versionstamp(stamp))

@@ -163,6 +163,11 @@ pub enum KvError {
     /// The engine is closed or failed; retrying in this process will not help.
     #[error("storage engine failed: {0}")]
     Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The commit was applied, but the engine could not report its
+    /// versionstamp. Not retryable (running the transaction again would
+    /// apply it twice), but [`KvError::maybe_committed`].
+    #[error("committed, but its versionstamp is unknown: {0}")]
+    CommittedStampUnknown(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The engine failed in a way that may pass (a cluster recovering).
     #[error("storage engine temporarily unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -185,7 +190,12 @@ impl KvError {
 
     /// Whether the failed commit may nevertheless have been applied.
     pub fn maybe_committed(&self) -> bool {
-        matches!(self, KvError::CommitUnknownResult | KvError::Unavailable(_))
+        matches!(
+            self,
+            KvError::CommitUnknownResult
+                | KvError::Unavailable(_)
+                | KvError::CommittedStampUnknown(_)
+        )
     }
 
     /// Wraps an engine's own error as a permanent failure.

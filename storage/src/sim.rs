@@ -97,8 +97,8 @@ pub struct FaultCounts {
 #[derive(Debug)]
 struct Shared {
     core: Arc<Core<MemoryBackend>>,
-    faults: Faults,
-    rng: Mutex<ChaCha8Rng>,
+    /// The fault mix and the stream it is drawn from.
+    faults: Mutex<(Faults, ChaCha8Rng)>,
     counts: FaultCounts,
 }
 
@@ -119,11 +119,16 @@ impl SimKv {
         Self {
             shared: Arc::new(Shared {
                 core,
-                faults: options.faults,
-                rng: Mutex::new(ChaCha8Rng::seed_from_u64(options.seed)),
+                faults: Mutex::new((options.faults, ChaCha8Rng::seed_from_u64(options.seed))),
                 counts: FaultCounts::default(),
             }),
         }
+    }
+
+    /// Changes the fault mix from the next commit on (a test sets up
+    /// healthy, then turns faults on).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.lock().0 = faults;
     }
 
     /// Faults injected so far.
@@ -159,8 +164,8 @@ enum Fate {
 
 impl Shared {
     fn draw(&self) -> (Fate, bool) {
-        let f = &self.faults;
-        let mut rng = self.rng.lock();
+        let mut guard = self.faults.lock();
+        let (f, rng) = &mut *guard;
         let delay = rng.random_bool(f.delay.clamp(0.0, 1.0));
         let x: f64 = rng.random();
         let fate = if x < f.conflict {

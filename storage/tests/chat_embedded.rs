@@ -10,11 +10,37 @@ use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
 
 fn store() -> (tempfile::TempDir, ChatStore<EmbeddedKv<FjallBackend>>) {
+    store_with(StoreConfig::default())
+}
+
+fn store_with(config: StoreConfig) -> (tempfile::TempDir, ChatStore<EmbeddedKv<FjallBackend>>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-    (dir, ChatStore::new(kv, StoreConfig::default()))
+    (dir, ChatStore::new(kv, config))
 }
+
+/// The checks that append from one task at a time, on a single writer
+/// (heads in memory, snapshot reads, batches planned ahead).
+macro_rules! single_writer_tests {
+    ($($name:ident => $call:expr),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_dir, store) = store_with(StoreConfig::single_node());
+            #[allow(clippy::redundant_closure_call)]
+            ($call)(store).await;
+        }
+    )*};
+}
+
+single_writer_tests!(
+    single_writer_exactly_once_sends => suite::exactly_once_sends,
+    single_writer_history_from_joined_at => suite::history_from_joined_at,
+    single_writer_membership_rules => suite::membership_rules,
+    single_writer_push_pending_collapses_bursts => suite::push_pending_collapses_bursts,
+    single_writer_read_marks_and_unread => suite::read_marks_and_unread,
+    single_writer_pipelined_batches => suite::pipelined_batches_keep_every_rule,
+);
 
 macro_rules! embedded_tests {
     ($($name:ident => $call:expr),* $(,)?) => {$(
@@ -38,4 +64,5 @@ embedded_tests!(
     read_marks_and_unread => suite::read_marks_and_unread,
     blocks => suite::blocks,
     membership_rules => suite::membership_rules,
+    node_leases => suite::node_leases,
 );

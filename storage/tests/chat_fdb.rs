@@ -56,4 +56,5 @@ chat_fdb_tests!(
     read_marks_and_unread => common::chat_suite::read_marks_and_unread,
     blocks => common::chat_suite::blocks,
     membership_rules => common::chat_suite::membership_rules,
+    node_leases => common::chat_suite::node_leases,
 );

@@ -8,8 +8,9 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::chat_suite as suite;
-use hanmadi_storage::sim::{SimKv, SimOptions};
-use hanmadi_storage::{ChatStore, StoreConfig};
+use hanmadi_proto::ConversationId;
+use hanmadi_storage::sim::{Faults, SimKv, SimOptions};
+use hanmadi_storage::{ChatStore, StoreConfig, StoreError};
 
 fn healthy() -> ChatStore<SimKv> {
     ChatStore::new(SimKv::new(SimOptions::healthy()), StoreConfig::default())
@@ -108,6 +109,12 @@ async fn membership_rules() {
 }
 
 #[tokio::test]
+async fn node_leases() {
+    suite::node_leases(healthy()).await;
+    suite::node_leases(faulty(10, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
 async fn blocks() {
     suite::blocks(healthy()).await;
 }
@@ -133,5 +140,60 @@ proptest::proptest! {
             let (_, store) = faulty(seed, StoreConfig::default());
             suite::inbox_after_any_cursor(store, writers, per_writer, seed).await;
         });
+    }
+}
+
+/// An append whose last attempt may have committed (its commit applied, then
+/// reported an unknown result, and no attempt was left) fails, but names the
+/// recipients that must pull it; the sender's retry is answered with the
+/// stored message, and the recipients' inboxes hold it once.
+#[tokio::test]
+async fn an_append_that_may_have_committed_names_its_recipients() {
+    for split in [false, true] {
+        let kv = SimKv::new(SimOptions::healthy());
+        let config = StoreConfig {
+            append_attempts: 1,
+            ..if split {
+                StoreConfig::for_cluster()
+            } else {
+                StoreConfig::default()
+            }
+        };
+        let store = ChatStore::new(kv.clone(), config);
+        let ids = suite::TestIds::default();
+        let base = suite::fresh_base();
+        let (a, b) = (base, base + 1);
+        let conv = ConversationId::direct(a, b);
+        kv.set_faults(Faults {
+            unknown_applied: 1.0,
+            ..Faults::none()
+        });
+        let out = store
+            .append(vec![suite::text(conv, a, "m1", "hello")], &ids, &|_| false)
+            .await;
+        match &out[0] {
+            Err(e @ StoreError::MaybeStored { recipients, .. }) => {
+                assert!(e.is_retryable());
+                let mut r = recipients.clone();
+                r.sort_unstable();
+                assert_eq!(r, vec![a, b]);
+            }
+            other => panic!("split {split}: expected MaybeStored, got {other:?}"),
+        }
+        kv.set_faults(Faults::none());
+        let retry = store
+            .append(vec![suite::text(conv, a, "m1", "hello")], &ids, &|_| false)
+            .await
+            .pop()
+            .expect("one outcome")
+            .expect("retry");
+        assert!(retry.duplicate);
+        assert!(
+            !retry.message.is_empty(),
+            "the retry's ack carries the message"
+        );
+        let inbox = suite::read_inbox(&store, b, None).await;
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(kv.fault_counts().unknown_applied.load(Ordering::Relaxed), 1);
     }
 }

@@ -35,6 +35,32 @@ pub struct NodeInfo {
     pub max_connections: u64,
 }
 
+impl NodeInfo {
+    /// This node's registration as discovery on other nodes reads it.
+    #[must_use]
+    pub fn record(&self, connections: u64, draining: bool) -> NodeRecord {
+        let e = &self.endpoints;
+        let endpoints = [
+            ("tcp", &e.tcp),
+            ("tls", &e.tls),
+            ("ws", &e.ws),
+            ("wss", &e.wss),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v.clone()?)))
+        .collect();
+        NodeRecord {
+            hostname: self.hostname.clone(),
+            region: self.region.clone(),
+            endpoints,
+            max_connections: self.max_connections,
+            current_connections: connections,
+            draining,
+            ..NodeRecord::default()
+        }
+    }
+}
+
 /// A node's addresses by transport; only listening ones are present.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Endpoints {

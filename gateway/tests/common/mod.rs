@@ -50,7 +50,7 @@ pub async fn start(options: ServerOptions) -> Node {
     let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
     let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-    let store = ChatStore::new(kv, StoreConfig::default());
+    let store = ChatStore::new(kv, StoreConfig::single_node());
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let options = ServerOptions {
         secret: SECRET.to_vec(),

@@ -54,7 +54,7 @@ impl DeliverySink for RecordingSink {
 pub fn open_store(dir: &std::path::Path) -> Store {
     let backend = FjallBackend::open(dir, FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-    ChatStore::new(kv, StoreConfig::default())
+    ChatStore::new(kv, StoreConfig::single_node())
 }
 
 pub struct Harness {

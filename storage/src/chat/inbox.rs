@@ -236,6 +236,12 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure.
     pub async fn head(&self, conversation: ConversationId) -> Result<u64, StoreError> {
+        if self.config.single_writer {
+            // A single writer keeps no head key: its last message is it.
+            return transact!(&self.kv, |txn| {
+                super::append::last_message_id(&txn, conversation).await
+            });
+        }
         let key = keys::head(conversation);
         transact!(&self.kv, |txn| match txn.get(&key, true).await? {
             Some(v) => be_u64(&v, "heads"),

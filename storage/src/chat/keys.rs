@@ -28,6 +28,7 @@ pub(crate) enum Space {
     Nodes = 15,
     Presence = 16,
     Directs = 17,
+    NodeEpochs = 30,
 }
 
 impl TuplePack for Space {
@@ -204,6 +205,13 @@ pub(crate) fn node(id: u64) -> Vec<u8> {
 
 pub(crate) fn nodes() -> Vec<u8> {
     key(&(Space::Nodes,))
+}
+
+/// The fencing epoch of a node id: written only when a node takes the id,
+/// read by every commit the holder makes, so a holder whose id was taken
+/// commits nothing more.
+pub(crate) fn node_epoch(id: u64) -> Vec<u8> {
+    key(&(Space::NodeEpochs, id))
 }
 
 pub(crate) fn presence(user: u64, node: u64) -> Vec<u8> {

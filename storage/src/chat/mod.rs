@@ -16,9 +16,10 @@ mod nodes;
 pub mod records;
 mod users;
 
-pub use append::{Appended, IdSource, MembershipChange, NewMessage};
+pub use append::{Appended, IdSource, MembershipChange, NewMessage, PreparedAppend};
 pub use inbox::{Cursor, HistoryPage, PushPending, SyncBatch, SyncEntry};
 pub use keys::CURSOR_LEN;
+pub use nodes::NodeLease;
 pub use records::{GroupRecord, MemberRecord, NodeRecord, Role, UserRecord};
 
 use crate::kv::{Kv, KvError, KvTxn};
@@ -56,12 +57,39 @@ pub enum StoreError {
     /// The KV layer failed.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// This node's id was taken by another node after its lease lapsed:
+    /// it must commit nothing more under that id.
+    #[error("node {node_id} lost its lease: another node holds its id")]
+    LeaseLost {
+        /// The id that was lost.
+        node_id: u64,
+    },
+    /// Every node id is held by a live lease.
+    #[error("all {0} node ids are held by live nodes")]
+    NoFreeNodeId(u64),
+    /// An append failed after an attempt that may have committed: the
+    /// message may be stored. `recipients` must read their inboxes (they may
+    /// have an entry nobody will deliver live), and a retry of the send with
+    /// the same `client_msg_id` is answered with the stored message, if any.
+    #[error("the message may have been stored; retry with the same client_msg_id: {source}")]
+    MaybeStored {
+        /// The last failure.
+        #[source]
+        source: KvError,
+        /// Users the message was planned for.
+        recipients: Vec<u64>,
+    },
 }
 
 impl StoreError {
     /// Whether the operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Kv(e) if e.is_retryable())
+        match self {
+            StoreError::Kv(e) => e.is_retryable(),
+            // Retrying is always safe: the dedup entry answers it.
+            StoreError::MaybeStored { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -79,6 +107,14 @@ pub struct StoreConfig {
     pub max_txn_bytes: usize,
     /// Default group size cap.
     pub max_group_members: u32,
+    /// This store is the only writer of messages (one appender over the
+    /// embedded engine): conversation heads are kept in its memory instead of
+    /// read, with a conflict, by every append (see `chat::append::writer`).
+    /// Never on a cluster, where other nodes append too.
+    pub single_writer: bool,
+    /// Attempts an append transaction gets (conflicts, unknown results, an
+    /// unavailable cluster) before its messages fail with a retryable error.
+    pub append_attempts: u32,
 }
 
 impl Default for StoreConfig {
@@ -87,11 +123,22 @@ impl Default for StoreConfig {
             split_by_conversation: false,
             max_txn_bytes: 8_000_000,
             max_group_members: 1000,
+            single_writer: false,
+            append_attempts: 100,
         }
     }
 }
 
 impl StoreConfig {
+    /// One node on the embedded engine, whose appender is the only writer
+    /// of messages.
+    pub fn single_node() -> Self {
+        Self {
+            single_writer: true,
+            ..Self::default()
+        }
+    }
+
     /// FoundationDB's shape: per-conversation transactions under 1 MB.
     pub fn for_cluster() -> Self {
         Self {
@@ -107,12 +154,50 @@ impl StoreConfig {
 pub struct ChatStore<K: Kv> {
     kv: K,
     config: StoreConfig,
+    /// Heads of a single writer (`config.single_writer`).
+    heads: std::sync::Arc<append::writer::HeadCache>,
+    /// Batches of a single writer planned and not yet committed.
+    in_flight: std::sync::Arc<append::writer::InFlight>,
+    /// In a cluster, the lease whose epoch every commit that mints ids
+    /// checks (see [`ChatStore::fenced`]).
+    fence: Option<NodeLease>,
 }
 
 impl<K: Kv> ChatStore<K> {
     /// The keyspace over `kv`.
     pub fn new(kv: K, config: StoreConfig) -> Self {
-        Self { kv, config }
+        Self {
+            kv,
+            config,
+            heads: std::sync::Arc::default(),
+            in_flight: std::sync::Arc::default(),
+            fence: None,
+        }
+    }
+
+    /// This store, for a cluster node holding `lease`: from now on every
+    /// append and every account creation reads the id's epoch in its own
+    /// transaction and fails with [`StoreError::LeaseLost`] once another
+    /// node has taken the id, so ids minted under a lost lease are never
+    /// stored.
+    #[must_use]
+    pub fn fenced(&self, lease: NodeLease) -> Self {
+        Self {
+            fence: Some(lease),
+            ..self.clone()
+        }
+    }
+
+    /// Fails when the node's id was taken (see [`ChatStore::fenced`]); a
+    /// conflict-checked read inside `txn`.
+    pub(crate) async fn check_fence<T: crate::kv::KvTxn>(
+        &self,
+        txn: &mut T,
+    ) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(lease) => nodes::check_epoch(txn, lease).await,
+            None => Ok(()),
+        }
     }
 
     /// The engine under the store.

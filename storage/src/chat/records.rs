@@ -100,4 +100,18 @@ pub struct NodeRecord {
     /// Milliseconds since the Unix epoch after which the entry is void.
     #[prost(uint64, tag = "7")]
     pub lease_expires_at: u64,
+    /// The holder's fencing epoch (see [`crate::chat::NodeLease`]).
+    #[prost(uint64, tag = "8")]
+    pub epoch: u64,
+    /// Where the node-to-node link of this node listens (`host:port`).
+    #[prost(string, tag = "9")]
+    pub link: String,
+    /// A random number naming the process that holds the lease, so a take
+    /// retried after an unknown commit result finds its own.
+    #[prost(uint64, tag = "10")]
+    pub instance: u64,
+    /// The holder mints ids above this millisecond (see
+    /// [`crate::chat::NodeLease::ids_floor_ms`]).
+    #[prost(uint64, tag = "11")]
+    pub ids_floor_ms: u64,
 }

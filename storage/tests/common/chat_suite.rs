@@ -47,7 +47,7 @@ fn nobody_online(_: u64) -> bool {
     false
 }
 
-fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage {
+pub fn text(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> NewMessage {
     NewMessage {
         conversation: conv,
         sender,
@@ -96,7 +96,7 @@ pub async fn read_inbox<K: Kv>(
     }
 }
 
-async fn create_group<K: Kv>(
+pub async fn create_group<K: Kv>(
     store: &ChatStore<K>,
     ids: &TestIds,
     group: u64,
@@ -280,6 +280,9 @@ pub async fn exactly_once_sends<K: Kv>(store: ChatStore<K>) {
     assert_eq!(later.message_id, out[0].message_id);
     assert!(later.duplicate);
     assert_eq!(later.sent_at, out[0].sent_at);
+    // The retry's ack carries the stored message, as the first one did.
+    assert_eq!(later.message, out[0].message);
+    assert_eq!(decode(&later.message).body, "hello");
     // The same id reused for another conversation answers with the first.
     let elsewhere = append_one(
         &store,
@@ -814,4 +817,164 @@ pub async fn membership_rules<K: Kv>(store: ChatStore<K>) {
         .collect();
     assert_eq!(members.len(), 3);
     assert!(!members.contains(&member));
+}
+
+/// Node ids are leased: a live lease is never taken, a lapsed one is, and
+/// the old holder then fails every check of its lease (fencing); a
+/// released id is free at once. Times lie far in the future and apart for
+/// each run, so leases of other runs sharing a cluster do not interfere.
+pub async fn node_leases<K: Kv>(store: ChatStore<K>) {
+    use hanmadi_storage::chat::NodeRecord;
+    use std::time::Duration;
+    const EXPIRY: Duration = Duration::from_secs(10);
+    let t0 = 4_000_000_000_000 + u64::from(rand::random::<u32>()) * 1000;
+    let record = |name: &str| NodeRecord {
+        hostname: name.to_owned(),
+        ..NodeRecord::default()
+    };
+
+    let a = store
+        .acquire_node(&record("a"), t0, EXPIRY)
+        .await
+        .expect("a");
+    let b = store
+        .acquire_node(&record("b"), t0, EXPIRY)
+        .await
+        .expect("b");
+    assert_ne!(a.node_id, b.node_id, "a live lease is never taken");
+    assert!(a.node_id < 1024 && b.node_id < 1024);
+    store.check_lease(&a).await.expect("a holds");
+    let renewed = store
+        .renew_node(&a, &record("a"), t0 + 5_000, EXPIRY)
+        .await
+        .expect("renew");
+    assert_eq!(renewed, t0 + 15_000);
+
+    // Both lapse; the lowest lapsed id is a's, and the new holder mints
+    // above a's last expiry.
+    let later = t0 + 20_000;
+    let c = store
+        .acquire_node(&record("c"), later, EXPIRY)
+        .await
+        .expect("c");
+    assert_eq!(c.node_id, a.node_id);
+    assert_eq!(c.epoch, a.epoch + 1);
+    assert_eq!(c.ids_floor_ms, t0 + 15_000);
+    // Every lease here is for the same id, a's.
+    let lost = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(r, Err(StoreError::LeaseLost { node_id }) if node_id == a.node_id),
+            "{r:?}"
+        );
+    };
+    lost(store.check_lease(&a).await);
+    lost(
+        store
+            .renew_node(&a, &record("a"), later, EXPIRY)
+            .await
+            .map(|_| ()),
+    );
+    store
+        .release_node(&a)
+        .await
+        .expect("a stale release is a no-op");
+    store.check_lease(&c).await.expect("c holds");
+    let registered = store.nodes().await.expect("nodes");
+    assert!(registered
+        .iter()
+        .any(|(id, r)| *id == c.node_id && r.hostname == "c" && r.epoch == c.epoch));
+
+    // A released id is free at once, before its lease would have lapsed.
+    store.release_node(&c).await.expect("release");
+    let d = store
+        .acquire_node(&record("d"), later, EXPIRY)
+        .await
+        .expect("d");
+    assert_eq!(d.node_id, c.node_id);
+    assert_eq!(d.epoch, c.epoch + 1);
+    lost(store.check_lease(&c).await);
+}
+
+/// A single writer plans a batch while the one before it is still to
+/// commit: a batch holding a send of the earlier one, or a message to a
+/// group whose membership the earlier one changes, is planned only after
+/// it; others are planned at once. Either way the outcomes are those of
+/// appending one batch after the other.
+pub async fn pipelined_batches_keep_every_rule<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b, c) = (base, base + 1, base + 2);
+    let group = base + 3;
+    let conv = ConversationId::direct(a, b);
+    let gconv = ConversationId::Group(group);
+    let ids = TestIds::default();
+    create_group(&store, &ids, group, a, &[b, c]).await;
+
+    // The second batch repeats a send of the first, and writes to a group
+    // the first removes a member from.
+    let remove = NewMessage {
+        membership: Some(MembershipChange::Remove { users: vec![c] }),
+        kind: MessageKind::MembersRemoved,
+        ..text(gconv, a, "rm", "")
+    };
+    let first = store
+        .prepare_append(
+            vec![text(conv, a, "m1", "one"), remove],
+            &ids,
+            &nobody_online,
+        )
+        .await;
+    let second = store
+        .prepare_append(
+            vec![
+                text(conv, a, "m1", "one"),
+                text(conv, b, "m2", "two"),
+                text(gconv, b, "g1", "to the group"),
+            ],
+            &ids,
+            &nobody_online,
+        )
+        .await;
+    let first = store.commit_append(first, &ids, &nobody_online).await;
+    let second = store.commit_append(second, &ids, &nobody_online).await;
+    let first: Vec<Appended> = first.into_iter().map(|r| r.expect("first")).collect();
+    let second: Vec<Appended> = second.into_iter().map(|r| r.expect("second")).collect();
+    assert!(second[0].duplicate, "a repeated send is stored once");
+    assert_eq!(second[0].message_id, first[0].message_id);
+    assert!(second[1].message_id > first[0].message_id);
+    let mut to_group = second[2].recipients.clone();
+    to_group.sort_unstable();
+    assert_eq!(to_group, vec![a, b], "the removed member gets nothing");
+
+    // Batches with nothing in common: the second is planned before the
+    // first commits, and its ids still follow the first's.
+    let third = store
+        .prepare_append(vec![text(conv, a, "m3", "three")], &ids, &nobody_online)
+        .await;
+    let fourth = store
+        .prepare_append(vec![text(conv, b, "m4", "four")], &ids, &nobody_online)
+        .await;
+    let third = store.commit_append(third, &ids, &nobody_online).await;
+    let fourth = store.commit_append(fourth, &ids, &nobody_online).await;
+    let (third, fourth) = (
+        third.into_iter().next().expect("one").expect("third"),
+        fourth.into_iter().next().expect("one").expect("fourth"),
+    );
+    assert!(fourth.message_id > third.message_id);
+    let inbox = read_inbox(&store, b, None).await;
+    let ids_seen: Vec<u64> = inbox
+        .iter()
+        .filter(|(_, m)| m.conversation == Some(conv.into()))
+        .map(|(_, m)| m.message_id)
+        .collect();
+    assert_eq!(
+        ids_seen,
+        vec![
+            first[0].message_id,
+            second[1].message_id,
+            third.message_id,
+            fourth.message_id
+        ],
+        "each message once, in commit order, ids increasing"
+    );
+    assert_eq!(store.head(conv).await.expect("head"), fourth.message_id);
 }

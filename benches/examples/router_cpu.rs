@@ -1,0 +1,109 @@
+//! Acknowledged 1:1 sends through the router on the embedded engine (fsync
+//! on) with a fixed number in flight, reporting the rate and the process's
+//! CPU time per message. CPU time is the steadier figure on a shared
+//! machine: other processes stretch the wall clock, not the work done.
+//!
+//! `cargo run --release -p hanmadi-benches --example router_cpu -- IN_FLIGHT MESSAGES`
+//! (defaults: 512 in flight, 200,000 messages).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hanmadi_proto::SharedMessage;
+use hanmadi_router::{
+    Delivery, DeliverySink, LocalPresence, Router, RouterConfig, SendRequest, Target,
+};
+
+const USERS: u64 = 10_000;
+
+/// Builds every recipient's `Deliver` frame, as the gateway does.
+#[derive(Debug, Default)]
+struct FrameSink {
+    frames: AtomicU64,
+}
+
+impl DeliverySink for FrameSink {
+    fn deliver(&self, d: &Delivery<'_>) {
+        let shared = SharedMessage::from_encoded(d.encoded().clone());
+        for (_, cursor) in d.recipients() {
+            if let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) {
+                std::hint::black_box(frame);
+                self.frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn notify(&self, _: u64) {}
+}
+
+/// User plus system CPU time of this process, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here,
+    // in clock ticks of 1/100 s.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let in_flight: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(512);
+    let messages: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let rt = hanmadi_benches::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        let store = hanmadi_benches::open_store(dir.path());
+        hanmadi_benches::create_users(&store, USERS).await;
+        let presence = Arc::new(LocalPresence::new());
+        for u in 1..=USERS {
+            presence.connect(u);
+        }
+        let sink = Arc::new(FrameSink::default());
+        let (router, _task) = Router::start(store, presence, sink.clone(), RouterConfig::default());
+        let router = Arc::new(router);
+        let per = messages.div_ceil(in_flight);
+        let cpu0 = cpu_seconds();
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..in_flight {
+            let router = Arc::clone(&router);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    let n = s * 1_000_000_000 + i;
+                    let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let a = 1 + x % USERS;
+                    let b = 1 + (a + (x >> 32) % (USERS - 1)) % USERS;
+                    let req = SendRequest {
+                        client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
+                        to: Target::User(b),
+                        body: "x".repeat(100),
+                    };
+                    router.send(a, req).await.expect("send");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("sender");
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        let sent = per * in_flight;
+        println!(
+            "{sent} messages, {in_flight} in flight: {:.0} acked/s, {:.1} µs CPU per message ({:.2} cores), {} deliveries",
+            sent as f64 / wall,
+            cpu * 1e6 / sent as f64,
+            cpu / wall,
+            sink.frames.load(Ordering::Relaxed),
+        );
+    });
+}

@@ -1,0 +1,121 @@
+//! The node's lease on its id.
+//!
+//! [`join`] takes an id before the node serves ([`ChatStore::acquire_node`]);
+//! [`spawn_renewals`] keeps the lease alive and the node's registration
+//! (endpoints, connection count, draining) current for discovery, and
+//! gives the id up when the node drains.
+//!
+//! A node that cannot renew stops: when its lease is lost (another node
+//! took the id) or when renewals keep failing until the lease would have
+//! lapsed by this node's own monotonic clock, it cancels `lost`, which the
+//! binary turns into a drain and an error exit. Correctness does not rest
+//! on that: every commit of the holder checks the id's epoch in its own
+//! transaction, so a node whose id was taken commits nothing more, however
+//! late it notices.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hanmadi_storage::chat::{NodeLease, NodeRecord};
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::{ChatStore, StoreError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a lease lasts and how often it is renewed.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    /// A lease not renewed for this long lapses, and another node may take
+    /// the id.
+    pub expiry: Duration,
+    /// How often the holder renews; several renewals fit in one expiry.
+    pub renew_every: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self {
+            expiry: Duration::from_secs(10),
+            renew_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Takes a node id for `record`.
+///
+/// # Errors
+///
+/// [`StoreError::NoFreeNodeId`] when every id is held, or a storage failure.
+pub async fn join<K: Kv>(
+    store: &ChatStore<K>,
+    record: &NodeRecord,
+    timing: LeaseTiming,
+) -> Result<NodeLease, StoreError> {
+    let lease = store
+        .acquire_node(record, crate::now_ms(), timing.expiry)
+        .await?;
+    tracing::info!(
+        node_id = lease.node_id,
+        epoch = lease.epoch,
+        "joined the cluster"
+    );
+    Ok(lease)
+}
+
+/// Renews `lease` every `timing.renew_every` with the record `describe`
+/// gives at that moment, until `shutdown`; then releases the id. Cancels
+/// `lost` if the lease is lost or lapses first.
+pub fn spawn_renewals<K, F>(
+    tracker: &TaskTracker,
+    store: ChatStore<K>,
+    lease: NodeLease,
+    timing: LeaseTiming,
+    describe: F,
+    shutdown: CancellationToken,
+    lost: CancellationToken,
+) where
+    K: Kv,
+    F: Fn() -> NodeRecord + Send + Sync + 'static,
+{
+    let describe = Arc::new(describe);
+    tracker.spawn(async move {
+        // The lease was written when `join` committed, at the latest now.
+        let mut valid_until = Instant::now() + timing.expiry;
+        let mut tick = tokio::time::interval(timing.renew_every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let attempt = Instant::now();
+            let record = describe();
+            let renewal = tokio::time::timeout(
+                timing.renew_every,
+                store.renew_node(&lease, &record, crate::now_ms(), timing.expiry),
+            )
+            .await;
+            match renewal {
+                Ok(Ok(_)) => valid_until = attempt + timing.expiry,
+                Ok(Err(StoreError::LeaseLost { node_id })) => {
+                    tracing::error!(node_id, "another node took this node's id; stopping");
+                    lost.cancel();
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
+                Err(_) => tracing::warn!("lease renewal timed out"),
+            }
+            if Instant::now() >= valid_until {
+                tracing::error!(
+                    node_id = lease.node_id,
+                    "the lease lapsed without a renewal; stopping"
+                );
+                lost.cancel();
+                return;
+            }
+        }
+        if let Err(e) = store.release_node(&lease).await {
+            tracing::warn!(error = %e, "could not release the node id");
+        }
+    });
+}
