@@ -279,15 +279,20 @@ impl<K: Kv> ChatStore<K> {
                 let group = trailing_id(&row.key, groups.len(), "user_groups")?;
                 conversations.push(ConversationId::Group(group));
             }
-            let head_keys: Vec<Vec<u8>> = conversations.iter().map(|c| keys::head(*c)).collect();
-            let heads =
-                futures::future::try_join_all(head_keys.iter().map(|key| txn.get(key, true)))
-                    .await?;
-            conversations
-                .into_iter()
-                .zip(heads)
-                .map(|(c, head)| Ok((c, head.map_or(Ok(0), |v| be_u64(&v, "heads"))?)))
-                .collect()
+            let single_writer = self.config.single_writer;
+            let txn = &txn;
+            let heads = futures::future::try_join_all(conversations.iter().map(|&c| async move {
+                if single_writer {
+                    // A single writer keeps no head key: its last message is it.
+                    return super::append::last_message_id(txn, c).await;
+                }
+                match txn.get(&keys::head(c), true).await? {
+                    Some(v) => be_u64(&v, "heads"),
+                    None => Ok(0),
+                }
+            }))
+            .await?;
+            Ok(conversations.into_iter().zip(heads).collect())
         })
     }
 
