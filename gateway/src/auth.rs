@@ -72,8 +72,8 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 /// Clock slack allowed when checking a JWT's `exp`, `nbf` and `iat`.
 ///
 /// JWTs are minted on an application's servers, whose clocks may drift from
-/// ours by seconds; 30 s absorbs that and is half of `jsonwebtoken`'s own
-/// default.
+/// ours by seconds; 30 s absorbs that and is half of the 60 s common JWT
+/// libraries default to.
 pub const JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// What a verified token says.
@@ -133,6 +133,10 @@ pub enum AuthError {
     /// A JWT whose `nbf` or `iat` lies in the future.
     #[error("token is not valid yet")]
     NotYetValid,
+    /// A token meant to last longer than the server's cap: its expiry is
+    /// further than the cap from its issue time, or from now.
+    #[error("token lifetime exceeds the server's maximum")]
+    LifetimeTooLong,
     /// A JWT signed with anything but HS256, `none` included.
     #[error("token algorithm is not accepted; only HS256 is")]
     UnsupportedAlgorithm,
@@ -159,6 +163,7 @@ impl AuthError {
             Self::Malformed
             | Self::BadSignature
             | Self::NotYetValid
+            | Self::LifetimeTooLong
             | Self::UnsupportedAlgorithm
             | Self::Revoked
             | Self::NoAccount => ErrorCode::TokenInvalid,
@@ -208,9 +213,10 @@ pub async fn authenticate<K: Kv>(
 #[derive(Clone)]
 pub struct TokenIssuer {
     /// HMAC state keyed once; cloning it is cheaper than re-keying per token.
+    /// Hanmadi tokens, JWTs and the admin token all use it.
     mac: HmacSha256,
-    jwt_key: jsonwebtoken::DecodingKey,
-    jwt_validation: jsonwebtoken::Validation,
+    /// Longest lifetime a token may claim (`None`: no cap).
+    max_ttl_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for TokenIssuer {
@@ -231,24 +237,39 @@ impl TokenIssuer {
         // HMAC takes keys of any length (longer ones are hashed first), so
         // there is no error to handle.
         let mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-
-        let mut jwt_validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        // The library checks times against the system clock; ours are checked
-        // against the caller's `now_ms` in `verify_jwt` instead.
-        jwt_validation.validate_exp = false;
-        jwt_validation.validate_nbf = false;
-        jwt_validation.leeway = 0;
-        // `exp` and `sub` are required by deserializing into `JwtClaims`.
-        jwt_validation.required_spec_claims.clear();
-        // An application may address its tokens to itself; Hanmadi has no
-        // audience to compare with, so `aud` is ignored rather than refused.
-        jwt_validation.validate_aud = false;
-
         Self {
             mac,
-            jwt_key: jsonwebtoken::DecodingKey::from_secret(secret),
-            jwt_validation,
+            max_ttl_ms: None,
         }
+    }
+
+    /// Caps the lifetime of accepted tokens at `max_ttl`: a token whose
+    /// expiry lies further than that from its issue time (when it states
+    /// one) or from now is refused with [`AuthError::LifetimeTooLong`], so
+    /// a leaked long-lived JWT from an application's backend is not good for
+    /// years.
+    #[must_use]
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl_ms = Some(u64::try_from(max_ttl.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Refuses claims past the lifetime cap. `issued_at_ms` is `None` for
+    /// a JWT without `iat`.
+    fn check_lifetime(
+        &self,
+        issued_at_ms: Option<u64>,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), AuthError> {
+        let Some(max) = self.max_ttl_ms else {
+            return Ok(());
+        };
+        let from_issue = issued_at_ms.map_or(0, |iat| expires_at_ms.saturating_sub(iat));
+        if from_issue > max || expires_at_ms.saturating_sub(now_ms) > max {
+            return Err(AuthError::LifetimeTooLong);
+        }
+        Ok(())
     }
 
     /// The operator's admin token for this secret: `hma1.` and the unpadded
@@ -357,16 +378,22 @@ impl TokenIssuer {
         if now_ms >= claims.expires_at_ms {
             return Err(AuthError::Expired);
         }
+        self.check_lifetime(Some(claims.issued_at_ms), claims.expires_at_ms, now_ms)?;
         Ok(claims)
     }
 
+    /// Verifies an HS256 JWT (RFC 7519, compact JWS form) by hand: the
+    /// header must name `HS256` before any signature work, the signature is
+    /// HMAC-SHA256 over `<header>.<claims>` compared in constant time, and
+    /// only then are the claims parsed.
     fn verify_jwt(&self, token: &str, now_ms: u64) -> Result<Claims, AuthError> {
-        use jsonwebtoken::errors::ErrorKind;
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
 
-        // The library reports an algorithm it does not know (`none` among
-        // them) as a JSON error; reading `alg` first tells a refused
-        // algorithm apart from garbage.
-        let header_b64 = token.split('.').next().unwrap_or_default();
         let header = URL_SAFE_NO_PAD
             .decode(header_b64)
             .map_err(|_| AuthError::Malformed)?;
@@ -376,15 +403,18 @@ impl TokenIssuer {
             return Err(AuthError::UnsupportedAlgorithm);
         }
 
-        let data = jsonwebtoken::decode::<JwtClaims>(token, &self.jwt_key, &self.jwt_validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    AuthError::UnsupportedAlgorithm
-                }
-                _ => AuthError::Malformed,
-            })?;
-        let claims = data.claims;
+        let signature = decode_fixed::<MAC_LEN>(signature_b64)?;
+        let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
+        let mut mac = self.mac.clone();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::BadSignature)?;
+
+        let claims = URL_SAFE_NO_PAD
+            .decode(claims_b64)
+            .map_err(|_| AuthError::Malformed)?;
+        let claims: JwtClaims =
+            serde_json::from_slice(&claims).map_err(|_| AuthError::Malformed)?;
 
         // `u64::from_str` would also take a leading `+`; a user id is digits.
         if !claims.sub.bytes().all(|b| b.is_ascii_digit()) {
@@ -414,6 +444,7 @@ impl TokenIssuer {
             }
             None => 0,
         };
+        self.check_lifetime(claims.iat.map(|_| issued_at_ms), expires_at_ms, now_ms)?;
         Ok(Claims {
             user_id,
             issued_at_ms,
@@ -422,7 +453,32 @@ impl TokenIssuer {
     }
 }
 
-/// The one JWT header field Hanmadi reads before handing the token over.
+/// Signs `claims` as an HS256 JWT under `secret`, as an application's
+/// backend mints one for [`TokenIssuer::verify`]: header
+/// `{"alg":"HS256","typ":"JWT"}`, then the claims, both unpadded base64url
+/// JSON, then the HMAC-SHA256 of the two joined by a dot.
+///
+/// # Errors
+///
+/// When `claims` cannot be serialized to JSON.
+pub fn sign_hs256_jwt<C: serde::Serialize + ?Sized>(
+    secret: &[u8],
+    claims: &C,
+) -> Result<String, serde_json::Error> {
+    let claims = serde_json::to_vec(claims)?;
+    let mut token = String::new();
+    URL_SAFE_NO_PAD.encode_string(br#"{"alg":"HS256","typ":"JWT"}"#, &mut token);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(token.as_bytes());
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
+    Ok(token)
+}
+
+/// The one JWT header field Hanmadi reads; `typ`, `kid` and the rest are
+/// ignored.
 #[derive(serde::Deserialize)]
 struct JwtHeader {
     alg: String,
@@ -614,6 +670,32 @@ mod tests {
     }
 
     #[test]
+    fn lifetimes_past_the_cap_are_refused() {
+        let capped = issuer().with_max_ttl(HOUR);
+        let ok = issuer().issue(1, NOW, HOUR);
+        assert!(capped.verify(&ok, NOW).is_ok());
+        let long = issuer().issue(1, NOW, HOUR * 2);
+        assert_eq!(capped.verify(&long, NOW), Err(AuthError::LifetimeTooLong));
+        // Without a cap the same token passes.
+        assert!(issuer().verify(&long, NOW).is_ok());
+
+        let s = NOW / 1000;
+        let jwt = |claims: serde_json::Value| sign_hs256_jwt(SECRET, &claims).unwrap();
+        // exp − iat over the cap.
+        let t = jwt(serde_json::json!({"sub": "1", "iat": s - 3600, "exp": s + 60}));
+        assert_eq!(capped.verify(&t, NOW), Err(AuthError::LifetimeTooLong));
+        // No iat: exp − now over the cap.
+        let t = jwt(serde_json::json!({"sub": "1", "exp": s + 2 * 3600}));
+        assert_eq!(capped.verify(&t, NOW), Err(AuthError::LifetimeTooLong));
+        let t = jwt(serde_json::json!({"sub": "1", "exp": s + 600}));
+        assert!(capped.verify(&t, NOW).is_ok());
+        assert_eq!(
+            AuthError::LifetimeTooLong.error_code(),
+            ErrorCode::TokenInvalid
+        );
+    }
+
+    #[test]
     fn debug_hides_the_key() {
         let s = format!("{:?}", issuer());
         assert!(!s.contains("0123456789"));
@@ -642,13 +724,65 @@ mod tests {
 
     mod jwt {
         use super::*;
-        use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
         use serde_json::json;
 
         const NOW_S: u64 = NOW / 1000;
 
+        #[derive(Clone, Copy)]
+        enum Algorithm {
+            HS256,
+            HS384,
+            HS512,
+        }
+
+        /// A JWT signed with an HMAC algorithm of the family, so tests can
+        /// offer the server algorithms it must refuse.
         fn mint(alg: Algorithm, secret: &[u8], claims: &serde_json::Value) -> String {
-            encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+            fn sign<M: Mac + hmac::digest::KeyInit>(secret: &[u8], text: &str) -> Vec<u8> {
+                let mut mac = <M as Mac>::new_from_slice(secret).unwrap();
+                mac.update(text.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+            let name = match alg {
+                Algorithm::HS256 => "HS256",
+                Algorithm::HS384 => "HS384",
+                Algorithm::HS512 => "HS512",
+            };
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{name}","typ":"JWT"}}"#));
+            let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+            let signed = format!("{header}.{body}");
+            let tag = match alg {
+                Algorithm::HS256 => sign::<Hmac<Sha256>>(secret, &signed),
+                Algorithm::HS384 => sign::<Hmac<sha2::Sha384>>(secret, &signed),
+                Algorithm::HS512 => sign::<Hmac<sha2::Sha512>>(secret, &signed),
+            };
+            format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag))
+        }
+
+        #[test]
+        fn sign_hs256_jwt_matches_the_verifier() {
+            let claims = json!({"sub": "42", "exp": NOW_S + 60});
+            let t = sign_hs256_jwt(SECRET, &claims).unwrap();
+            assert_eq!(t, mint(Algorithm::HS256, SECRET, &claims));
+            assert_eq!(issuer().verify(&t, NOW).unwrap().user_id, 42);
+        }
+
+        #[test]
+        fn bad_signature_checked_before_claims() {
+            // Claims that do not parse, under a forged signature, report the
+            // signature: nothing of the claims is read before it verifies.
+            let t = mint(
+                Algorithm::HS256,
+                b"some other application secret!!!",
+                &json!([1]),
+            );
+            assert_eq!(issuer().verify(&t, NOW), Err(AuthError::BadSignature));
+            // A signature of the wrong length is not a signature at all.
+            let t = hs256(&json!({"sub": "42", "exp": NOW_S + 60}));
+            assert_eq!(
+                issuer().verify(&format!("{t}AA"), NOW),
+                Err(AuthError::Malformed)
+            );
         }
 
         fn hs256(claims: &serde_json::Value) -> String {
@@ -656,7 +790,7 @@ mod tests {
         }
 
         /// A hand-made token for user 42 with this header and signature,
-        /// for algorithms `jsonwebtoken` will not mint.
+        /// for algorithms no HMAC key can mint.
         fn forged(header: &[u8], signature: &str) -> String {
             let header = URL_SAFE_NO_PAD.encode(header);
             let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"42","exp":{}}}"#, NOW_S + 60));

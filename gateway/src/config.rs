@@ -45,7 +45,11 @@
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
 //! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
+//! | `--http-rate-per-sec` | `HANMADI_HTTP_RATE_PER_SEC` | `http_rate_per_sec` | `100` | HTTP API requests per second one remote address may make, on average; more are answered `429` |
+//! | `--http-rate-burst` | `HANMADI_HTTP_RATE_BURST` | `http_rate_burst` | `200` | HTTP API requests one remote address may make at once |
+//! | `--http-request-timeout-ms` | `HANMADI_HTTP_REQUEST_TIMEOUT_MS` | `http_request_timeout_ms` | `10000` | longest an HTTP API request may take before it is answered `503` (a long-poll sync gets its wait on top) |
 //! | `--token-ttl-secs` | `HANMADI_TOKEN_TTL_SECS` | `token_ttl_secs` | `604800` (7 days) | lifetime of tokens issued at log-in |
+//! | `--max-token-ttl-secs` | `HANMADI_MAX_TOKEN_TTL_SECS` | `max_token_ttl_secs` | `2592000` (30 days) | longest lifetime a token may claim: a Hanmadi token or JWT whose expiry is further than this from its issue time, or from now, is refused; at least `token_ttl_secs` |
 //! | `--retention-days` | `HANMADI_RETENTION_DAYS` | `retention_days` | `30` | days messages are kept; `0` keeps them forever |
 //! | `--push-webhook` | `HANMADI_PUSH_WEBHOOK` | `push_webhook` | none (no pushes) | `http://` URL that receives one POST per push to an offline recipient |
 //! | `--push-delay-ms` | `HANMADI_PUSH_DELAY_MS` | `push_delay_ms` | `2000` | how long a message waits for its recipient to connect, sync or ack before it is pushed |
@@ -216,9 +220,21 @@ pub struct ServeArgs {
     /// keep-alive connection is closed after it [default: 30000].
     #[arg(long, value_name = "MS")]
     pub http_header_timeout_ms: Option<u64>,
+    /// HTTP API requests per second per remote address [default: 100].
+    #[arg(long, value_name = "N")]
+    pub http_rate_per_sec: Option<u32>,
+    /// HTTP API requests one remote address may make at once [default: 200].
+    #[arg(long, value_name = "N")]
+    pub http_rate_burst: Option<u32>,
+    /// Longest an HTTP API request may take [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub http_request_timeout_ms: Option<u64>,
     /// Lifetime of tokens issued at log-in [default: 604800].
     #[arg(long, value_name = "SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// Longest lifetime an accepted token may claim [default: 2592000].
+    #[arg(long, value_name = "SECS")]
+    pub max_token_ttl_secs: Option<u64>,
     /// Days messages are kept; 0 keeps them forever [default: 30].
     #[arg(long, value_name = "DAYS")]
     pub retention_days: Option<u32>,
@@ -436,7 +452,11 @@ pub struct FileConfig {
     pub max_group_members: Option<u32>,
     pub max_password_hashes: Option<usize>,
     pub http_header_timeout_ms: Option<u64>,
+    pub http_rate_per_sec: Option<u32>,
+    pub http_rate_burst: Option<u32>,
+    pub http_request_timeout_ms: Option<u64>,
     pub token_ttl_secs: Option<u64>,
+    pub max_token_ttl_secs: Option<u64>,
     pub retention_days: Option<u32>,
     pub push_webhook: Option<String>,
     pub push_delay_ms: Option<u64>,
@@ -614,8 +634,16 @@ pub struct Config {
     /// Deadline of an HTTP request's headers and of an idle keep-alive
     /// connection.
     pub http_header_timeout: Duration,
+    /// HTTP API requests per second per remote address.
+    pub http_rate_per_sec: u32,
+    /// HTTP API requests one remote address may make at once.
+    pub http_rate_burst: u32,
+    /// Longest an HTTP API request may take.
+    pub http_request_timeout: Duration,
     /// Lifetime of tokens issued at log-in.
     pub token_ttl: Duration,
+    /// Longest lifetime an accepted token may claim.
+    pub max_token_ttl: Duration,
     /// Days messages are kept; 0 keeps them forever.
     pub retention_days: u32,
     /// Pushes to offline recipients (the `push_*` settings).
@@ -661,7 +689,11 @@ impl Default for Config {
             max_group_members: server.router.max_group_members,
             max_password_hashes: server.max_password_hashes,
             http_header_timeout: server.http_header_timeout,
+            http_rate_per_sec: server.http_requests.rate_per_sec,
+            http_rate_burst: server.http_requests.burst,
+            http_request_timeout: server.http_requests.deadline,
             token_ttl: server.token_ttl,
+            max_token_ttl: server.max_token_ttl,
             retention_days: server.retention.map_or(0, |r| {
                 u32::try_from(r.as_secs() / 86_400).unwrap_or(u32::MAX)
             }),
@@ -826,7 +858,13 @@ impl Config {
             max_group_members: setting!(max_group_members).unwrap_or(d.max_group_members),
             max_password_hashes: setting!(max_password_hashes).unwrap_or(d.max_password_hashes),
             http_header_timeout: setting!(http_header_timeout_ms).map_or(d.http_header_timeout, ms),
+            http_rate_per_sec: setting!(http_rate_per_sec).unwrap_or(d.http_rate_per_sec),
+            http_rate_burst: setting!(http_rate_burst).unwrap_or(d.http_rate_burst),
+            http_request_timeout: setting!(http_request_timeout_ms)
+                .map_or(d.http_request_timeout, ms),
             token_ttl: setting!(token_ttl_secs).map_or(d.token_ttl, Duration::from_secs),
+            max_token_ttl: setting!(max_token_ttl_secs)
+                .map_or(d.max_token_ttl, Duration::from_secs),
             retention_days: setting!(retention_days).unwrap_or(d.retention_days),
             push: PushConfig {
                 webhook: setting!(push_webhook).or(d.push.webhook),
@@ -899,6 +937,7 @@ impl Config {
             ("heartbeat_ms", self.heartbeat),
             ("write_timeout_ms", self.write_timeout),
             ("http_header_timeout_ms", self.http_header_timeout),
+            ("http_request_timeout_ms", self.http_request_timeout),
             ("token_ttl_secs", self.token_ttl),
             ("push_timeout_ms", self.push.timeout),
             ("push_retry_base_ms", self.push.retry_base),
@@ -919,6 +958,10 @@ impl Config {
         if self.push.retry_max < self.push.retry_base {
             return invalid("push_retry_max_ms", "must be at least push_retry_base_ms");
         }
+        if self.token_ttl > self.max_token_ttl {
+            // Tokens issued at log-in would be refused at once.
+            return invalid("max_token_ttl_secs", "must be at least token_ttl_secs");
+        }
         if self.idle_timeout <= self.heartbeat {
             // A client that pings on schedule would still be cut off.
             return invalid("idle_timeout_ms", "must be above heartbeat_ms");
@@ -932,6 +975,8 @@ impl Config {
             ("max_password_hashes", self.max_password_hashes as u64),
             ("push_max_in_flight", self.push.max_in_flight as u64),
             ("push_max_attempts", u64::from(self.push.max_attempts)),
+            ("http_rate_per_sec", u64::from(self.http_rate_per_sec)),
+            ("http_rate_burst", u64::from(self.http_rate_burst)),
         ] {
             if value == 0 {
                 return invalid(setting, "must be above 0");
@@ -1231,6 +1276,14 @@ mod tests {
             "15",
             "--http-header-timeout-ms",
             "16",
+            "--http-rate-per-sec",
+            "17",
+            "--http-rate-burst",
+            "18",
+            "--http-request-timeout-ms",
+            "19",
+            "--max-token-ttl-secs",
+            "20",
             "--token-ttl-secs",
             "13",
             "--retention-days",
@@ -1278,6 +1331,9 @@ mod tests {
         assert_eq!(c.token_ttl, Duration::from_secs(13));
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
+        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
         assert_eq!(
             c.push,
             PushConfig {
@@ -1331,6 +1387,10 @@ mod tests {
             max_group_members = 12
             max_password_hashes = 15
             http_header_timeout_ms = 16
+            http_rate_per_sec = 17
+            http_rate_burst = 18
+            http_request_timeout_ms = 19
+            max_token_ttl_secs = 20
             token_ttl_secs = 13
             retention_days = 14
             push_webhook = "http://localhost:8088/api/push"
@@ -1353,6 +1413,9 @@ mod tests {
         assert_eq!(c.push.retry_max, Duration::from_millis(22));
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
+        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
         assert_eq!(c.tcp, addr("0.0.0.0:7000"));
         assert_eq!(c.https_listener(), addr("[::]:443"));
         assert_eq!(c.store, StoreKind::Fdb);
@@ -1402,6 +1465,10 @@ mod tests {
             ("HANMADI_PUSH_MAX_ATTEMPTS", "20"),
             ("HANMADI_PUSH_RETRY_BASE_MS", "21"),
             ("HANMADI_PUSH_RETRY_MAX_MS", "22"),
+            ("HANMADI_HTTP_RATE_PER_SEC", "17"),
+            ("HANMADI_HTTP_RATE_BURST", "18"),
+            ("HANMADI_HTTP_REQUEST_TIMEOUT_MS", "19"),
+            ("HANMADI_MAX_TOKEN_TTL_SECS", "20"),
         ]);
         let c = Config::from_sources(ServeArgs::default(), &e, None).unwrap();
         assert_eq!(c.push.webhook.as_deref(), Some("http://127.0.0.1:9/"));
@@ -1410,6 +1477,9 @@ mod tests {
         assert_eq!((c.push.max_in_flight, c.push.max_attempts), (18, 20));
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
+        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
         assert_eq!(c.tcp, None);
         assert_eq!(c.tls_listener(), addr("0.0.0.0:1"));
         assert_eq!(c.http, addr("127.0.0.1:0"));

@@ -141,7 +141,14 @@ fn error_frame_after(
 /// A request the router refused. `SERVER_BUSY`, the one router code with
 /// a retry hint of its own, never reaches a socket: `Router::send` waits
 /// for room in the append queue instead.
+/// What a client is told when storage failed: the engine's own text stays
+/// in the server's log.
+const STORE_FAILED: &str = "storage failed; try again later";
+
 fn router_error(req_id: u64, e: &RouterError) -> pb::ServerFrame {
+    if let RouterError::Store(cause) = e {
+        tracing::warn!(error = %cause, "request failed in storage");
+    }
     error_frame(req_id, e.code(), e.to_string())
 }
 
@@ -318,7 +325,8 @@ where
     let head = match Box::pin(ctx.router.store().inbox_head(user)).await {
         Ok(h) => h,
         Err(e) => {
-            let close = Close::with(ErrorCode::Unavailable, "store_error", e.to_string());
+            tracing::warn!(error = %e, "inbox head read failed at Hello");
+            let close = Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED);
             return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
         }
     };
@@ -420,7 +428,8 @@ async fn authenticate<K: Kv>(ctx: &ConnContext<K>, token: &str) -> Result<u64, C
                 Close::with(e.error_code(), "bad_token", e.to_string())
             }
             crate::auth::Refusal::Store(e) => {
-                Close::with(ErrorCode::Unavailable, "store_error", e.to_string())
+                tracing::warn!(error = %e, "account read failed at Hello");
+                Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED)
             }
         })
 }

@@ -3,6 +3,7 @@
 //! prints the operator's admin token.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use hanmadi_gateway::auth::TokenIssuer;
@@ -17,6 +18,15 @@ use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreConfig};
 use tokio::net::TcpListener;
+
+/// mimalloc rather than glibc's malloc: every argon2id hash allocates and
+/// frees ~19 MiB, and glibc kept those in per-thread arenas (its mmap
+/// threshold rises to the freed size, so later hashes no longer map and
+/// unmap their memory), which grew a node's RSS by ~0.8 MiB per sign-up.
+/// mimalloc returns freed pages to the OS; docs/PERFORMANCE.md has both
+/// figures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // The storage engine's own progress notes are for debugging it.
@@ -118,14 +128,23 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Resu
     if let Some(addr) = config.http {
         listeners.http = Some(bind(addr, "http").await?);
     }
-    if let (Some(addr), Some((cert, key))) = (config.tls_listener(), config.tls_files()) {
-        let tls = tls::server_config(cert, key).map_err(|e| e.to_string())?;
-        listeners.tls = Some((bind(addr, "tls").await?, tls));
+    // One certificate for both TLS listeners, reloaded on SIGHUP.
+    let certificate = match config.tls_files() {
+        Some((cert, key))
+            if config.tls_listener().is_some() || config.https_listener().is_some() =>
+        {
+            Some(Arc::new(
+                tls::ReloadableCert::load(cert, key).map_err(|e| e.to_string())?,
+            ))
+        }
+        _ => None,
+    };
+    if let (Some(addr), Some(certificate)) = (config.tls_listener(), &certificate) {
+        listeners.tls = Some((bind(addr, "tls").await?, certificate.server_config(&[])));
     }
-    if let (Some(addr), Some((cert, key))) = (config.https_listener(), config.tls_files()) {
+    if let (Some(addr), Some(certificate)) = (config.https_listener(), &certificate) {
         // HTTP/1.1 only: WebSocket upgrades are HTTP/1.1 requests.
-        let tls = tls::server_config_with_alpn(cert, key, &[tls::ALPN_HTTP_1_1])
-            .map_err(|e| e.to_string())?;
+        let tls = certificate.server_config(&[tls::ALPN_HTTP_1_1]);
         listeners.https = Some((bind(addr, "https").await?, tls));
     }
     let cluster = if cluster {
@@ -178,19 +197,25 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Resu
         retention: (config.retention_days > 0)
             .then(|| std::time::Duration::from_secs(u64::from(config.retention_days) * 86_400)),
         token_ttl: config.token_ttl,
+        max_token_ttl: config.max_token_ttl,
         region: config.region.clone(),
         hostname: Some(config.hostname.clone()),
         max_connections: config.max_connections,
         max_password_hashes: config.max_password_hashes,
         http_header_timeout: config.http_header_timeout,
         push: config.push.clone(),
+        http_requests: hanmadi_gateway::http::limits::RequestLimits {
+            rate_per_sec: config.http_rate_per_sec,
+            burst: config.http_rate_burst,
+            deadline: config.http_request_timeout,
+        },
         cluster,
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");
     let lease_lost = server.lease_lost();
     let outcome = tokio::select! {
-        signal = wait_for_signal() => signal,
+        signal = wait_for_signal(certificate.as_deref()) => signal,
         () = lease_lost.cancelled() => Err("this node lost its lease on its node id".to_owned()),
     };
     tracing::info!("draining: finishing commits in flight and closing connections");
@@ -199,13 +224,26 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Resu
     outcome
 }
 
-async fn wait_for_signal() -> Result<(), String> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP meanwhile, reloads the TLS
+/// certificate and key (a failed reload keeps the old ones).
+async fn wait_for_signal(certificate: Option<&tls::ReloadableCert>) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match certificate.map(tls::ReloadableCert::reload) {
+                Some(Ok(())) => {
+                    tracing::info!("reloaded the TLS certificate and key");
+                    // Tests and scripts wait for this line.
+                    println!("reloaded tls certificate");
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "TLS reload failed; keeping the old certificate"),
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            },
+        }
     }
-    Ok(())
 }

@@ -2,16 +2,29 @@
 //! (DESIGN §7).
 //!
 //! A hash takes tens of milliseconds of CPU and ~19 MiB of memory by design,
-//! so hashes run on the blocking pool behind a semaphore: a burst of sign-ups
-//! or log-ins queues for a permit instead of starving the runtime, and one
-//! that cannot get a permit soon is refused as busy rather than left waiting.
+//! so three things bound it:
+//!
+//! - **Permits.** At most `concurrent` hashes run at once; a request waits a
+//!   short while for its turn and is then refused as busy rather than left
+//!   waiting.
+//! - **Two budgets.** Sign-ups may hold at most half of the permits, so a
+//!   flood of sign-ups (anyone can send them) leaves log-ins of existing
+//!   users room to run. Log-ins may use every permit.
+//! - **A fixed pool of threads.** Hashes run on `concurrent` threads of
+//!   their own, not on tokio's blocking pool. glibc gives each thread that
+//!   allocates an arena of its own and keeps freed memory there; with hashes
+//!   spread over the blocking pool's many threads, every one of them kept
+//!   its 19 MiB, and a node's RSS grew by hundreds of MiB over a few hundred
+//!   sign-ups (docs/PERFORMANCE.md has the figures).
 
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
-use tokio::sync::Semaphore;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Semaphore};
 
 /// Why a password could not be hashed or checked.
 #[derive(Debug, thiserror::Error)]
@@ -29,48 +42,98 @@ pub enum PasswordError {
 /// seconds the client is better told the node is busy.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
+/// A unit of hashing work for the pool.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// Hashes and verifies passwords, a bounded number at a time.
 #[derive(Debug)]
 pub struct Passwords {
+    /// One per hash running; log-ins take only this.
     permits: Arc<Semaphore>,
+    /// Sign-ups take one of these before a permit, so they never hold more
+    /// than half of the permits.
+    sign_up_permits: Arc<Semaphore>,
     /// Longest a request waits for a permit before it is refused.
     wait: Duration,
+    /// Feeds the hashing threads; they end when it is dropped.
+    jobs: Mutex<mpsc::Sender<Job>>,
 }
 
 impl Passwords {
-    /// At most `concurrent` hashes at once (at least one); a request waits up
-    /// to `wait` for its turn.
+    /// At most `concurrent` hashes at once (at least one), sign-ups at most
+    /// half of them (at least one); a request waits up to `wait` for its
+    /// turn. Starts `concurrent` hashing threads.
+    ///
+    /// # Panics
+    ///
+    /// When the OS refuses to start a thread, as `std::thread::spawn` does.
     pub fn new(concurrent: usize, wait: Duration) -> Self {
+        let concurrent = concurrent.max(1);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..concurrent {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only to take one job, never while
+                    // hashing.
+                    let job = queue.lock().recv();
+                    match job {
+                        // A panicking hash drops its answer channel, which
+                        // the caller reports as `Failed`; the thread lives on.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(mpsc::RecvError) => return,
+                    }
+                })
+                .expect("start a password hashing thread");
+        }
         Self {
-            permits: Arc::new(Semaphore::new(concurrent.max(1))),
+            permits: Arc::new(Semaphore::new(concurrent)),
+            sign_up_permits: Arc::new(Semaphore::new((concurrent / 2).max(1))),
             wait,
+            jobs: Mutex::new(jobs),
         }
     }
 
     /// One hash per core: hashing is pure CPU, more at once only queues
-    /// them inside the blocking pool.
+    /// them.
     pub fn default_concurrency() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
-    /// Hashes `password` into an argon2id PHC string with a fresh salt.
+    /// Hashes `password` into an argon2id PHC string with a fresh salt,
+    /// for a sign-up: within the sign-up budget.
     ///
     /// # Errors
     ///
     /// [`PasswordError::Busy`] when no permit comes within the wait.
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        self.run(move || {
-            Argon2::default()
-                .hash_password(password.as_bytes())
-                .map(|h| h.to_string())
-                .map_err(|e| PasswordError::Failed(e.to_string()))
-        })
-        .await?
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let sign_up =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.sign_up_permits).acquire_owned())
+                .await
+                .map_err(|_| PasswordError::Busy)?
+                // The semaphore is never closed.
+                .map_err(|_| PasswordError::Busy)?;
+        let out = self
+            .run(deadline, move || {
+                Argon2::default()
+                    .hash_password(password.as_bytes())
+                    .map(|h| h.to_string())
+                    .map_err(|e| PasswordError::Failed(e.to_string()))
+            })
+            .await;
+        drop(sign_up);
+        out?
     }
 
-    /// Whether `password` matches the stored PHC string `stored`. With no
-    /// stored hash (an unknown user) it still spends one hash and answers
-    /// false, so response time does not tell which usernames exist.
+    /// Whether `password` matches the stored PHC string `stored`, for a
+    /// log-in. With no stored hash (an unknown user) it still spends one
+    /// hash and answers false, so response time does not tell which
+    /// usernames exist.
     ///
     /// # Errors
     ///
@@ -80,7 +143,8 @@ impl Passwords {
         password: String,
         stored: Option<String>,
     ) -> Result<bool, PasswordError> {
-        self.run(move || {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        self.run(deadline, move || {
             let argon2 = Argon2::default();
             match stored {
                 Some(phc) => argon2
@@ -96,26 +160,36 @@ impl Passwords {
         .await
     }
 
+    /// Takes a permit by `deadline`, then runs `work` on a hashing thread.
     async fn run<T: Send + 'static>(
         &self,
+        deadline: tokio::time::Instant,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let permit = tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned())
+        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
             .await
             .map_err(|_| PasswordError::Busy)?
-            // The semaphore is never closed.
             .map_err(|_| PasswordError::Busy)?;
-        tokio::task::spawn_blocking(move || {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move || {
             let out = work();
+            // Released before answering, so a caller that saw the answer
+            // sees the permit back.
             drop(permit);
-            out
-        })
-        .await
-        .map_err(|e| PasswordError::Failed(e.to_string()))
+            let _ = answer.send(out);
+        });
+        self.jobs
+            .lock()
+            .send(job)
+            .map_err(|_| PasswordError::Failed("hashing threads are gone".into()))?;
+        answered
+            .await
+            .map_err(|_| PasswordError::Failed("the hash panicked".into()))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -133,6 +207,48 @@ mod tests {
             .await
             .expect("verify"));
         assert!(!p.verify("anything".into(), None).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn a_sign_up_flood_leaves_permits_for_log_ins() {
+        let p = Arc::new(Passwords::new(2, Duration::from_millis(200)));
+        // Sign-ups that hold their budget: one of the two permits.
+        let _flooding = Arc::clone(&p.sign_up_permits)
+            .acquire_owned()
+            .await
+            .expect("permit");
+        let _hashing = Arc::clone(&p.permits)
+            .acquire_owned()
+            .await
+            .expect("permit");
+        // Another sign-up waits for the sign-up budget and is refused ...
+        assert!(matches!(
+            p.hash("password".into()).await,
+            Err(PasswordError::Busy)
+        ));
+        // ... while a log-in takes the permit the budget left free.
+        assert!(!p.verify("password".into(), None).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn many_sign_ups_at_once_never_hold_every_permit() {
+        let p = Arc::new(Passwords::new(4, Duration::from_secs(30)));
+        let sign_ups: Vec<_> = (0..8)
+            .map(|i| {
+                let p = Arc::clone(&p);
+                tokio::spawn(async move { p.hash(format!("password {i}")).await })
+            })
+            .collect();
+        // Once the flood holds the whole sign-up budget, half of the
+        // permits are still free for log-ins.
+        while p.sign_up_permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(p.permits.available_permits() >= 2);
+        for s in sign_ups {
+            assert!(s.await.expect("join").is_ok());
+        }
+        assert_eq!(p.permits.available_permits(), 4);
     }
 
     #[tokio::test]

@@ -56,8 +56,13 @@ pub struct ServerOptions {
     pub retention: Option<Duration>,
     /// How long a token from `POST /v1/sessions` lasts.
     pub token_ttl: Duration,
+    /// Longest lifetime an accepted token may claim (Hanmadi tokens and
+    /// JWTs alike).
+    pub max_token_ttl: Duration,
     /// Password hashes running at once (sign-ups and log-ins).
     pub max_password_hashes: usize,
+    /// HTTP request rate per remote address and deadline per request.
+    pub http_requests: crate::http::limits::RequestLimits,
     /// This node's region, for discovery ranking.
     pub region: String,
     /// The host name clients dial and check TLS certificates against
@@ -87,7 +92,9 @@ impl Default for ServerOptions {
             http_header_timeout: Duration::from_secs(30),
             retention: Some(Duration::from_secs(30 * 86_400)),
             token_ttl: Duration::from_secs(7 * 86_400),
+            max_token_ttl: Duration::from_secs(30 * 86_400),
             max_password_hashes: crate::password::Passwords::default_concurrency(),
+            http_requests: crate::http::limits::RequestLimits::default(),
             region: "local".to_owned(),
             hostname: None,
             max_connections: 100_000,
@@ -149,7 +156,7 @@ impl<K: Kv> Server<K> {
                 .ids()
                 .next_above(hanmadi_router::ids::compose(floor_ms, 0, 0));
         }
-        let auth = Arc::new(TokenIssuer::new(&options.secret));
+        let auth = Arc::new(TokenIssuer::new(&options.secret).with_max_ttl(options.max_token_ttl));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ctx = Arc::new(ConnContext {
@@ -221,6 +228,9 @@ impl<K: Kv> Server<K> {
             token_ttl: options.token_ttl,
             node: Arc::new(node),
             tracker: tracker.clone(),
+            limiter: Arc::new(crate::http::limits::RequestLimiter::new(
+                options.http_requests,
+            )),
         });
         let web = HttpListener {
             app: api,

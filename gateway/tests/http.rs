@@ -3,6 +3,7 @@
 #[allow(dead_code)]
 mod common;
 
+use hanmadi_gateway::http::limits::RequestLimits;
 use hanmadi_gateway::ServerOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -95,4 +96,76 @@ async fn slow_idle_and_excess_http_connections_are_closed() {
         .await;
         assert!(read.is_ok(), "{name}: still open after 5 s");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_an_addresss_rate_are_refused_with_429() {
+    let node = common::start(ServerOptions {
+        http_requests: RequestLimits {
+            rate_per_sec: 1,
+            burst: 5,
+            ..RequestLimits::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let addr = node.server.http_addr().expect("http listener");
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/discovery");
+
+    let mut allowed = 0;
+    let refused = loop {
+        let r = client.get(&url).send().await.expect("request");
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        allowed += 1;
+        // One token a second comes back; a bucket of 5 runs dry long
+        // before 50 requests, however slow the machine.
+        assert!(allowed < 50, "never limited");
+    };
+    assert!(allowed >= 5, "only {allowed} requests before the limit");
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in whole seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = refused.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], 1001, "{body}");
+
+    // Health checks and scrapes are not limited.
+    let (status, _) = get(addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_is_answered_503_in_the_error_shape() {
+    let node = common::start(ServerOptions {
+        http_requests: RequestLimits {
+            // An argon2id hash takes far longer than a millisecond.
+            deadline: std::time::Duration::from_millis(1),
+            ..RequestLimits::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let addr = node.server.http_addr().expect("http listener");
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/users"))
+        .json(&serde_json::json!({"username": "slow", "password": "correct horse"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value = r.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], 1002, "{body}");
 }

@@ -577,6 +577,46 @@ async fn groups_create_list_read_add_and_remove() {
         .await
         .expect(403, Some(ErrorCode::PermissionDenied));
     api.delete(&remove_carol, &a).await.expect(204, None);
+
+    // The owner grants admin; an admin manages members but grants no admin.
+    let (dave, d) = api.user("dave").await;
+    let (erin, _) = api.user("erin").await;
+    let add_dave = json!({"user_ids": [dave.to_string()], "role": "admin"});
+    api.post(&members, &b, add_dave.clone())
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    let r = api.post(&members, &a, add_dave).await;
+    let roles = r.expect(200, None)["members"].clone();
+    assert!(
+        roles.as_array().is_some_and(|m| m
+            .iter()
+            .any(|m| id_of(&m["user_id"]) == dave && m["role"] == "admin")),
+        "{roles}"
+    );
+    let add_erin_admin = json!({"user_ids": [erin.to_string()], "role": "admin"});
+    api.post(&members, &d, add_erin_admin)
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.post(
+        &members,
+        &a,
+        json!({"user_ids": [erin.to_string()], "role": "owner"}),
+    )
+    .await
+    .expect(400, Some(ErrorCode::InvalidArgument));
+    api.post(&members, &d, json!({"user_ids": [erin.to_string()]}))
+        .await
+        .expect(200, None);
+    // An admin removes members, but not the owner.
+    api.delete(&format!("{members}/{erin}"), &d)
+        .await
+        .expect(204, None);
+    api.delete(&format!("{members}/{alice}"), &d)
+        .await
+        .expect(403, Some(ErrorCode::PermissionDenied));
+    api.delete(&format!("{members}/{dave}"), &d)
+        .await
+        .expect(204, None);
     api.get(&path, &c)
         .await
         .expect(403, Some(ErrorCode::NotAMember));
@@ -586,6 +626,10 @@ async fn groups_create_list_read_add_and_remove() {
         .expect(204, None);
     let after = api.get_ok(&path, &a).await;
     assert_eq!(after["member_count"], 1);
+    // The owner cannot leave: the group would have nobody to manage it.
+    let r = api.delete(&format!("{members}/{alice}"), &a).await;
+    r.expect(403, Some(ErrorCode::PermissionDenied));
+    assert_eq!(api.get_ok(&path, &a).await["member_count"], 1);
 
     api.post("/v1/groups", &a, json!({"name": "", "members": []}))
         .await

@@ -75,6 +75,14 @@ impl Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
             .args(["serve", "--tcp", "off", "--tls", "off", "--http", http])
             .args(["--https", https, "--secret", SECRET])
+            // Three browsers share one address here, and reconnecting pages
+            // poll discovery: past a real client's per-address allowance.
+            .args([
+                "--http-rate-per-sec",
+                "100000",
+                "--http-rate-burst",
+                "100000",
+            ])
             .arg("--data-dir")
             .arg(data)
             .arg("--cert")

@@ -54,6 +54,13 @@ async fn start() -> Node {
         },
         ServerOptions {
             secret: SECRET.as_bytes().to_vec(),
+            // The tool drives the HTTP API from one address, far faster
+            // than the per-address default allows.
+            http_requests: hanmadi_gateway::http::limits::RequestLimits {
+                rate_per_sec: 1_000_000,
+                burst: 1_000_000,
+                ..Default::default()
+            },
             ..ServerOptions::default()
         },
     );

@@ -1,6 +1,8 @@
 //! `WsFrames`: a WebSocket seen as the length-prefixed frame stream, over an
 //! in-memory pipe between a real server-role and client-role WebSocket.
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use hanmadi_proto::pb::{self, client_frame, server_frame};
@@ -113,4 +115,51 @@ async fn bad_messages_become_frames_the_codec_refuses() {
         .expect("send");
     let err = read_frame(&mut server).await.expect_err("too large");
     assert!(err.contains("large") || err.contains("exceeds"), "{err}");
+}
+
+/// Fuzzes the JSON decoder of WebSocket text messages: any text, and
+/// valid JSON frames with bytes flipped or cut, reads as a frame or as a
+/// refusal (which the codec turns into `MALFORMED_FRAME`), never a panic.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A text message: arbitrary, or a valid frame's JSON damaged.
+    fn arb_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            (
+                crate::common::arb_client_frame(),
+                proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                any::<prop::sample::Index>(),
+            )
+                .prop_map(|(frame, flips, cut)| {
+                    let mut bytes = serde_json::to_vec(&frame).expect("frames print as JSON");
+                    for (at, byte) in flips {
+                        let at = at.index(bytes.len());
+                        bytes[at] = byte;
+                    }
+                    bytes.truncate(cut.index(bytes.len() + 1).max(1));
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_message_is_a_frame_or_a_refusal(text in arb_text()) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let (mut server, mut client) = pair(Encoding::Json).await;
+                client.send(Message::text(text)).await.expect("send");
+                let _ = read_frame(&mut server).await;
+            });
+        }
+    }
 }

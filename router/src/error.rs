@@ -18,6 +18,10 @@ pub enum RouterError {
     /// The user's role does not allow it.
     #[error("permission denied: only the group's owner and admins may do this")]
     PermissionDenied,
+    /// The group's owner tried to leave, or someone tried to remove the
+    /// owner: a group always keeps its owner.
+    #[error("permission denied: the group's owner cannot leave or be removed")]
+    OwnerStays,
     /// The group is at its size cap.
     #[error("the group is full ({max} members)")]
     GroupFull {
@@ -44,8 +48,10 @@ pub enum RouterError {
     /// The router is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
-    /// Storage failed.
-    #[error("storage failed: {0}")]
+    /// Storage failed. The message clients see names no detail of the
+    /// engine (docs/PROTOCOL.md promises a code only); the cause stays in
+    /// [`std::error::Error::source`] for the server's log.
+    #[error("storage failed; try again later")]
     Store(#[source] StoreError),
 }
 
@@ -70,7 +76,7 @@ impl RouterError {
             RouterError::NotAMember => ErrorCode::NotAMember,
             RouterError::Blocked => ErrorCode::Blocked,
             RouterError::NotFound(_) => ErrorCode::NotFound,
-            RouterError::PermissionDenied => ErrorCode::PermissionDenied,
+            RouterError::PermissionDenied | RouterError::OwnerStays => ErrorCode::PermissionDenied,
             RouterError::GroupFull { .. } => ErrorCode::GroupFull,
             RouterError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             RouterError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,

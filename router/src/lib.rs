@@ -470,8 +470,11 @@ impl<K: Kv> Router<K> {
         &self,
         owner: u64,
         name: String,
-        members: Vec<u64>,
+        mut members: Vec<u64>,
     ) -> Result<(u64, SendAck), RouterError> {
+        // The creator joins as owner; the announcement's `user_ids` lists
+        // the others only, even when the creator named themself.
+        members.retain(|&m| m != owner);
         let group = self.ids.next_above(0);
         let ack = self
             .system(
@@ -488,11 +491,14 @@ impl<K: Kv> Router<K> {
         Ok((group, ack))
     }
 
-    /// Adds `users` to `group` (owner or admins only).
+    /// Adds `users` to `group` with `role`: members by the owner or admins,
+    /// admins by the owner only. A group has one owner, its creator, so
+    /// `Role::Owner` is never granted.
     ///
     /// # Errors
     ///
-    /// [`RouterError::PermissionDenied`], [`RouterError::GroupFull`], ...
+    /// [`RouterError::PermissionDenied`], [`RouterError::GroupFull`],
+    /// [`RouterError::InvalidArgument`] for `Role::Owner`, ...
     pub async fn add_members(
         &self,
         actor: u64,
@@ -501,6 +507,15 @@ impl<K: Kv> Router<K> {
         role: Role,
     ) -> Result<SendAck, RouterError> {
         self.authz.check_manage(actor, group).await?;
+        match role {
+            Role::Owner => return Err(RouterError::InvalidArgument("role")),
+            Role::Admin
+                if self.authz.group(group).await?.members.get(&actor) != Some(&Role::Owner) =>
+            {
+                return Err(RouterError::PermissionDenied);
+            }
+            Role::Admin | Role::Member => {}
+        }
         self.system(
             actor,
             group,
@@ -511,10 +526,11 @@ impl<K: Kv> Router<K> {
     }
 
     /// Removes `user` from `group`: owner or admins may remove others, and
-    /// anyone may remove themself (leave).
+    /// anyone but the owner may remove themself (leave).
     ///
     /// # Errors
     ///
+    /// [`RouterError::OwnerStays`] when `user` is the owner,
     /// [`RouterError::PermissionDenied`], [`RouterError::NotAMember`], ...
     pub async fn remove_member(
         &self,
@@ -529,6 +545,11 @@ impl<K: Kv> Router<K> {
             self.authz.check_manage(actor, group).await?;
             MessageKind::MembersRemoved
         };
+        // Without its owner nobody could manage the group again; the owner
+        // stays (ownership is not transferred).
+        if self.authz.group(group).await?.members.get(&user) == Some(&Role::Owner) {
+            return Err(RouterError::OwnerStays);
+        }
         self.system(
             actor,
             group,

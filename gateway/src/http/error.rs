@@ -119,6 +119,11 @@ impl IntoResponse for ApiError {
 
 impl From<RouterError> for ApiError {
     fn from(e: RouterError) -> Self {
+        // A storage failure's own text is for the log; its display names no
+        // engine detail.
+        if let RouterError::Store(cause) = &e {
+            tracing::warn!(error = %cause, "HTTP request failed in storage");
+        }
         Self::new(e.code(), e.to_string())
     }
 }
@@ -136,18 +141,23 @@ impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::Token(e) => Self::new(e.error_code(), e.to_string()),
-            Refusal::Store(e) => Self::new(ErrorCode::Unavailable, e.to_string()),
+            Refusal::Store(e) => {
+                tracing::warn!(error = %e, "account read failed");
+                Self::new(ErrorCode::Unavailable, "storage failed; try again later")
+            }
         }
     }
 }
 
 impl From<PasswordError> for ApiError {
     fn from(e: PasswordError) -> Self {
-        let code = match e {
-            PasswordError::Busy => ErrorCode::ServerBusy,
-            PasswordError::Failed(_) => ErrorCode::Internal,
-        };
-        Self::new(code, e.to_string())
+        match e {
+            PasswordError::Busy => Self::new(ErrorCode::ServerBusy, e.to_string()),
+            PasswordError::Failed(cause) => {
+                tracing::warn!(error = %cause, "password hashing failed");
+                Self::new(ErrorCode::Internal, "internal error")
+            }
+        }
     }
 }
 
@@ -173,5 +183,32 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         Self::invalid(r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_name_no_internal_detail() {
+        let failures = [
+            ApiError::from(StoreError::Corrupt("inbox")),
+            ApiError::from(RouterError::Store(StoreError::Corrupt("inbox"))),
+            ApiError::from(Refusal::Store(StoreError::Corrupt("users"))),
+            ApiError::from(PasswordError::Failed("argon2 params".into())),
+        ];
+        for e in failures {
+            assert!(
+                !e.message.contains("inbox")
+                    && !e.message.contains("users")
+                    && !e.message.contains("argon2"),
+                "{e:?}"
+            );
+            assert!(
+                matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable),
+                "{e:?}"
+            );
+        }
     }
 }

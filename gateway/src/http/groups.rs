@@ -55,8 +55,23 @@ pub struct NewGroup {
 /// `POST /v1/groups/{id}/members`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewMembers {
-    /// Users to add as members; ones already in stay as they are.
+    /// Users to add; ones already in stay as they are.
     user_ids: Vec<Id>,
+    /// The role they get: `member` (the default), or `admin`, which only the
+    /// owner may grant.
+    #[serde(default)]
+    role: NewRole,
+}
+
+/// A role a member can be added with; a group's one owner is its creator.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NewRole {
+    /// May add and remove members.
+    Admin,
+    /// May post and read.
+    #[default]
+    Member,
 }
 
 /// One of the caller's groups.
@@ -216,11 +231,8 @@ pub(super) async fn list_groups<K: Kv>(
 ) -> Result<Json<GroupList>, ApiError> {
     let store = state.ctx.router.store();
     let mut groups = Vec::new();
-    for (group, membership) in store.groups_of(me).await? {
-        // A group removed between the two reads is simply not listed.
-        let Some(record) = store.group(group).await? else {
-            continue;
-        };
+    // One transaction for the whole list, not one per group.
+    for (group, membership, record) in store.groups_of_with_records(me).await? {
         groups.push(GroupSummary {
             group_id: Id(group),
             name: record.name,
@@ -256,7 +268,7 @@ pub(super) async fn get_group<K: Kv>(
     request_body = NewMembers,
     responses(
         (status = 200, description = "The group after the change", body = Group),
-        (status = 403, description = "Not a member, or not the owner or an admin", body = ErrorBody),
+        (status = 403, description = "Not a member, not the owner or an admin, or an admin granting `admin`", body = ErrorBody),
         (status = 404, description = "No such group or user", body = ErrorBody),
         (status = 422, description = "The group would pass its size cap (`GROUP_FULL`)", body = ErrorBody),
     ))]
@@ -277,7 +289,15 @@ pub(super) async fn add_members<K: Kv>(
     state
         .ctx
         .router
-        .add_members(me, group, users, Role::Member)
+        .add_members(
+            me,
+            group,
+            users,
+            match req.role {
+                NewRole::Admin => Role::Admin,
+                NewRole::Member => Role::Member,
+            },
+        )
         .await?;
     Ok(Json(group_view(&state, me, group).await?))
 }

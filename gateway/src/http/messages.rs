@@ -255,15 +255,13 @@ pub(super) async fn list_conversations<K: Kv>(
     let store = state.ctx.router.store();
     // Each conversation's head (its newest message id, time-sortable across
     // conversations) is one read; only the page's entries are filled in.
-    let mut heads = Vec::new();
-    for peer in store.direct_peers(me).await? {
-        let conversation = ConversationId::direct(me, peer);
-        heads.push((store.head(conversation).await?, conversation));
-    }
-    for (group, _) in store.groups_of(me).await? {
-        let conversation = ConversationId::Group(group);
-        heads.push((store.head(conversation).await?, conversation));
-    }
+    // All of them are read in one transaction.
+    let mut heads: Vec<(u64, ConversationId)> = store
+        .conversation_heads(me)
+        .await?
+        .into_iter()
+        .map(|(conversation, head)| (head, conversation))
+        .collect();
     heads.retain(|(head, _)| *head < before);
     heads.sort_unstable_by_key(|(head, _)| Reverse(*head));
     let has_more = heads.len() > limit;

@@ -5,6 +5,7 @@
 //! - [`extract`]: JSON, path and query extractors that refuse in that shape;
 //!   [`extract::Id`], ids as decimal strings.
 //! - [`auth`]: the bearer-token extractor.
+//! - [`limits`]: the per-address request rate and the per-request deadline.
 //! - [`admin`]: operator routes that take the admin token (provisioning).
 //! - `users`, `groups`, `messages`, `sync`, `push`: the routes, one file
 //!   per area (`push`: device push registrations and muted conversations).
@@ -18,6 +19,7 @@ pub mod discovery;
 pub mod error;
 pub mod extract;
 mod groups;
+pub mod limits;
 mod messages;
 pub mod openapi;
 mod proto_schema;
@@ -31,7 +33,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::{Extension, Router};
+use axum::{middleware, Extension, Router};
 use hanmadi_proto::ErrorCode;
 use hanmadi_storage::kv::Kv;
 use tokio_util::task::TaskTracker;
@@ -64,6 +66,8 @@ pub struct HttpState<K: Kv> {
     pub node: Arc<NodeInfo>,
     /// Where `/ws` connection tasks are spawned, so the drain waits for them.
     pub tracker: TaskTracker,
+    /// Request rate per address and the deadline of each request.
+    pub limiter: Arc<limits::RequestLimiter>,
 }
 
 // Derived `Clone` would ask `K: Clone`; every field is a handle.
@@ -75,6 +79,7 @@ impl<K: Kv> Clone for HttpState<K> {
             token_ttl: self.token_ttl,
             node: Arc::clone(&self.node),
             tracker: self.tracker.clone(),
+            limiter: Arc::clone(&self.limiter),
         }
     }
 }
@@ -121,11 +126,19 @@ fn api<K: Kv>() -> OpenApiRouter<HttpState<K>> {
 /// The HTTP routes, built apart from any socket so tests can call them.
 pub fn routes<K: Kv>(state: HttpState<K>) -> Router {
     let (router, document) = api::<K>().split_for_parts();
+    let limiter = Arc::clone(&state.limiter);
     router
         .merge(crate::web::routes())
         .fallback(no_route)
         .layer(Extension(openapi::ApiDocument::render(&document)))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        // The rate limit is outermost: a refused request costs no deadline
+        // timer and no handler work.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&limiter),
+            limits::deadline,
+        ))
+        .layer(middleware::from_fn_with_state(limiter, limits::rate_limit))
         .with_state(state)
 }
 

@@ -29,7 +29,7 @@ use super::proto_schema as proto;
 use super::HttpState;
 
 /// Longest a poll may wait: under the usual 60 s idle timeouts of proxies.
-const MAX_WAIT: Duration = Duration::from_secs(30);
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Standard-alphabet base64 that takes padding or none.
 const CURSOR_BASE64: GeneralPurpose = GeneralPurpose::new(

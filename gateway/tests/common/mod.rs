@@ -181,12 +181,7 @@ impl Node {
     #[allow(dead_code)] // each test binary uses some helpers
     pub fn jwt(&self, id: u64) -> String {
         let claims = serde_json::json!({"sub": id.to_string(), "exp": now_ms() / 1000 + 3600});
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(SECRET),
-        )
-        .expect("sign a JWT")
+        hanmadi_gateway::auth::sign_hs256_jwt(SECRET, &claims).expect("sign a JWT")
     }
 }
 

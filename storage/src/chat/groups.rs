@@ -92,6 +92,38 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
+    /// The groups `user` belongs to, each with its membership and its
+    /// record, in one transaction: one range read of the user's groups, then
+    /// the group records read concurrently. A group whose record is gone
+    /// (removed between membership and record) is left out.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn groups_of_with_records(
+        &self,
+        user: u64,
+    ) -> Result<Vec<(u64, MemberRecord, GroupRecord)>, StoreError> {
+        let begin = keys::user_groups(user);
+        let end = keys::prefix_end(&begin);
+        transact!(&self.kv, |txn| {
+            let rows = txn
+                .get_range(RangeRead::new(&begin, &end).snapshot(true))
+                .await?;
+            let memberships = parse_memberships(&rows, begin.len(), "user_groups")?;
+            let keys: Vec<Vec<u8>> = memberships.iter().map(|(g, _)| keys::group(*g)).collect();
+            let records =
+                futures::future::try_join_all(keys.iter().map(|key| txn.get(key, true))).await?;
+            let mut groups = Vec::with_capacity(memberships.len());
+            for ((group, membership), record) in memberships.into_iter().zip(records) {
+                if let Some(record) = record {
+                    groups.push((group, membership, decode::<GroupRecord>(&record, "groups")?));
+                }
+            }
+            Ok(groups)
+        })
+    }
+
     /// The users `user` has a direct conversation with.
     ///
     /// # Errors

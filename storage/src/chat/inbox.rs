@@ -236,6 +236,53 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
+    /// Every conversation of `user` (direct peers and groups) with its head,
+    /// in one transaction: two range reads, then the heads read
+    /// concurrently. A conversation with no message yet has head 0.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn conversation_heads(
+        &self,
+        user: u64,
+    ) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        let directs = keys::directs(user);
+        let directs_end = keys::prefix_end(&directs);
+        let groups = keys::user_groups(user);
+        let groups_end = keys::prefix_end(&groups);
+        transact!(&self.kv, |txn| {
+            let (peers, memberships) = futures::future::try_join(
+                txn.get_range(RangeRead::new(&directs, &directs_end).snapshot(true)),
+                txn.get_range(RangeRead::new(&groups, &groups_end).snapshot(true)),
+            )
+            .await?;
+            let mut conversations = Vec::with_capacity(peers.len() + memberships.len());
+            for row in &peers {
+                let peer = trailing_id(&row.key, directs.len(), "directs")?;
+                conversations.push(ConversationId::direct(user, peer));
+            }
+            for row in &memberships {
+                let group = trailing_id(&row.key, groups.len(), "user_groups")?;
+                conversations.push(ConversationId::Group(group));
+            }
+            let single_writer = self.config.single_writer;
+            let txn = &txn;
+            let heads = futures::future::try_join_all(conversations.iter().map(|&c| async move {
+                if single_writer {
+                    // A single writer keeps no head key: its last message is it.
+                    return super::append::last_message_id(txn, c).await;
+                }
+                match txn.get(&keys::head(c), true).await? {
+                    Some(v) => be_u64(&v, "heads"),
+                    None => Ok(0),
+                }
+            }))
+            .await?;
+            Ok(conversations.into_iter().zip(heads).collect())
+        })
+    }
+
     /// Records that `user` read `conversation` up to `message_id`. Read marks
     /// only move forward.
     ///

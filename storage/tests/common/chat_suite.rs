@@ -542,6 +542,22 @@ pub async fn history_from_joined_at<K: Kv>(store: ChatStore<K>) {
     ));
     let groups = store.groups_of(carol).await.expect("groups");
     assert_eq!(groups.len(), 1);
+    // The one-transaction list agrees with reading entry by entry.
+    let with_records = store.groups_of_with_records(carol).await.expect("groups");
+    assert_eq!(with_records.len(), 1);
+    assert_eq!(with_records[0].0, group);
+    assert_eq!(with_records[0].1, groups[0].1);
+    assert_eq!(
+        Some(&with_records[0].2),
+        store.group(group).await.expect("group").as_ref()
+    );
+    assert!(store
+        .groups_of_with_records(bob)
+        .await
+        .expect("groups")
+        .is_empty());
+    let heads = store.conversation_heads(carol).await.expect("heads");
+    assert_eq!(heads, vec![(conv, after_rm.message_id)]);
     assert_eq!(
         store
             .group(group)
@@ -799,6 +815,10 @@ pub async fn read_marks_and_unread<K: Kv>(store: ChatStore<K>) {
         Some(inbox[3].0)
     );
     assert_eq!(store.direct_peers(a).await.expect("peers"), vec![b]);
+    assert_eq!(
+        store.conversation_heads(a).await.expect("heads"),
+        vec![(conv, sent[4])]
+    );
 }
 
 /// Blocks are per direction and reversible.
