@@ -39,7 +39,8 @@ start_node() {
   "$bin/hanmadi" serve --data-dir "$data" --secret "$secret" --hostname 127.0.0.1 \
     --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls 127.0.0.1:0 --https 127.0.0.1:0 \
     --cert "$data/cert.pem" --key "$data/key.pem" \
-    --max-conns-per-ip 30000 --max-connections 30000 >"$data/listening" 2>"$data/log" &
+    --max-conns-per-ip 30000 --max-connections 30000 \
+    --http-rate-per-sec 1000000 --http-rate-burst 1000000 >"$data/listening" 2>"$data/log" &
   server_pid=$!
   # Wait for the HTTP listener's line, not for a fixed time.
   for _ in $(seq 100); do
