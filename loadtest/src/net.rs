@@ -57,8 +57,8 @@ impl Dialer {
             }]
         } else {
             let nodes = control.discover().await?;
-            let spread =
-                common.discovery.is_some() && common.http.is_none() || common.discovery.is_some();
+            // `--discovery`: every live node; `--http` alone: that node.
+            let spread = common.discovery.is_some();
             let chosen: Vec<&Node> = if spread {
                 nodes.iter().collect()
             } else {
