@@ -2,10 +2,11 @@
 //! sign-ups (an argon2id hash of ~19 MiB each) leave the node's RSS within a
 //! fixed bound instead of growing with every hash.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod binary;
+
+use binary::Serve;
 use futures::stream::{self, StreamExt as _};
 
 const SECRET: &str = "memory-test-secret-0123456789abcdef0123";
@@ -18,16 +19,6 @@ const SIGN_UPS: usize = 150;
 /// Largest RSS growth allowed over [`SIGN_UPS`] sign-ups: a few hashes'
 /// worth of memory in flight, not one per sign-up.
 const MAX_GROWTH_KIB: u64 = 96 * 1024;
-
-/// The node, killed when dropped so a failed assertion leaves no process.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A field of `/proc/PID/status` in KiB.
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -42,30 +33,29 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rss_stays_bounded_over_many_sign_ups() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
-        .args(["serve", "--http", "127.0.0.1:0"])
-        .args(["--tcp", "off", "--tls", "off", "--https", "off"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--secret", SECRET, "--max-password-hashes", "4"])
-        .args([
+    let node = Serve::start(
+        data.path(),
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--tcp",
+            "off",
+            "--tls",
+            "off",
+            "--https",
+            "off",
+            "--secret",
+            SECRET,
+            "--max-password-hashes",
+            "4",
             "--http-rate-per-sec",
             "100000",
             "--http-rate-burst",
             "100000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hanmadi");
-    let stdout = child.stdout.take().expect("stdout");
-    let node = Node(child);
-    let pid = node.0.id();
-    let addr = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("listening http ").map(str::to_owned))
-        .expect("hanmadi printed its HTTP listener");
+        ],
+    );
+    let pid = node.pid();
+    let addr = node.listening("http");
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -2,12 +2,14 @@
 //! message; SIGTERM drains — every acknowledged message persisted, clients
 //! told to reconnect, exit within 5 s.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod binary;
+
+use binary::Serve;
 use hanmadi_client::{Client, ClientConfig, ClientError, Event, Target};
 use hanmadi_gateway::auth::TokenIssuer;
 use hanmadi_proto::ConversationId;
@@ -43,48 +45,27 @@ async fn seed(data: &Path) {
     }
 }
 
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-fn spawn(data: &Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
-        .args([
-            "serve",
+/// A node on `data`, serving raw TCP only, and its address.
+fn spawn(data: &Path) -> (Serve, String) {
+    let node = Serve::start(
+        data,
+        &[
             "--tcp",
             "127.0.0.1:0",
             "--http",
             "off",
             "--https",
             "off",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .args([
             "--secret",
             SECRET,
             "--rate-per-sec",
             "100000",
             "--rate-burst",
             "100000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hanmadi");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("hanmadi printed its listeners")
-            .expect("read stdout");
-        if let Some(addr) = line.strip_prefix("listening tcp ") {
-            break addr.to_owned();
-        }
-    };
-    Node { child, addr }
+        ],
+    );
+    let addr = node.listening("tcp");
+    (node, addr)
 }
 
 fn token(user: u64) -> String {
@@ -176,12 +157,12 @@ async fn wait_for_acks(acks: &Acks, n: usize) {
 
 /// A node on fresh, seeded data, under load until `n` sends were acked:
 /// its data directory, the node, the acks and the senders.
-async fn under_load(n: usize) -> (tempfile::TempDir, Node, Acks, Senders) {
+async fn under_load(n: usize) -> (tempfile::TempDir, Serve, Acks, Senders) {
     let dir = tempfile::tempdir().expect("tempdir");
     seed(dir.path()).await;
-    let node = spawn(dir.path());
+    let (node, addr) = spawn(dir.path());
     let acks: Acks = Arc::default();
-    let senders = load(&node.addr, Arc::clone(&acks)).await;
+    let senders = load(&addr, Arc::clone(&acks)).await;
     wait_for_acks(&acks, n).await;
     (dir, node, acks, senders)
 }
@@ -200,8 +181,8 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     let acked = acks.lock().clone();
     // Restart on the same data: the node serves again, and history holds
     // every acknowledged message once.
-    let mut again = spawn(dir.path());
-    let (client, _d) = Client::connect(ClientConfig::new(&again.addr, token(1), "check"))
+    let (mut again, addr) = spawn(dir.path());
+    let (client, _d) = Client::connect(ClientConfig::new(&addr, token(1), "check"))
         .await
         .expect("reconnect after restart");
     client.ping().await.expect("restarted node answers");
@@ -214,7 +195,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains() {
     let (dir, mut node, acks, senders) = under_load(1000).await;
-    let pid = node.child.id();
+    let pid = node.pid();
     let started = Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -2,14 +2,14 @@
 //! attempted is sent after the restart, and one whose request was in
 //! flight when the node died is sent again with the same idempotency key.
 
+mod binary;
 #[allow(dead_code)]
 mod push_receiver;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use binary::Serve;
 use hanmadi_client::{Client, ClientConfig, Target};
 use hanmadi_gateway::auth::TokenIssuer;
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
@@ -43,58 +43,38 @@ async fn seed(data: &Path) {
     }
 }
 
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(data: &Path, webhook: &str) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
-        .args([
-            "serve",
+/// A node on `data` pushing to `webhook`, and its TCP address.
+fn spawn(data: &Path, webhook: &str) -> (Serve, String) {
+    let node = Serve::start(
+        data,
+        &[
             "--tcp",
             "127.0.0.1:0",
             "--http",
             "off",
             "--https",
             "off",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--secret", SECRET, "--push-webhook", webhook])
-        .args(["--push-delay-ms", "1000", "--push-timeout-ms", "1500"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hanmadi");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("hanmadi printed its listeners")
-            .expect("read stdout");
-        if let Some(addr) = line.strip_prefix("listening tcp ") {
-            break addr.to_owned();
-        }
-    };
-    Node { child, addr }
+            "--secret",
+            SECRET,
+            "--push-webhook",
+            webhook,
+            "--push-delay-ms",
+            "1000",
+            "--push-timeout-ms",
+            "1500",
+        ],
+    );
+    let addr = node.listening("tcp");
+    (node, addr)
 }
 
-async fn connect(node: &Node, user: u64) -> Client {
+async fn connect(addr: &str, user: u64) -> Client {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let token = TokenIssuer::new(SECRET.as_bytes()).issue(user, now, Duration::from_secs(600));
-    let (client, _) = Client::connect(ClientConfig::new(node.addr.clone(), token, "laptop"))
+    let (client, _) = Client::connect(ClientConfig::new(addr, token, "laptop"))
         .await
         .expect("connect");
     client
@@ -116,8 +96,8 @@ async fn pushes_pending_or_in_flight_at_kill_9_arrive_after_restart() {
     .await;
     let webhook = receiver.url("/push");
 
-    let mut node = spawn(dir.path(), &webhook);
-    let alice = connect(&node, ALICE).await;
+    let (mut node, addr) = spawn(dir.path(), &webhook);
+    let alice = connect(&addr, ALICE).await;
     alice
         .send(Target::User(CAROL), "in flight")
         .await

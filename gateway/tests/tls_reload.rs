@@ -2,12 +2,13 @@
 //! connections get the new certificate, connections made before keep
 //! working.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
+mod binary;
+
+use binary::Serve;
 use hanmadi_client::{Client, ClientConfig, TlsOptions};
 use hanmadi_gateway::auth::TokenIssuer;
 use hanmadi_gateway::tls::{client_config_trusting, generate_self_signed};
@@ -17,16 +18,6 @@ use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
 
 const SECRET: &str = "tls-reload-test-secret-0123456789abcdef";
-
-/// The node, killed when dropped so a failed assertion leaves no process.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Creates user 1 before the node starts.
 async fn seed(data: &Path) {
@@ -76,40 +67,27 @@ async fn sighup_reloads_the_certificate_and_keeps_connections() {
     let key = dir.path().join("key.pem");
     let first = install_new_certificate(dir.path(), "first", &cert, &key);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
-        .args(["serve", "--tls", "127.0.0.1:0"])
-        .args(["--tcp", "off", "--http", "off", "--https", "off"])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .args(["--secret", SECRET])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hanmadi");
-    let stdout = child.stdout.take().expect("stdout");
-    let node = Node(child);
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let next_line = |what: &str| {
-        lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("hanmadi did not print {what}"))
-    };
-    let addr = loop {
-        if let Some(addr) = next_line("its TLS listener").strip_prefix("listening tls ") {
-            break addr.to_owned();
-        }
-    };
+    let (cert_arg, key_arg) = (cert.to_str().expect("path"), key.to_str().expect("path"));
+    let node = Serve::start(
+        &data,
+        &[
+            "--tls",
+            "127.0.0.1:0",
+            "--tcp",
+            "off",
+            "--http",
+            "off",
+            "--https",
+            "off",
+            "--cert",
+            cert_arg,
+            "--key",
+            key_arg,
+            "--secret",
+            SECRET,
+        ],
+    );
+    let addr = node.listening("tls");
 
     let (before, _deliveries) = Client::connect(config_trusting(&addr, &first))
         .await
@@ -118,11 +96,11 @@ async fn sighup_reloads_the_certificate_and_keeps_connections() {
 
     let second = install_new_certificate(dir.path(), "second", &cert, &key);
     let status = Command::new("kill")
-        .args(["-HUP", &node.0.id().to_string()])
+        .args(["-HUP", &node.pid().to_string()])
         .status()
         .expect("kill -HUP");
     assert!(status.success());
-    while next_line("the reload") != "reloaded tls certificate" {}
+    assert_eq!(node.line_after("reloaded tls certificate"), "");
 
     // New connections see the new certificate, and only it.
     let (after, _after_deliveries) = Client::connect(config_trusting(&addr, &second))
