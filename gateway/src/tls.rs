@@ -127,25 +127,9 @@ pub fn server_config_with_alpn(
     key_pem_path: &Path,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = read_certs(cert_pem_path)?;
-    let key = PrivateKeyDer::from_pem_file(key_pem_path).map_err(|source| TlsError::ReadKey {
-        path: key_pem_path.to_owned(),
-        source,
-    })?;
-
-    let rustls_error = |source| TlsError::Rustls {
-        cert: cert_pem_path.to_owned(),
-        key: key_pem_path.to_owned(),
-        source,
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(rustls_error)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(rustls_error)?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    // One way to build a listener's configuration: a certificate that is
+    // simply never reloaded.
+    Ok(Arc::new(ReloadableCert::load(cert_pem_path, key_pem_path)?).server_config(alpn))
 }
 
 /// The certificate and key of the TLS listeners, swapped in place when the
