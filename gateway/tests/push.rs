@@ -37,6 +37,23 @@ fn quick() -> PushConfig {
     }
 }
 
+/// A node pushing to `receiver` with `push`, users 1 (the sender), `bob`
+/// and `carol`, and the sender's connection.
+async fn sender_bob_and_carol(
+    receiver: &Receiver,
+    push: PushConfig,
+    bob: u64,
+    carol: u64,
+) -> (common::Node, Http, hanmadi_client::Client) {
+    let node = common::start(options(receiver.url("/push"), push)).await;
+    let http = Http::new(&node);
+    for u in [1, bob, carol] {
+        node.user(u).await;
+    }
+    let (a, _) = node.connect(1, "laptop", Transport::Tcp).await;
+    (node, http, a)
+}
+
 /// The JSON API as a user calls it.
 struct Http {
     base: String,
@@ -391,12 +408,7 @@ async fn a_failing_receiver_gets_retries_with_one_key_then_nothing_more() {
         }
     })
     .await;
-    let node = common::start(options(receiver.url("/push"), quick())).await;
-    let http = Http::new(&node);
-    for u in [1, bob, carol] {
-        node.user(u).await;
-    }
-    let (a, _) = node.connect(1, "laptop", Transport::Tcp).await;
+    let (node, http, a) = sender_bob_and_carol(&receiver, quick(), bob, carol).await;
     send(&a, bob, "retry me").await;
     let attempts = receiver.wait_for_user(bob, 3, WAIT).await;
     let statuses: Vec<u16> = attempts.iter().map(|r| r.status).collect();
@@ -433,19 +445,11 @@ async fn a_request_that_times_out_is_retried_with_the_same_key() {
         }
     })
     .await;
-    let node = common::start(options(
-        receiver.url("/push"),
-        PushConfig {
-            timeout: Duration::from_millis(500),
-            ..quick()
-        },
-    ))
-    .await;
-    let http = Http::new(&node);
-    for u in [1, bob, carol] {
-        node.user(u).await;
-    }
-    let (a, _) = node.connect(1, "laptop", Transport::Tcp).await;
+    let push = PushConfig {
+        timeout: Duration::from_millis(500),
+        ..quick()
+    };
+    let (node, http, a) = sender_bob_and_carol(&receiver, push, bob, carol).await;
     send(&a, bob, "slow gateway").await;
     let attempts = receiver.wait_for_user(bob, 2, WAIT).await;
     assert_eq!(attempts[0].key, attempts[1].key);
@@ -473,19 +477,11 @@ async fn a_400_is_dropped_at_once_and_counted_and_previews_can_be_off() {
         }
     })
     .await;
-    let node = common::start(options(
-        receiver.url("/push"),
-        PushConfig {
-            preview: false,
-            ..quick()
-        },
-    ))
-    .await;
-    let http = Http::new(&node);
-    for u in [1, bob, carol] {
-        node.user(u).await;
-    }
-    let (a, _) = node.connect(1, "laptop", Transport::Tcp).await;
+    let push = PushConfig {
+        preview: false,
+        ..quick()
+    };
+    let (node, http, a) = sender_bob_and_carol(&receiver, push, bob, carol).await;
     send(&a, bob, "secret text").await;
     let pushes = receiver.wait_for_user(bob, 1, WAIT).await;
     assert_eq!(pushes[0].status, 400);
