@@ -83,13 +83,8 @@ impl<K: Kv> ChatStore<K> {
     /// A storage failure.
     pub async fn groups_of(&self, user: u64) -> Result<Vec<(u64, MemberRecord)>, StoreError> {
         let begin = keys::user_groups(user);
-        let end = keys::prefix_end(&begin);
-        transact!(&self.kv, |txn| {
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).snapshot(true))
-                .await?;
-            parse_memberships(&rows, begin.len(), "user_groups")
-        })
+        let rows = self.scan(&begin).await?;
+        parse_memberships(&rows, begin.len(), "user_groups")
     }
 
     /// The groups `user` belongs to, each with its membership and its

@@ -257,14 +257,20 @@ impl<K: Kv> ChatStore<K> {
         prefix: &[u8],
         what: &'static str,
     ) -> Result<Vec<(u64, bytes::Bytes)>, StoreError> {
+        self.scan(prefix)
+            .await?
+            .into_iter()
+            .map(|kv| Ok((trailing_id(&kv.key, prefix.len(), what)?, kv.value)))
+            .collect()
+    }
+
+    /// Every entry under `prefix`, in key order, in one snapshot read.
+    pub(crate) async fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::kv::KeyValue>, StoreError> {
         let end = keys::prefix_end(prefix);
         transact!(&self.kv, |txn| {
-            let rows = txn
+            Ok(txn
                 .get_range(crate::kv::RangeRead::new(prefix, &end).snapshot(true))
-                .await?;
-            rows.into_iter()
-                .map(|kv| Ok((trailing_id(&kv.key, prefix.len(), what)?, kv.value)))
-                .collect()
+                .await?)
         })
     }
 }

@@ -323,16 +323,11 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure or a corrupt record.
     pub async fn push_devices(&self, user: u64) -> Result<Vec<PushDevice>, StoreError> {
-        let prefix = keys::push_devices(user);
-        let end = keys::prefix_end(&prefix);
-        transact!(&self.kv, |txn| {
-            let rows = txn
-                .get_range(RangeRead::new(&prefix, &end).snapshot(true))
-                .await?;
-            rows.iter()
-                .map(|kv| parse_device(&kv.key, &kv.value))
-                .collect()
-        })
+        self.scan(&keys::push_devices(user))
+            .await?
+            .iter()
+            .map(|kv| parse_device(&kv.key, &kv.value))
+            .collect()
     }
 
     /// The devices of `user` that acknowledged deliveries, with the last
@@ -342,24 +337,19 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure or a corrupt record.
     pub async fn delivered_devices(&self, user: u64) -> Result<Vec<(String, Cursor)>, StoreError> {
-        let prefix = keys::delivered_of(user);
-        let end = keys::prefix_end(&prefix);
-        transact!(&self.kv, |txn| {
-            let rows = txn
-                .get_range(RangeRead::new(&prefix, &end).snapshot(true))
-                .await?;
-            rows.iter()
-                .map(|kv| {
-                    let corrupt = || StoreError::Corrupt("delivered");
-                    let (_, _, device) = foundationdb_tuple::unpack::<(u16, u64, String)>(&kv.key)
-                        .map_err(|_| corrupt())?;
-                    let cursor = Cursor::parse(&kv.value)
-                        .map_err(|_| corrupt())?
-                        .ok_or_else(corrupt)?;
-                    Ok((device, cursor))
-                })
-                .collect()
-        })
+        let corrupt = || StoreError::Corrupt("delivered");
+        self.scan(&keys::delivered_of(user))
+            .await?
+            .iter()
+            .map(|kv| {
+                let (_, _, device) = foundationdb_tuple::unpack::<(u16, u64, String)>(&kv.key)
+                    .map_err(|_| corrupt())?;
+                let cursor = Cursor::parse(&kv.value)
+                    .map_err(|_| corrupt())?
+                    .ok_or_else(corrupt)?;
+                Ok((device, cursor))
+            })
+            .collect()
     }
 
     /// Mutes (or unmutes) a conversation for `user`: its messages no longer
