@@ -6,7 +6,8 @@
 #   scripts/loadtest-figures.sh [OUT] [FIGURE...]
 #
 # FIGURE is any of: idle direct-max direct-cpu group latency soak
-# (default: all but soak, which takes ten minutes).
+# (default: all but soak, which takes ten minutes: SOAK_RATE and
+# SOAK_DURATION set its rate and length).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-target/loadtest-figures}"
@@ -92,7 +93,8 @@ for figure in "${figures[@]}"; do
       ;;
     soak)
       start_node
-      lt soak direct --connections 1000 --rate "${SOAK_RATE:-4000}" --duration 10m --warmup 5s \
+      lt soak direct --connections 1000 --rate "${SOAK_RATE:-4000}" \
+        --duration "${SOAK_DURATION:-10m}" --warmup 5s \
         --report "$out/soak-report"
       ;;
     *)
