@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use hanmadi_client::{
@@ -84,8 +86,8 @@ impl HttpSender {
             Target::User(u) => format!("{}/v1/direct/{u}/messages", self.base),
             Target::Group(g) => format!("{}/v1/groups/{g}/messages", self.base),
         };
-        // The API's client_msg_id is text; hex keeps the protocol's bytes.
-        let client_msg_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        // The API's client_msg_id is text: the bytes in unpadded base64url.
+        let client_msg_id = URL_SAFE_NO_PAD.encode(id);
         let response = self
             .client
             .post(path)
