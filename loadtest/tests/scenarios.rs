@@ -30,6 +30,12 @@ struct Node {
 }
 
 async fn start() -> Node {
+    start_with(ServerOptions::default()).await
+}
+
+/// A node like `hanmadi serve` starts one (a single writer on the embedded
+/// store), with `options` but for its secret and HTTP request budget.
+async fn start_with(options: ServerOptions) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
@@ -45,7 +51,7 @@ async fn start() -> Node {
     let backend = FjallBackend::open(&dir.path().join("store"), FjallOptions::default()).unwrap();
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).unwrap();
     let server = Server::start(
-        ChatStore::new(kv, StoreConfig::default()),
+        ChatStore::new(kv, StoreConfig::single_node()),
         Listeners {
             tcp: Some(bind().await.unwrap()),
             tls: Some((bind().await.unwrap(), tls)),
@@ -61,7 +67,7 @@ async fn start() -> Node {
                 burst: 1_000_000,
                 ..Default::default()
             },
-            ..ServerOptions::default()
+            ..options
         },
     );
     Node { server, dir, cert }
@@ -288,6 +294,38 @@ async fn find_max_reports_the_highest_rate_that_held() {
         .map(|s| s["rate"].as_f64().unwrap());
     let max_rate = report["find_max"]["max_rate"].as_f64().unwrap();
     assert_eq!(max_rate, best.unwrap_or(0.0), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_past_the_servers_rate_are_counted_as_refused() {
+    // 20 frames/s per connection, and the tool offers 40 per connection.
+    let node = start_with(ServerOptions {
+        conn: hanmadi_gateway::conn::ConnConfig {
+            rate_per_sec: 20,
+            rate_burst: 20,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let args = ["--connections", "10", "--rate", "400"];
+    let (code, report) = short_run(&node, "direct", &args).await;
+    assert_eq!(code, 0, "refusals lose nothing: {report}");
+    assert!(
+        report["errors"]["rate_limited"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(n(&report, "acked") > 0.0, "{report}");
+    assert_eq!(
+        n(&report, "sent"),
+        n(&report, "acked") + report["errors"]["rate_limited"].as_f64().unwrap(),
+        "{report}"
+    );
+    assert_eq!(
+        n(&report, "lost") + n(&report, "duplicated") + n(&report, "reordered"),
+        0.0,
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
