@@ -28,6 +28,8 @@
 //! | `--fdb-cluster-file` | `HANMADI_FDB_CLUSTER_FILE` | `fdb_cluster_file` | FoundationDB's default | cluster file for `--store fdb` |
 //! | `--node-id` | `HANMADI_NODE_ID` | `node_id` | `0` | node number in message ids, 0 to 1023 (embedded store; a cluster node takes its id from a lease) |
 //! | `--lease-expiry-ms` | `HANMADI_LEASE_EXPIRY_MS` | `lease_expiry_ms` | `10000` | with `--store fdb`: a node id whose lease is not renewed for this long may be taken by another node (renewed every fifth of it) |
+//! | `--cluster-link` | `HANMADI_CLUSTER_LINK` | `cluster_link` | `0.0.0.0:7090` | with `--store fdb`: where the node-to-node link listens; other nodes dial it at `hostname` (or this address when it names one) |
+//! | `--cluster-backstop-ms` | `HANMADI_CLUSTER_BACKSTOP_MS` | `cluster_backstop_ms` | `1000` | with `--store fdb`: how often the node reads the change feed, the bound on a delivery whose link notification was lost |
 //! | `--hostname` | `HANMADI_HOSTNAME` | `hostname` | the machine's hostname | name clients reach this node by, and its TLS name, in discovery |
 //! | `--max-frame-bytes` | `HANMADI_MAX_FRAME_BYTES` | `max_frame_bytes` | `65536` | largest protocol frame; a larger one closes the connection |
 //! | `--max-body-bytes` | `HANMADI_MAX_BODY_BYTES` | `max_body_bytes` | `16384` | largest message body |
@@ -192,6 +194,14 @@ pub struct ServeArgs {
     /// long may be taken by another node [default: 10000].
     #[arg(long, value_name = "MS")]
     pub lease_expiry_ms: Option<u64>,
+    /// With `--store fdb`: where the node-to-node link listens
+    /// [default: 0.0.0.0:7090].
+    #[arg(long, value_name = "ADDR")]
+    pub cluster_link: Option<SocketAddr>,
+    /// With `--store fdb`: how often the change feed is read, the bound on
+    /// a delivery whose link notification was lost [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub cluster_backstop_ms: Option<u64>,
     /// Frames per second per connection, on average [default: 100].
     #[arg(long, value_name = "N")]
     pub rate_per_sec: Option<u32>,
@@ -443,6 +453,8 @@ pub struct FileConfig {
     pub write_timeout_ms: Option<u64>,
     pub drain_timeout_ms: Option<u64>,
     pub lease_expiry_ms: Option<u64>,
+    pub cluster_link: Option<SocketAddr>,
+    pub cluster_backstop_ms: Option<u64>,
     pub rate_per_sec: Option<u32>,
     pub rate_burst: Option<u32>,
     pub max_conns_per_user: Option<usize>,
@@ -614,6 +626,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// In a cluster, how long a node id's lease lasts unrenewed.
     pub lease_expiry: Duration,
+    /// In a cluster, where the node-to-node link listens.
+    pub cluster_link: SocketAddr,
+    /// In a cluster, how often the change feed is read.
+    pub cluster_backstop: Duration,
     /// Frames per second one connection may send, on average.
     pub rate_per_sec: u32,
     /// Frames one connection may send in a burst.
@@ -680,6 +696,8 @@ impl Default for Config {
             write_timeout: conn.write_timeout,
             drain_timeout: server.drain_timeout,
             lease_expiry: crate::cluster::LeaseTiming::default().expiry,
+            cluster_link: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7090)),
+            cluster_backstop: server.cluster_backstop,
             rate_per_sec: conn.rate_per_sec,
             rate_burst: conn.rate_burst,
             max_conns_per_user: server.registry.per_user,
@@ -849,6 +867,8 @@ impl Config {
             write_timeout: setting!(write_timeout_ms).map_or(d.write_timeout, ms),
             drain_timeout: setting!(drain_timeout_ms).map_or(d.drain_timeout, ms),
             lease_expiry: setting!(lease_expiry_ms).map_or(d.lease_expiry, ms),
+            cluster_link: setting!(cluster_link).unwrap_or(d.cluster_link),
+            cluster_backstop: setting!(cluster_backstop_ms).map_or(d.cluster_backstop, ms),
             rate_per_sec: setting!(rate_per_sec).unwrap_or(d.rate_per_sec),
             rate_burst: setting!(rate_burst).unwrap_or(d.rate_burst),
             max_conns_per_user: setting!(max_conns_per_user).unwrap_or(d.max_conns_per_user),
@@ -912,6 +932,9 @@ impl Config {
         }
         if self.lease_expiry < Duration::from_millis(500) {
             return invalid("lease_expiry_ms", "must be at least 500");
+        }
+        if self.cluster_backstop < Duration::from_millis(10) {
+            return invalid("cluster_backstop_ms", "must be at least 10");
         }
         if self.hostname.trim().is_empty() {
             return invalid("hostname", "must not be empty");

@@ -87,6 +87,9 @@ pub struct ConnContext<K: Kv> {
     pub config: ConnConfig,
     /// Fires when the node drains.
     pub shutdown: CancellationToken,
+    /// In a cluster: the presence index, where a connection is announced
+    /// before its `Welcome`.
+    pub presence: Option<Arc<crate::cluster::presence::PresenceIndex<K>>>,
 }
 
 impl<K: Kv> std::fmt::Debug for ConnContext<K> {
@@ -319,6 +322,13 @@ where
         Ok(u) => u,
         Err(close) => return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await,
     };
+    // In a cluster, this node is in the user's presence entry before the
+    // Welcome: every commit for the user from then on, through any node,
+    // notifies this one (one that does not, the client syncs).
+    let announced = match &ctx.presence {
+        Some(index) => Some(Box::pin(index.announce(user)).await),
+        None => None,
+    };
     // Where live delivery starts: read before registering, so a message
     // committed in between is older than the Welcome (the client syncs it)
     // rather than filtered out of the live stream.
@@ -341,6 +351,7 @@ where
             return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
         }
     };
+    drop(announced);
     // Deleting an account revokes the connections registered at that
     // moment; one checked before the deletion but registered after it is
     // caught here, since a deletion that this read misses revokes it.
@@ -799,6 +810,10 @@ fn keep_unwritten(drained: &mut Vec<Outbound>, last_cursor: &mut Option<Cursor>)
             pull = true;
             false
         }
+        Outbound::PullUntil(until) => {
+            pull |= last_cursor.is_none_or(|last| last < *until);
+            false
+        }
         Outbound::Deliver { cursor, .. } => {
             if pull || last_cursor.is_some_and(|last| *cursor <= last) {
                 return false;
@@ -948,7 +963,7 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Outbound::Deliver { cursor, .. } => cursor.0[0],
-                Outbound::Pull => 0,
+                Outbound::Pull | Outbound::PullUntil(_) => 0,
             })
             .collect()
     }

@@ -162,6 +162,7 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Resu
             region: config.region.clone(),
             ..Default::default()
         };
+        listeners.link = Some(bind(config.cluster_link, "cluster link").await?);
         let lease = hanmadi_gateway::cluster::join(&store, &record, timing)
             .await
             .map_err(|e| format!("joining the cluster: {e}"))?;
@@ -210,6 +211,7 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Resu
             deadline: config.http_request_timeout,
         },
         cluster,
+        cluster_backstop: config.cluster_backstop,
     };
     let server = Server::start(store, listeners, options);
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");

@@ -41,6 +41,10 @@ pub enum Outbound {
     /// Read the inbox after the last delivered cursor (a commit whose
     /// cursors are unknown here).
     Pull,
+    /// Read the inbox after the last delivered cursor unless that is at or
+    /// past this one already (a commit, maybe through another node of the
+    /// cluster, that wrote an inbox entry at or before it).
+    PullUntil(Cursor),
 }
 
 impl Outbound {
@@ -49,7 +53,7 @@ impl Outbound {
     pub fn byte_len(&self) -> usize {
         match self {
             Self::Deliver { frame, .. } => frame.remaining(),
-            Self::Pull => 0,
+            Self::Pull | Self::PullUntil(_) => 0,
         }
     }
 }
@@ -78,6 +82,22 @@ impl ConnShared {
     pub fn push(&self, item: Outbound) -> bool {
         if self.slow.load(Ordering::Relaxed) {
             return false;
+        }
+        if let Outbound::Pull | Outbound::PullUntil(_) = item {
+            // Pulls cost no queue bytes: merged with a pull at the back of
+            // the queue, they cannot pile up behind a slow reader either.
+            let mut queue = self.queue.lock();
+            match (queue.back_mut(), item) {
+                (Some(Outbound::Pull), _) => {}
+                (Some(back @ Outbound::PullUntil(_)), Outbound::Pull) => *back = Outbound::Pull,
+                (Some(Outbound::PullUntil(last)), Outbound::PullUntil(c)) => {
+                    *last = (*last).max(c);
+                }
+                (_, item) => queue.push_back(item),
+            }
+            drop(queue);
+            self.wake.notify_one();
+            return true;
         }
         let bytes = item.byte_len();
         if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max_bytes {
@@ -210,9 +230,7 @@ impl Drop for PollWaiter<'_> {
                 local.poll_wake = None;
             }
         }
-        self.registry
-            .users
-            .remove_if(&self.user, |_, l| l.is_empty());
+        self.registry.remove_if_empty(self.user);
     }
 }
 
@@ -243,24 +261,56 @@ impl Drop for IpPermit {
 
 /// Every live, authenticated connection of this node, and the users'
 /// waiting long-polls.
-#[derive(Debug)]
 pub struct Registry {
     users: DashMap<u64, Local>,
+    /// Told of every user who comes to or leaves this node (the first
+    /// connection or long-poll, the last one): the cluster's presence index.
+    on_change: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     ips: DashMap<IpAddr, usize>,
     next_id: AtomicU64,
     limits: RegistryLimits,
     metrics: Arc<Metrics>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("users", &self.users.len())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new(limits: RegistryLimits, metrics: Arc<Metrics>) -> Self {
         Self {
+            on_change: std::sync::OnceLock::new(),
             users: DashMap::new(),
             ips: DashMap::new(),
             next_id: AtomicU64::new(1),
             limits,
             metrics,
+        }
+    }
+
+    /// Sets what is told of every user who comes to this node or leaves it
+    /// (once; later calls are ignored).
+    pub fn on_presence_change(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(f));
+    }
+
+    fn presence_changed(&self, user: u64) {
+        if let Some(f) = self.on_change.get() {
+            f(user);
+        }
+    }
+
+    /// Removes `user`'s entry if it holds nothing any more, telling the
+    /// presence index.
+    fn remove_if_empty(&self, user: u64) {
+        if self.users.remove_if(&user, |_, l| l.is_empty()).is_some() {
+            self.presence_changed(user);
         }
     }
 
@@ -300,9 +350,19 @@ impl Registry {
         });
         let mut local = self.users.entry(user).or_default();
         if local.conns.len() >= self.limits.per_user {
+            let empty = local.is_empty();
+            drop(local);
+            if empty {
+                self.remove_if_empty(user);
+            }
             return Err(RegisterError::PerUser(self.limits.per_user));
         }
+        let first = local.is_empty();
         local.conns.push(Arc::clone(&conn));
+        drop(local);
+        if first {
+            self.presence_changed(user);
+        }
         Ok(conn)
     }
 
@@ -311,15 +371,19 @@ impl Registry {
         if let Some(mut local) = self.users.get_mut(&conn.user) {
             local.conns.retain(|c| c.id != conn.id);
         }
-        self.users.remove_if(&conn.user, |_, l| l.is_empty());
+        self.remove_if_empty(conn.user);
     }
 
     /// Registers a long-poll of `user` waiting for their next commit.
     pub fn wait_for_commit(&self, user: u64) -> PollWaiter<'_> {
         let mut local = self.users.entry(user).or_default();
+        let first = local.is_empty();
         local.polls += 1;
         let wake = Arc::clone(local.poll_wake.get_or_insert_with(Default::default));
         drop(local);
+        if first {
+            self.presence_changed(user);
+        }
         PollWaiter {
             registry: self,
             user,
@@ -336,6 +400,31 @@ impl Registry {
                 conn.wake.notify_one();
             }
         }
+    }
+
+    /// Wakes `user`'s long-polls and has each of their connections read
+    /// its inbox until `cursor` is delivered (the cluster's delivery: a
+    /// commit through any node only notifies).
+    pub fn pull_until(&self, user: u64, cursor: Cursor) {
+        self.pull(user, Outbound::PullUntil(cursor));
+    }
+
+    fn pull(&self, user: u64, item: Outbound) {
+        if let Some(local) = self.users.get(&user) {
+            local.wake_polls();
+            for conn in local.conns.iter() {
+                let item = match &item {
+                    Outbound::PullUntil(c) => Outbound::PullUntil(*c),
+                    _ => Outbound::Pull,
+                };
+                conn.push(item);
+            }
+        }
+    }
+
+    /// Whether this node holds a connection or a long-poll of `user`.
+    pub fn is_here(&self, user: u64) -> bool {
+        self.users.contains_key(&user)
     }
 
     /// Live connections in all.
@@ -407,11 +496,6 @@ impl DeliverySink for Registry {
     }
 
     fn notify(&self, user: u64) {
-        if let Some(local) = self.users.get(&user) {
-            local.wake_polls();
-            for conn in local.conns.iter() {
-                conn.push(Outbound::Pull);
-            }
-        }
+        self.pull(user, Outbound::Pull);
     }
 }

@@ -16,6 +16,10 @@ use tokio_util::task::TaskTracker;
 use hanmadi_storage::chat::NodeLease;
 
 use crate::auth::TokenIssuer;
+use crate::cluster::delivery::{run_feed, run_notifier, Apply, ClusterSink};
+use crate::cluster::link::Links;
+use crate::cluster::peers::Peers;
+use crate::cluster::presence::PresenceIndex;
 use crate::cluster::LeaseTiming;
 use crate::conn::{ConnConfig, ConnContext};
 use crate::http_listener::{HttpLimits, HttpListener};
@@ -34,6 +38,8 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// HTTPS: the API and `/ws` (WSS), with its TLS configuration.
     pub https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// In a cluster: the node-to-node link.
+    pub link: Option<TcpListener>,
 }
 
 /// Everything a node is configured with besides its sockets and store.
@@ -75,6 +81,9 @@ pub struct ServerOptions {
     /// In a cluster: the lease this node holds on its id (which then
     /// overrides `router.node`), and how it is renewed.
     pub cluster: Option<(NodeLease, LeaseTiming)>,
+    /// In a cluster, how often the change feed is read: the longest a
+    /// delivery waits when its link notification was lost.
+    pub cluster_backstop: Duration,
 }
 
 impl Default for ServerOptions {
@@ -100,6 +109,7 @@ impl Default for ServerOptions {
             max_connections: 100_000,
             push: crate::push::PushConfig::default(),
             cluster: None,
+            cluster_backstop: Duration::from_secs(1),
         }
     }
 }
@@ -119,6 +129,7 @@ pub struct Server<K: Kv> {
     https_addr: Option<SocketAddr>,
     drain_timeout: Duration,
     lease_lost: CancellationToken,
+    links: Option<Arc<Links>>,
 }
 
 impl<K: Kv> std::fmt::Debug for Server<K> {
@@ -144,8 +155,39 @@ impl<K: Kv> Server<K> {
         let lease_store = store.clone();
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(options.registry, Arc::clone(&metrics)));
-        let (router, appender) =
-            Router::start(store, registry.clone(), registry.clone(), options.router);
+        let peers = Arc::new(Peers::default());
+        // In a cluster every commit notifies and connections pull
+        // (`cluster::delivery`); on one node frames go straight out.
+        let cluster = options.cluster.map(|(lease, timing)| {
+            let links = Arc::new(Links::new(
+                lease.node_id,
+                lease.epoch,
+                &options.secret,
+                Arc::clone(&peers),
+            ));
+            let presence = Arc::new(PresenceIndex::new(
+                store.clone(),
+                lease,
+                Arc::clone(&registry),
+                Arc::clone(&peers),
+            ));
+            let index = Arc::clone(&presence);
+            registry.on_presence_change(move |user| index.changed(user));
+            let (sink, notices) = ClusterSink::new(
+                Arc::clone(&registry),
+                Arc::clone(&presence),
+                Arc::clone(&links),
+            );
+            (lease, timing, links, presence, Arc::new(sink), notices)
+        });
+        let (online, sink): (
+            Arc<dyn hanmadi_router::Presence>,
+            Arc<dyn hanmadi_router::DeliverySink>,
+        ) = match &cluster {
+            Some((_, _, _, _, sink, _)) => (sink.clone(), sink.clone()),
+            None => (registry.clone(), registry.clone()),
+        };
+        let (router, appender) = Router::start(store, online, sink, options.router);
         let router = Arc::new(router);
         if let Some((lease, _)) = &options.cluster {
             // Mint above every id the id's previous holder could have.
@@ -166,6 +208,7 @@ impl<K: Kv> Server<K> {
             metrics: Arc::clone(&metrics),
             config: options.conn,
             shutdown: shutdown.clone(),
+            presence: cluster.as_ref().map(|c| Arc::clone(&c.3)),
         });
         if let Some(retention) = options.retention {
             tracker.spawn(retention_sweeps(
@@ -196,6 +239,20 @@ impl<K: Kv> Server<K> {
             .hostname
             .clone()
             .unwrap_or_else(crate::config::machine_hostname);
+        // Peers dial the link at the address it is bound to, or at the
+        // host name when it listens on every interface.
+        let link = listeners
+            .link
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| {
+                if a.ip().is_unspecified() {
+                    format!("{hostname}:{}", a.port())
+                } else {
+                    a.to_string()
+                }
+            })
+            .unwrap_or_default();
         let node = crate::http::NodeInfo {
             node_id: u64::from(options.router.node),
             endpoints: crate::http::Endpoints::bound(
@@ -204,7 +261,46 @@ impl<K: Kv> Server<K> {
             hostname,
             region: options.region.clone(),
             max_connections: options.max_connections,
+            link,
         };
+        let mut links = None;
+        if let Some((lease, timing, cluster_links, presence, _, notices)) = cluster {
+            let store = router.store().clone();
+            let apply = Arc::new(Apply {
+                router: Arc::downgrade(&router),
+                registry: Arc::clone(&registry),
+                presence: Arc::clone(&presence),
+            });
+            tracker.spawn(crate::cluster::run_peers(
+                store.clone(),
+                lease.node_id,
+                Arc::clone(&peers),
+                timing.renew_every,
+                shutdown.clone(),
+            ));
+            let on_event = Arc::clone(&apply);
+            cluster_links.spawn(
+                listeners.link,
+                Arc::new(move |event| on_event.link_event(event)),
+                timing.renew_every,
+                &tracker,
+                shutdown.clone(),
+            );
+            tracker.spawn(run_notifier(
+                notices,
+                Arc::clone(&presence),
+                Arc::clone(&cluster_links),
+                shutdown.clone(),
+            ));
+            tracker.spawn(presence.run_writer(Arc::clone(&cluster_links), shutdown.clone()));
+            tracker.spawn(run_feed(
+                store,
+                apply,
+                options.cluster_backstop,
+                shutdown.clone(),
+            ));
+            links = Some(cluster_links);
+        }
         let lease_lost = CancellationToken::new();
         if let Some((lease, timing)) = options.cluster {
             let (node, registry, draining) =
@@ -282,6 +378,7 @@ impl<K: Kv> Server<K> {
             https_addr,
             drain_timeout: options.drain_timeout,
             lease_lost,
+            links,
         }
     }
 
@@ -289,6 +386,11 @@ impl<K: Kv> Server<K> {
     /// it must stop, since its commits fail from then on.
     pub fn lease_lost(&self) -> CancellationToken {
         self.lease_lost.clone()
+    }
+
+    /// In a cluster: the node-to-node links.
+    pub fn links(&self) -> Option<&Arc<Links>> {
+        self.links.as_ref()
     }
 
     /// The bound TCP address.

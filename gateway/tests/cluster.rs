@@ -1,7 +1,9 @@
 //! Several nodes on one store, in one process, on the simulated engine with
 //! FoundationDB's semantics and injected faults: node ids come from leases,
-//! discovery lists the live nodes, a drained node gives its id up, and a
-//! node whose id is taken stops.
+//! discovery lists the live nodes, a drained node gives its id up, a node
+//! whose id is taken stops; messages, long-polls and account deletions
+//! reach users on every node, over the node-to-node link or, when it loses
+//! them, through the change feed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -34,6 +36,16 @@ async fn node(store: &ChatStore<SimKv>, name: &str) -> Server<SimKv> {
 }
 
 async fn node_timed(store: &ChatStore<SimKv>, name: &str, timing: LeaseTiming) -> Server<SimKv> {
+    node_with(store, name, timing, Duration::from_secs(60)).await
+}
+
+/// A node whose change-feed backstop runs every `backstop`.
+async fn node_with(
+    store: &ChatStore<SimKv>,
+    name: &str,
+    timing: LeaseTiming,
+    backstop: Duration,
+) -> Server<SimKv> {
     let record = NodeRecord {
         hostname: name.to_owned(),
         region: "local".to_owned(),
@@ -47,12 +59,19 @@ async fn node_timed(store: &ChatStore<SimKv>, name: &str, timing: LeaseTiming) -
         Listeners {
             tcp: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
             http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            link: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
             ..Listeners::default()
         },
         ServerOptions {
             secret: b"cluster test secret, thirty-two bytes+".to_vec(),
             hostname: Some(name.to_owned()),
             cluster: Some((lease, timing)),
+            cluster_backstop: backstop,
+            conn: hanmadi_gateway::conn::ConnConfig {
+                rate_per_sec: 100_000,
+                rate_burst: 100_000,
+                ..Default::default()
+            },
             ..ServerOptions::default()
         },
     )
@@ -206,4 +225,337 @@ fn common_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// Three nodes on one faulty store, each linked to the other two.
+async fn three_linked(seed: u64, backstop: Duration) -> (ChatStore<SimKv>, Vec<Server<SimKv>>) {
+    let store = store(seed);
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        nodes.push(node_with(&store, name, TIMING, backstop).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (i, n) in nodes.iter().enumerate() {
+        let want: Vec<u64> = (0..3).filter(|&j| j != i as u64).collect();
+        loop {
+            let open = n.links().unwrap().open_to();
+            if open == want {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i} has links to {open:?}, not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    (store, nodes)
+}
+
+async fn users(store: &ChatStore<SimKv>, ids: impl IntoIterator<Item = u64>) {
+    for id in ids {
+        let user = hanmadi_storage::chat::UserRecord {
+            username: format!("user{id}"),
+            ..Default::default()
+        };
+        store.create_user(id, &user).await.unwrap();
+    }
+}
+
+async fn connect(
+    node: &Server<SimKv>,
+    user: u64,
+    device: &str,
+) -> (hanmadi_client::Client, hanmadi_client::Deliveries) {
+    let token = node
+        .auth()
+        .issue(user, common_now(), Duration::from_secs(3600));
+    let config =
+        hanmadi_client::ClientConfig::new(node.tcp_addr().unwrap().to_string(), token, device);
+    hanmadi_client::Client::connect(config).await.unwrap()
+}
+
+/// The next `n` text messages `deliveries` gets, each within `within`.
+async fn texts(
+    deliveries: &mut hanmadi_client::Deliveries,
+    n: usize,
+    within: Duration,
+) -> Vec<hanmadi_proto::pb::Message> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let event = tokio::time::timeout(within, deliveries.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", out.len()))
+            .expect("connection open");
+        match event {
+            hanmadi_client::Event::Deliver { message, .. }
+                if message.kind == hanmadi_proto::pb::MessageKind::Text as i32 =>
+            {
+                out.push(message);
+            }
+            hanmadi_client::Event::Deliver { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+async fn shutdown_all(nodes: Vec<Server<SimKv>>) {
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_nodes_chat_live() {
+    // The feed's backstop is a minute away: what arrives within the
+    // test's seconds came over the link.
+    let (store, nodes) = three_linked(20, Duration::from_secs(60)).await;
+    users(&store, [101, 102]).await;
+    let (alice, mut alice_in) = connect(&nodes[0], 101, "phone").await;
+    let (bob, mut bob_in) = connect(&nodes[1], 102, "phone").await;
+    alice
+        .send(hanmadi_client::Target::User(102), "hi bob, from node a")
+        .await
+        .unwrap();
+    let got = texts(&mut bob_in, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].body, "hi bob, from node a");
+    bob.send(hanmadi_client::Target::User(101), "hi alice, from node b")
+        .await
+        .unwrap();
+    // Alice's own device gets her message too, then Bob's, in order.
+    let got = texts(&mut alice_in, 2, Duration::from_secs(5)).await;
+    let bodies: Vec<&str> = got.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["hi bob, from node a", "hi alice, from node b"]);
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spread_over_three_nodes_gets_each_message_once_in_order() {
+    const MEMBERS: u64 = 50;
+    const SENDERS: u64 = 5;
+    const EACH: usize = 10;
+    let (store, nodes) = three_linked(21, Duration::from_secs(60)).await;
+    let members: Vec<u64> = (200..200 + MEMBERS).collect();
+    users(&store, members.iter().copied()).await;
+    let (group, _) = nodes[0]
+        .router()
+        .create_group(members[0], "spread".into(), members[1..].to_vec())
+        .await
+        .unwrap();
+    let mut conns = Vec::new();
+    for (i, &m) in members.iter().enumerate() {
+        conns.push(connect(&nodes[i % 3], m, "d").await);
+    }
+    // A device of one user on two nodes at once gets both streams whole.
+    let (_second, second_in) = connect(&nodes[1], members[0], "tablet").await;
+    let sends = (0..SENDERS as usize).map(|s| {
+        let client = conns[s * 7].0.clone();
+        async move {
+            for i in 0..EACH {
+                client
+                    .send(hanmadi_client::Target::Group(group), format!("{s}:{i}"))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(sends).await;
+    let total = SENDERS as usize * EACH;
+    // The clients stay open while their deliveries are read.
+    let (_clients, mut streams): (Vec<_>, Vec<_>) = conns.into_iter().unzip();
+    streams.push(second_in);
+    let mut first: Option<Vec<u64>> = None;
+    for (i, deliveries) in streams.iter_mut().enumerate() {
+        let got = texts(deliveries, total, Duration::from_secs(10)).await;
+        let ids: Vec<u64> = got.iter().map(|m| m.message_id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "device {i}: in commit order, once each"
+        );
+        match &first {
+            None => first = Some(ids),
+            Some(want) => assert_eq!(&ids, want, "device {i} got another sequence"),
+        }
+    }
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_link_notifications_arrive_through_the_change_feed() {
+    const BACKSTOP: Duration = Duration::from_millis(200);
+    let (store, nodes) = three_linked(22, BACKSTOP).await;
+    users(&store, [301, 302]).await;
+    for n in &nodes {
+        n.links().unwrap().set_muted(true);
+    }
+    let (alice, _alice_in) = connect(&nodes[0], 301, "phone").await;
+    let (_bob, mut bob_in) = connect(&nodes[2], 302, "phone").await;
+    for i in 0..20 {
+        let sent = tokio::time::Instant::now();
+        alice
+            .send(hanmadi_client::Target::User(302), format!("{i}"))
+            .await
+            .unwrap();
+        // Within the backstop plus the feed read and the pull, with room
+        // for a loaded machine.
+        let got = texts(&mut bob_in, 1, BACKSTOP * 10).await;
+        assert_eq!(got[0].body, format!("{i}"));
+        assert!(sent.elapsed() < BACKSTOP * 10);
+    }
+    let (_, dropped) = nodes[0].links().unwrap().counts();
+    assert!(dropped > 0, "the link carried nothing");
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_one_node_wakes_for_a_commit_through_another() {
+    let (store, nodes) = three_linked(23, Duration::from_secs(60)).await;
+    users(&store, [401, 402]).await;
+    let token = nodes[1]
+        .auth()
+        .issue(402, common_now(), Duration::from_secs(3600));
+    let url = format!(
+        "http://{}/v1/sync?wait_ms=20000",
+        nodes[1].http_addr().unwrap()
+    );
+    let poll = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let body: Value = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (started.elapsed(), body)
+    });
+    let (alice, _in) = connect(&nodes[0], 401, "phone").await;
+    // The poll is waiting once the presence index names node b for 402.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.presence(402).await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poll never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    alice
+        .send(hanmadi_client::Target::User(402), "wake up")
+        .await
+        .unwrap();
+    let (waited, body) = poll.await.unwrap();
+    let entries = body["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(entries.len(), 1, "{body}");
+    assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_account_closes_its_sockets_on_every_node() {
+    let (store, nodes) = three_linked(24, Duration::from_secs(60)).await;
+    users(&store, [501]).await;
+    let (_b, mut on_b) = connect(&nodes[1], 501, "phone").await;
+    let (_c, mut on_c) = connect(&nodes[2], 501, "laptop").await;
+    nodes[0].router().delete_user(501).await.unwrap();
+    for deliveries in [&mut on_b, &mut on_c] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match deliveries.recv().await {
+                    Some(hanmadi_client::Event::Closed { .. }) | None => return,
+                    Some(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a socket of the deleted account stayed open"
+        );
+    }
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moved_between_nodes_fifty_times_gets_exactly_its_inbox() {
+    use hanmadi_client::{Endpoints, ReconnectOptions, ReconnectingClient};
+    const MESSAGES: usize = 2000;
+    let (store, nodes) = three_linked(25, Duration::from_millis(500)).await;
+    users(&store, [601, 602, 603]).await;
+    let (a_sender, _a_in) = connect(&nodes[0], 601, "d").await;
+    let (b_sender, _b_in) = connect(&nodes[1], 602, "d").await;
+    let token = nodes[0]
+        .auth()
+        .issue(603, common_now(), Duration::from_secs(3600));
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| n.tcp_addr().unwrap().to_string())
+        .collect();
+    let config = hanmadi_client::ClientConfig::new(addrs[2].clone(), token, "phone");
+    let mut inbox = ReconnectingClient::start(
+        config,
+        ReconnectOptions {
+            endpoints: Some(Endpoints::list(addrs)),
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+            ..ReconnectOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let send = |client: hanmadi_client::Client, tag: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..MESSAGES / 2 {
+                client
+                    .send(hanmadi_client::Target::User(603), format!("{tag}{i}"))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let senders = [send(a_sender, "a"), send(b_sender, "b")];
+    let mut received = Vec::new();
+    let mut moves = 0;
+    while received.len() < MESSAGES {
+        let r = tokio::time::timeout(Duration::from_secs(20), inbox.next())
+            .await
+            .expect("progress within 20 s")
+            .expect("stream open")
+            .expect("no final error");
+        received.push((r.message.message_id, r.cursor.clone()));
+        if received.len() % 35 == 0 && moves < 50 {
+            if let Some(c) = inbox.client() {
+                c.close().await;
+                moves += 1;
+            }
+        }
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert!(moves >= 50, "moved only {moves} times");
+    let mut want = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.sync(603, after, 1000).await.unwrap();
+        for e in &page.entries {
+            use hanmadi_proto::prost::Message as _;
+            let m = hanmadi_proto::pb::Message::decode(e.message.as_ref()).unwrap();
+            want.push((
+                m.message_id,
+                bytes::Bytes::copy_from_slice(e.cursor.as_bytes()),
+            ));
+        }
+        after = page.next;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(received.len(), want.len());
+    assert!(received == want, "what it handed over equals the inbox");
+    shutdown_all(nodes).await;
 }

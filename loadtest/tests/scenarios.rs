@@ -57,6 +57,7 @@ async fn start_with(options: ServerOptions) -> Node {
             tls: Some((bind().await.unwrap(), tls)),
             http: Some(bind().await.unwrap()),
             https: Some((bind().await.unwrap(), https_tls)),
+            link: None,
         },
         ServerOptions {
             secret: SECRET.as_bytes().to_vec(),

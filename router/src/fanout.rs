@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use hanmadi_proto::ConversationId;
-use hanmadi_storage::chat::{Appended, Cursor};
+use hanmadi_storage::chat::{Appended, Cursor, FeedEvent};
 
 /// One committed message on its way to its recipients: the message encoded
 /// once, and each recipient's inbox cursor.
@@ -56,6 +56,11 @@ pub trait DeliverySink: Send + Sync + 'static {
     /// Reports one append: how many messages it carried and how long it
     /// took to commit (for metrics).
     fn committed(&self, _messages: usize, _latency: std::time::Duration) {}
+
+    /// Reports a committed change the authorization caches of other nodes
+    /// mirror (membership, an account, a block), for a sink that tells
+    /// them. This node's caches are already up to date.
+    fn changed(&self, _change: &FeedEvent) {}
 }
 
 /// A sink that drops everything (a router with no live connections, such as

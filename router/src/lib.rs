@@ -23,7 +23,7 @@ use bytes::Bytes;
 use hanmadi_proto::pb::MessageKind;
 use hanmadi_proto::ConversationId;
 use hanmadi_storage::chat::{
-    Cursor, HistoryPage, IdSource, MembershipChange, NewMessage, Role, SyncBatch,
+    Cursor, FeedEvent, HistoryPage, IdSource, MembershipChange, NewMessage, Role, SyncBatch,
 };
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
@@ -129,6 +129,7 @@ pub struct Router<K: Kv> {
     clock: Arc<dyn Clock>,
     authz: authz::Authz<K>,
     appender: Appender,
+    sink: Arc<dyn DeliverySink>,
     config: RouterConfig,
 }
 
@@ -170,10 +171,11 @@ impl<K: Kv> Router<K> {
             store.clone(),
             Arc::clone(&ids) as Arc<dyn IdSource>,
             presence,
-            sink,
+            Arc::clone(&sink),
             config.appender,
         );
         let router = Self {
+            sink,
             authz: authz::Authz::new(store.clone()),
             store,
             ids,
@@ -457,6 +459,10 @@ impl<K: Kv> Router<K> {
         let result = self.appender.append(msg).await;
         // Whatever the outcome, the cached membership may be stale now.
         self.authz.invalidate_group(group);
+        self.sink.changed(&FeedEvent {
+            groups: vec![group],
+            ..FeedEvent::default()
+        });
         Ok(Self::acked(cmid, &result?))
     }
 
@@ -572,6 +578,10 @@ impl<K: Kv> Router<K> {
     ) -> Result<(), RouterError> {
         let result = self.store.set_blocked(user, other, blocked).await;
         self.authz.invalidate_block(user, other);
+        self.sink.changed(&FeedEvent {
+            blocks: vec![user, other],
+            ..FeedEvent::default()
+        });
         Ok(result?)
     }
 
@@ -583,6 +593,24 @@ impl<K: Kv> Router<K> {
     pub async fn delete_user(&self, user: u64) -> Result<(), RouterError> {
         let result = self.store.delete_user(user, self.now_ms()).await;
         self.authz.invalidate_user(user);
+        self.sink.changed(&FeedEvent {
+            accounts: vec![user],
+            ..FeedEvent::default()
+        });
         Ok(result?)
+    }
+
+    /// Acts on a change committed through another node of the cluster:
+    /// forgets what the authorization caches hold of it.
+    pub fn forget(&self, change: &FeedEvent) {
+        for &group in &change.groups {
+            self.authz.invalidate_group(group);
+        }
+        for &user in &change.accounts {
+            self.authz.invalidate_user(user);
+        }
+        for pair in change.blocks.chunks_exact(2) {
+            self.authz.invalidate_block(pair[0], pair[1]);
+        }
     }
 }

@@ -65,4 +65,5 @@ embedded_tests!(
     blocks => suite::blocks,
     membership_rules => suite::membership_rules,
     node_leases => suite::node_leases,
+    change_feed => suite::change_feed,
 );

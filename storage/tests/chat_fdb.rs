@@ -57,4 +57,5 @@ chat_fdb_tests!(
     blocks => common::chat_suite::blocks,
     membership_rules => common::chat_suite::membership_rules,
     node_leases => common::chat_suite::node_leases,
+    change_feed => common::chat_suite::change_feed,
 );

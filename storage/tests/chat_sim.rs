@@ -115,6 +115,12 @@ async fn node_leases() {
 }
 
 #[tokio::test]
+async fn change_feed() {
+    suite::change_feed(healthy()).await;
+    suite::change_feed(faulty(11, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
 async fn blocks() {
     suite::blocks(healthy()).await;
 }

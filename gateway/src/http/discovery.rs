@@ -33,6 +33,8 @@ pub struct NodeInfo {
     pub endpoints: Endpoints,
     /// The connections it is meant to hold: its capacity for ranking.
     pub max_connections: u64,
+    /// Where its node-to-node link listens (`host:port`; empty: nowhere).
+    pub link: String,
 }
 
 impl NodeInfo {
@@ -56,6 +58,7 @@ impl NodeInfo {
             max_connections: self.max_connections,
             current_connections: connections,
             draining,
+            link: self.link.clone(),
             ..NodeRecord::default()
         }
     }

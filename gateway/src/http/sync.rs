@@ -122,7 +122,14 @@ pub(super) async fn sync<K: Kv>(
         return Ok(Json(sync_batch(batch)?));
     }
     let deadline = tokio::time::Instant::now() + wait;
+    // In a cluster, a commit through another node wakes this poll once
+    // the presence index names this node for the user.
+    let announced = match &state.ctx.presence {
+        Some(index) => Some(index.announce(me).await),
+        None => None,
+    };
     let waiter = state.ctx.registry.wait_for_commit(me);
+    drop(announced);
     loop {
         let mut commit = pin!(waiter.notified());
         commit.as_mut().enable();

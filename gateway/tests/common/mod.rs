@@ -63,6 +63,7 @@ pub async fn start(options: ServerOptions) -> Node {
             tls: Some((tls, tls_config.clone())),
             http: Some(http),
             https: Some((https, tls_config)),
+            link: None,
         },
         options,
     );

@@ -34,6 +34,7 @@ pub(crate) enum Space {
     PushRetry = 21,
     PushJobs = 22,
     NodeEpochs = 30,
+    Feed = 31,
 }
 
 impl TuplePack for Space {
@@ -263,4 +264,23 @@ pub(crate) fn presence(user: u64, node: u64) -> Vec<u8> {
 
 pub(crate) fn presence_of(user: u64) -> Vec<u8> {
     key(&(Space::Presence, user))
+}
+
+/// A change-feed entry the commit completes: `(feed, stamp, chunk)`, one
+/// per chunk of a transaction's changes.
+pub(crate) fn feed_stamped(chunk: u16) -> Vec<u8> {
+    foundationdb_tuple::pack_with_versionstamp(&(Space::Feed, TupleStamp::incomplete(chunk)))
+}
+
+/// The change feed's prefix.
+pub(crate) fn feed() -> Vec<u8> {
+    key(&(Space::Feed,))
+}
+
+/// The feed key of a known position.
+pub(crate) fn feed_at(position: &[u8; CURSOR_LEN]) -> Vec<u8> {
+    let mut stamp = [0u8; VERSIONSTAMP_LEN];
+    stamp.copy_from_slice(&position[..VERSIONSTAMP_LEN]);
+    let order = u16::from_be_bytes([position[VERSIONSTAMP_LEN], position[VERSIONSTAMP_LEN + 1]]);
+    key(&(Space::Feed, TupleStamp::complete(stamp, order)))
 }

@@ -8,8 +8,10 @@
 //! - `push`: push registrations, mutes, and the push worker's pending
 //!   entries, index and jobs.
 //! - `nodes`: node registrations and presence.
+//! - [`feed`]: the change feed other nodes of a cluster read.
 
 mod append;
+pub mod feed;
 mod groups;
 mod inbox;
 pub mod keys;
@@ -19,6 +21,7 @@ pub mod records;
 mod users;
 
 pub use append::{Appended, IdSource, MembershipChange, NewMessage, PreparedAppend};
+pub use feed::FeedPosition;
 pub use inbox::{Cursor, HistoryPage, SyncBatch, SyncEntry};
 pub use keys::CURSOR_LEN;
 pub use nodes::NodeLease;
@@ -26,7 +29,9 @@ pub use push::{
     idempotency_key, BuildPush, Claimed, DueFrom, DueKind, DuePush, PushClaim, PushContent,
     PushDevice, PushJob, PushOutcome, MAX_DEVICE_ID, MAX_PUSH_DEVICES, MAX_PUSH_TOKEN,
 };
-pub use records::{GroupRecord, MemberRecord, NodeRecord, PushPlatform, Role, UserRecord};
+pub use records::{
+    FeedEvent, GroupRecord, MemberRecord, NodeRecord, PushPlatform, Role, UserRecord,
+};
 
 use crate::kv::{Kv, KvError, KvTxn};
 
@@ -121,6 +126,10 @@ pub struct StoreConfig {
     /// Attempts an append transaction gets (conflicts, unknown results, an
     /// unavailable cluster) before its messages fail with a retryable error.
     pub append_attempts: u32,
+    /// Write what other nodes act on (new inbox entries, membership,
+    /// account and block changes) to the change feed in the same
+    /// transaction (see [`feed`]). On a cluster.
+    pub change_feed: bool,
 }
 
 impl Default for StoreConfig {
@@ -131,6 +140,7 @@ impl Default for StoreConfig {
             max_group_members: 1000,
             single_writer: false,
             append_attempts: 100,
+            change_feed: false,
         }
     }
 }
@@ -150,6 +160,7 @@ impl StoreConfig {
         Self {
             split_by_conversation: true,
             max_txn_bytes: 900_000,
+            change_feed: true,
             ..Self::default()
         }
     }

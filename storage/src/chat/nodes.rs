@@ -203,30 +203,36 @@ impl<K: Kv> ChatStore<K> {
         transact!(&self.kv, |txn| check_epoch(&mut txn, lease).await)
     }
 
-    /// Sets how many connections of `user` `node` holds (`0` removes the
-    /// entry). Absolute, so a retried write is harmless.
+    /// Records, for the node holding `lease`, which of `users` it holds
+    /// live connections of (`true`) and which it no longer does (`false`),
+    /// in one transaction. An entry names the lease's epoch: it counts only
+    /// while that lease is live. Absolute, so a retried write is harmless.
     ///
     /// # Errors
     ///
     /// A storage failure.
     pub async fn set_presence(
         &self,
-        user: u64,
-        node: u64,
-        connections: u64,
+        lease: &NodeLease,
+        users: &[(u64, bool)],
     ) -> Result<(), StoreError> {
-        let key = keys::presence(user, node);
+        let epoch = lease.epoch.to_be_bytes();
         transact!(&self.kv, |txn| {
-            if connections == 0 {
-                txn.clear(&key);
-            } else {
-                txn.set(&key, &connections.to_be_bytes());
+            for &(user, present) in users {
+                let key = keys::presence(user, lease.node_id);
+                if present {
+                    txn.set(&key, &epoch);
+                } else {
+                    txn.clear(&key);
+                }
             }
             Ok(())
         })
     }
 
-    /// The nodes holding connections of `user`, with their counts.
+    /// The nodes with an entry for `user` in the presence index, each with
+    /// the epoch of the lease it was written under. An entry counts only
+    /// while its node's lease of that epoch is live.
     ///
     /// # Errors
     ///
@@ -234,7 +240,7 @@ impl<K: Kv> ChatStore<K> {
     pub async fn presence(&self, user: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         let rows = self.scan_ids(&keys::presence_of(user), "presence").await?;
         rows.into_iter()
-            .map(|(node, count)| Ok((node, be_u64(&count, "presence")?)))
+            .map(|(node, epoch)| Ok((node, be_u64(&epoch, "presence")?)))
             .collect()
     }
 }

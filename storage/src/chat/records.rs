@@ -76,6 +76,35 @@ pub struct MemberRecord {
     pub joined_at: u64,
 }
 
+/// What one transaction changed that other nodes of a cluster act on, under
+/// `feed/(versionstamp, chunk)` and on the node-to-node link.
+#[derive(Clone, PartialEq, Message)]
+pub struct FeedEvent {
+    /// Users with new inbox entries: their connections read their inboxes.
+    #[prost(uint64, repeated, tag = "1")]
+    pub users: Vec<u64>,
+    /// Groups whose membership changed.
+    #[prost(uint64, repeated, tag = "2")]
+    pub groups: Vec<u64>,
+    /// Accounts deleted: their sockets close everywhere.
+    #[prost(uint64, repeated, tag = "3")]
+    pub accounts: Vec<u64>,
+    /// Pairs of users whose block state changed, flattened
+    /// (`[a0, b0, a1, b1, ...]`).
+    #[prost(uint64, repeated, tag = "4")]
+    pub blocks: Vec<u64>,
+}
+
+impl FeedEvent {
+    /// Whether it carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+            && self.groups.is_empty()
+            && self.accounts.is_empty()
+            && self.blocks.is_empty()
+    }
+}
+
 /// A chat node, under `nodes/(node_id)`.
 #[derive(Clone, PartialEq, Message)]
 pub struct NodeRecord {

@@ -179,6 +179,13 @@ impl<K: Kv> ChatStore<K> {
             rec.password_hash.clear();
             rec.tokens_valid_after = now_ms;
             txn.set(&key, &rec.encode_to_vec());
+            if self.config.change_feed {
+                let event = crate::chat::FeedEvent {
+                    accounts: vec![user_id],
+                    ..Default::default()
+                };
+                crate::chat::feed::write(&mut txn, event);
+            }
             Ok(())
         })
     }
@@ -200,6 +207,13 @@ impl<K: Kv> ChatStore<K> {
                 txn.set(&key, b"");
             } else {
                 txn.clear(&key);
+            }
+            if self.config.change_feed {
+                let event = crate::chat::FeedEvent {
+                    blocks: vec![user, other],
+                    ..Default::default()
+                };
+                crate::chat::feed::write(&mut txn, event);
             }
             Ok(())
         })

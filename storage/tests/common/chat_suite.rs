@@ -842,17 +842,33 @@ pub async fn blocks<K: Kv>(store: ChatStore<K>) {
     assert!(nodes
         .iter()
         .any(|(id, r)| *id == base && r.hostname == node.hostname));
-    store.set_presence(a, base, 2).await.expect("presence");
-    store.set_presence(a, base + 1, 1).await.expect("presence");
+    let lease = |node_id, epoch| hanmadi_storage::chat::NodeLease {
+        node_id,
+        epoch,
+        ids_floor_ms: 0,
+        instance: 1,
+    };
+    store
+        .set_presence(&lease(base, 2), &[(a, true), (b, true)])
+        .await
+        .expect("presence");
+    store
+        .set_presence(&lease(base + 1, 5), &[(a, true)])
+        .await
+        .expect("presence");
     assert_eq!(
         store.presence(a).await.expect("presence"),
-        vec![(base, 2), (base + 1, 1)]
+        vec![(base, 2), (base + 1, 5)]
     );
-    store.set_presence(a, base, 0).await.expect("presence");
+    store
+        .set_presence(&lease(base, 2), &[(a, false)])
+        .await
+        .expect("presence");
     assert_eq!(
         store.presence(a).await.expect("presence"),
-        vec![(base + 1, 1)]
+        vec![(base + 1, 5)]
     );
+    assert_eq!(store.presence(b).await.expect("presence"), vec![(base, 2)]);
 }
 
 /// Who may post and change a group is decided in the append transaction:
@@ -1112,4 +1128,81 @@ pub async fn pipelined_batches_keep_every_rule<K: Kv>(store: ChatStore<K>) {
         "each message once, in commit order, ids increasing"
     );
     assert_eq!(store.head(conv).await.expect("head"), fourth.message_id);
+}
+
+/// A store that writes the change feed records, in commit order, every
+/// user with a new inbox entry, every membership change, deleted account
+/// and block change; readers page it after a position, and trimming
+/// drops what they have read.
+pub async fn change_feed<K: Kv>(store: ChatStore<K>) {
+    let store = ChatStore::new(
+        store.kv().clone(),
+        hanmadi_storage::StoreConfig {
+            change_feed: true,
+            ..*store.config()
+        },
+    );
+    let base = fresh_base();
+    let (a, b, c) = (base, base + 1, base + 2);
+    let group = base + 70;
+    let ids = TestIds::default();
+    let start = store.feed_head().await.expect("head");
+    append_one(
+        &store,
+        &ids,
+        text(ConversationId::direct(a, b), a, "f1", "hello"),
+    )
+    .await
+    .expect("append");
+    create_group(&store, &ids, group, a, &[b, c]).await;
+    store.set_blocked(a, c, true).await.expect("block");
+    let record = UserRecord {
+        username: format!("feed-{c}"),
+        ..UserRecord::default()
+    };
+    store.create_user(c, &record).await.expect("user");
+    store.delete_user(c, 1).await.expect("delete");
+    // Other tests of the suite may write to the same store meanwhile: keep
+    // the entries that name this test's users.
+    let mut seen = Vec::new();
+    let mut after = start;
+    loop {
+        let page = store.feed_after(after, 2).await.expect("feed");
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        seen.extend(page);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "feed positions increase"
+    );
+    let mut ours: Vec<_> = seen
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| {
+            e.users.contains(&a)
+                || e.groups.contains(&group)
+                || e.accounts.contains(&c)
+                || e.blocks.contains(&a)
+        })
+        .cloned()
+        .collect();
+    // A transaction retried after an unknown result may have committed
+    // twice: the feed is at least once, and acting twice is harmless.
+    ours.dedup();
+    assert_eq!(ours.len(), 4, "{ours:?}");
+    assert_eq!(ours[0].users, vec![a, b]);
+    assert_eq!(ours[1].users, vec![a, b, c]);
+    assert_eq!(ours[1].groups, vec![group]);
+    assert_eq!(ours[2].blocks, vec![a, c]);
+    assert_eq!(ours[3].accounts, vec![c]);
+    let head = store.feed_head().await.expect("head").expect("not empty");
+    assert!(head >= after.expect("read something"));
+    store.trim_feed(head).await.expect("trim");
+    assert!(store
+        .feed_after(None, 10)
+        .await
+        .expect("feed")
+        .iter()
+        .all(|(p, _)| *p > head));
 }

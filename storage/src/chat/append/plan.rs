@@ -111,6 +111,9 @@ impl<K: Kv> ChatStore<K> {
             }
         }
         let end = planned.len();
+        if self.config.change_feed {
+            super::super::feed::write(&mut txn, feed_event(&slots[..end], &planned));
+        }
         if self.config.single_writer {
             self.heads.extend(st.heads.iter().map(|(&c, &h)| (c, h)));
         }
@@ -367,4 +370,27 @@ pub(crate) async fn last_message_id<T: KvTxn>(
             .map_err(|_| StoreError::Corrupt("messages"))?
             .message_id),
     }
+}
+
+/// What other nodes must hear of an attempt: every user with a new inbox
+/// entry (also those of a message an earlier attempt may have stored), and
+/// every group whose membership changes.
+fn feed_event(slots: &[Slot], planned: &[Planned]) -> crate::chat::FeedEvent {
+    let mut event = crate::chat::FeedEvent::default();
+    for (slot, p) in slots.iter().zip(planned) {
+        let recipients = match p {
+            Planned::Fresh { recipients, .. }
+            | Planned::Stored {
+                found_before: false,
+                recipients,
+                ..
+            } => recipients,
+            _ => continue,
+        };
+        event.users.extend_from_slice(recipients);
+        if let (ConversationId::Group(g), Some(_)) = (slot.msg.conversation, &slot.msg.membership) {
+            event.groups.push(g);
+        }
+    }
+    event
 }

@@ -1,0 +1,395 @@
+//! The node-to-node link (DESIGN §6): one persistent TCP connection per
+//! pair of live nodes, over which a node tells the others at once what
+//! they must act on (inbox entries to pull, caches to drop, users who just
+//! connected). The change feed carries the same events later, so a lost
+//! or late one only delays (`super::delivery`).
+//!
+//! Framing is the client protocol's: a 4-byte big-endian length, then a
+//! protobuf message. The node with the lower id dials; the other accepts.
+//! Both prove they hold the cluster's shared secret before anything else
+//! is read: each sends a [`LinkHello`] with a fresh nonce, then a
+//! [`LinkProof`], an HMAC-SHA256 over its own hello and the other's nonce,
+//! so a proof can be neither forged without the secret nor replayed.
+//! Outbound events wait in a bounded queue per link; when it is full they
+//! are dropped and counted, never waited for.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::{SinkExt as _, StreamExt as _};
+use hanmadi_proto::FrameCodec;
+use hanmadi_storage::chat::FeedEvent;
+use hmac::{Hmac, Mac as _};
+use prost::Message;
+use sha2::Sha256;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::peers::Peers;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Largest link frame: an event naming a few thousand users.
+const MAX_LINK_FRAME: usize = 1 << 20;
+/// Events waiting for one link; more are dropped (the feed has them).
+const LINK_QUEUE: usize = 4096;
+/// Longest a dial or a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between two dials of a peer that cannot be reached.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// What a proof's HMAC covers first, so it serves no other purpose.
+const PROOF_LABEL: &[u8] = b"hanmadi node link v1";
+
+/// The first frame each side sends.
+#[derive(Clone, PartialEq, Message)]
+pub struct LinkHello {
+    /// The sender's node id.
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    /// The epoch of the sender's lease on that id.
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    /// Fresh random bytes the other side's proof must cover.
+    #[prost(bytes = "vec", tag = "3")]
+    pub nonce: Vec<u8>,
+}
+
+/// The second frame: HMAC-SHA256, keyed with the shared secret, over
+/// [`PROOF_LABEL`], the sender's encoded hello and the receiver's nonce.
+#[derive(Clone, PartialEq, Message)]
+pub struct LinkProof {
+    /// The HMAC.
+    #[prost(bytes = "vec", tag = "1")]
+    pub mac: Vec<u8>,
+}
+
+/// Every later frame: something the receiving node acts on.
+#[derive(Clone, PartialEq, Message)]
+pub struct LinkEvent {
+    /// Inbox entries to pull and caches to drop, as in the change feed.
+    #[prost(message, optional, tag = "1")]
+    pub change: Option<FeedEvent>,
+    /// The last inbox cursor the change's users' entries can have: a
+    /// connection already past it pulls nothing. Empty: pull regardless.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub until: Bytes,
+    /// Users who just connected to the sender: presence cached for them is
+    /// stale.
+    #[prost(uint64, repeated, tag = "3")]
+    pub present: Vec<u64>,
+}
+
+/// What a node does with an event from a peer.
+pub type EventHandler = Arc<dyn Fn(LinkEvent) + Send + Sync>;
+
+struct Open {
+    /// Tells one link from its successor to the same peer.
+    id: u64,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// This node's links to its peers.
+pub struct Links {
+    me: u64,
+    epoch: u64,
+    mac: HmacSha256,
+    peers: Arc<Peers>,
+    open: DashMap<u64, Open>,
+    dialing: DashMap<u64, ()>,
+    next_id: AtomicU64,
+    muted: AtomicBool,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    handler: OnceLock<EventHandler>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The HMAC state is the secret: never let it reach a log.
+        f.debug_struct("Links")
+            .field("me", &self.me)
+            .field("open", &self.open.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// Links of the node holding `node_id` under `epoch`, authenticated
+    /// with the cluster's `secret`, to the nodes `peers` lists.
+    pub fn new(node_id: u64, epoch: u64, secret: &[u8], peers: Arc<Peers>) -> Self {
+        Self {
+            me: node_id,
+            epoch,
+            mac: HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length"),
+            peers,
+            open: DashMap::new(),
+            dialing: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            muted: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            handler: OnceLock::new(),
+        }
+    }
+
+    /// Sends `event` to `node` if a link to it is open and has room;
+    /// otherwise drops it (the change feed carries it too).
+    pub fn send(&self, node: u64, event: &LinkEvent) {
+        self.send_encoded(node, Bytes::from(event.encode_to_vec()));
+    }
+
+    /// Sends `event` to every peer with an open link.
+    pub fn broadcast(&self, event: &LinkEvent) {
+        let frame = Bytes::from(event.encode_to_vec());
+        let nodes: Vec<u64> = self.open.iter().map(|e| *e.key()).collect();
+        for node in nodes {
+            self.send_encoded(node, frame.clone());
+        }
+    }
+
+    fn send_encoded(&self, node: u64, frame: Bytes) {
+        let queued = !self.muted.load(Ordering::Relaxed)
+            && self
+                .open
+                .get(&node)
+                .is_some_and(|o| o.tx.try_send(frame).is_ok());
+        let counter = if queued { &self.sent } else { &self.dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops every outbound event while `muted` (for proving that delivery
+    /// does not rest on the link).
+    pub fn set_muted(&self, muted: bool) {
+        self.muted.store(muted, Ordering::Relaxed);
+    }
+
+    /// Events queued to a link so far, and events dropped (no open link,
+    /// a full queue, or muted).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Node ids with an open link.
+    pub fn open_to(&self) -> Vec<u64> {
+        let mut nodes: Vec<u64> = self.open.iter().map(|e| *e.key()).collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// Accepts links on `listener` and dials every live peer with a higher
+    /// id, re-checking the peer table every `refresh`, until `shutdown`.
+    /// Events from peers go to `handler`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        listener: Option<TcpListener>,
+        handler: EventHandler,
+        refresh: Duration,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let _ = self.handler.set(handler);
+        if let Some(listener) = listener {
+            let (links, tracker2, shutdown) = (Arc::clone(self), tracker.clone(), shutdown.clone());
+            tracker.spawn(async move { links.accept_loop(listener, tracker2, shutdown).await });
+        }
+        let (links, tracker2) = (Arc::clone(self), tracker.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(refresh);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                for (&node, _) in links.peers.snapshot().iter() {
+                    if node > links.me && links.dialing.insert(node, ()).is_none() {
+                        let (l, s) = (Arc::clone(&links), shutdown.clone());
+                        tracker2.spawn(async move { l.dial_loop(node, s).await });
+                    }
+                }
+            }
+        });
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "link accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let (links, shutdown) = (Arc::clone(&self), shutdown.clone());
+            tracker.spawn(async move {
+                match links.handshake(stream, None).await {
+                    Ok((framed, node)) => links.run(framed, node, shutdown).await,
+                    Err(e) => tracing::warn!(error = %e, "refused a node link"),
+                }
+            });
+        }
+    }
+
+    /// Keeps a link to `node` open while it is a live peer, dialing again
+    /// with backoff after each failure or close.
+    async fn dial_loop(self: Arc<Self>, node: u64, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            let Some(peer) = self.peers.snapshot().get(&node).cloned() else {
+                break;
+            };
+            let dialed = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&peer.link))
+                .await
+                .map_err(|_| "timed out".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let outcome = match dialed {
+                Ok(stream) => self.handshake(stream, Some(node)).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok((framed, node)) => {
+                    backoff = Duration::from_millis(50);
+                    Arc::clone(&self).run(framed, node, shutdown.clone()).await;
+                }
+                Err(e) => tracing::debug!(node, link = %peer.link, error = %e, "node link failed"),
+            }
+            let pause = backoff.mul_f64(0.5 + rand::random::<f64>());
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.dialing.remove(&node);
+    }
+
+    fn proof(&self, hello: &[u8], nonce: &[u8]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(PROOF_LABEL);
+        mac.update(&(hello.len() as u64).to_be_bytes());
+        mac.update(hello);
+        mac.update(nonce);
+        mac
+    }
+
+    /// Both sides prove they hold the secret; returns the peer's node id,
+    /// which must be `expect` when given.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        expect: Option<u64>,
+    ) -> Result<(Framed<TcpStream, FrameCodec>, u64), String> {
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, FrameCodec::new(MAX_LINK_FRAME));
+        let exchange = async {
+            let nonce: [u8; 32] = rand::random();
+            let hello = LinkHello {
+                node_id: self.me,
+                epoch: self.epoch,
+                nonce: nonce.to_vec(),
+            }
+            .encode_to_vec();
+            framed
+                .send(Bytes::from(hello.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let theirs = next_frame(&mut framed).await?;
+            let peer = LinkHello::decode(theirs.as_ref()).map_err(|e| e.to_string())?;
+            if peer.nonce.len() < 16 {
+                return Err("short nonce".to_owned());
+            }
+            let mac = self
+                .proof(&hello, &peer.nonce)
+                .finalize()
+                .into_bytes()
+                .to_vec();
+            framed
+                .send(Bytes::from(LinkProof { mac }.encode_to_vec()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let proof = LinkProof::decode(next_frame(&mut framed).await?.as_ref())
+                .map_err(|e| e.to_string())?;
+            self.proof(&theirs, &nonce)
+                .verify_slice(&proof.mac)
+                .map_err(|_| "the peer does not hold the cluster's secret".to_owned())?;
+            if peer.node_id == self.me || expect.is_some_and(|n| n != peer.node_id) {
+                return Err(format!("unexpected peer node {}", peer.node_id));
+            }
+            Ok(peer.node_id)
+        };
+        let node = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| "handshake timed out".to_owned())??;
+        Ok((framed, node))
+    }
+
+    /// Serves an authenticated link until it fails, `shutdown`, or a newer
+    /// link to the same peer replaces it.
+    async fn run(
+        self: Arc<Self>,
+        framed: Framed<TcpStream, FrameCodec>,
+        node: u64,
+        shutdown: CancellationToken,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+        self.open.insert(node, Open { id, tx });
+        tracing::info!(node, "node link up");
+        let (mut sink, mut stream) = framed.split();
+        let handler = self.handler.get().cloned();
+        let write = async {
+            let mut batch = Vec::with_capacity(64);
+            while rx.recv_many(&mut batch, 64).await > 0 {
+                for frame in batch.drain(..) {
+                    sink.feed(frame).await?;
+                }
+                sink.flush().await?;
+            }
+            Ok::<(), hanmadi_proto::CodecError>(())
+        };
+        let read = async {
+            while let Some(frame) = stream.next().await {
+                let event = LinkEvent::decode(frame?.as_ref())?;
+                if let Some(handler) = &handler {
+                    handler(event);
+                }
+            }
+            Ok::<(), hanmadi_proto::CodecError>(())
+        };
+        let ended = tokio::select! {
+            r = write => r,
+            r = read => r,
+            () = shutdown.cancelled() => Ok(()),
+        };
+        self.open.remove_if(&node, |_, o| o.id == id);
+        match ended {
+            Ok(()) => tracing::info!(node, "node link closed"),
+            Err(e) => tracing::info!(node, error = %e, "node link failed"),
+        }
+    }
+}
+
+async fn next_frame(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<Bytes, String> {
+    match framed.next().await {
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("closed during the handshake".to_owned()),
+    }
+}

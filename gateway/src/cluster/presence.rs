@@ -1,0 +1,245 @@
+//! The presence index of a cluster (DESIGN §3.4, §6): user → the nodes
+//! holding that user's live connections, in storage.
+//!
+//! This node writes its own entries: present when a user's first
+//! connection or long-poll arrives here, absent when the last one leaves.
+//! Writes are state, not events: a writer task takes the users whose state
+//! may have changed, reads the registry for what is true now, and writes
+//! the difference in one transaction, so bursts of connects and
+//! disconnects coalesce and a retried write is harmless. A connection
+//! waits for its own entry to be stored before its `Welcome` (see
+//! [`PresenceIndex::announce`]): from then on every commit for the user,
+//! through any node, finds this node in the index.
+//!
+//! Entries name the lease epoch they were written under and count only
+//! while that lease is live, so a dead node's entries need no cleanup to
+//! stop counting.
+//!
+//! Routers read the index through a bounded cache. A node that stores a
+//! new entry tells every peer over the link at once, and each drops its
+//! cached entry for the user; cached entries also expire after
+//! [`CACHE_TTL`]. A stale entry costs a delivery at most until the change
+//! feed's backstop; it never loses one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use hanmadi_storage::chat::NodeLease;
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::ChatStore;
+use moka::sync::Cache;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::link::{LinkEvent, Links};
+use super::peers::Peers;
+use crate::registry::Registry;
+
+/// Longest a cached presence entry is used without being read again.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Most users whose presence a node caches.
+const CACHE_USERS: u64 = 1_000_000;
+/// Most users one presence transaction writes.
+const WRITE_CHUNK: usize = 1000;
+
+/// A user's entries: `(node, epoch)`.
+pub type Entries = Arc<[(u64, u64)]>;
+
+/// Users whose entry may need writing, and who waits for it.
+#[derive(Default)]
+struct Dirty {
+    users: HashSet<u64>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// This node's side of the presence index.
+pub struct PresenceIndex<K: Kv> {
+    store: ChatStore<K>,
+    lease: NodeLease,
+    registry: Arc<Registry>,
+    peers: Arc<Peers>,
+    /// Connections between their announcement and their registration.
+    arriving: DashMap<u64, u32>,
+    dirty: Mutex<Dirty>,
+    wake: Notify,
+    cache: Cache<u64, Entries>,
+}
+
+impl<K: Kv> std::fmt::Debug for PresenceIndex<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceIndex")
+            .field("node", &self.lease.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection announced in the index, not yet in the registry; dropping
+/// it (once registered, or given up) lets the entry follow the registry.
+#[derive(Debug)]
+pub struct Announced<K: Kv> {
+    index: Arc<PresenceIndex<K>>,
+    user: u64,
+}
+
+impl<K: Kv> Drop for Announced<K> {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.index.arriving.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+        }
+        self.index.arriving.remove_if(&self.user, |_, n| *n == 0);
+        self.index.changed(self.user);
+    }
+}
+
+impl<K: Kv> PresenceIndex<K> {
+    /// The index as the node holding `lease` writes and reads it.
+    pub fn new(
+        store: ChatStore<K>,
+        lease: NodeLease,
+        registry: Arc<Registry>,
+        peers: Arc<Peers>,
+    ) -> Self {
+        Self {
+            store,
+            lease,
+            registry,
+            peers,
+            arriving: DashMap::new(),
+            dirty: Mutex::new(Dirty::default()),
+            wake: Notify::new(),
+            cache: Cache::builder()
+                .max_capacity(CACHE_USERS)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        }
+    }
+
+    /// `user` may have come or gone here: their entry follows.
+    pub fn changed(&self, user: u64) {
+        self.dirty.lock().users.insert(user);
+        self.wake.notify_one();
+    }
+
+    /// Stores this node's entry for `user` before their connection is
+    /// registered, and returns once it is stored (or its write failed:
+    /// the feed's backstop then covers the connection).
+    pub async fn announce(self: &Arc<Self>, user: u64) -> Announced<K> {
+        *self.arriving.entry(user).or_insert(0) += 1;
+        let announced = Announced {
+            index: Arc::clone(self),
+            user,
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut dirty = self.dirty.lock();
+            dirty.users.insert(user);
+            dirty.waiters.push(tx);
+        }
+        self.wake.notify_one();
+        let _ = rx.await;
+        announced
+    }
+
+    /// Drops the cached entries of `users` (a peer stored new ones).
+    pub fn forget(&self, users: &[u64]) {
+        for user in users {
+            self.cache.invalidate(user);
+        }
+    }
+
+    /// The live peers holding `user`'s connections, from the cache or
+    /// storage.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    pub async fn peers_of(&self, user: u64) -> Result<Vec<u64>, hanmadi_storage::StoreError> {
+        let entries = match self.cache.get(&user) {
+            Some(e) => e,
+            None => {
+                let e: Entries = self.store.presence(user).await?.into();
+                self.cache.insert(user, Arc::clone(&e));
+                e
+            }
+        };
+        Ok(entries
+            .iter()
+            .filter(|&&(node, epoch)| self.peers.is_live(node, epoch))
+            .map(|&(node, _)| node)
+            .collect())
+    }
+
+    /// Whether the cache knows `user` to be connected to a live peer (the
+    /// router's question, which must not wait for storage).
+    pub fn cached_elsewhere(&self, user: u64) -> bool {
+        self.cache.get(&user).is_some_and(|e| {
+            e.iter()
+                .any(|&(node, epoch)| self.peers.is_live(node, epoch))
+        })
+    }
+
+    /// Writes entries as users come and go, until `shutdown`; then removes
+    /// this node's entries. Tells the peers about new ones over `links`.
+    pub async fn run_writer(self: Arc<Self>, links: Arc<Links>, shutdown: CancellationToken) {
+        // Users whose entry this node stored and has not removed.
+        let mut stored: HashSet<u64> = HashSet::new();
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let Dirty { users, waiters } = std::mem::take(&mut *self.dirty.lock());
+            let changes: Vec<(u64, bool)> = users
+                .into_iter()
+                .filter_map(|u| {
+                    let here = self.registry.is_here(u) || self.arriving.contains_key(&u);
+                    (here != stored.contains(&u)).then_some((u, here))
+                })
+                .collect();
+            let mut present = Vec::new();
+            let mut failed = false;
+            for chunk in changes.chunks(WRITE_CHUNK) {
+                match self.store.set_presence(&self.lease, chunk).await {
+                    Ok(()) => {
+                        for &(u, here) in chunk {
+                            if here {
+                                stored.insert(u);
+                                present.push(u);
+                            } else {
+                                stored.remove(&u);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence write failed");
+                        failed = true;
+                        let mut dirty = self.dirty.lock();
+                        dirty.users.extend(chunk.iter().map(|&(u, _)| u));
+                    }
+                }
+            }
+            if !present.is_empty() {
+                links.broadcast(&LinkEvent {
+                    present,
+                    ..LinkEvent::default()
+                });
+            }
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.wake.notify_one();
+            }
+        }
+        // A drained node's entries stop counting with its lease anyway;
+        // removing them spares other nodes the reads.
+        let gone: Vec<(u64, bool)> = stored.into_iter().map(|u| (u, false)).collect();
+        for chunk in gone.chunks(WRITE_CHUNK) {
+            let _ = self.store.set_presence(&self.lease, chunk).await;
+        }
+    }
+}
