@@ -54,6 +54,13 @@ pub struct Metrics {
     /// Most push requests that were ever in flight at once.
     pub push_in_flight_peak: Gauge,
     push_peak: std::sync::atomic::AtomicI64,
+    /// Open node-to-node links (a cluster node).
+    pub cluster_links: Gauge,
+    /// Events queued to node-to-node links.
+    pub cluster_events_sent: Counter,
+    /// Events dropped for want of an open link or room in its queue (the
+    /// change feed carries them).
+    pub cluster_events_dropped: Counter,
     /// The process's resident set, read from `/proc` at each scrape.
     process_rss: Gauge,
     /// CPU time the process has used, user and system, read from `/proc`
@@ -89,6 +96,9 @@ impl Metrics {
             push_in_flight: Gauge::default(),
             push_in_flight_peak: Gauge::default(),
             push_peak: std::sync::atomic::AtomicI64::new(0),
+            cluster_links: Gauge::default(),
+            cluster_events_sent: Counter::default(),
+            cluster_events_dropped: Counter::default(),
             process_rss: Gauge::default(),
             process_cpu: Gauge::default(),
             registry: Registry::with_prefix("hanmadi"),
@@ -143,6 +153,21 @@ impl Metrics {
             "push_in_flight_peak",
             "Most push requests in flight at once",
             m.push_in_flight_peak.clone(),
+        );
+        r.register(
+            "cluster_links",
+            "Open node-to-node links",
+            m.cluster_links.clone(),
+        );
+        r.register(
+            "cluster_events_sent",
+            "Events queued to node-to-node links",
+            m.cluster_events_sent.clone(),
+        );
+        r.register(
+            "cluster_events_dropped",
+            "Events dropped for want of an open link or queue room",
+            m.cluster_events_dropped.clone(),
         );
         r.register(
             "process_resident_memory_bytes",

@@ -164,6 +164,7 @@ impl<K: Kv> Server<K> {
                 lease.epoch,
                 &options.secret,
                 Arc::clone(&peers),
+                Arc::clone(&metrics),
             ));
             let presence = Arc::new(PresenceIndex::new(
                 store.clone(),

@@ -13,14 +13,27 @@
 //! in planning order and ids, conversations and inbox cursors stay in
 //! order; deliveries go out in commit order too. Nothing is acknowledged
 //! before its own commit is durable.
+//!
+//! On a cluster (`split_by_conversation`) each conversation's slice of a
+//! batch commits in transactions of its own, and waits only for the same
+//! conversation's slice of the batch before it: a conversation whose
+//! transactions conflict or retry (a hot group written through several
+//! nodes) holds up its own sends, never the node's others. Every delivery
+//! there is a notification, so the order of the sink calls does not
+//! matter. Messages in flight are capped at the queue's size: past it the
+//! loop stops taking sends, the queue fills, and senders wait or are
+//! refused.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::future::{FutureExt as _, Shared};
+use hanmadi_proto::ConversationId;
 use hanmadi_storage::chat::{Appended, IdSource, NewMessage};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreError};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::fanout::{Delivery, DeliverySink};
 use crate::presence::Presence;
@@ -76,7 +89,15 @@ impl Appender {
         config: AppenderConfig,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let task = tokio::spawn(run(store, ids, presence, sink, rx, config.max_batch.max(1)));
+        let task = tokio::spawn(run(
+            store,
+            ids,
+            presence,
+            sink,
+            rx,
+            config.max_batch.max(1),
+            config.queue.max(1),
+        ));
         (Self { tx }, task)
     }
 
@@ -123,6 +144,7 @@ async fn run<K: Kv>(
     sink: Arc<dyn DeliverySink>,
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
+    in_flight: usize,
 ) {
     let online = move |u: u64| presence.is_online(u);
     let stage = Arc::new(Stage {
@@ -131,6 +153,9 @@ async fn run<K: Kv>(
         online: Box::new(online),
         sink,
     });
+    if stage.store.config().split_by_conversation {
+        return run_by_conversation(stage, rx, max_batch, in_flight).await;
+    }
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     // Fires when the batch committing now has ended (stored or failed): the
     // next batch's commit starts only then, so commits happen in planning
@@ -228,6 +253,71 @@ impl<K: Kv> Stage<K> {
             let _ = reply.send(result.map_err(RouterError::from));
         }
     }
+}
+
+/// The appender of a cluster node: each conversation's slice of a batch
+/// commits on its own, after that conversation's slice of the batch before.
+async fn run_by_conversation<K: Kv>(
+    stage: Arc<Stage<K>>,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    in_flight: usize,
+) {
+    let permits = Arc::new(Semaphore::new(in_flight));
+    // The last slice of each conversation still committing: the next one
+    // starts after it, so one sender's messages keep their order.
+    let mut tails: HashMap<ConversationId, Shared<oneshot::Receiver<()>>> = HashMap::new();
+    let mut running = JoinSet::new();
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    loop {
+        let taken = rx.recv_many(&mut jobs, max_batch).await;
+        if taken == 0 {
+            break;
+        }
+        // Past the cap the loop waits here, and the queue fills behind it.
+        let Ok(mut permit) = Arc::clone(&permits)
+            .acquire_many_owned(u32::try_from(taken).unwrap_or(u32::MAX))
+            .await
+        else {
+            break;
+        };
+        tails.retain(|_, tail| tail.peek().is_none());
+        let mut slices: Vec<(ConversationId, Vec<Job>)> = Vec::new();
+        for job in jobs.drain(..) {
+            let conversation = job.msg.conversation;
+            match slices.iter_mut().find(|(c, _)| *c == conversation) {
+                Some((_, slice)) => slice.push(job),
+                None => slices.push((conversation, vec![job])),
+            }
+        }
+        for (conversation, slice) in slices {
+            let slice_permit = permit.split(slice.len());
+            let before = tails.remove(&conversation);
+            let (done_tx, done) = oneshot::channel();
+            tails.insert(conversation, done.shared());
+            let stage = Arc::clone(&stage);
+            running.spawn(async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                let (batch, replies): (Vec<NewMessage>, Vec<Reply>) =
+                    slice.into_iter().map(|j| (j.msg, j.reply)).unzip();
+                let started = std::time::Instant::now();
+                let results = stage.store.append(batch, &*stage.ids, &*stage.online).await;
+                let _ = done_tx.send(());
+                stage.sink.committed(replies.len(), started.elapsed());
+                deliver(&*stage.sink, &results);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result.map_err(RouterError::from));
+                }
+                drop(slice_permit);
+            });
+        }
+        drop(permit);
+        while running.try_join_next().is_some() {}
+    }
+    // Queued sends are committed and answered before the task ends.
+    while running.join_next().await.is_some() {}
 }
 
 /// Hands a batch's new messages to the sink in commit order.

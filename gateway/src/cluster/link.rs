@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::peers::Peers;
+use crate::metrics::Metrics;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -104,8 +105,7 @@ pub struct Links {
     dialing: DashMap<u64, ()>,
     next_id: AtomicU64,
     muted: AtomicBool,
-    sent: AtomicU64,
-    dropped: AtomicU64,
+    metrics: Arc<Metrics>,
     handler: OnceLock<EventHandler>,
 }
 
@@ -122,7 +122,13 @@ impl std::fmt::Debug for Links {
 impl Links {
     /// Links of the node holding `node_id` under `epoch`, authenticated
     /// with the cluster's `secret`, to the nodes `peers` lists.
-    pub fn new(node_id: u64, epoch: u64, secret: &[u8], peers: Arc<Peers>) -> Self {
+    pub fn new(
+        node_id: u64,
+        epoch: u64,
+        secret: &[u8],
+        peers: Arc<Peers>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             me: node_id,
             epoch,
@@ -132,8 +138,7 @@ impl Links {
             dialing: DashMap::new(),
             next_id: AtomicU64::new(1),
             muted: AtomicBool::new(false),
-            sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+            metrics,
             handler: OnceLock::new(),
         }
     }
@@ -159,8 +164,13 @@ impl Links {
                 .open
                 .get(&node)
                 .is_some_and(|o| o.tx.try_send(frame).is_ok());
-        let counter = if queued { &self.sent } else { &self.dropped };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let m = &self.metrics;
+        let counter = if queued {
+            &m.cluster_events_sent
+        } else {
+            &m.cluster_events_dropped
+        };
+        counter.inc();
     }
 
     /// Drops every outbound event while `muted` (for proving that delivery
@@ -173,8 +183,8 @@ impl Links {
     /// a full queue, or muted).
     pub fn counts(&self) -> (u64, u64) {
         (
-            self.sent.load(Ordering::Relaxed),
-            self.dropped.load(Ordering::Relaxed),
+            self.metrics.cluster_events_sent.get(),
+            self.metrics.cluster_events_dropped.get(),
         )
     }
 
@@ -350,7 +360,9 @@ impl Links {
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
-        self.open.insert(node, Open { id, tx });
+        if self.open.insert(node, Open { id, tx }).is_none() {
+            self.metrics.cluster_links.inc();
+        }
         tracing::info!(node, "node link up");
         let (mut sink, mut stream) = framed.split();
         let handler = self.handler.get().cloned();
@@ -378,7 +390,9 @@ impl Links {
             r = read => r,
             () = shutdown.cancelled() => Ok(()),
         };
-        self.open.remove_if(&node, |_, o| o.id == id);
+        if self.open.remove_if(&node, |_, o| o.id == id).is_some() {
+            self.metrics.cluster_links.dec();
+        }
         match ended {
             Ok(()) => tracing::info!(node, "node link closed"),
             Err(e) => tracing::info!(node, error = %e, "node link failed"),
