@@ -559,3 +559,42 @@ async fn a_client_moved_between_nodes_fifty_times_gets_exactly_its_inbox() {
     assert!(received == want, "what it handed over equals the inbox");
     shutdown_all(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_through_one_node_stops_receiving_on_all() {
+    let (store, nodes) = three_linked(26, Duration::from_secs(60)).await;
+    users(&store, [701, 702, 703]).await;
+    let (group, _) = nodes[0]
+        .router()
+        .create_group(701, "g".into(), vec![702, 703])
+        .await
+        .unwrap();
+    let (owner, _owner_in) = connect(&nodes[0], 701, "d").await;
+    let (_removed, mut removed_in) = connect(&nodes[1], 702, "d").await;
+    owner
+        .send(hanmadi_client::Target::Group(group), "before")
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&mut removed_in, 1, Duration::from_secs(5)).await[0].body,
+        "before"
+    );
+    nodes[2]
+        .router()
+        .remove_member(701, group, 702)
+        .await
+        .unwrap();
+    owner
+        .send(hanmadi_client::Target::Group(group), "after")
+        .await
+        .unwrap();
+    // A direct message committed after "after": had "after" reached the
+    // removed member, it would come first.
+    owner
+        .send(hanmadi_client::Target::User(702), "direct")
+        .await
+        .unwrap();
+    let got = texts(&mut removed_in, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].body, "direct", "the removed member got {got:?}");
+    shutdown_all(nodes).await;
+}

@@ -59,6 +59,7 @@ impl From<StoreError> for RouterError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotMember => RouterError::NotAMember,
+            StoreError::Blocked => RouterError::Blocked,
             StoreError::NotFound(what) => RouterError::NotFound(what),
             StoreError::PermissionDenied => RouterError::PermissionDenied,
             StoreError::GroupFull { max } => RouterError::GroupFull { max },

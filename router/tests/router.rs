@@ -252,6 +252,42 @@ async fn authorization() {
     ));
 }
 
+/// Blocks are decided by the append transaction: a block committed behind
+/// the router's back (through another node, or between the cache's read
+/// and its insert) stops the next message although the cache still says
+/// "not blocked"; and a user who blocked someone cannot be put in a group
+/// by them.
+#[tokio::test]
+async fn a_block_the_cache_missed_still_stops_messages() {
+    let h = harness(RouterConfig::default()).await;
+    let store = h.router.store().clone();
+    users(&store, &[21, 22, 23]).await;
+    h.router
+        .send(21, text("c1", Target::User(22), "hi"))
+        .await
+        .expect("not blocked yet: the cache now says so");
+    store.set_blocked(22, 21, true).await.expect("block");
+    assert!(matches!(
+        h.router.send(21, text("c2", Target::User(22), "hi")).await,
+        Err(RouterError::Blocked)
+    ));
+    assert!(matches!(
+        h.router.create_group(21, "g".into(), vec![22, 23]).await,
+        Err(RouterError::Blocked)
+    ));
+    let (group, _) = h
+        .router
+        .create_group(21, "g".into(), vec![23])
+        .await
+        .expect("without the user who blocked the creator");
+    assert!(matches!(
+        h.router
+            .add_members(21, group, vec![22], Role::Member)
+            .await,
+        Err(RouterError::Blocked)
+    ));
+}
+
 /// A full append queue makes senders wait (and `try_send` refuse), and
 /// every send that waited is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

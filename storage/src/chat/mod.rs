@@ -44,6 +44,10 @@ pub enum StoreError {
     /// The thing named does not exist (or was deleted).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// One of the two users blocked the other (a direct message), or a
+    /// user being added to a group blocked the one adding them.
+    #[error("blocked")]
+    Blocked,
     /// The user is not a member of the group.
     #[error("not a member of this conversation")]
     NotMember,

@@ -44,6 +44,10 @@ impl<K: Kv> ChatStore<K> {
             let mut all = vec![msg.sender];
             for &m in members {
                 if !all.contains(&m) {
+                    // Whoever blocked the creator stays out.
+                    if txn.get(&keys::block(m, msg.sender), false).await?.is_some() {
+                        return Err(StoreError::Blocked);
+                    }
                     all.push(m);
                 }
             }
@@ -115,6 +119,14 @@ impl<K: Kv> ChatStore<K> {
                 Err(StoreError::PermissionDenied)
             }
             Some(MembershipChange::Add { users, role }) => {
+                // Whoever blocked the one adding them stays out.
+                for &u in users {
+                    if !current.contains(&u)
+                        && txn.get(&keys::block(u, msg.sender), false).await?.is_some()
+                    {
+                        return Err(StoreError::Blocked);
+                    }
+                }
                 let mut after = current.clone();
                 let mut add = Vec::new();
                 for &u in users {

@@ -223,6 +223,12 @@ impl<K: Kv> ChatStore<K> {
                 let r = if user_low == user_high {
                     vec![user_low]
                 } else {
+                    // Decided here, with conflict reads: a block that
+                    // commits while this transaction is open aborts it, so
+                    // no message slips past a block, whatever a cache said.
+                    if blocked_either(txn, user_low, user_high).await? {
+                        return Err(StoreError::Blocked);
+                    }
                     vec![user_low, user_high]
                 };
                 (r, None)
@@ -393,4 +399,14 @@ fn feed_event(slots: &[Slot], planned: &[Planned]) -> crate::chat::FeedEvent {
         }
     }
     event
+}
+
+/// Whether either user blocked the other, read in `txn` with conflicts.
+pub(super) async fn blocked_either<T: crate::kv::KvTxn>(
+    txn: &T,
+    a: u64,
+    b: u64,
+) -> Result<bool, KvError> {
+    Ok(txn.get(&keys::block(a, b), false).await?.is_some()
+        || txn.get(&keys::block(b, a), false).await?.is_some())
 }

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Hanmadi on FoundationDB, measured (docs/PERFORMANCE.md): one node, then
+# three, over a throwaway one-process FoundationDB cluster on this machine,
+# driven by hanmadi-loadtest through sockets. Prints, per run, the load
+# tool's summary, the nodes' CPU per acknowledged message and FoundationDB
+# transactions per acknowledged message.
+#
+#   scripts/cluster-figures.sh [OUT]        # JSON reports in OUT
+#
+# Needs target/fdb/release/hanmadi (scripts/build-fdb.sh) and
+# target/release/hanmadi-loadtest (cargo build --release).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+# shellcheck source=scripts/fdb-env.sh
+source scripts/fdb-env.sh
+fdb_locate "$repo" || { echo "no FoundationDB in ../shared/fdb" >&2; exit 1; }
+export LD_LIBRARY_PATH="$FDB_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+out="${1:-target/cluster-figures}"
+mkdir -p "$out"
+hanmadi="${HANMADI_FDB_BIN:-target/fdb/release/hanmadi}"
+loadtest="${HANMADI_LOADTEST_BIN:-target/release/hanmadi-loadtest}"
+secret="cluster figures secret, not for production use"
+work="$(mktemp -d)"
+pids=()
+stop_nodes() {
+  ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null && wait "${pids[@]}" 2>/dev/null
+  pids=()
+  return 0
+}
+trap 'stop_nodes; fdb_stop_cluster; rm -rf "$work"' EXIT
+fdb_start_cluster
+
+# Starts N nodes on fresh ports; sets `url` to the first one's HTTP API.
+start_nodes() {
+  stop_nodes
+  local n="$1" i http
+  for ((i = 0; i < n; i++)); do
+    "$hanmadi" serve --store fdb --fdb-cluster-file "$FDB_CLUSTER_FILE" \
+      --data-dir "$work/node$i" --secret "$secret" --hostname 127.0.0.1 \
+      --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls off --https off \
+      --cluster-link 127.0.0.1:0 --max-conns-per-ip 30000 --max-connections 30000 \
+      --http-rate-per-sec 1000000 --http-rate-burst 1000000 \
+      >"$work/listening$i" 2>"$work/log$i" &
+    pids+=($!)
+  done
+  for ((i = 0; i < n; i++)); do
+    http=""
+    for _ in $(seq 100); do
+      http=$(sed -n 's/^listening http //p' "$work/listening$i")
+      [[ -n "$http" ]] && break
+      sleep 0.1
+    done
+    [[ -n "$http" ]] || { cat "$work/log$i"; exit 1; }
+    ((i == 0)) && url="http://$http"
+  done
+  # Until the first node's discovery lists all of them.
+  for _ in $(seq 100); do
+    [[ "$(curl -s "$url/v1/discovery" | grep -o '"node_id"' | wc -l)" -ge "$n" ]] && break
+    sleep 0.1
+  done
+}
+
+# CPU ticks the nodes used so far.
+node_ticks() {
+  local pid total=0
+  for pid in "${pids[@]}"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+fdb_commits() {
+  "$FDB_DIR/bin/fdbcli" -C "$FDB_CLUSTER_FILE" --exec 'status json' 2>/dev/null |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["cluster"]["workload"]["transactions"]["committed"]["counter"])'
+}
+
+run() {
+  local name="$1"
+  shift
+  echo "== $name (${#pids[@]} node(s)): hanmadi-loadtest $*"
+  local t0 c0 t1 c1
+  t0=$(node_ticks)
+  c0=$(fdb_commits)
+  "$loadtest" "$@" --discovery "$url" --secret "$secret" --quiet --json "$out/$name.json" || true
+  t1=$(node_ticks)
+  c1=$(fdb_commits)
+  python3 - "$out/$name.json" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((c1 - c0))" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+ticks, hz, commits = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+acked = max(report["acked"], 1)
+print(f"  acked {report['acked']} ({report['acked_per_s']:.0f}/s), delivered/s {report['delivered_per_s']:.0f}, "
+      f"lost {report['lost']} dup {report['duplicated']} reordered {report['reordered']}")
+print(f"  send->deliver p50 {report['p50_ms']:.2f} ms  p99 {report['p99_ms']:.2f} ms; "
+      f"send->ack p50 {report['ack_p50_ms']:.2f} ms  p99 {report['ack_p99_ms']:.2f} ms")
+print(f"  errors {report['errors']}")
+print(f"  nodes' CPU {ticks / hz / acked * 1e6:.0f} us per acked message; "
+      f"FoundationDB commits {commits / acked:.2f} per acked message")
+PY
+}
+
+for n in 1 3; do
+  start_nodes "$n"
+  run "fdb-$n-node-1000" direct --connections 1000 --rate 1000 --duration 20s --warmup 3s
+  start_nodes "$n"
+  run "fdb-$n-node-saturate" direct --connections 1000 --rate 20000 --duration 15s --warmup 3s
+done
+echo "JSON in $out"
