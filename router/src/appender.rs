@@ -198,6 +198,13 @@ async fn run<K: Kv>(
         if let Some(committed) = committing.take() {
             let _ = committed.await;
         }
+        // Nothing else plans now: a plan that went stale meanwhile is made
+        // again here, not beside the next batch's.
+        let mut prepared = prepared;
+        stage
+            .store
+            .refresh_append(&mut prepared, &*stage.ids, &*stage.online)
+            .await;
         let (committed_tx, committed) = oneshot::channel();
         let (delivered_tx, delivered) = oneshot::channel();
         last_task = Some(tokio::spawn(Arc::clone(&stage).commit(

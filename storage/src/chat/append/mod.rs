@@ -244,6 +244,33 @@ impl<K: Kv> ChatStore<K> {
         }
     }
 
+    /// Plans `prepared` again if its plan went stale while the batch before
+    /// it committed (see [`writer`]). A single writer calls this once the
+    /// batch before has committed and before the next one is planned, so
+    /// the ids drawn now lie above every id committed and below every id
+    /// the next batch draws.
+    pub async fn refresh_append(
+        &self,
+        prepared: &mut PreparedAppend<K>,
+        ids: &dyn IdSource,
+        online: &(dyn Fn(u64) -> bool + Sync),
+    ) {
+        let stale = match &prepared.first {
+            Some((generation, Ok((_, planned, _)))) => !self.heads.is_current(*generation, planned),
+            _ => false,
+        };
+        if stale {
+            // Its transaction is dropped uncommitted; the ids it drew are
+            // skipped, never reused.
+            prepared.first = None;
+            let generation = self.heads.generation();
+            prepared.first = Some((
+                generation,
+                self.append_attempt(&mut prepared.slots, ids, online).await,
+            ));
+        }
+    }
+
     /// The second half of [`ChatStore::append`]: commits a planned batch
     /// (planning again what the first transaction did not hold, and
     /// whatever a retry needs). Outcomes come back in the batch's order.
@@ -287,8 +314,14 @@ impl<K: Kv> ChatStore<K> {
                 .collect()
         } else {
             // A plan made before the head cache was dropped (a failed
-            // commit) may rest on heads that never committed: plan again.
-            let first = first.filter(|(generation, _)| *generation == self.heads.generation());
+            // commit) may rest on heads that never committed, and one whose
+            // ids were drawn beside an earlier batch's may hold ids below
+            // it: plan again ([`ChatStore::refresh_append`] does it earlier,
+            // while no other batch plans).
+            let first = first.filter(|(generation, attempt)| match attempt {
+                Ok((_, planned, _)) => self.heads.is_current(*generation, planned),
+                Err(_) => *generation == self.heads.generation(),
+            });
             self.append_run(&mut slots, ids, online, first.map(|(_, a)| a))
                 .await;
             // Committed (or failed): later batches need not wait for it.
@@ -322,6 +355,9 @@ impl<K: Kv> ChatStore<K> {
                 let (end, result) = match attempt {
                     Ok((end, planned, txn)) => match txn.commit().await {
                         Ok(stamp) => {
+                            if self.config.single_writer {
+                                self.heads.committed(&planned);
+                            }
                             finish(&mut slots[start..start + end], planned, Some(stamp));
                             start += end;
                             break;
@@ -331,6 +367,7 @@ impl<K: Kv> ChatStore<K> {
                     Err((end, e)) => (end, (e, Vec::new())),
                 };
                 let (err, planned) = result;
+                tracing::debug!(error = %err, messages = end, "an append attempt failed");
                 // Heads this attempt planned may not have committed.
                 self.heads.clear();
                 if err.maybe_committed() {

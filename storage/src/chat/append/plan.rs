@@ -54,6 +54,8 @@ pub(super) struct AttemptState {
     pub(super) members: HashMap<u64, Vec<(u64, Role)>>,
     pub(super) group_records: HashMap<u64, Option<GroupRecord>>,
     seen: HashMap<(u64, Bytes), usize>,
+    /// Whether either user of a direct pair blocked the other, read first.
+    blocks: HashMap<(u64, u64), bool>,
     order: u32,
     bytes: usize,
 }
@@ -90,7 +92,16 @@ impl<K: Kv> ChatStore<K> {
                 return Ok((slots.len(), failed, txn));
             }
         }
-        let mut st = AttemptState::default();
+        // Blocks before anything else: they are the attempt's
+        // conflict-checked reads, and an optimistic engine registers a
+        // transaction for conflict checks at its first read only if that
+        // read is checked. A checked read after snapshot reads finds the
+        // view stale whenever a commit landed in between (the batch before
+        // this one, as a rule), and the commit would fail for nothing.
+        let mut st = AttemptState {
+            blocks: read_blocks(&txn, slots).await.map_err(|e| (1, e))?,
+            ..AttemptState::default()
+        };
         let mut planned: Vec<Planned> = Vec::with_capacity(slots.len());
         let mut dedups = self.read_dedups(&txn, slots).await.map_err(|e| (1, e))?;
         for (i, slot) in slots.iter().enumerate() {
@@ -226,7 +237,11 @@ impl<K: Kv> ChatStore<K> {
                     // Decided here, with conflict reads: a block that
                     // commits while this transaction is open aborts it, so
                     // no message slips past a block, whatever a cache said.
-                    if blocked_either(txn, user_low, user_high).await? {
+                    let blocked = match st.blocks.get(&(user_low, user_high)) {
+                        Some(&blocked) => blocked,
+                        None => blocked_either(txn, user_low, user_high).await?,
+                    };
+                    if blocked {
                         return Err(StoreError::Blocked);
                     }
                     vec![user_low, user_high]
@@ -399,6 +414,33 @@ fn feed_event(slots: &[Slot], planned: &[Planned]) -> crate::chat::FeedEvent {
         }
     }
     event
+}
+
+/// Whether either user blocked the other, for every direct pair of the
+/// messages still to plan (a self-conversation has no block), read in `txn`
+/// with conflicts, in key order.
+async fn read_blocks<T: KvTxn>(
+    txn: &T,
+    slots: &[Slot],
+) -> Result<HashMap<(u64, u64), bool>, KvError> {
+    let mut pairs: Vec<(u64, u64)> = slots
+        .iter()
+        .filter(|s| s.outcome.is_none() && s.msg.membership.is_none())
+        .filter_map(|s| match s.msg.conversation {
+            ConversationId::Direct {
+                user_low,
+                user_high,
+            } if user_low != user_high => Some((user_low, user_high)),
+            _ => None,
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut blocks = HashMap::with_capacity(pairs.len());
+    for (a, b) in pairs {
+        blocks.insert((a, b), blocked_either(txn, a, b).await?);
+    }
+    Ok(blocks)
 }
 
 /// Whether either user blocked the other, read in `txn` with conflicts.

@@ -17,6 +17,16 @@
 //! A failed commit drops every cached head (its planned heads may not have
 //! committed) and moves the generation on, so a plan made before that is
 //! made again.
+//!
+//! ## Ids in commit order
+//!
+//! Ids are drawn while a batch is planned, and the next batch is planned
+//! while the one before commits. If that one has to plan again (a failed
+//! commit, a stale plan), both draw ids at once and the later batch may hold
+//! ids below the earlier one's: committed after it, they would run backwards
+//! in a conversation. So the cache keeps the highest id committed, and a
+//! plan holding an id at or below it is made again before it commits
+//! ([`HeadCache::is_current`]), at a moment when no other batch plans.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +36,7 @@ use bytes::Bytes;
 use hanmadi_proto::ConversationId;
 use parking_lot::Mutex;
 
+use super::plan::Planned;
 use super::NewMessage;
 
 /// Most heads kept; past it the cache starts again empty (each entry is a
@@ -37,6 +48,8 @@ const MAX_HEADS: usize = 1 << 20;
 pub(crate) struct HeadCache {
     heads: Mutex<HashMap<ConversationId, u64>>,
     generation: AtomicU64,
+    /// The highest id committed so far.
+    committed: AtomicU64,
 }
 
 impl HeadCache {
@@ -68,6 +81,31 @@ impl HeadCache {
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    /// Records the ids of a committed attempt.
+    pub(super) fn committed(&self, planned: &[Planned]) {
+        if let Some(max) = fresh_ids(planned).max() {
+            self.committed.fetch_max(max, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether a plan made under `generation` may still commit: no commit
+    /// failed since (its heads may rest on one), and each of its new ids
+    /// lies above every id committed so far.
+    pub(super) fn is_current(&self, generation: u64, planned: &[Planned]) -> bool {
+        generation == self.generation()
+            && fresh_ids(planned)
+                .min()
+                .is_none_or(|min| min > self.committed.load(Ordering::Acquire))
+    }
+}
+
+/// The ids a plan drew for new messages.
+fn fresh_ids(planned: &[Planned]) -> impl Iterator<Item = u64> + '_ {
+    planned.iter().filter_map(|p| match p {
+        Planned::Fresh { message_id, .. } => Some(*message_id),
+        _ => None,
+    })
 }
 
 /// What the batches planned but not yet committed may change, so that a
