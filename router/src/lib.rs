@@ -7,6 +7,8 @@
 //!   caches.
 //! - [`appender`]: the bounded queue and group commit.
 //! - [`presence`]: who is online.
+//! - [`receipts`]: delivery acks and read marks, coalesced and written in
+//!   background batches.
 //! - [`fanout`]: the delivery sink the gateway implements.
 //! - [`Router`]: the operations the gateway and the HTTP API call.
 
@@ -16,6 +18,7 @@ mod error;
 pub mod fanout;
 pub mod ids;
 pub mod presence;
+pub mod receipts;
 
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ pub use error::RouterError;
 pub use fanout::{Delivery, DeliverySink, NoDelivery};
 pub use ids::{Clock, IdGenerator, SystemClock};
 pub use presence::{LocalPresence, Presence};
+pub use receipts::{Receipts, ReceiptsConfig};
 
 pub use hanmadi_proto::MAX_CLIENT_MSG_ID_LEN;
 
@@ -48,6 +52,8 @@ pub struct RouterConfig {
     pub max_group_members: u32,
     /// The appender's sizes.
     pub appender: AppenderConfig,
+    /// The receipt writer's sizes.
+    pub receipts: ReceiptsConfig,
 }
 
 impl Default for RouterConfig {
@@ -57,6 +63,7 @@ impl Default for RouterConfig {
             max_body: 16 * 1024,
             max_group_members: 1000,
             appender: AppenderConfig::default(),
+            receipts: ReceiptsConfig::default(),
         }
     }
 }
@@ -129,6 +136,7 @@ pub struct Router<K: Kv> {
     clock: Arc<dyn Clock>,
     authz: authz::Authz<K>,
     appender: Appender,
+    receipts: Receipts,
     sink: Arc<dyn DeliverySink>,
     config: RouterConfig,
 }
@@ -144,8 +152,9 @@ impl<K: Kv> std::fmt::Debug for Router<K> {
 
 impl<K: Kv> Router<K> {
     /// A router over `store` on the current tokio runtime, with the system
-    /// clock. Returns the appender task too, which ends after the router is
-    /// dropped and the queued sends are committed.
+    /// clock. Returns its background task too, which ends after the router
+    /// is dropped, the queued sends are committed and the pending receipts
+    /// written.
     pub fn start(
         store: ChatStore<K>,
         presence: Arc<dyn Presence>,
@@ -167,14 +176,21 @@ impl<K: Kv> Router<K> {
             config.node.min(ids::MAX_NODE),
             Arc::clone(&clock),
         ));
-        let (appender, task) = Appender::start(
+        let (appender, appending) = Appender::start(
             store.clone(),
             Arc::clone(&ids) as Arc<dyn IdSource>,
             presence,
             Arc::clone(&sink),
             config.appender,
         );
+        let (receipts, recording) = Receipts::start(store.clone(), config.receipts);
+        let task = tokio::spawn(async move {
+            // Neither task panics; a join error would be a cancelled runtime.
+            let _ = appending.await;
+            let _ = recording.await;
+        });
         let router = Self {
+            receipts,
             sink,
             authz: authz::Authz::new(store.clone()),
             store,
@@ -367,16 +383,16 @@ impl<K: Kv> Router<K> {
     }
 
     /// Records what one of `user`'s devices has received; it is no longer
-    /// pending a push.
+    /// pending a push. Written in the background with other receipts
+    /// ([`receipts`]): this returns once the ack is queued.
     ///
     /// # Errors
     ///
-    /// A malformed cursor or a storage failure.
+    /// A malformed cursor.
     pub async fn ack(&self, user: u64, device: &str, cursor: &[u8]) -> Result<(), RouterError> {
         let cursor = Cursor::parse(cursor)?.ok_or(RouterError::InvalidArgument("empty cursor"))?;
-        self.store.ack_delivered(user, device, cursor).await?;
-        // Received: no push for these.
-        Ok(self.store.clear_push_pending(user, cursor).await?)
+        self.receipts.delivered(user, device, cursor).await;
+        Ok(())
     }
 
     fn check_participant(
@@ -392,11 +408,12 @@ impl<K: Kv> Router<K> {
         }
     }
 
-    /// Marks `conversation` read by `user` up to `message_id`.
+    /// Marks `conversation` read by `user` up to `message_id`. Written in
+    /// the background with other receipts ([`receipts`]).
     ///
     /// # Errors
     ///
-    /// [`RouterError::NotAMember`]; a storage failure.
+    /// [`RouterError::NotAMember`]; a storage failure reading membership.
     pub async fn read(
         &self,
         user: u64,
@@ -407,7 +424,8 @@ impl<K: Kv> Router<K> {
         if let ConversationId::Group(g) = conversation {
             self.authz.check_post(user, g).await?;
         }
-        Ok(self.store.mark_read(user, conversation, message_id).await?)
+        self.receipts.read(user, conversation, message_id).await;
+        Ok(())
     }
 
     /// Whether `actor` may add and remove members of `group` (its owner or

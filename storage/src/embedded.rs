@@ -5,13 +5,14 @@
 //! while the previous batch was being written and applies them together in
 //! one durable backend write, so one fsync serves them all. At low load a
 //! commit is written alone and at once. The async caller only awaits a
-//! channel: fsync never blocks an async worker.
+//! channel: fsync never blocks an async worker. The channel is bounded
+//! ([`MAX_QUEUED`]): when the disk falls behind, committers wait for room
+//! instead of piling requests up in memory.
 
 use std::future::Future;
-use std::sync::mpsc;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::Backend;
 use crate::kv::{Kv, KvError, KvTxn, Versionstamp};
@@ -19,6 +20,10 @@ use crate::occ::{forward_txn_ops, CommitRequest, Core, Limits, Txn};
 
 /// Most commits resolved and written together in one backend batch.
 const MAX_GROUP: usize = 1024;
+
+/// Most commits waiting for the resolver thread: two full groups, so the
+/// next group is always gathered while one is written.
+const MAX_QUEUED: usize = 2 * MAX_GROUP;
 
 /// Options of the embedded engine.
 #[derive(Clone, Copy, Debug)]
@@ -66,11 +71,11 @@ impl<B: Backend> EmbeddedKv<B> {
     /// A failure reading the stored version or starting the thread.
     pub fn with_backend(backend: B, options: EmbeddedOptions) -> Result<Self, KvError> {
         let core = Core::open(backend, options.limits)?;
-        let (tx, rx) = mpsc::channel::<(CommitRequest, Reply)>();
+        let (tx, mut rx) = mpsc::channel::<(CommitRequest, Reply)>(MAX_QUEUED);
         let resolver = Arc::clone(&core);
         std::thread::Builder::new()
             .name("hanmadi-commit".into())
-            .spawn(move || resolve_loop(&resolver, &rx, options.sync))
+            .spawn(move || resolve_loop(&resolver, &mut rx, options.sync))
             .map_err(KvError::engine)?;
         Ok(Self { core, commits: tx })
     }
@@ -83,12 +88,12 @@ impl<B: Backend> EmbeddedKv<B> {
 
 fn resolve_loop<B: Backend>(
     core: &Core<B>,
-    rx: &mpsc::Receiver<(CommitRequest, Reply)>,
+    rx: &mut mpsc::Receiver<(CommitRequest, Reply)>,
     sync: bool,
 ) {
     let mut requests = Vec::with_capacity(MAX_GROUP);
     let mut replies = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         requests.push(first.0);
         replies.push(first.1);
         while requests.len() < MAX_GROUP {
@@ -139,7 +144,7 @@ impl<B: Backend> KvTxn for EmbeddedTxn<B> {
                 return Ok(core.finish_read_only(req));
             }
             let (tx, rx) = oneshot::channel();
-            commits.send((req, tx)).map_err(|_| closed())?;
+            commits.send((req, tx)).await.map_err(|_| closed())?;
             rx.await.map_err(|_| closed())?
         }
     }

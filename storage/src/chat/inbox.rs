@@ -15,6 +15,12 @@ use crate::kv::{AtomicOp, Kv, KvTxn, RangeRead, Versionstamp, VERSIONSTAMP_LEN};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor(pub [u8; CURSOR_LEN]);
 
+/// Most receipts (acks and read marks) one [`ChatStore::record_receipts`]
+/// transaction should carry: each is a few hundred bytes of reads and
+/// writes, so this stays far below FoundationDB's 10 MB / 5 s limits while
+/// amortising a commit over many.
+pub const MAX_RECEIPTS_PER_TXN: usize = 256;
+
 impl Cursor {
     /// The cursor of the `order`-th inbox entry of commit `stamp`.
     pub fn new(stamp: Versionstamp, order: u16) -> Self {
@@ -386,6 +392,57 @@ impl<K: Kv> ChatStore<K> {
             let current = txn.get(&key, false).await?;
             if current.as_deref().is_none_or(|c| c < cursor.as_bytes()) {
                 txn.set(&key, cursor.as_bytes());
+            }
+            Ok(())
+        })
+    }
+
+    /// Records many receipts in one transaction: for each `(user, device,
+    /// cursor)` of `delivered`, what [`ChatStore::ack_delivered`] and
+    /// [`ChatStore::clear_push_pending`] do; for each `(user, conversation,
+    /// message_id)` of `read`, what [`ChatStore::mark_read`] does. Callers
+    /// keep a batch small ([`MAX_RECEIPTS_PER_TXN`]) so a transaction stays
+    /// far inside FoundationDB's size and time limits.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure; nothing of the batch is recorded.
+    pub async fn record_receipts(
+        &self,
+        delivered: &[(u64, &str, Cursor)],
+        read: &[(u64, ConversationId, u64)],
+    ) -> Result<(), StoreError> {
+        // Per ack: its device's key, the range of push marks it covers.
+        type Keys = (Vec<u8>, (Vec<u8>, Vec<u8>), Cursor);
+        let delivered: Vec<Keys> = delivered
+            .iter()
+            .map(|&(user, device, cursor)| {
+                let pending = (
+                    keys::push_of(user),
+                    keys::key_after(&keys::push_at(user, &cursor.0)),
+                );
+                (keys::delivered(user, device), pending, cursor)
+            })
+            .collect();
+        let read: Vec<(Vec<u8>, u64)> = read
+            .iter()
+            .map(|&(user, conversation, id)| (keys::read_mark(user, conversation), id))
+            .collect();
+        transact!(&self.kv, |txn| {
+            for (key, (pending, pending_end), cursor) in &delivered {
+                let current = txn.get(key, false).await?;
+                if current.as_deref().is_none_or(|c| c < cursor.as_bytes()) {
+                    txn.set(key, cursor.as_bytes());
+                }
+                let any = txn
+                    .get_range(RangeRead::new(pending, pending_end).limit(1).snapshot(true))
+                    .await?;
+                if !any.is_empty() {
+                    txn.clear_range(pending, pending_end);
+                }
+            }
+            for (key, id) in &read {
+                txn.atomic_op(key, AtomicOp::Max, &id.to_le_bytes());
             }
             Ok(())
         })
