@@ -7,7 +7,9 @@
 #
 # FIGURE is any of: idle direct-max direct-cpu group latency soak
 # (default: all but soak, which takes ten minutes: SOAK_RATE and
-# SOAK_DURATION set its rate and length).
+# SOAK_DURATION set its rate and length, SOAK_CACHE_MB the node's
+# --store-cache-mb; it also writes soak-memory.csv, the node's RSS and its
+# store's cache and memtables every 10 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-target/loadtest-figures}"
@@ -41,7 +43,7 @@ start_node() {
     --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls 127.0.0.1:0 --https 127.0.0.1:0 \
     --cert "$data/cert.pem" --key "$data/key.pem" \
     --max-conns-per-ip 30000 --max-connections 30000 \
-    --http-rate-per-sec 1000000 --http-rate-burst 1000000 >"$data/listening" 2>"$data/log" &
+    --http-rate-per-sec 1000000 --http-rate-burst 1000000 "$@" >"$data/listening" 2>"$data/log" &
   server_pid=$!
   # Wait for the HTTP listener's line, not for a fixed time.
   for _ in $(seq 100); do
@@ -51,6 +53,25 @@ start_node() {
   done
   [[ -n "$http" ]] || { cat "$data/log"; exit 1; }
   url="http://$http"
+}
+
+# Every 10 s until killed: seconds, RSS (KiB), the store's cache and
+# memtable bytes (from the node's /metrics).
+sample_memory() {
+  echo "seconds,rss_kib,store_cache_bytes,store_write_buffer_bytes" >"$1"
+  local t0 now rss metrics
+  t0=$(date +%s)
+  while kill -0 "$server_pid" 2>/dev/null; do
+    now=$(($(date +%s) - t0))
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status" 2>/dev/null || echo "")
+    metrics=$(curl -sf "$url/metrics" || true)
+    echo "$now,$rss,$(metric_value "$metrics" hanmadi_store_cache_bytes),$(metric_value "$metrics" hanmadi_store_write_buffer_bytes)" >>"$1"
+    sleep 10
+  done
+}
+
+metric_value() {
+  awk -v name="$2" '$1 == name {print $2}' <<<"$1"
 }
 
 lt() {
@@ -92,10 +113,13 @@ for figure in "${figures[@]}"; do
       done
       ;;
     soak)
-      start_node
+      start_node ${SOAK_CACHE_MB:+--store-cache-mb "$SOAK_CACHE_MB"}
+      sample_memory "$out/soak-memory.csv" &
+      sampler=$!
       lt soak direct --connections 1000 --rate "${SOAK_RATE:-4000}" \
         --duration "${SOAK_DURATION:-10m}" --warmup 5s \
         --report "$out/soak-report"
+      kill "$sampler" 2>/dev/null || true
       ;;
     *)
       echo "unknown figure $figure" >&2

@@ -26,6 +26,7 @@
 //! | `--secret` | `HANMADI_SECRET` | `secret` | contents of `<data_dir>/secret`, created on first start | token secret (HMAC and HS256 JWT key), at least 32 bytes; every node of a cluster needs the same one |
 //! | `--store` | `HANMADI_STORE` | `store` | `embedded` | storage engine: `embedded` or `fdb` |
 //! | `--fdb-cluster-file` | `HANMADI_FDB_CLUSTER_FILE` | `fdb_cluster_file` | FoundationDB's default | cluster file for `--store fdb` |
+//! | `--store-cache-mb` | `HANMADI_STORE_CACHE_MB` | `store_cache_mb` | `256` | with the embedded store: its block cache, in MiB (most of the node's memory once warm) |
 //! | `--node-id` | `HANMADI_NODE_ID` | `node_id` | `0` | node number in message ids, 0 to 1023 (embedded store; a cluster node takes its id from a lease) |
 //! | `--lease-expiry-ms` | `HANMADI_LEASE_EXPIRY_MS` | `lease_expiry_ms` | `10000` | with `--store fdb`: a node id whose lease is not renewed for this long may be taken by another node (renewed every fifth of it) |
 //! | `--cluster-link` | `HANMADI_CLUSTER_LINK` | `cluster_link` | `0.0.0.0:7090` | with `--store fdb`: where the node-to-node link listens; other nodes dial it at `hostname` (or this address when it names one) |
@@ -162,6 +163,9 @@ pub struct ServeArgs {
     /// FoundationDB cluster file [default: FoundationDB's own].
     #[arg(long, value_name = "PATH")]
     pub fdb_cluster_file: Option<PathBuf>,
+    /// The embedded store's block cache, in MiB [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub store_cache_mb: Option<u64>,
     /// Node number in message ids [default: 0].
     #[arg(long)]
     pub node_id: Option<u16>,
@@ -443,6 +447,7 @@ pub struct FileConfig {
     pub secret: Option<String>,
     pub store: Option<StoreKind>,
     pub fdb_cluster_file: Option<PathBuf>,
+    pub store_cache_mb: Option<u64>,
     pub node_id: Option<u16>,
     pub hostname: Option<String>,
     pub max_frame_bytes: Option<usize>,
@@ -606,6 +611,8 @@ pub struct Config {
     pub store: StoreKind,
     /// FoundationDB cluster file; `None` for FoundationDB's default.
     pub fdb_cluster_file: Option<PathBuf>,
+    /// The embedded store's block cache, in MiB.
+    pub store_cache_mb: u64,
     /// Node number in message ids.
     pub node_id: u16,
     /// Name clients reach this node by, and its TLS name.
@@ -686,6 +693,8 @@ impl Default for Config {
             secret: None,
             store: StoreKind::Embedded,
             fdb_cluster_file: None,
+            store_cache_mb: hanmadi_storage::backend::fjall::FjallOptions::default().cache_size
+                >> 20,
             node_id: server.router.node,
             hostname: machine_hostname(),
             max_frame_bytes: conn.max_frame,
@@ -856,6 +865,7 @@ impl Config {
             secret: setting!(secret).map(|s| Secret::new(s.into_bytes())),
             store: setting!(store).unwrap_or(d.store),
             fdb_cluster_file: setting!(fdb_cluster_file),
+            store_cache_mb: setting!(store_cache_mb).unwrap_or(d.store_cache_mb),
             node_id: setting!(node_id).unwrap_or(d.node_id),
             hostname: setting!(hostname).unwrap_or(d.hostname),
             max_frame_bytes: setting!(max_frame_bytes).unwrap_or(d.max_frame_bytes),
@@ -929,6 +939,9 @@ impl Config {
                 "node_id",
                 "must be at most 1023 (the 10 node bits of message ids)",
             );
+        }
+        if !(1..=1 << 20).contains(&self.store_cache_mb) {
+            return invalid("store_cache_mb", "must be between 1 and 1048576");
         }
         if self.lease_expiry < Duration::from_millis(500) {
             return invalid("lease_expiry_ms", "must be at least 500");

@@ -10,6 +10,7 @@ use hanmadi_gateway::auth::TokenIssuer;
 use hanmadi_gateway::cluster::LeaseTiming;
 use hanmadi_gateway::config::{Cli, Command, Config, StoreKind};
 use hanmadi_gateway::conn::ConnConfig;
+use hanmadi_gateway::metrics::{StoreMemory, StoreMemoryProbe};
 use hanmadi_gateway::registry::RegistryLimits;
 use hanmadi_gateway::{tls, Listeners, Server, ServerOptions};
 use hanmadi_router::RouterConfig;
@@ -74,14 +75,25 @@ fn serve(config: Config) -> Result<(), String> {
     match config.store {
         StoreKind::Embedded => {
             let path = config.data_dir.join("store");
-            let backend = FjallBackend::open(&path, FjallOptions::default())
+            let options = FjallOptions {
+                cache_size: config.store_cache_mb << 20,
+                ..FjallOptions::default()
+            };
+            let backend = FjallBackend::open(&path, options)
                 .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
+            let memory = backend.memory();
+            let probe: StoreMemoryProbe = Box::new(move || StoreMemory {
+                cache_bytes: memory.cache_bytes(),
+                cache_capacity_bytes: memory.cache_capacity(),
+                write_buffer_bytes: memory.write_buffer_bytes(),
+            });
             let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
                 .map_err(|e| format!("starting the store: {e}"))?;
             runtime.block_on(run(
                 ChatStore::new(kv, StoreConfig::single_node()),
                 &config,
                 false,
+                Some(probe),
             ))
         }
         StoreKind::Fdb => serve_fdb(&runtime, &config),
@@ -97,7 +109,7 @@ fn serve_fdb(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<(), S
         .map(|p| p.display().to_string());
     let kv = FdbKv::open(cluster.as_deref()).map_err(|e| format!("opening FoundationDB: {e}"))?;
     let store = ChatStore::new(kv, StoreConfig::for_cluster());
-    let result = runtime.block_on(run(store, config, true));
+    let result = runtime.block_on(run(store, config, true, None));
     hanmadi_storage::fdb::stop_network();
     result
 }
@@ -119,7 +131,13 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, Str
 
 /// Serves until SIGTERM or SIGINT, or until a cluster node loses its lease.
 /// `cluster`: take the node id from a lease in storage (`--store fdb`).
-async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Result<(), String> {
+/// `store_memory`: how to read the store's memory for `/metrics`.
+async fn run<K: Kv>(
+    store: ChatStore<K>,
+    config: &Config,
+    cluster: bool,
+    store_memory: Option<StoreMemoryProbe>,
+) -> Result<(), String> {
     let secret = config.resolve_secret().map_err(|e| e.to_string())?;
     let mut listeners = Listeners::default();
     if let Some(addr) = config.tcp {
@@ -214,6 +232,9 @@ async fn run<K: Kv>(store: ChatStore<K>, config: &Config, cluster: bool) -> Resu
         cluster_backstop: config.cluster_backstop,
     };
     let server = Server::start(store, listeners, options);
+    if let Some(probe) = store_memory {
+        server.metrics().watch_store_memory(probe);
+    }
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");
     let lease_lost = server.lease_lost();
     let outcome = tokio::select! {

@@ -66,9 +66,16 @@ pub struct Metrics {
     /// CPU time the process has used, user and system, read from `/proc`
     /// at each scrape; load tools divide its growth by the messages moved.
     process_cpu: Gauge<f64, AtomicU64>,
+    /// The embedded store's memory, read at each scrape (none on
+    /// FoundationDB, whose memory lives in its own processes).
+    store_memory: std::sync::OnceLock<ProbeSlot>,
+    store_cache: Gauge,
+    store_cache_capacity: Gauge,
+    store_write_buffer: Gauge,
     /// The export registry: it holds handles to the same series as the
     /// fields above.
-    registry: Registry,
+    /// Behind a lock only so that series can be added after start.
+    registry: parking_lot::Mutex<Registry>,
 }
 
 impl Default for Metrics {
@@ -101,9 +108,13 @@ impl Metrics {
             cluster_events_dropped: Counter::default(),
             process_rss: Gauge::default(),
             process_cpu: Gauge::default(),
-            registry: Registry::with_prefix("hanmadi"),
+            store_memory: std::sync::OnceLock::new(),
+            store_cache: Gauge::default(),
+            store_cache_capacity: Gauge::default(),
+            store_write_buffer: Gauge::default(),
+            registry: parking_lot::Mutex::new(Registry::with_prefix("hanmadi")),
         };
-        let r = &mut m.registry;
+        let r = m.registry.get_mut();
         r.register("connections", "Live connections", m.connections.clone());
         r.register("frames_in", "Frames read from clients", m.frames_in.clone());
         r.register(
@@ -182,15 +193,46 @@ impl Metrics {
         m
     }
 
+    /// Exports the store's memory from now on: `probe` is called at each
+    /// scrape. A second call is ignored.
+    pub fn watch_store_memory(&self, probe: StoreMemoryProbe) {
+        if self.store_memory.set(ProbeSlot(probe)).is_ok() {
+            let r = &mut *self.registry.lock();
+            r.register(
+                "store_cache_bytes",
+                "Bytes of table blocks in the embedded store's cache",
+                self.store_cache.clone(),
+            );
+            r.register(
+                "store_cache_capacity_bytes",
+                "The embedded store's cache cap (--store-cache-mb)",
+                self.store_cache_capacity.clone(),
+            );
+            r.register(
+                "store_write_buffer_bytes",
+                "Bytes in the embedded store's memtables, active and sealed",
+                self.store_write_buffer.clone(),
+            );
+        }
+    }
+
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         if let Some(usage) = ProcessUsage::read() {
             self.process_rss.set(usage.rss_bytes);
             self.process_cpu.set(usage.cpu_seconds);
         }
+        if let Some(probe) = self.store_memory.get() {
+            let now = (probe.0)();
+            self.store_cache.set(gauge_value(now.cache_bytes));
+            self.store_cache_capacity
+                .set(gauge_value(now.cache_capacity_bytes));
+            self.store_write_buffer
+                .set(gauge_value(now.write_buffer_bytes));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock());
         out
     }
 
@@ -215,6 +257,35 @@ impl Metrics {
     pub fn closed(&self, reason: &'static str) {
         self.closes.get_or_create(&ReasonLabel { reason }).inc();
     }
+}
+
+/// What the embedded store holds in memory (see
+/// `hanmadi_storage::backend::fjall::FjallMemory`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreMemory {
+    /// Table blocks in the cache.
+    pub cache_bytes: u64,
+    /// The cache's cap.
+    pub cache_capacity_bytes: u64,
+    /// Memtables, active and sealed.
+    pub write_buffer_bytes: u64,
+}
+
+/// Reads the store's memory at a scrape.
+pub type StoreMemoryProbe = Box<dyn Fn() -> StoreMemory + Send + Sync>;
+
+/// Holds the probe; a closure has no `Debug` of its own.
+struct ProbeSlot(StoreMemoryProbe);
+
+impl std::fmt::Debug for ProbeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreMemoryProbe")
+    }
+}
+
+/// A byte count as a gauge value (saturating; no store holds 8 EiB).
+fn gauge_value(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// What `/proc` says of this process.

@@ -1,6 +1,7 @@
-//! The real `hanmadi` binary's resident memory under password hashing: many
-//! sign-ups (an argon2id hash of ~19 MiB each) leave the node's RSS within a
-//! fixed bound instead of growing with every hash.
+//! The real `hanmadi` binary's resident memory: many sign-ups (an argon2id
+//! hash of ~19 MiB each) leave the node's RSS within a fixed bound instead of
+//! growing with every hash, and the store's memory is capped by its options
+//! and exported for operators to watch.
 
 use std::time::Duration;
 
@@ -85,5 +86,52 @@ async fn rss_stays_bounded_over_many_sign_ups() {
     assert!(
         growth <= MAX_GROWTH_KIB,
         "RSS grew by {growth} KiB over {SIGN_UPS} sign-ups ({start} -> {end} KiB)"
+    );
+}
+
+/// The value of an unlabelled series in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_cache_is_capped_by_its_option_and_exported() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let node = Serve::start(
+        data.path(),
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--tcp",
+            "off",
+            "--tls",
+            "off",
+            "--https",
+            "off",
+            "--secret",
+            SECRET,
+            "--store-cache-mb",
+            "8",
+        ],
+    );
+    let addr = node.listening("http");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics body");
+    assert_eq!(
+        metric(&text, "hanmadi_store_cache_capacity_bytes"),
+        Some(8 << 20),
+        "{text}"
+    );
+    let cached = metric(&text, "hanmadi_store_cache_bytes").expect("cache gauge");
+    assert!(cached <= 8 << 20, "cache holds {cached} bytes over its cap");
+    assert!(
+        metric(&text, "hanmadi_store_write_buffer_bytes").is_some(),
+        "{text}"
     );
 }

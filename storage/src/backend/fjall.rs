@@ -67,6 +67,40 @@ impl Default for FjallOptions {
     }
 }
 
+/// Reads the memory a [`FjallBackend`] holds under its two budgets: the block
+/// cache ([`FjallOptions::cache_size`]) and the write buffer (the active and
+/// sealed memtables, bounded by [`FjallOptions::max_memtable_size`] each and
+/// by the journal budget in all). A node exports both at `/metrics`, so an
+/// operator can tell a cache filling up to its cap from a leak.
+#[derive(Clone)]
+pub struct FjallMemory {
+    db: Database,
+}
+
+impl std::fmt::Debug for FjallMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallMemory").finish_non_exhaustive()
+    }
+}
+
+impl FjallMemory {
+    /// Bytes of blocks in the cache now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.db.cache_size()
+    }
+
+    /// The cache's cap, in bytes.
+    pub fn cache_capacity(&self) -> u64 {
+        self.db.cache_capacity()
+    }
+
+    /// Bytes held by memtables, the active one and those sealed and waiting
+    /// for their flush.
+    pub fn write_buffer_bytes(&self) -> u64 {
+        self.db.write_buffer_size()
+    }
+}
+
 /// A key fjall cannot store.
 #[derive(Debug, thiserror::Error)]
 enum KeyError {
@@ -145,6 +179,14 @@ impl FjallBackend {
             keyspace,
             write_lock: Mutex::new(()),
         })
+    }
+
+    /// A handle that reads how much memory the database holds now; it stays
+    /// valid after the backend moves into an engine.
+    pub fn memory(&self) -> FjallMemory {
+        FjallMemory {
+            db: self.db.clone(),
+        }
     }
 
     /// Queues `writes` in key order, keeping only the last write to each
