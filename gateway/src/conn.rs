@@ -566,12 +566,18 @@ where
                     }
                 }
                 Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                    // A client with requests in flight waits for us: it is
+                    // not idle, whatever it last sent.
+                    idle_deadline = tokio::time::Instant::now() + idle;
                     if let Some(reply) = reply {
                         self.answer(reply)?;
                     }
                 }
                 () = shared.wake.notified() => {}
-                () = tokio::time::sleep_until(idle_deadline) => {
+                // Only while frames are being read: with every request slot
+                // taken the server is the one behind, and the client's next
+                // frames wait unread in the socket.
+                () = tokio::time::sleep_until(idle_deadline), if can_read => {
                     return Err(Close::with(ErrorCode::IdleTimeout, "idle_timeout", "no frame within the idle deadline"));
                 }
                 () = shutdown.cancelled() => {

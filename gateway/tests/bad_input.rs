@@ -166,6 +166,57 @@ async fn idle_connection_is_closed() {
     assert!(rest.is_empty());
 }
 
+/// A client whose requests the server is slow to answer is waiting, not
+/// idle: with its one request slot taken for longer than the idle deadline
+/// (a read mark waiting for room in a full receipt queue), the connection
+/// stays open and its next frame is answered once the server catches up.
+#[tokio::test]
+async fn a_connection_the_server_is_slow_to_answer_is_not_idle() {
+    let node = start(ServerOptions {
+        conn: ConnConfig {
+            idle_timeout: Duration::from_millis(300),
+            max_in_flight: 1,
+            ..ConnConfig::default()
+        },
+        router: hanmadi_router::RouterConfig {
+            receipts: hanmadi_router::ReceiptsConfig {
+                max_pending: 1,
+                linger: Duration::from_millis(1500),
+            },
+            ..hanmadi_router::RouterConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    node.user(2).await;
+    let mut raw = Raw::logged_in(&node, &token).await;
+    let read = |req_id, peer| pb::ClientFrame {
+        req_id,
+        kind: Some(client_frame::Kind::Read(pb::Read {
+            conversation: Some(hanmadi_proto::ConversationId::direct(1, peer).into()),
+            message_id: 1,
+        })),
+    };
+    // The first fills the queue; the second waits for the writer, which
+    // lingers 1.5 s, five idle deadlines.
+    raw.send(&read(1, 1)).await;
+    raw.send(&read(2, 2)).await;
+    raw.send(&pb::ClientFrame {
+        req_id: 3,
+        kind: Some(client_frame::Kind::Ping(pb::Ping {})),
+    })
+    .await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), raw.recv())
+        .await
+        .expect("an answer within 10 s")
+        .expect("the connection stays open");
+    assert!(
+        matches!(reply.kind, Some(server_frame::Kind::Pong(_))),
+        "{reply:?}"
+    );
+}
+
 #[tokio::test]
 async fn connection_limits_per_user_and_per_address() {
     let node = start(ServerOptions {
