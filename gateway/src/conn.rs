@@ -104,6 +104,10 @@ impl<K: Kv> std::fmt::Debug for ConnContext<K> {
 /// request answered only when it fails).
 type Pending = Pin<Box<dyn Future<Output = Option<Reply>> + Send>>;
 
+/// Bytes of a `Sync` or `History` page that cost one more rate-limit token
+/// beyond the request's own: a full 64 KiB page costs five.
+const PAGE_BYTES_PER_TOKEN: f64 = 16.0 * 1024.0;
+
 /// An answer to a request.
 enum Reply {
     /// A frame to encode.
@@ -217,6 +221,13 @@ impl RateLimit {
             at: Instant::now(),
             refused: 0,
         }
+    }
+
+    /// Takes `cost` more tokens for work already done (a large page): the
+    /// bucket may go below empty, down to one burst, and the frames after
+    /// wait until it refills.
+    fn charge(&mut self, cost: f64) {
+        self.tokens = (self.tokens - cost).max(-self.burst);
     }
 
     fn take(&mut self) -> bool {
@@ -570,6 +581,11 @@ where
                     // not idle, whatever it last sent.
                     idle_deadline = tokio::time::Instant::now() + idle;
                     if let Some(reply) = reply {
+                        if let Reply::Encoded(page) = &reply {
+                            // A page costs by its size, so looping `Sync`
+                            // over a full inbox costs what it reads.
+                            rate.charge(page.len() as f64 / PAGE_BYTES_PER_TOKEN);
+                        }
                         self.answer(reply)?;
                     }
                 }

@@ -209,6 +209,7 @@ async fn run<K: Kv>(
             node: config.node_id,
             max_body: config.max_body_bytes,
             max_group_members: config.max_group_members,
+            page_bytes: hanmadi_router::page_bytes_for_frame(config.max_frame_bytes),
             ..RouterConfig::default()
         },
         secret: secret.into_bytes(),

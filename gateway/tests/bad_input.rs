@@ -166,6 +166,71 @@ async fn idle_connection_is_closed() {
     assert!(rest.is_empty());
 }
 
+/// `Sync` over a full inbox costs what it reads: each page of ~56 KiB takes
+/// four tokens more than its frame, so ten pages in a row overrun a bucket
+/// of twenty that ten pings would not; and each page stops at the byte
+/// budget however many entries it asked for.
+#[tokio::test]
+async fn large_pages_cost_the_rate_limit_by_their_size() {
+    let node = start_with_conn(ConnConfig {
+        rate_per_sec: 1,
+        rate_burst: 20,
+        ..ConnConfig::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    node.user(2).await;
+    let router = node.server.router();
+    for i in 0..60 {
+        router
+            .send(
+                2,
+                hanmadi_router::SendRequest {
+                    client_msg_id: format!("fill-{i}").into_bytes().into(),
+                    to: hanmadi_router::Target::User(1),
+                    body: "x".repeat(15_000),
+                },
+            )
+            .await
+            .expect("send");
+    }
+    let mut raw = Raw::logged_in(&node, &token).await;
+    let mut pages = 0;
+    let mut limited = 0;
+    for req_id in 1..=10u64 {
+        raw.send(&pb::ClientFrame {
+            req_id,
+            kind: Some(client_frame::Kind::Sync(pb::Sync {
+                after: bytes::Bytes::new(),
+                limit: 500,
+            })),
+        })
+        .await;
+        // Deliveries of the fill may come first; the answer is the frame
+        // with this request's id.
+        let reply = loop {
+            let f = raw.recv().await.expect("an answer");
+            if f.req_id == req_id {
+                break f;
+            }
+        };
+        match (&reply.kind, error_code(&reply)) {
+            (Some(server_frame::Kind::SyncBatch(batch)), _) => {
+                pages += 1;
+                assert!(batch.has_more, "60 messages of 15 KB never fit one page");
+                assert!(
+                    (1..=4).contains(&batch.messages.len()),
+                    "{} messages in one page",
+                    batch.messages.len()
+                );
+            }
+            (_, Some(ErrorCode::RateLimited)) => limited += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(pages >= 1 && limited > 0, "pages {pages}, refused {limited}");
+}
+
 /// A client whose requests the server is slow to answer is waiting, not
 /// idle: with its one request slot taken for longer than the idle deadline
 /// (a read mark waiting for room in a full receipt queue), the connection

@@ -54,6 +54,10 @@ pub struct RouterConfig {
     pub appender: AppenderConfig,
     /// The receipt writer's sizes.
     pub receipts: ReceiptsConfig,
+    /// Message bytes a `Sync` or `History` page reads at most (past the
+    /// first message), sockets and HTTP alike: a page costs what one answer
+    /// carries. A node sets it to what fits one frame.
+    pub page_bytes: usize,
 }
 
 impl Default for RouterConfig {
@@ -64,6 +68,7 @@ impl Default for RouterConfig {
             max_group_members: 1000,
             appender: AppenderConfig::default(),
             receipts: ReceiptsConfig::default(),
+            page_bytes: page_bytes_for_frame(hanmadi_proto::DEFAULT_MAX_FRAME),
         }
     }
 }
@@ -122,6 +127,12 @@ pub const MAX_SYNC_LIMIT: u32 = 500;
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
 /// See [`DEFAULT_HISTORY_LIMIT`].
 pub const MAX_HISTORY_LIMIT: u32 = 500;
+
+/// The page budget ([`RouterConfig::page_bytes`]) for frames of at most
+/// `max_frame` bytes: room for each entry's own fields and the page's.
+pub fn page_bytes_for_frame(max_frame: usize) -> usize {
+    max_frame.saturating_sub(max_frame / 8).max(1)
+}
 
 /// A page size as asked for: `0` takes the default, more than `max` is cut
 /// to it.
@@ -349,7 +360,10 @@ impl<K: Kv> Router<K> {
     ) -> Result<SyncBatch, RouterError> {
         let after = Cursor::parse(after)?;
         let limit = page_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
-        let batch = self.store.sync(user, after, limit).await?;
+        let batch = self
+            .store
+            .sync_within(user, after, limit, self.config.page_bytes)
+            .await?;
         if let (Some(last), false) = (batch.next, batch.entries.is_empty()) {
             // Read now: no push for these.
             self.store.clear_push_pending(user, last).await?;
@@ -373,11 +387,12 @@ impl<K: Kv> Router<K> {
     ) -> Result<HistoryPage, RouterError> {
         Ok(self
             .store
-            .history(
+            .history_within(
                 conversation,
                 Some(user),
                 before,
                 page_limit(limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT),
+                self.config.page_bytes,
             )
             .await?)
     }

@@ -62,6 +62,7 @@ embedded_tests!(
     trimmed_cursor_expires => suite::trimmed_cursor_expires,
     push_pending_collapses_bursts => suite::push_pending_collapses_bursts,
     read_marks_and_unread => suite::read_marks_and_unread,
+    pages_stop_at_their_byte_budget => suite::pages_stop_at_their_byte_budget,
     blocks => suite::blocks,
     membership_rules => suite::membership_rules,
     node_leases => suite::node_leases,

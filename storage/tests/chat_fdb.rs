@@ -54,6 +54,7 @@ chat_fdb_tests!(
     trimmed_cursor_expires => common::chat_suite::trimmed_cursor_expires,
     push_pending_collapses_bursts => common::chat_suite::push_pending_collapses_bursts,
     read_marks_and_unread => common::chat_suite::read_marks_and_unread,
+    pages_stop_at_their_byte_budget => common::chat_suite::pages_stop_at_their_byte_budget,
     blocks => common::chat_suite::blocks,
     membership_rules => common::chat_suite::membership_rules,
     node_leases => common::chat_suite::node_leases,

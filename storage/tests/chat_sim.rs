@@ -103,6 +103,12 @@ async fn read_marks_and_unread() {
 }
 
 #[tokio::test]
+async fn pages_stop_at_their_byte_budget() {
+    suite::pages_stop_at_their_byte_budget(healthy()).await;
+    suite::pages_stop_at_their_byte_budget(faulty(9, StoreConfig::default()).1).await;
+}
+
+#[tokio::test]
 async fn membership_rules() {
     suite::membership_rules(healthy()).await;
     suite::membership_rules(faulty(9, StoreConfig::default()).1).await;

@@ -21,6 +21,9 @@ pub struct Cursor(pub [u8; CURSOR_LEN]);
 /// amortising a commit over many.
 pub const MAX_RECEIPTS_PER_TXN: usize = 256;
 
+/// Messages a history page reads at a time while it fills its byte budget.
+pub const HISTORY_CHUNK: usize = 16;
+
 impl Cursor {
     /// The cursor of the `order`-th inbox entry of commit `stamp`.
     pub fn new(stamp: Versionstamp, order: u16) -> Self {
@@ -99,6 +102,24 @@ impl<K: Kv> ChatStore<K> {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<SyncBatch, StoreError> {
+        self.sync_within(user, after, limit, usize::MAX).await
+    }
+
+    /// As [`ChatStore::sync`], reading messages only until they hold
+    /// `max_bytes` (the entry that reaches it is the page's last; a page
+    /// always holds one entry when there is one): a page costs what its
+    /// answer can carry, not `limit` messages of the largest size.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChatStore::sync`].
+    pub async fn sync_within(
+        &self,
+        user: u64,
+        after: Option<Cursor>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<SyncBatch, StoreError> {
         let limit = limit.clamp(1, 1000);
         let prefix = keys::inbox_of(user);
         let begin = match &after {
@@ -116,9 +137,14 @@ impl<K: Kv> ChatStore<K> {
             let rows = txn
                 .get_range(RangeRead::new(&begin, &end).limit(limit + 1).snapshot(true))
                 .await?;
-            let has_more = rows.len() > limit;
+            let mut has_more = rows.len() > limit;
             let mut entries = Vec::with_capacity(rows.len().min(limit));
+            let mut bytes = 0usize;
             for kv in rows.iter().take(limit) {
+                if bytes >= max_bytes {
+                    has_more = true;
+                    break;
+                }
                 let cursor = keys::cursor_of_inbox_key(&kv.key)
                     .map(Cursor)
                     .ok_or(StoreError::Corrupt("inbox"))?;
@@ -128,6 +154,7 @@ impl<K: Kv> ChatStore<K> {
                     .get(&keys::message(conversation, message_id), true)
                     .await?
                     .ok_or(StoreError::Corrupt("inbox entry without its message"))?;
+                bytes += message.len();
                 entries.push(SyncEntry {
                     cursor,
                     conversation,
@@ -186,6 +213,27 @@ impl<K: Kv> ChatStore<K> {
         before: u64,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
+        self.history_within(conversation, reader, before, limit, usize::MAX)
+            .await
+    }
+
+    /// As [`ChatStore::history`], reading messages only until they hold
+    /// `max_bytes` (the one that reaches it is the page's last; a page
+    /// always holds one message when there is one). Messages are read in
+    /// chunks of [`HISTORY_CHUNK`], so at most one chunk past the budget is
+    /// ever read.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChatStore::history`].
+    pub async fn history_within(
+        &self,
+        conversation: ConversationId,
+        reader: Option<u64>,
+        before: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, StoreError> {
         let limit = limit.clamp(1, 1000);
         let prefix = keys::messages_of(conversation);
         let upper = if before == 0 {
@@ -207,19 +255,39 @@ impl<K: Kv> ChatStore<K> {
                 _ => 0,
             };
             let lower = keys::message(conversation, floor);
-            let rows = txn
-                .get_range(
-                    RangeRead::new(&lower, &upper)
-                        .limit(limit + 1)
-                        .reverse(true)
-                        .snapshot(true),
-                )
-                .await?;
-            let has_more = rows.len() > limit;
-            Ok(HistoryPage {
-                messages: rows.into_iter().take(limit).map(|kv| kv.value).collect(),
-                has_more,
-            })
+            let mut messages = Vec::new();
+            let mut bytes = 0usize;
+            let mut upper = upper.clone();
+            loop {
+                // One more than the page holds tells whether more remain.
+                let want = (limit + 1 - messages.len()).min(HISTORY_CHUNK);
+                let rows = txn
+                    .get_range(
+                        RangeRead::new(&lower, &upper)
+                            .limit(want)
+                            .reverse(true)
+                            .snapshot(true),
+                    )
+                    .await?;
+                let got = rows.len();
+                for kv in rows {
+                    if messages.len() == limit || bytes >= max_bytes {
+                        return Ok(HistoryPage {
+                            messages,
+                            has_more: true,
+                        });
+                    }
+                    bytes += kv.value.len();
+                    upper = kv.key.to_vec();
+                    messages.push(kv.value);
+                }
+                if got < want {
+                    return Ok(HistoryPage {
+                        messages,
+                        has_more: false,
+                    });
+                }
+            }
         })
     }
 

@@ -22,7 +22,7 @@ mod users;
 
 pub use append::{Appended, IdSource, MembershipChange, NewMessage, PreparedAppend};
 pub use feed::FeedPosition;
-pub use inbox::{Cursor, HistoryPage, SyncBatch, SyncEntry, MAX_RECEIPTS_PER_TXN};
+pub use inbox::{Cursor, HistoryPage, SyncBatch, SyncEntry, HISTORY_CHUNK, MAX_RECEIPTS_PER_TXN};
 pub use keys::CURSOR_LEN;
 pub use nodes::NodeLease;
 pub use push::{

@@ -821,6 +821,75 @@ pub async fn read_marks_and_unread<K: Kv>(store: ChatStore<K>) {
     );
 }
 
+/// Sync and history pages stop once their messages hold the byte budget
+/// (always holding one), and paging through them still yields everything,
+/// in order, once.
+pub async fn pages_stop_at_their_byte_budget<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b) = (base, base + 1);
+    let conv = ConversationId::direct(a, b);
+    let ids = TestIds::default();
+    let body = "x".repeat(1000);
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        sent.push(
+            append_one(&store, &ids, text(conv, a, &format!("big{i}"), &body))
+                .await
+                .expect("append")
+                .message_id,
+        );
+    }
+    let budget = 5_000;
+
+    let first = store.sync_within(b, None, 100, budget).await.expect("sync");
+    let held: usize = first.entries.iter().map(|e| e.message.len()).sum();
+    assert!(first.has_more, "a budgeted page says more remain");
+    assert!(
+        (5..=6).contains(&first.entries.len()) && held - first.entries[0].message.len() < budget,
+        "{} entries, {held} bytes, for a {budget}-byte budget",
+        first.entries.len()
+    );
+    let mut got = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .sync_within(b, after, 100, budget)
+            .await
+            .expect("sync");
+        got.extend(page.entries.iter().map(|e| e.message_id));
+        after = page.next;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(got, sent, "sync pages hold every message once, in order");
+    // A budget smaller than one message still moves on.
+    let one = store.sync_within(b, None, 100, 1).await.expect("sync");
+    assert_eq!(one.entries.len(), 1);
+
+    let mut got = Vec::new();
+    let mut before = 0;
+    loop {
+        let page = store
+            .history_within(conv, Some(b), before, 100, budget)
+            .await
+            .expect("history");
+        assert!(page.messages.len() <= 6, "{} messages", page.messages.len());
+        for m in &page.messages {
+            got.push(decode(m).message_id);
+        }
+        before = *got.last().expect("a page holds one");
+        if !page.has_more {
+            break;
+        }
+    }
+    got.reverse();
+    assert_eq!(
+        got, sent,
+        "history pages hold every message once, newest first"
+    );
+}
+
 /// Blocks are per direction and reversible.
 pub async fn blocks<K: Kv>(store: ChatStore<K>) {
     let base = fresh_base();
