@@ -3,7 +3,7 @@
 # three, over a throwaway one-process FoundationDB cluster on this machine,
 # driven by hanmadi-loadtest through sockets. Prints, per run, the load
 # tool's summary, the nodes' CPU per acknowledged message and FoundationDB
-# transactions per acknowledged message.
+# transactions committed and conflicted per acknowledged message.
 #
 #   scripts/cluster-figures.sh [OUT]        # JSON reports in OUT
 #
@@ -70,25 +70,33 @@ node_ticks() {
   echo "$total"
 }
 
-fdb_commits() {
+# FoundationDB's counters of committed and conflicted transactions.
+fdb_counts() {
   "$FDB_DIR/bin/fdbcli" -C "$FDB_CLUSTER_FILE" --exec 'status json' 2>/dev/null |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["cluster"]["workload"]["transactions"]["committed"]["counter"])'
+    python3 -c 'import json, sys
+t = json.load(sys.stdin)["cluster"]["workload"]["transactions"]
+print(t["committed"]["counter"], t["conflicted"]["counter"])'
 }
+
+# `reach`: how the tool finds the nodes. `--discovery` spreads connections
+# over every node in turn, so with three nodes the two ends of each pair
+# sit on different nodes; `--http` alone keeps them all on one node.
+reach=(--discovery)
 
 run() {
   local name="$1"
   shift
-  echo "== $name (${#pids[@]} node(s)): hanmadi-loadtest $*"
-  local t0 c0 t1 c1
+  echo "== $name (${#pids[@]} node(s), ${reach[*]}): hanmadi-loadtest $*"
+  local t0 c0 x0 t1 c1 x1
   t0=$(node_ticks)
-  c0=$(fdb_commits)
-  "$loadtest" "$@" --discovery "$url" --secret "$secret" --quiet --json "$out/$name.json" || true
+  read -r c0 x0 < <(fdb_counts)
+  "$loadtest" "$@" "${reach[@]}" "$url" --secret "$secret" --quiet --json "$out/$name.json" || true
   t1=$(node_ticks)
-  c1=$(fdb_commits)
-  python3 - "$out/$name.json" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((c1 - c0))" <<'PY'
+  read -r c1 x1 < <(fdb_counts)
+  python3 - "$out/$name.json" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((c1 - c0))" "$((x1 - x0))" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
-ticks, hz, commits = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+ticks, hz, commits, conflicts = (int(a) for a in sys.argv[2:6])
 acked = max(report["acked"], 1)
 print(f"  acked {report['acked']} ({report['acked_per_s']:.0f}/s), delivered/s {report['delivered_per_s']:.0f}, "
       f"lost {report['lost']} dup {report['duplicated']} reordered {report['reordered']}")
@@ -96,14 +104,27 @@ print(f"  send->deliver p50 {report['p50_ms']:.2f} ms  p99 {report['p99_ms']:.2f
       f"send->ack p50 {report['ack_p50_ms']:.2f} ms  p99 {report['ack_p99_ms']:.2f} ms")
 print(f"  errors {report['errors']}")
 print(f"  nodes' CPU {ticks / hz / acked * 1e6:.0f} us per acked message; "
-      f"FoundationDB commits {commits / acked:.2f} per acked message")
+      f"FoundationDB commits {commits / acked:.2f} and conflicts {conflicts / acked:.3f} per acked message")
 PY
 }
 
+# FIGURES=cross: only the three-node runs at 1,000/s (cross- and same-node).
+if [[ "${FIGURES:-all}" == cross ]]; then
+  start_nodes 3
+  run "fdb-3-node-1000" direct --connections 1000 --rate 1000 --duration 20s --warmup 3s
+  reach=(--http)
+  start_nodes 3
+  run "fdb-3-node-1000-same-node" direct --connections 1000 --rate 1000 --duration 20s --warmup 3s
+  exit 0
+fi
 for n in 1 3; do
   start_nodes "$n"
   run "fdb-$n-node-1000" direct --connections 1000 --rate 1000 --duration 20s --warmup 3s
   start_nodes "$n"
   run "fdb-$n-node-saturate" direct --connections 1000 --rate 20000 --duration 15s --warmup 3s
 done
+# Same-node latency with three nodes up: every connection on one node.
+reach=(--http)
+start_nodes 3
+run "fdb-3-node-1000-same-node" direct --connections 1000 --rate 1000 --duration 20s --warmup 3s
 echo "JSON in $out"
