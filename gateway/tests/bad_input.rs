@@ -228,7 +228,10 @@ async fn large_pages_cost_the_rate_limit_by_their_size() {
             other => panic!("unexpected answer {other:?}"),
         }
     }
-    assert!(pages >= 1 && limited > 0, "pages {pages}, refused {limited}");
+    assert!(
+        pages >= 1 && limited > 0,
+        "pages {pages}, refused {limited}"
+    );
 }
 
 /// A client whose requests the server is slow to answer is waiting, not

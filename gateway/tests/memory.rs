@@ -31,22 +31,31 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .expect("field in /proc status")
 }
 
+/// The real binary with only its HTTP listener, on a free port, and `extra`
+/// options.
+fn http_node(data: &std::path::Path, extra: &[&str]) -> Serve {
+    let mut args = vec![
+        "--http",
+        "127.0.0.1:0",
+        "--tcp",
+        "off",
+        "--tls",
+        "off",
+        "--https",
+        "off",
+        "--secret",
+        SECRET,
+    ];
+    args.extend_from_slice(extra);
+    Serve::start(data, &args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rss_stays_bounded_over_many_sign_ups() {
     let data = tempfile::tempdir().expect("tempdir");
-    let node = Serve::start(
+    let node = http_node(
         data.path(),
         &[
-            "--http",
-            "127.0.0.1:0",
-            "--tcp",
-            "off",
-            "--tls",
-            "off",
-            "--https",
-            "off",
-            "--secret",
-            SECRET,
             "--max-password-hashes",
             "4",
             "--http-rate-per-sec",
@@ -99,23 +108,7 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_cache_is_capped_by_its_option_and_exported() {
     let data = tempfile::tempdir().expect("tempdir");
-    let node = Serve::start(
-        data.path(),
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--tcp",
-            "off",
-            "--tls",
-            "off",
-            "--https",
-            "off",
-            "--secret",
-            SECRET,
-            "--store-cache-mb",
-            "8",
-        ],
-    );
+    let node = http_node(data.path(), &["--store-cache-mb", "8"]);
     let addr = node.listening("http");
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await

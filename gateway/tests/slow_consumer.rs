@@ -1,21 +1,36 @@
 //! A recipient that stops reading while ten others chat, against a real
-//! node. In a binary of its own: it compares latencies, so it should not
-//! share the machine with the other end-to-end tests.
+//! node: it is closed with the slow-consumer code, its queue stays bounded
+//! meanwhile, and every other member receives every message. The test
+//! asserts on what the server did, not on timings, so a busy machine
+//! cannot fail it.
 
 #[allow(dead_code)]
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hanmadi_client::{Client, Target};
+use hanmadi_client::{Client, Event, Target};
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb;
 
-/// A recipient that stops reading while ten others chat is closed with the
-/// slow-consumer code; the others keep their latency and the server's
-/// queue for the slow one stays bounded.
+/// Ten chatters send to their group at once, `rounds` times over.
+async fn chat(clients: &[Client], group: u64, rounds: usize, body: &str) -> usize {
+    for i in 0..rounds {
+        let sends: Vec<_> = clients
+            .iter()
+            .map(|c| c.send(Target::Group(group), format!("{i}{body}")))
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            r.expect("send");
+        }
+    }
+    rounds * clients.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_is_closed_and_others_keep_going() {
+async fn slow_consumer_is_closed_and_others_get_everything() {
     let node = common::start(ServerOptions {
         registry: hanmadi_gateway::registry::RegistryLimits {
             per_user: 16,
@@ -35,45 +50,32 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
     let chatters = node
         .connect_each(&members[..10], "d", common::Transport::Tcp)
         .await;
-    // Drain the chatters' deliveries in the background, as live apps do.
+    // Drain the chatters' deliveries in the background, as live apps do,
+    // counting them.
     let mut drains = Vec::new();
+    let mut counts = Vec::new();
+    let arrived = Arc::new(tokio::sync::Notify::new());
     let mut clients = Vec::new();
     for (c, mut d) in chatters {
         clients.push(c);
-        drains.push(tokio::spawn(
-            async move { while d.recv().await.is_some() {} },
-        ));
+        let count = Arc::new(AtomicUsize::new(0));
+        counts.push(Arc::clone(&count));
+        let arrived = Arc::clone(&arrived);
+        drains.push(tokio::spawn(async move {
+            while let Some(event) = d.recv().await {
+                match event {
+                    Event::Deliver { .. } => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        arrived.notify_one();
+                    }
+                    Event::Closed { .. } => panic!("a chatter was closed: {event:?}"),
+                    _ => {}
+                }
+            }
+        }));
     }
     let body = "x".repeat(1000);
-    // One round: 20 times, the ten chatters send at once; the send-to-ack
-    // time of each.
-    let round = |clients: Vec<Client>, body: String| async move {
-        let mut lat = Vec::new();
-        for i in 0..20 {
-            let t0 = std::time::Instant::now();
-            let sends: Vec<_> = clients
-                .iter()
-                .map(|c| c.send(Target::Group(group), format!("{i}{body}")))
-                .collect();
-            for r in futures::future::join_all(sends).await {
-                r.expect("send");
-            }
-            lat.push(t0.elapsed());
-        }
-        (lat, clients)
-    };
-    let p99 = |mut lat: Vec<Duration>| {
-        lat.sort();
-        lat[(lat.len() * 99 / 100).min(lat.len() - 1)]
-    };
-    // The baseline: the same chat before anyone stops reading.
-    let mut before = Vec::new();
-    for _ in 0..6 {
-        let (lat, c) = round(clients, body.clone()).await;
-        clients = c;
-        before.extend(lat);
-    }
-    let baseline = p99(before);
+    let mut sent = chat(&clients, group, 20, &body).await;
 
     // The slow member: a raw socket with a tiny receive buffer that reads
     // its Welcome and nothing more.
@@ -88,12 +90,9 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
     let w = slow.hello(&node.token(11)).await;
     common::assert_welcome(&w);
 
-    let mut during = Vec::new();
     let mut closed_slow = false;
     for _ in 0..30 {
-        let (lat, c) = round(clients, body.clone()).await;
-        clients = c;
-        during.extend(lat);
+        sent += chat(&clients, group, 20, &body).await;
         let slow_queue: usize = node
             .server
             .registry()
@@ -121,18 +120,26 @@ async fn slow_consumer_is_closed_and_others_keep_going() {
         last.as_ref().and_then(common::error_code),
         Some(pb::ErrorCode::SlowConsumer)
     );
-    // Until it was closed, and a little after.
-    for _ in 0..3 {
-        let (lat, c) = round(clients, body.clone()).await;
-        clients = c;
-        during.extend(lat);
+    // And after it.
+    sent += chat(&clients, group, 3, &body).await;
+
+    // Every chatter gets every message (its own included), none dropped for
+    // the slow one's sake.
+    let all_arrived = async {
+        while counts.iter().any(|c| c.load(Ordering::Relaxed) < sent) {
+            arrived.notified().await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), all_arrived)
+        .await
+        .is_err()
+    {
+        let got: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        panic!("sent {sent}, chatters received {got:?}");
     }
-    let with_slow = p99(during);
-    println!("p99 of the others: baseline {baseline:?}, with a slow reader {with_slow:?}");
-    // 2 ms absorbs timer and scheduler granularity on a busy test machine.
     assert!(
-        with_slow <= baseline * 2 + Duration::from_millis(2),
-        "others slowed down: baseline {baseline:?}, with a slow reader {with_slow:?}"
+        counts.iter().all(|c| c.load(Ordering::Relaxed) == sent),
+        "a delivery came twice"
     );
     for t in drains {
         t.abort();
