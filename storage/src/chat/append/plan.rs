@@ -418,7 +418,7 @@ fn feed_event(slots: &[Slot], planned: &[Planned]) -> crate::chat::FeedEvent {
 
 /// Whether either user blocked the other, for every direct pair of the
 /// messages still to plan (a self-conversation has no block), read in `txn`
-/// with conflicts, in key order.
+/// with conflicts, each pair once.
 async fn read_blocks<T: KvTxn>(
     txn: &T,
     slots: &[Slot],
