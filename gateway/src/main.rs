@@ -82,7 +82,7 @@ fn serve(config: Config) -> Result<(), String> {
             let backend = FjallBackend::open(&path, options)
                 .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
             let memory = backend.memory();
-            let probe: StoreMemoryProbe = Box::new(move || StoreMemory {
+            let probe = StoreMemoryProbe::new(move || StoreMemory {
                 cache_bytes: memory.cache_bytes(),
                 cache_capacity_bytes: memory.cache_capacity(),
                 write_buffer_bytes: memory.write_buffer_bytes(),
@@ -231,11 +231,9 @@ async fn run<K: Kv>(
         },
         cluster,
         cluster_backstop: config.cluster_backstop,
+        store_memory,
     };
     let server = Server::start(store, listeners, options);
-    if let Some(probe) = store_memory {
-        server.metrics().watch_store_memory(probe);
-    }
     tracing::info!(data_dir = %config.data_dir.display(), "hanmadi is serving");
     let lease_lost = server.lease_lost();
     let outcome = tokio::select! {

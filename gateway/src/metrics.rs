@@ -68,7 +68,7 @@ pub struct Metrics {
     process_cpu: Gauge<f64, AtomicU64>,
     /// The embedded store's memory, read at each scrape (none on
     /// FoundationDB, whose memory lives in its own processes).
-    store_memory: std::sync::OnceLock<ProbeSlot>,
+    store_memory: std::sync::OnceLock<StoreMemoryProbe>,
     store_cache: Gauge,
     store_cache_capacity: Gauge,
     store_write_buffer: Gauge,
@@ -196,7 +196,7 @@ impl Metrics {
     /// Exports the store's memory from now on: `probe` is called at each
     /// scrape. A second call is ignored.
     pub fn watch_store_memory(&self, probe: StoreMemoryProbe) {
-        if self.store_memory.set(ProbeSlot(probe)).is_ok() {
+        if self.store_memory.set(probe).is_ok() {
             let r = &mut *self.registry.lock();
             r.register(
                 "store_cache_bytes",
@@ -223,7 +223,7 @@ impl Metrics {
             self.process_cpu.set(usage.cpu_seconds);
         }
         if let Some(probe) = self.store_memory.get() {
-            let now = (probe.0)();
+            let now = probe.read();
             self.store_cache.set(gauge_value(now.cache_bytes));
             self.store_cache_capacity
                 .set(gauge_value(now.cache_capacity_bytes));
@@ -272,12 +272,22 @@ pub struct StoreMemory {
 }
 
 /// Reads the store's memory at a scrape.
-pub type StoreMemoryProbe = Box<dyn Fn() -> StoreMemory + Send + Sync>;
+#[derive(Clone)]
+pub struct StoreMemoryProbe(std::sync::Arc<dyn Fn() -> StoreMemory + Send + Sync>);
 
-/// Holds the probe; a closure has no `Debug` of its own.
-struct ProbeSlot(StoreMemoryProbe);
+impl StoreMemoryProbe {
+    /// A probe that calls `read`.
+    pub fn new(read: impl Fn() -> StoreMemory + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(read))
+    }
 
-impl std::fmt::Debug for ProbeSlot {
+    /// What the store holds now.
+    pub fn read(&self) -> StoreMemory {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for StoreMemoryProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StoreMemoryProbe")
     }

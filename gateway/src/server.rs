@@ -84,6 +84,9 @@ pub struct ServerOptions {
     /// In a cluster, how often the change feed is read: the longest a
     /// delivery waits when its link notification was lost.
     pub cluster_backstop: Duration,
+    /// How to read the store's memory for `/metrics` (the embedded store);
+    /// exported from the first scrape on.
+    pub store_memory: Option<crate::metrics::StoreMemoryProbe>,
 }
 
 impl Default for ServerOptions {
@@ -110,6 +113,7 @@ impl Default for ServerOptions {
             push: crate::push::PushConfig::default(),
             cluster: None,
             cluster_backstop: Duration::from_secs(1),
+            store_memory: None,
         }
     }
 }
@@ -154,6 +158,9 @@ impl<K: Kv> Server<K> {
         };
         let lease_store = store.clone();
         let metrics = Arc::new(Metrics::new());
+        if let Some(probe) = options.store_memory.clone() {
+            metrics.watch_store_memory(probe);
+        }
         let registry = Arc::new(Registry::new(options.registry, Arc::clone(&metrics)));
         let peers = Arc::new(Peers::default());
         // In a cluster every commit notifies and connections pull
