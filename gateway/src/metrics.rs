@@ -68,14 +68,13 @@ pub struct Metrics {
     process_cpu: Gauge<f64, AtomicU64>,
     /// The embedded store's memory, read at each scrape (none on
     /// FoundationDB, whose memory lives in its own processes).
-    store_memory: std::sync::OnceLock<StoreMemoryProbe>,
+    store_memory: Option<StoreMemoryProbe>,
     store_cache: Gauge,
     store_cache_capacity: Gauge,
     store_write_buffer: Gauge,
     /// The export registry: it holds handles to the same series as the
     /// fields above.
-    /// Behind a lock only so that series can be added after start.
-    registry: parking_lot::Mutex<Registry>,
+    registry: Registry,
 }
 
 impl Default for Metrics {
@@ -87,6 +86,16 @@ impl Default for Metrics {
 impl Metrics {
     /// Fresh counters, registered for export.
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// As [`Metrics::new`], exporting the store's memory too: `probe` is
+    /// read at each scrape.
+    pub fn with_store_memory(probe: StoreMemoryProbe) -> Self {
+        Self::build(Some(probe))
+    }
+
+    fn build(store_memory: Option<StoreMemoryProbe>) -> Self {
         let mut m = Self {
             connections: Family::default(),
             frames_in: Counter::default(),
@@ -108,13 +117,13 @@ impl Metrics {
             cluster_events_dropped: Counter::default(),
             process_rss: Gauge::default(),
             process_cpu: Gauge::default(),
-            store_memory: std::sync::OnceLock::new(),
+            store_memory,
             store_cache: Gauge::default(),
             store_cache_capacity: Gauge::default(),
             store_write_buffer: Gauge::default(),
-            registry: parking_lot::Mutex::new(Registry::with_prefix("hanmadi")),
+            registry: Registry::with_prefix("hanmadi"),
         };
-        let r = m.registry.get_mut();
+        let r = &mut m.registry;
         r.register("connections", "Live connections", m.connections.clone());
         r.register("frames_in", "Frames read from clients", m.frames_in.clone());
         r.register(
@@ -190,30 +199,24 @@ impl Metrics {
             "User and system CPU time of the process",
             m.process_cpu.clone(),
         );
-        m
-    }
-
-    /// Exports the store's memory from now on: `probe` is called at each
-    /// scrape. A second call is ignored.
-    pub fn watch_store_memory(&self, probe: StoreMemoryProbe) {
-        if self.store_memory.set(probe).is_ok() {
-            let r = &mut *self.registry.lock();
+        if m.store_memory.is_some() {
             r.register(
                 "store_cache_bytes",
                 "Bytes of table blocks in the embedded store's cache",
-                self.store_cache.clone(),
+                m.store_cache.clone(),
             );
             r.register(
                 "store_cache_capacity_bytes",
                 "The embedded store's cache cap (--store-cache-mb)",
-                self.store_cache_capacity.clone(),
+                m.store_cache_capacity.clone(),
             );
             r.register(
                 "store_write_buffer_bytes",
                 "Bytes in the embedded store's memtables, active and sealed",
-                self.store_write_buffer.clone(),
+                m.store_write_buffer.clone(),
             );
         }
+        m
     }
 
     /// The Prometheus text exposition of every counter.
@@ -222,7 +225,7 @@ impl Metrics {
             self.process_rss.set(usage.rss_bytes);
             self.process_cpu.set(usage.cpu_seconds);
         }
-        if let Some(probe) = self.store_memory.get() {
+        if let Some(probe) = &self.store_memory {
             let now = probe.read();
             self.store_cache.set(gauge_value(now.cache_bytes));
             self.store_cache_capacity
@@ -232,7 +235,7 @@ impl Metrics {
         }
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 

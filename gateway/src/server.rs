@@ -157,10 +157,10 @@ impl<K: Kv> Server<K> {
             None => store,
         };
         let lease_store = store.clone();
-        let metrics = Arc::new(Metrics::new());
-        if let Some(probe) = options.store_memory.clone() {
-            metrics.watch_store_memory(probe);
-        }
+        let metrics = Arc::new(match options.store_memory.clone() {
+            Some(probe) => Metrics::with_store_memory(probe),
+            None => Metrics::new(),
+        });
         let registry = Arc::new(Registry::new(options.registry, Arc::clone(&metrics)));
         let peers = Arc::new(Peers::default());
         // In a cluster every commit notifies and connections pull
