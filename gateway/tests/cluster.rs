@@ -36,19 +36,20 @@ async fn node(store: &ChatStore<SimKv>, name: &str) -> Server<SimKv> {
 }
 
 async fn node_timed(store: &ChatStore<SimKv>, name: &str, timing: LeaseTiming) -> Server<SimKv> {
-    node_with(store, name, timing, Duration::from_secs(60)).await
+    node_with(store, name, timing, Duration::from_secs(60), "local").await
 }
 
-/// A node whose change-feed backstop runs every `backstop`.
+/// A node in `region` whose change-feed backstop runs every `backstop`.
 async fn node_with(
     store: &ChatStore<SimKv>,
     name: &str,
     timing: LeaseTiming,
     backstop: Duration,
+    region: &str,
 ) -> Server<SimKv> {
     let record = NodeRecord {
         hostname: name.to_owned(),
-        region: "local".to_owned(),
+        region: region.to_owned(),
         ..NodeRecord::default()
     };
     let lease = hanmadi_gateway::cluster::join(store, &record, TIMING)
@@ -65,6 +66,7 @@ async fn node_with(
         ServerOptions {
             secret: b"cluster test secret, thirty-two bytes+".to_vec(),
             hostname: Some(name.to_owned()),
+            region: region.to_owned(),
             cluster: Some((lease, timing)),
             cluster_backstop: backstop,
             conn: hanmadi_gateway::conn::ConnConfig {
@@ -132,6 +134,76 @@ async fn nodes_take_distinct_ids_and_discovery_lists_the_live_ones() {
     let d = node(&store, "node-d").await;
     assert_eq!(d.router().ids().node(), 1);
     until_discovery(&c, &[(0, "node-a"), (1, "node-d"), (2, "node-c")]).await;
+}
+
+/// Discovery ranks live nodes for the client: its own region first, then
+/// the most free capacity (the connection counts each node publishes at
+/// renewal). Real nodes, each with its own lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_ranks_region_first_then_free_capacity() {
+    let store = store(9);
+    let far = Duration::from_secs(60);
+    let eu = node_with(&store, "node-eu", TIMING, far, "eu").await;
+    let _us = node_with(&store, "node-us", TIMING, far, "us").await;
+    let busy = node_with(&store, "node-us-busy", TIMING, far, "us").await;
+    users(&store, [31, 32]).await;
+    let _held = [connect(&busy, 31, "d").await, connect(&busy, 32, "d").await];
+    let url = |path: &str| format!("http://{}{path}", eu.http_addr().unwrap());
+    let ranked = |body: Value| -> Vec<(String, u64)> {
+        body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let name = n["hostname"].as_str().unwrap().to_owned();
+                (name, n["connections"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    // Until the busy node's renewal has published its two connections.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let all = loop {
+        let all = ranked(
+            reqwest::get(url("/v1/discovery"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap(),
+        );
+        if all.iter().any(|(n, c)| n == "node-us-busy" && *c == 2) {
+            break all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "discovery lists {all:?}"
+        );
+        tokio::time::sleep(TIMING.renew_every).await;
+    };
+    let names = |l: &[(String, u64)]| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&all).last().map(String::as_str),
+        Some("node-us-busy"),
+        "{all:?}"
+    );
+    let in_us = ranked(
+        reqwest::get(url("/v1/discovery?region=us"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(names(&in_us), ["node-us", "node-us-busy", "node-eu"]);
+    let in_eu = ranked(
+        reqwest::get(url("/v1/discovery?region=eu"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(names(&in_eu)[0], "node-eu");
 }
 
 /// Takes the lowest lapsed id, as a node would after `store`'s holders
@@ -232,7 +304,7 @@ async fn three_linked(seed: u64, backstop: Duration) -> (ChatStore<SimKv>, Vec<S
     let store = store(seed);
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
-        nodes.push(node_with(&store, name, TIMING, backstop).await);
+        nodes.push(node_with(&store, name, TIMING, backstop, "local").await);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for (i, n) in nodes.iter().enumerate() {

@@ -13,7 +13,6 @@ use base64::Engine as _;
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb::ErrorCode;
 use hanmadi_router::{Presence, RouterConfig};
-use hanmadi_storage::chat::NodeRecord;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -1045,52 +1044,8 @@ async fn discovery_lists_live_nodes_ranked_for_the_client() {
         endpoints["wss"],
         format!("wss://{host}:{}/ws", port(s.https_addr()))
     );
-
-    // Registered nodes: live ones are listed, draining and expired ones not.
-    let store = node.server.router().store();
-    let now = common::now_ms();
-    let record = |region: &str, current: u64, draining: bool, lease: u64| NodeRecord {
-        hostname: format!("chat-{region}.example"),
-        region: region.into(),
-        endpoints: [("tcp".to_owned(), format!("chat-{region}.example:7070"))].into(),
-        max_connections: 1000,
-        current_connections: current,
-        draining,
-        lease_expires_at: lease,
-        ..NodeRecord::default()
-    };
-    store
-        .put_node(7, &record("eu", 10, false, now + 60_000))
-        .await
-        .expect("register");
-    store
-        .put_node(8, &record("eu", 0, true, now + 60_000))
-        .await
-        .expect("register");
-    store
-        .put_node(9, &record("eu", 0, false, now - 1))
-        .await
-        .expect("register");
-    let ids = |r: Reply| -> Vec<String> {
-        r.expect(200, None)["nodes"]
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .map(|n| n["node_id"].as_str().expect("id").to_owned())
-            .collect()
-    };
-    // Most free capacity first...
-    let all = api.get_public("/v1/discovery").await;
-    assert_eq!(ids(all), ["0", "7"]);
-    // ...but the client's region before that.
-    let eu = api.get_public("/v1/discovery?region=eu").await;
-    let eu = eu.expect(200, None).clone();
-    assert_eq!(eu["nodes"][0]["node_id"], "7");
-    assert_eq!(
-        eu["nodes"][0]["endpoints"],
-        json!({"tcp": "chat-eu.example:7070"})
-    );
-    assert_eq!(eu["nodes"][0]["connections"], 10);
+    // Ranking among several live nodes: gateway/tests/cluster.rs, with
+    // real nodes.
 }
 
 /// Every route of DESIGN §4 but `/ws` (served by the WebSocket module).
