@@ -443,8 +443,8 @@ impl<K: Kv> Server<K> {
 
     /// Drains the node: stops accepting, lets requests in flight (sends
     /// being committed) finish and answers them, tells every client to
-    /// reconnect elsewhere, closes the sockets, then waits for the appender
-    /// to commit what is queued.
+    /// reconnect elsewhere, closes the sockets, then waits for the router to
+    /// commit what is queued and write the receipts it holds.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
@@ -457,8 +457,8 @@ impl<K: Kv> Server<K> {
         let Self {
             router, appender, ..
         } = self;
-        // The appender ends once the last router handle is gone and its
-        // queue is committed.
+        // The router's work ends once the last router handle is gone: its
+        // queue committed, its pending acks and read marks written.
         drop(router);
         let _ = tokio::time::timeout(Duration::from_secs(5), appender).await;
     }
