@@ -216,15 +216,18 @@ async fn write<K: Kv>(store: &ChatStore<K>, batch: Pending) {
         .iter()
         .map(|(&(user, conversation), &id)| (user, conversation, id))
         .collect();
-    for chunk in delivered.chunks(MAX_RECEIPTS_PER_TXN) {
-        if let Err(e) = store.record_receipts(chunk, &[]).await {
-            // The device's next ack carries the same progress or more.
-            tracing::warn!(error = %e, receipts = chunk.len(), "recording delivery acks failed");
-        }
-    }
-    for chunk in read.chunks(MAX_RECEIPTS_PER_TXN) {
-        if let Err(e) = store.record_receipts(&[], chunk).await {
-            tracing::warn!(error = %e, receipts = chunk.len(), "recording read marks failed");
+    // Transactions of up to MAX_RECEIPTS_PER_TXN keys, acks and read marks
+    // together.
+    let (mut delivered, mut read) = (delivered.as_slice(), read.as_slice());
+    while !delivered.is_empty() || !read.is_empty() {
+        let (acks, rest) = delivered.split_at(delivered.len().min(MAX_RECEIPTS_PER_TXN));
+        delivered = rest;
+        let (marks, rest) = read.split_at(read.len().min(MAX_RECEIPTS_PER_TXN - acks.len()));
+        read = rest;
+        if let Err(e) = store.record_receipts(acks, marks).await {
+            // A device's next ack, a user's next read, carries the same
+            // progress or more.
+            tracing::warn!(error = %e, receipts = acks.len() + marks.len(), "recording receipts failed");
         }
     }
 }

@@ -6,6 +6,7 @@ use hanmadi_proto::ConversationId;
 
 use super::append::parse_inbox_value;
 use super::keys::{self, CURSOR_LEN};
+use super::push::clear_pending_through;
 use super::records::MemberRecord;
 use super::{be_u64, decode, le_u64, trailing_id, transact, ChatStore, StoreError};
 use crate::kv::{AtomicOp, Kv, KvTxn, RangeRead, Versionstamp, VERSIONSTAMP_LEN};
@@ -357,25 +358,6 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
-    /// Records that `user` read `conversation` up to `message_id`. Read marks
-    /// only move forward.
-    ///
-    /// # Errors
-    ///
-    /// A storage failure.
-    pub async fn mark_read(
-        &self,
-        user: u64,
-        conversation: ConversationId,
-        message_id: u64,
-    ) -> Result<(), StoreError> {
-        let key = keys::read_mark(user, conversation);
-        transact!(&self.kv, |txn| {
-            txn.atomic_op(&key, AtomicOp::Max, &message_id.to_le_bytes());
-            Ok(())
-        })
-    }
-
     /// The id `user` last read in `conversation` (`0`: none).
     ///
     /// # Errors
@@ -443,34 +425,13 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
-    /// Records the last cursor delivered to one of `user`'s devices; it only
-    /// moves forward.
-    ///
-    /// # Errors
-    ///
-    /// A storage failure.
-    pub async fn ack_delivered(
-        &self,
-        user: u64,
-        device: &str,
-        cursor: Cursor,
-    ) -> Result<(), StoreError> {
-        let key = keys::delivered(user, device);
-        transact!(&self.kv, |txn| {
-            let current = txn.get(&key, false).await?;
-            if current.as_deref().is_none_or(|c| c < cursor.as_bytes()) {
-                txn.set(&key, cursor.as_bytes());
-            }
-            Ok(())
-        })
-    }
-
-    /// Records many receipts in one transaction: for each `(user, device,
-    /// cursor)` of `delivered`, what [`ChatStore::ack_delivered`] and
-    /// [`ChatStore::clear_push_pending`] do; for each `(user, conversation,
-    /// message_id)` of `read`, what [`ChatStore::mark_read`] does. Callers
-    /// keep a batch small ([`MAX_RECEIPTS_PER_TXN`]) so a transaction stays
-    /// far inside FoundationDB's size and time limits.
+    /// Records receipts in one transaction: for each `(user, device,
+    /// cursor)` of `delivered`, the device's delivery cursor (it only moves
+    /// forward) and the end of the user's push-pending entries up to it;
+    /// for each `(user, conversation, message_id)` of `read`, the user's read
+    /// mark (it only moves forward). Callers keep a batch small
+    /// ([`MAX_RECEIPTS_PER_TXN`]) so a transaction stays far inside
+    /// FoundationDB's size and time limits.
     ///
     /// # Errors
     ///
@@ -480,37 +441,18 @@ impl<K: Kv> ChatStore<K> {
         delivered: &[(u64, &str, Cursor)],
         read: &[(u64, ConversationId, u64)],
     ) -> Result<(), StoreError> {
-        // Per ack: its device's key, the range of push marks it covers.
-        type Keys = (Vec<u8>, (Vec<u8>, Vec<u8>), Cursor);
-        let delivered: Vec<Keys> = delivered
-            .iter()
-            .map(|&(user, device, cursor)| {
-                let pending = (
-                    keys::push_of(user),
-                    keys::key_after(&keys::push_at(user, &cursor.0)),
-                );
-                (keys::delivered(user, device), pending, cursor)
-            })
-            .collect();
-        let read: Vec<(Vec<u8>, u64)> = read
-            .iter()
-            .map(|&(user, conversation, id)| (keys::read_mark(user, conversation), id))
-            .collect();
         transact!(&self.kv, |txn| {
-            for (key, (pending, pending_end), cursor) in &delivered {
-                let current = txn.get(key, false).await?;
+            for &(user, device, cursor) in delivered {
+                let key = keys::delivered(user, device);
+                let current = txn.get(&key, false).await?;
                 if current.as_deref().is_none_or(|c| c < cursor.as_bytes()) {
-                    txn.set(key, cursor.as_bytes());
+                    txn.set(&key, cursor.as_bytes());
                 }
-                let any = txn
-                    .get_range(RangeRead::new(pending, pending_end).limit(1).snapshot(true))
-                    .await?;
-                if !any.is_empty() {
-                    txn.clear_range(pending, pending_end);
-                }
+                clear_pending_through(&mut txn, user, cursor).await?;
             }
-            for (key, id) in &read {
-                txn.atomic_op(key, AtomicOp::Max, &id.to_le_bytes());
+            for &(user, conversation, id) in read {
+                let key = keys::read_mark(user, conversation);
+                txn.atomic_op(&key, AtomicOp::Max, &id.to_le_bytes());
             }
             Ok(())
         })

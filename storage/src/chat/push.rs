@@ -31,7 +31,7 @@ use super::inbox::Cursor;
 use super::keys::{self, CURSOR_LEN};
 use super::records::{PushDeviceRecord, PushJobRecord, PushPlatform, UserRecord};
 use super::{decode, transact, ChatStore, StoreError};
-use crate::kv::{Kv, KvTxn, RangeRead};
+use crate::kv::{Kv, KvError, KvTxn, RangeRead};
 
 /// Most devices of one user with a push registration.
 pub const MAX_PUSH_DEVICES: usize = 10;
@@ -395,15 +395,8 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// A storage failure.
     pub async fn clear_push_pending(&self, user: u64, through: Cursor) -> Result<(), StoreError> {
-        let prefix = keys::push_of(user);
-        let end = keys::key_after(&keys::push_at(user, &through.0));
         transact!(&self.kv, |txn| {
-            let any = txn
-                .get_range(RangeRead::new(&prefix, &end).limit(1).snapshot(true))
-                .await?;
-            if !any.is_empty() {
-                txn.clear_range(&prefix, &end);
-            }
+            clear_pending_through(&mut txn, user, through).await?;
             Ok(())
         })
     }
@@ -679,4 +672,22 @@ async fn read_mutes<T: KvTxn>(txn: &T, user: u64) -> Result<HashSet<Conversation
                 .ok_or(StoreError::Corrupt("mutes"))
         })
         .collect()
+}
+
+/// Clears `user`'s push-pending entries up to `through` in `txn`, after a
+/// snapshot read, so a user with nothing pending writes nothing.
+pub(crate) async fn clear_pending_through<T: KvTxn>(
+    txn: &mut T,
+    user: u64,
+    through: Cursor,
+) -> Result<(), KvError> {
+    let prefix = keys::push_of(user);
+    let end = keys::key_after(&keys::push_at(user, &through.0));
+    let any = txn
+        .get_range(RangeRead::new(&prefix, &end).limit(1).snapshot(true))
+        .await?;
+    if !any.is_empty() {
+        txn.clear_range(&prefix, &end);
+    }
+    Ok(())
 }

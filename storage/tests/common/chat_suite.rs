@@ -797,19 +797,21 @@ pub async fn read_marks_and_unread<K: Kv>(store: ChatStore<K>) {
     }
     assert_eq!(store.unread_count(b, conv, 100).await.expect("unread"), 5);
     assert_eq!(store.unread_count(a, conv, 100).await.expect("unread"), 0);
-    store.mark_read(b, conv, sent[2]).await.expect("read");
-    store.mark_read(b, conv, sent[1]).await.expect("read");
+    for id in [sent[2], sent[1]] {
+        store
+            .record_receipts(&[], &[(b, conv, id)])
+            .await
+            .expect("read");
+    }
     assert_eq!(store.read_mark(b, conv).await.expect("mark"), sent[2]);
     assert_eq!(store.unread_count(b, conv, 100).await.expect("unread"), 2);
     let inbox = read_inbox(&store, b, None).await;
-    store
-        .ack_delivered(b, "phone", inbox[3].0)
-        .await
-        .expect("ack");
-    store
-        .ack_delivered(b, "phone", inbox[1].0)
-        .await
-        .expect("ack");
+    for cursor in [inbox[3].0, inbox[1].0] {
+        store
+            .record_receipts(&[(b, "phone", cursor)], &[])
+            .await
+            .expect("ack");
+    }
     assert_eq!(
         store.delivered(b, "phone").await.expect("delivered"),
         Some(inbox[3].0)
