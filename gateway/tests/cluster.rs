@@ -138,72 +138,81 @@ async fn nodes_take_distinct_ids_and_discovery_lists_the_live_ones() {
 
 /// Discovery ranks live nodes for the client: its own region first, then
 /// the most free capacity (the connection counts each node publishes at
-/// renewal). Real nodes, each with its own lease.
+/// renewal); a node that dies without giving its id up is dropped once its
+/// lease lapses. Real nodes, each with its own lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_ranks_region_first_then_free_capacity() {
+async fn discovery_ranks_live_nodes_region_first_then_free_capacity() {
     let store = store(9);
     let far = Duration::from_secs(60);
     let eu = node_with(&store, "node-eu", TIMING, far, "eu").await;
     let _us = node_with(&store, "node-us", TIMING, far, "us").await;
     let busy = node_with(&store, "node-us-busy", TIMING, far, "us").await;
+    // A node on a runtime of its own, to be killed: its tasks stop at once,
+    // with no drain and no release of its lease.
+    let (doomed, doomed_runtime) = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let node = runtime.block_on(node_with(&store, "node-doomed", TIMING, far, "eu"));
+            (node, runtime)
+        })
+        .join()
+        .unwrap()
+    };
     users(&store, [31, 32]).await;
     let _held = [connect(&busy, 31, "d").await, connect(&busy, 32, "d").await];
-    let url = |path: &str| format!("http://{}{path}", eu.http_addr().unwrap());
-    let ranked = |body: Value| -> Vec<(String, u64)> {
-        body["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| {
-                let name = n["hostname"].as_str().unwrap().to_owned();
-                (name, n["connections"].as_u64().unwrap())
-            })
-            .collect()
-    };
-    // Until the busy node's renewal has published its two connections.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let all = loop {
-        let all = ranked(
-            reqwest::get(url("/v1/discovery"))
-                .await
+    // (host name, connections) as `eu`'s discovery ranks them for `query`.
+    let ranked = |query: &'static str| {
+        let url = format!("http://{}/v1/discovery{query}", eu.http_addr().unwrap());
+        async move {
+            let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            body["nodes"]
+                .as_array()
                 .unwrap()
-                .json()
-                .await
-                .unwrap(),
-        );
-        if all.iter().any(|(n, c)| n == "node-us-busy" && *c == 2) {
-            break all;
+                .iter()
+                .map(|n| {
+                    let name = n["hostname"].as_str().unwrap().to_owned();
+                    (name, n["connections"].as_u64().unwrap())
+                })
+                .collect::<Vec<(String, u64)>>()
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "discovery lists {all:?}"
-        );
-        tokio::time::sleep(TIMING.renew_every).await;
     };
     let names = |l: &[(String, u64)]| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    // Asks until `done` holds, within 10 s (renewals publish the counts).
+    let until = |query: &'static str, done: fn(&[(String, u64)]) -> bool| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed = ranked(query).await;
+            if done(&listed) {
+                return listed;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "discovery{query} lists {listed:?}"
+            );
+            tokio::time::sleep(TIMING.renew_every).await;
+        }
+    };
+    let all = until("", |l| {
+        l.len() == 4 && l.iter().any(|(n, c)| n == "node-us-busy" && *c == 2)
+    })
+    .await;
     assert_eq!(
         names(&all).last().map(String::as_str),
         Some("node-us-busy"),
         "{all:?}"
     );
-    let in_us = ranked(
-        reqwest::get(url("/v1/discovery?region=us"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
-    assert_eq!(names(&in_us), ["node-us", "node-us-busy", "node-eu"]);
-    let in_eu = ranked(
-        reqwest::get(url("/v1/discovery?region=eu"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
-    assert_eq!(names(&in_eu)[0], "node-eu");
+    let in_us = ranked("?region=us").await;
+    assert_eq!(names(&in_us)[..2], ["node-us", "node-us-busy"]);
+    // Two idle nodes in eu: both first, in either order.
+    let mut in_eu = names(&ranked("?region=eu").await[..2]);
+    in_eu.sort();
+    assert_eq!(in_eu, ["node-doomed", "node-eu"]);
+
+    doomed_runtime.shutdown_background();
+    drop(doomed);
+    let after = until("?region=eu", |l| l.len() == 3).await;
+    assert_eq!(names(&after), ["node-eu", "node-us", "node-us-busy"]);
 }
 
 /// Takes the lowest lapsed id, as a node would after `store`'s holders
