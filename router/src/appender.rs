@@ -191,7 +191,7 @@ async fn run<K: Kv>(
             })
             .collect();
         // Planned while the batch before commits.
-        let prepared = stage
+        let mut prepared = stage
             .store
             .prepare_append(batch, &*stage.ids, &*stage.online)
             .await;
@@ -200,7 +200,6 @@ async fn run<K: Kv>(
         }
         // Nothing else plans now: a plan that went stale meanwhile is made
         // again here, not beside the next batch's.
-        let mut prepared = prepared;
         stage
             .store
             .refresh_append(&mut prepared, &*stage.ids, &*stage.online)
