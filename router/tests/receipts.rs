@@ -10,9 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::RecordingSink;
 use hanmadi_proto::ConversationId;
-use hanmadi_router::{LocalPresence, ReceiptsConfig, Router, RouterConfig};
+use hanmadi_router::{ReceiptsConfig, Router, RouterConfig};
 use hanmadi_storage::chat::{Cursor, CURSOR_LEN};
 use hanmadi_storage::sim::{SimKv, SimOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
@@ -28,10 +27,8 @@ fn start(
     store: &ChatStore<SimKv>,
     receipts: ReceiptsConfig,
 ) -> (Router<SimKv>, tokio::task::JoinHandle<()>) {
-    Router::start(
-        store.clone(),
-        Arc::new(LocalPresence::new()),
-        Arc::new(RecordingSink::default()),
+    common::router_on(
+        store,
         RouterConfig {
             receipts,
             ..RouterConfig::default()

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::{text, RecordingSink};
+use common::text;
 use hanmadi_proto::pb;
 use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::ConversationId;
-use hanmadi_router::{LocalPresence, Router, RouterConfig, Target};
+use hanmadi_router::{RouterConfig, Target};
 use hanmadi_storage::sim::{Faults, SimKv, SimOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
 
@@ -33,12 +33,7 @@ async fn ids_rise_in_commit_order_when_commits_fail_and_are_retried() {
             delay: 0.3,
             ..Faults::none()
         });
-        let (router, task) = Router::start(
-            store.clone(),
-            Arc::new(LocalPresence::new()),
-            Arc::new(RecordingSink::default()),
-            RouterConfig::default(),
-        );
+        let (router, task) = common::router_on(&store, RouterConfig::default());
         let router = Arc::new(router);
         // Every sender writes to every other user: consecutive batches share
         // conversations.

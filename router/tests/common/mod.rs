@@ -51,6 +51,20 @@ impl DeliverySink for RecordingSink {
     }
 }
 
+/// A router over `store` with nobody online and a sink of its own, and the
+/// task that ends once it is dropped and its work is written.
+pub fn router_on<K: hanmadi_storage::kv::Kv>(
+    store: &ChatStore<K>,
+    config: RouterConfig,
+) -> (Router<K>, tokio::task::JoinHandle<()>) {
+    Router::start(
+        store.clone(),
+        Arc::new(LocalPresence::new()),
+        Arc::new(RecordingSink::default()),
+        config,
+    )
+}
+
 pub fn open_store(dir: &std::path::Path) -> Store {
     let backend = FjallBackend::open(dir, FjallOptions::default()).expect("open fjall");
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
