@@ -4,7 +4,8 @@
 //! - [`listener`]: accept loops for TCP and TLS.
 //! - [`conn`]: one task per connection: handshake, frames, limits, writes.
 //! - [`registry`]: user → live connections; the router's delivery sink and
-//!   the node's presence index.
+//!   the node's presence index; per-address counts and strikes.
+//! - `rate`: token buckets (a connection's frames, a user's sends).
 //! - [`auth`]: tokens (Hanmadi's own and HS256 JWTs).
 //! - [`tls`]: rustls configuration and self-signed certificates.
 //! - [`config`]: flags, environment and TOML configuration.
@@ -28,6 +29,7 @@ pub mod listener;
 pub mod metrics;
 pub mod password;
 pub mod push;
+mod rate;
 pub mod registry;
 pub mod server;
 pub mod tls;

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::{self, ConnContext};
 use crate::metrics::Metrics;
-use crate::registry::{IpPermit, Registry};
+use crate::registry::{IpPermit, RegisterError, Registry};
 
 /// Accepts on `listener` until shutdown, serving each socket in its own
 /// task (TLS when `tls` is given). Sockets past the per-address limit are
@@ -72,6 +72,7 @@ pub(crate) async fn accept_admitted(
                 let _ = socket.set_nodelay(true);
                 match registry.admit_ip(peer.ip()) {
                     Ok(permit) => return Some((socket, peer, permit)),
+                    Err(RegisterError::Struck) => metrics.closed("address_struck"),
                     Err(_) => metrics.closed("too_many_from_address"),
                 }
             }

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Buf as _;
 use dashmap::DashMap;
@@ -27,6 +28,24 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::rate::SharedBucket;
+
+/// Strikes past which an address's new connections are closed at once:
+/// each connection from it that the node closed for abuse (a broken or
+/// oversized frame, no valid `Hello` in time, a bad token, a flood past the
+/// rate limit) is one, and they fade at [`STRIKES_FADE_PER_SEC`].
+pub const STRIKE_LIMIT: f64 = 20.0;
+
+/// Strikes an address is forgiven per second.
+pub const STRIKES_FADE_PER_SEC: f64 = 1.0;
+
+/// The most strikes an address holds, so that it is admitted again at most
+/// `STRIKE_LIMIT / STRIKES_FADE_PER_SEC` seconds (20) after its abuse stops.
+const STRIKES_MAX: f64 = 2.0 * STRIKE_LIMIT;
+
+/// Addresses remembered before the map is swept of those with no live
+/// connection and no strike left.
+const ADDRESSES_BEFORE_SWEEP: usize = 65_536;
 
 /// Something queued for a connection to write.
 #[derive(Debug)]
@@ -74,9 +93,17 @@ pub struct ConnShared {
     revoked: AtomicBool,
     /// Wakes the connection task.
     pub wake: Notify,
+    /// The user's sends on this node, shared by their connections.
+    sends: Arc<Mutex<SharedBucket>>,
 }
 
 impl ConnShared {
+    /// Takes one of the user's sends from a bucket of `rate` per second
+    /// and `burst` shared by all their connections on this node.
+    pub(crate) fn take_send(&self, rate: u32, burst: u32) -> bool {
+        self.sends.lock().take(rate, burst)
+    }
+
     /// Queues an item; returns false (and marks the connection slow) when
     /// it would pass the byte cap.
     pub fn push(&self, item: Outbound) -> bool {
@@ -166,6 +193,10 @@ pub enum RegisterError {
     /// The address holds the most connections allowed.
     #[error("too many connections from this address (at most {0})")]
     PerIp(usize),
+    /// The node recently closed too many of the address's connections for
+    /// abuse.
+    #[error("too many connections from this address were closed for abuse")]
+    Struck,
 }
 
 /// Limits the registry enforces.
@@ -189,6 +220,9 @@ struct Local {
     /// What they wait on; present exactly while `polls > 0`, so a commit
     /// for a user nobody polls for costs no wake-up.
     poll_wake: Option<Arc<Notify>>,
+    /// Their sends on this node: opening more connections gives a user no
+    /// more of them.
+    sends: Arc<Mutex<SharedBucket>>,
 }
 
 impl Local {
@@ -252,10 +286,40 @@ impl std::fmt::Debug for IpPermit {
 impl Drop for IpPermit {
     fn drop(&mut self) {
         let ips = &self.registry.ips;
-        if let Some(mut n) = ips.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
+        if let Some(mut address) = ips.get_mut(&self.ip) {
+            address.live = address.live.saturating_sub(1);
         }
-        ips.remove_if(&self.ip, |_, n| *n == 0);
+        // An address with strikes stays, or reconnecting would clear them.
+        ips.remove_if(&self.ip, |_, a| a.is_forgotten(Instant::now()));
+    }
+}
+
+/// What the node remembers of one remote address.
+#[derive(Debug)]
+struct Address {
+    /// Sockets open from it.
+    live: usize,
+    /// Strikes as of `struck_at`.
+    strikes: f64,
+    struck_at: Instant,
+}
+
+impl Address {
+    fn new() -> Self {
+        Self {
+            live: 0,
+            strikes: 0.0,
+            struck_at: Instant::now(),
+        }
+    }
+
+    fn strikes_at(&self, now: Instant) -> f64 {
+        let faded = now.duration_since(self.struck_at).as_secs_f64() * STRIKES_FADE_PER_SEC;
+        (self.strikes - faded).max(0.0)
+    }
+
+    fn is_forgotten(&self, now: Instant) -> bool {
+        self.live == 0 && self.strikes_at(now) == 0.0
     }
 }
 
@@ -266,7 +330,9 @@ pub struct Registry {
     /// Told of every user who comes to or leaves this node (the first
     /// connection or long-poll, the last one): the cluster's presence index.
     on_change: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
-    ips: DashMap<IpAddr, usize>,
+    ips: DashMap<IpAddr, Address>,
+    /// Size of `ips` at which it is next swept.
+    sweep_at: AtomicUsize,
     next_id: AtomicU64,
     limits: RegistryLimits,
     metrics: Arc<Metrics>,
@@ -288,6 +354,7 @@ impl Registry {
             on_change: std::sync::OnceLock::new(),
             users: DashMap::new(),
             ips: DashMap::new(),
+            sweep_at: AtomicUsize::new(ADDRESSES_BEFORE_SWEEP),
             next_id: AtomicU64::new(1),
             limits,
             metrics,
@@ -319,17 +386,41 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`RegisterError::PerIp`] past the per-address limit.
+    /// [`RegisterError::PerIp`] past the per-address limit,
+    /// [`RegisterError::Struck`] while the address has passed
+    /// [`STRIKE_LIMIT`].
     pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<IpPermit, RegisterError> {
-        let mut n = self.ips.entry(ip).or_insert(0);
-        if *n >= self.limits.per_ip {
+        let now = Instant::now();
+        if self.ips.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            // Struck addresses outlive their connections; forget those
+            // whose strikes have faded, at most once per doubling.
+            self.ips.retain(|_, a| !a.is_forgotten(now));
+            self.sweep_at.store(
+                (2 * self.ips.len()).max(ADDRESSES_BEFORE_SWEEP),
+                Ordering::Relaxed,
+            );
+        }
+        let mut address = self.ips.entry(ip).or_insert_with(Address::new);
+        if address.strikes_at(now) >= STRIKE_LIMIT {
+            return Err(RegisterError::Struck);
+        }
+        if address.live >= self.limits.per_ip {
             return Err(RegisterError::PerIp(self.limits.per_ip));
         }
-        *n += 1;
+        address.live += 1;
         Ok(IpPermit {
             registry: Arc::clone(self),
             ip,
         })
+    }
+
+    /// Counts a strike against `ip`, one of whose connections the node
+    /// closed for abuse; the address is remembered while it holds strikes.
+    pub fn strike(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut address = self.ips.entry(ip).or_insert_with(Address::new);
+        address.strikes = (address.strikes_at(now) + 1.0).min(STRIKES_MAX);
+        address.struck_at = now;
     }
 
     /// Registers an authenticated connection of `user`.
@@ -338,6 +429,7 @@ impl Registry {
     ///
     /// [`RegisterError::PerUser`] past the per-user limit.
     pub fn register(&self, user: u64) -> Result<Arc<ConnShared>, RegisterError> {
+        let mut local = self.users.entry(user).or_default();
         let conn = Arc::new(ConnShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
@@ -347,8 +439,8 @@ impl Registry {
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             wake: Notify::new(),
+            sends: Arc::clone(&local.sends),
         });
-        let mut local = self.users.entry(user).or_default();
         if local.conns.len() >= self.limits.per_user {
             let empty = local.is_empty();
             drop(local);

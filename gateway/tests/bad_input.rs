@@ -314,3 +314,98 @@ async fn connection_limits_per_user_and_per_address() {
     let metrics = node.server.metrics().render();
     assert!(metrics.contains("too_many_from_address"), "{metrics}");
 }
+
+/// A socket to `node` from another loopback address.
+async fn connect_from(node: &common::Node, source: [u8; 4]) -> Raw {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind((std::net::Ipv4Addr::from(source), 0).into())
+        .expect("bind a loopback address");
+    let addr = node.server.tcp_addr().expect("tcp listener");
+    Raw::from_stream(socket.connect(addr).await.expect("connect"))
+}
+
+#[tokio::test]
+async fn an_address_that_keeps_breaking_the_protocol_is_shut_out_for_a_while() {
+    let node = start(ServerOptions::default()).await;
+    let token = node.user(1).await;
+    let limit = hanmadi_gateway::registry::STRIKE_LIMIT as usize;
+    // Each oversized frame is refused, closes its connection and strikes
+    // the address, until the address is shut out: its next connection is
+    // closed before it is read. Strikes fade by one a second, so it takes
+    // the limit, or one or two more.
+    let mut refused = 0;
+    loop {
+        let mut raw = connect_from(&node, [127, 0, 0, 2]).await;
+        let _ = raw.stream.write_all(&[0xff; 4]).await;
+        match raw.recv().await {
+            Some(reply) => {
+                assert_eq!(error_code(&reply), Some(ErrorCode::FrameTooLarge));
+                assert_closed(&mut raw).await;
+                refused += 1;
+                assert!(refused <= limit + 3, "never shut out");
+            }
+            None => break,
+        }
+    }
+    assert!(refused >= limit, "shut out after {refused} strikes");
+    // Other addresses are served as before.
+    let mut other = connect_from(&node, [127, 0, 0, 3]).await;
+    common::assert_welcome(&other.hello(&token).await);
+    still_serving(&node, 1).await;
+    let metrics = node.server.metrics().render();
+    assert!(metrics.contains("address_struck"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_users_connections_share_one_allowance_of_sends() {
+    let node = start_with_conn(ConnConfig {
+        rate_per_sec: 1,
+        rate_burst: 10,
+        ..ConnConfig::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    node.user(2).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(Raw::logged_in(&node, &token).await);
+    }
+    // Ten sends on each connection: each within its own burst of ten,
+    // forty in all against the user's ten.
+    for (c, raw) in conns.iter_mut().enumerate() {
+        for i in 0..10u64 {
+            let req_id = 100 * (c as u64 + 1) + i;
+            raw.send(&pb::ClientFrame {
+                req_id,
+                kind: Some(client_frame::Kind::Send(pb::Send {
+                    client_msg_id: req_id.to_be_bytes().to_vec().into(),
+                    to: Some(pb::send::To::UserId(2)),
+                    body: "hi".into(),
+                })),
+            })
+            .await;
+        }
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for raw in &mut conns {
+        let mut answered = 0;
+        while answered < 10 {
+            let f = raw.recv().await.expect("an answer");
+            match (&f.kind, error_code(&f)) {
+                (Some(server_frame::Kind::SendAck(_)), _) => acked += 1,
+                (_, Some(ErrorCode::RateLimited)) => limited += 1,
+                // The user's own messages, delivered to their devices.
+                (Some(server_frame::Kind::Deliver(_)), _) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+            answered += 1;
+        }
+    }
+    // Ten from the burst, and one a second refilled while the test runs.
+    assert!(
+        (10..=13).contains(&acked),
+        "acked {acked}, refused {limited}"
+    );
+    assert_eq!(acked + limited, 40);
+}

@@ -32,6 +32,10 @@ pub enum Scenario {
     Reconnect(Common),
     /// Sends over the HTTP API; recipients read with long-poll `/v1/sync`.
     Http(Common),
+    /// Abuses the node in one way for `--duration` (run it beside a
+    /// `direct` run to see what the abuse costs well-behaved users) and
+    /// reports how the node refused it.
+    Attack(AttackArgs),
 }
 
 impl Scenario {
@@ -40,6 +44,7 @@ impl Scenario {
         match self {
             Self::Direct(c) | Self::Idle(c) | Self::Reconnect(c) | Self::Http(c) => c,
             Self::Group(g) => &g.common,
+            Self::Attack(a) => &a.common,
         }
     }
 
@@ -51,6 +56,7 @@ impl Scenario {
             Self::Idle(_) => "idle",
             Self::Reconnect(_) => "reconnect",
             Self::Http(_) => "http",
+            Self::Attack(_) => "attack",
         }
     }
 }
@@ -68,6 +74,73 @@ pub struct GroupArgs {
     /// Members per group, each with one connection.
     #[arg(long, default_value_t = 10)]
     pub members: usize,
+}
+
+/// `attack`'s options.
+#[derive(Debug, Args)]
+pub struct AttackArgs {
+    /// Options shared by every scenario: `--connections` is the number of
+    /// attacking connections (or concurrent requests for `signup`),
+    /// `--duration` how long the attack lasts once it is ready,
+    /// `--body-size` the body of the messages `sync-loop` and `self-dm`
+    /// write.
+    #[command(flatten)]
+    pub common: Common,
+    /// The abuse.
+    #[arg(long, value_enum)]
+    pub kind: AttackKind,
+    /// Loopback source addresses the attack comes from, 127.0.0.2 onward,
+    /// so that per-address limits meet it as they would meet that many
+    /// hosts.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub sources: u8,
+    /// `sync-loop`: messages put in each attacking account's inbox before
+    /// the attack.
+    #[arg(long, default_value_t = 100)]
+    pub fill: usize,
+    /// `sync-loop` and `receipts`: connections per attacking account.
+    #[arg(long, default_value_t = 10)]
+    pub per_account: usize,
+}
+
+/// The abuses `attack` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttackKind {
+    /// Authenticated connections that page through a full inbox with
+    /// `Sync` again and again, as fast as they are answered.
+    SyncLoop,
+    /// Authenticated connections that send `Ack` and `Read` frames as
+    /// fast as the socket takes them.
+    Receipts,
+    /// One account's connections sending messages to itself as fast as
+    /// they are acknowledged, filling one inbox.
+    SelfDm,
+    /// HTTP sign-ups as fast as they are answered, while a log-in is
+    /// tried every 100 ms from another address.
+    Signup,
+    /// TCP connections that never say `Hello`, reopened when closed.
+    HalfOpen,
+    /// HTTP requests whose headers arrive one line a second and never
+    /// end.
+    Slowloris,
+    /// Oversized and malformed frames, before and after `Hello`, on
+    /// connection after connection.
+    BadFrames,
+}
+
+impl AttackKind {
+    /// The kind as typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SyncLoop => "sync-loop",
+            Self::Receipts => "receipts",
+            Self::SelfDm => "self-dm",
+            Self::Signup => "signup",
+            Self::HalfOpen => "half-open",
+            Self::Slowloris => "slowloris",
+            Self::BadFrames => "bad-frames",
+        }
+    }
 }
 
 /// The socket transport.

@@ -18,7 +18,7 @@
 //! | `ledger` | correctness: acknowledged vs received, lost/duplicated/reordered |
 //! | `stats` | counters, HdrHistograms, the per-second series |
 //! | `report` | the summary table, `--json`, `--report` (HTML + SVG) |
-//! | `scenario` | `direct`, `group`, `idle`, `reconnect`, `http` |
+//! | `scenario` | `direct`, `group`, `idle`, `reconnect`, `http`, `attack` |
 //!
 //! Exit status: 0 when every acknowledged message reached every recipient
 //! device exactly once and in order; 1 when any was lost, duplicated or

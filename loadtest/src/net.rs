@@ -116,6 +116,11 @@ impl Dialer {
         })
     }
 
+    /// The `host:port` connection `index` goes to.
+    pub fn addr(&self, index: usize) -> &str {
+        &self.endpoints[index % self.endpoints.len()].addr
+    }
+
     /// How many distinct endpoints connections are spread over.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
@@ -187,7 +192,7 @@ fn retryable(e: &ClientError) -> bool {
 }
 
 /// `host:port` of a `host:port` or a `scheme://host:port/path`.
-fn host_port(s: &str) -> String {
+pub fn host_port(s: &str) -> String {
     let s = s.split_once("://").map_or(s, |(_, rest)| rest);
     s.split('/').next().unwrap_or(s).to_owned()
 }

@@ -192,7 +192,8 @@ impl Report {
     pub fn table(&self) -> String {
         let mut t = String::new();
         let c = &self.config;
-        let load = if self.scenario == "idle" {
+        let attack = self.scenario.starts_with("attack");
+        let load = if self.scenario == "idle" || attack {
             format!("held idle for {:.1} s", c.duration_s)
         } else {
             format!(
@@ -208,7 +209,7 @@ impl Report {
         let row = |t: &mut String, k: &str, v: String| {
             let _ = writeln!(t, "  {k:<28} {v}");
         };
-        if self.scenario == "idle" {
+        if self.scenario == "idle" || attack {
             // No messages: only the connections and the server's memory.
             row(&mut t, "disconnects", self.disconnects.to_string());
             for (k, v) in &self.extra {

@@ -17,6 +17,7 @@ pub mod authz;
 mod error;
 pub mod fanout;
 pub mod ids;
+pub mod page_budget;
 pub mod presence;
 pub mod receipts;
 
@@ -58,6 +59,9 @@ pub struct RouterConfig {
     /// first message), sockets and HTTP alike: a page costs what one answer
     /// carries. A node sets it to what fits one frame.
     pub page_bytes: usize,
+    /// Page bytes per second the whole node reads for `Sync` and
+    /// `History` ([`page_budget`]).
+    pub page_bytes_per_sec: u64,
 }
 
 impl Default for RouterConfig {
@@ -69,6 +73,7 @@ impl Default for RouterConfig {
             appender: AppenderConfig::default(),
             receipts: ReceiptsConfig::default(),
             page_bytes: page_bytes_for_frame(hanmadi_proto::DEFAULT_MAX_FRAME),
+            page_bytes_per_sec: page_budget::DEFAULT_PAGE_BYTES_PER_SEC,
         }
     }
 }
@@ -149,6 +154,7 @@ pub struct Router<K: Kv> {
     appender: Appender,
     receipts: Receipts,
     sink: Arc<dyn DeliverySink>,
+    pages: page_budget::PageBudget,
     config: RouterConfig,
 }
 
@@ -203,6 +209,7 @@ impl<K: Kv> Router<K> {
         let router = Self {
             receipts,
             sink,
+            pages: page_budget::PageBudget::new(config.page_bytes_per_sec),
             authz: authz::Authz::new(store.clone()),
             store,
             ids,
@@ -360,10 +367,13 @@ impl<K: Kv> Router<K> {
     ) -> Result<SyncBatch, RouterError> {
         let after = Cursor::parse(after)?;
         let limit = page_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
+        self.pages.ready().await;
         let batch = self
             .store
             .sync_within(user, after, limit, self.config.page_bytes)
             .await?;
+        self.pages
+            .charge(batch.entries.iter().map(|e| e.message.len()).sum());
         if let (Some(last), false) = (batch.next, batch.entries.is_empty()) {
             // Read now: no push for these.
             self.store.clear_push_pending(user, last).await?;
@@ -385,7 +395,8 @@ impl<K: Kv> Router<K> {
         before: u64,
         limit: u32,
     ) -> Result<HistoryPage, RouterError> {
-        Ok(self
+        self.pages.ready().await;
+        let page = self
             .store
             .history_within(
                 conversation,
@@ -394,7 +405,10 @@ impl<K: Kv> Router<K> {
                 page_limit(limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT),
                 self.config.page_bytes,
             )
-            .await?)
+            .await?;
+        self.pages
+            .charge(page.messages.iter().map(Bytes::len).sum());
+        Ok(page)
     }
 
     /// Records what one of `user`'s devices has received; it is no longer

@@ -333,3 +333,41 @@ async fn full_queue_pushes_back_and_loses_nothing() {
     }
     assert_eq!(inbox(&store, 2, None).await.len(), 200 + extra);
 }
+
+#[tokio::test]
+async fn pages_share_one_budget_of_bytes_per_second() {
+    // 80 KB of messages; a budget of 40 KB/s with a second's worth saved.
+    let h = harness(RouterConfig {
+        page_bytes_per_sec: 40_000,
+        page_bytes: 10_000,
+        ..RouterConfig::default()
+    })
+    .await;
+    users(h.router.store(), &[1, 2]).await;
+    for i in 0..8 {
+        let body = "x".repeat(10_000);
+        h.router
+            .send(1, text(&format!("m{i}"), Target::User(2), &body))
+            .await
+            .expect("send");
+    }
+    // The first 40 KB come from what was saved up; each 10 KB page after
+    // that waits a quarter of a second for the bucket to refill.
+    let started = std::time::Instant::now();
+    let mut after = Vec::new();
+    let mut read = 0;
+    loop {
+        let page = h.router.sync(2, &after, 0).await.expect("sync");
+        read += page.entries.len();
+        after = page.next.map(|c| c.as_bytes().to_vec()).unwrap_or_default();
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(read, 8);
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(500),
+        "80 KB read in {took:?} from a budget of 40 KB/s"
+    );
+}

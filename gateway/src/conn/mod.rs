@@ -34,11 +34,10 @@ use crate::registry::{ConnShared, Outbound, Registry};
 
 mod dispatch;
 mod pages;
-mod rate;
 mod reply;
 mod writer;
 
-use rate::{RateLimit, PAGE_BYTES_PER_TOKEN};
+use crate::rate::{RateLimit, PAGE_BYTES_PER_TOKEN};
 use reply::{error_frame, error_frame_after, Close, Pending, Reply, STORE_FAILED};
 
 /// Limits of one connection.
@@ -177,10 +176,10 @@ where
                 "no_hello",
                 "the first frame must be Hello",
             );
-            return Box::pin(goodbye(&mut stream, &codec, 0, close)).await;
+            return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, 0, close)).await;
         }
         Ok(None) => return "peer_closed",
-        Err(close) => return Box::pin(goodbye(&mut stream, &codec, 0, close)).await,
+        Err(close) => return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, 0, close)).await,
     };
     if hello.device_id.is_empty() || hello.device_id.len() > 64 {
         let close = Close::with(
@@ -188,11 +187,13 @@ where
             "bad_hello",
             "device_id must be 1 to 64 bytes",
         );
-        return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
+        return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
     }
     let user = match Box::pin(authenticate(&ctx, &hello.token)).await {
         Ok(u) => u,
-        Err(close) => return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await,
+        Err(close) => {
+            return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await
+        }
     };
     // In a cluster, this node is in the user's presence entry before the
     // Welcome: every commit for the user from then on, through any node,
@@ -209,7 +210,7 @@ where
         Err(e) => {
             tracing::warn!(error = %e, "inbox head read failed at Hello");
             let close = Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED);
-            return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
+            return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
         }
     };
     let shared = match ctx.registry.register(user) {
@@ -220,7 +221,7 @@ where
                 "too_many_connections",
                 e.to_string(),
             );
-            return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
+            return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
         }
     };
     drop(announced);
@@ -229,7 +230,7 @@ where
     // caught here, since a deletion that this read misses revokes it.
     if let Err(close) = Box::pin(authenticate(&ctx, &hello.token)).await {
         ctx.registry.unregister(&shared);
-        return Box::pin(goodbye(&mut stream, &codec, req_id, close)).await;
+        return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
     }
     tracing::debug!(user, %peer, "connection authenticated");
     let mut conn = Connection {
@@ -269,6 +270,7 @@ where
         }
         Err(close) => {
             let reason = close.reason;
+            strike_if_abuse(&ctx, peer, reason);
             // Queued deliveries are dropped: the client syncs them after it
             // reconnects, and the reason must not wait behind them.
             conn.shared.clear();
@@ -281,6 +283,25 @@ where
             Box::pin(linger_close(&mut conn.stream)).await;
             reason
         }
+    }
+}
+
+/// Whether `frame` is a `Send`, which also draws on the user's sends.
+fn is_send(frame: &pb::ClientFrame) -> bool {
+    matches!(frame.kind, Some(client_frame::Kind::Send(_)))
+}
+
+/// Counts a strike against `peer`'s address ([`Registry::strike`]) when
+/// its connection is closed for abuse: broken framing, no valid `Hello` in
+/// time, a bad token, a flood past the rate limit. Slowness and silence
+/// are not abuse: phones on bad networks do both. Struck before the
+/// goodbye is written, so the address's next connection already meets it.
+fn strike_if_abuse<K: Kv>(ctx: &ConnContext<K>, peer: SocketAddr, reason: &str) {
+    if matches!(
+        reason,
+        "bad_frame" | "no_hello" | "bad_hello" | "bad_token" | "handshake_timeout" | "rate_limited"
+    ) {
+        ctx.registry.strike(peer.ip());
     }
 }
 
@@ -343,12 +364,15 @@ async fn read_frame<S: AsyncRead + Unpin>(
 }
 
 /// Sends a last `Error` and closes, for connections that never registered.
-async fn goodbye<S: AsyncRead + AsyncWrite + Unpin>(
+async fn goodbye<S: AsyncRead + AsyncWrite + Unpin, K: Kv>(
+    ctx: &ConnContext<K>,
+    peer: SocketAddr,
     stream: &mut S,
     codec: &ServerCodec,
     req_id: u64,
     close: Close,
 ) -> &'static str {
+    strike_if_abuse(ctx, peer, close.reason);
     if let Some(code) = close.code {
         let mut buf = BytesMut::new();
         if codec
@@ -391,6 +415,19 @@ where
         }
     }
 
+    /// Takes one of the user's sends (shared by their connections on this
+    /// node); a refusal counts toward this connection's flood.
+    fn take_user_send(&self, rate: &mut RateLimit) -> bool {
+        let config = &self.ctx.config;
+        let taken = self
+            .shared
+            .take_send(config.rate_per_sec, config.rate_burst);
+        if !taken {
+            rate.refuse();
+        }
+        taken
+    }
+
     async fn serve_frames(&mut self) -> Result<(), Close> {
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut rate = RateLimit::new(self.ctx.config.rate_per_sec, self.ctx.config.rate_burst);
@@ -422,8 +459,9 @@ where
                     };
                     idle_deadline = tokio::time::Instant::now() + idle;
                     self.ctx.metrics.frames_in.inc();
-                    if !rate.take() {
-                        if rate.refused > self.ctx.config.rate_burst {
+                    let allowed = rate.take() && (!is_send(&frame) || self.take_user_send(&mut rate));
+                    if !allowed {
+                        if rate.flooded() {
                             return Err(Close::with(ErrorCode::RateLimited, "rate_limited", "sustained flood past the rate limit"));
                         }
                         let wait_ms = (1000 / self.ctx.config.rate_per_sec.max(1)).max(1);

@@ -2,6 +2,7 @@
 //! connections, the warm-up and measured window, the progress line, the
 //! capacity search and the final reckoning.
 
+mod attack;
 mod http;
 mod idle;
 mod reconnect;
@@ -35,8 +36,12 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         Scenario::Reconnect(c) => reconnect::run(c, &control).await?,
         Scenario::Idle(c) => idle::run(c, &control).await?,
         Scenario::Http(c) => http::run(c, &control).await?,
+        Scenario::Attack(a) => attack::run(a, &control).await?,
     };
-    report.scenario = scenario.name().to_owned();
+    report.scenario = match scenario {
+        Scenario::Attack(a) => format!("attack {}", a.kind.name()),
+        _ => scenario.name().to_owned(),
+    };
     report.loadtest_cpu_seconds = own_cpu_seconds() - cpu_before;
     Ok(report)
 }
