@@ -64,9 +64,7 @@
 //! | `--push-retry-base-ms` | `HANMADI_PUSH_RETRY_BASE_MS` | `push_retry_base_ms` | `1000` | wait before the first retry, doubled for each next one (with jitter) |
 //! | `--push-retry-max-ms` | `HANMADI_PUSH_RETRY_MAX_MS` | `push_retry_max_ms` | `300000` | longest wait between two attempts |
 //!
-//! `hanmadi gen-cert [--out-dir DIR] [--hostname NAME]...` writes a
-//! self-signed `cert.pem` and `key.pem` (mode 0600) for local TLS; the
-//! default is `--out-dir . --hostname localhost`.
+//! `hanmadi gen-cert` is in [`crate::tls::gen_cert`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -81,6 +79,7 @@ use serde::Deserialize;
 
 use crate::push::{PushConfig, PushFormat};
 use crate::server::ServerOptions;
+use crate::tls::GenCertArgs;
 
 /// Prefix of every environment variable Hanmadi reads.
 pub const ENV_PREFIX: &str = "HANMADI_";
@@ -282,45 +281,6 @@ pub struct ServeArgs {
     /// Longest wait between two push attempts [default: 300000].
     #[arg(long, value_name = "MS")]
     pub push_retry_max_ms: Option<u64>,
-}
-
-/// `hanmadi gen-cert` flags.
-#[derive(Debug, Clone, Args)]
-pub struct GenCertArgs {
-    /// Directory to write cert.pem and key.pem into (created if missing).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub out_dir: PathBuf,
-    /// DNS name or IP address the certificate is for; repeat for several.
-    #[arg(long = "hostname", value_name = "NAME", default_value = "localhost")]
-    pub hostnames: Vec<String>,
-}
-
-impl GenCertArgs {
-    /// Where the certificate goes: `<out_dir>/cert.pem`.
-    #[must_use]
-    pub fn cert_path(&self) -> PathBuf {
-        self.out_dir.join("cert.pem")
-    }
-
-    /// Where the key goes: `<out_dir>/key.pem`.
-    #[must_use]
-    pub fn key_path(&self) -> PathBuf {
-        self.out_dir.join("key.pem")
-    }
-
-    /// Creates `out_dir` if needed and writes the certificate and key.
-    ///
-    /// # Errors
-    ///
-    /// [`crate::tls::TlsError::Write`] if the directory cannot be created,
-    /// otherwise whatever [`crate::tls::generate_self_signed`] returns.
-    pub fn run(&self) -> Result<(), crate::tls::TlsError> {
-        std::fs::create_dir_all(&self.out_dir).map_err(|source| crate::tls::TlsError::Write {
-            path: self.out_dir.clone(),
-            source,
-        })?;
-        crate::tls::generate_self_signed(&self.hostnames, &self.cert_path(), &self.key_path())
-    }
 }
 
 /// A listener address, or `None` for a disabled listener.
@@ -1735,39 +1695,6 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, ConfigError::ParseFile { .. }), "{msg}");
         assert!(msg.contains("a.toml") && msg.contains("typo"), "{msg}");
-    }
-
-    #[test]
-    fn gen_cert_args() {
-        let Command::GenCert(g) = Cli::try_parse_from(["hanmadi", "gen-cert"])
-            .unwrap()
-            .command
-        else {
-            panic!("not gen-cert")
-        };
-        assert_eq!(g.out_dir, PathBuf::from("."));
-        assert_eq!(g.hostnames, vec!["localhost".to_owned()]);
-
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("certs");
-        let Command::GenCert(g) = Cli::try_parse_from([
-            "hanmadi",
-            "gen-cert",
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--hostname",
-            "chat.example.com",
-            "--hostname",
-            "127.0.0.1",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not gen-cert")
-        };
-        assert_eq!(g.hostnames, vec!["chat.example.com", "127.0.0.1"]);
-        g.run().unwrap();
-        crate::tls::server_config(&g.cert_path(), &g.key_path()).unwrap();
     }
 
     /// The module table, the flags and the file keys must name the same
