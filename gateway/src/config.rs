@@ -64,9 +64,15 @@
 //! | `--push-retry-base-ms` | `HANMADI_PUSH_RETRY_BASE_MS` | `push_retry_base_ms` | `1000` | wait before the first retry, doubled for each next one (with jitter) |
 //! | `--push-retry-max-ms` | `HANMADI_PUSH_RETRY_MAX_MS` | `push_retry_max_ms` | `300000` | longest wait between two attempts |
 //!
-//! `hanmadi gen-cert [--out-dir DIR] [--hostname NAME]...` writes a
-//! self-signed `cert.pem` and `key.pem` (mode 0600) for local TLS; the
-//! default is `--out-dir . --hostname localhost`.
+//! Each setting is declared once, as a field of [`Config`]: its name gives
+//! the flag, the environment variable and the TOML key, its doc comment the
+//! `--help` line, and [`Config::default`] its default. Serde reads the file
+//! over the defaults (a key the file lacks keeps its default); clap parses
+//! the environment's values and the flags with the same parsers, and each
+//! one given overwrites the field it names
+//! ([`clap::FromArgMatches::update_from_arg_matches`]).
+//!
+//! `hanmadi gen-cert` is in [`crate::tls::gen_cert`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -76,11 +82,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Deserializer};
 
 use crate::push::{PushConfig, PushFormat};
 use crate::server::ServerOptions;
+use crate::tls::GenCertArgs;
 
 /// Prefix of every environment variable Hanmadi reads.
 pub const ENV_PREFIX: &str = "HANMADI_";
@@ -103,8 +110,6 @@ pub struct Cli {
 
 /// `hanmadi`'s subcommands.
 #[derive(Debug, Subcommand)]
-// Parsed once at start-up; boxing the large variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a chat node.
     Serve(ServeArgs),
@@ -115,34 +120,92 @@ pub enum Command {
     AdminToken(ServeArgs),
 }
 
-/// `hanmadi serve` flags. Every one is optional: an absent flag falls back to
-/// the environment, then the config file, then the default (see
-/// [`Config::from_sources`]).
-#[derive(Debug, Clone, Default, Args)]
+/// The `hanmadi serve` flags that were given: [`Config`]'s fields as flags,
+/// every one optional, kept as clap parsed them so that
+/// [`Config::from_sources`] lays exactly these over the file and the
+/// environment.
+#[derive(Clone)]
+pub struct ServeArgs(ArgMatches);
+
+impl ServeArgs {
+    /// The config file the flags name (`--config`), if any.
+    #[must_use]
+    pub fn config_file(&self) -> Option<&Path> {
+        self.0
+            .get_one::<PathBuf>("config_file")
+            .map(PathBuf::as_path)
+    }
+}
+
+impl fmt::Debug for ServeArgs {
+    /// The names of the flags given, not their values: one may be the
+    /// secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.ids().map(clap::Id::as_str))
+            .finish()
+    }
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(matches.clone()))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0 = matches.clone();
+        Ok(())
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        // Every flag is optional: an absent one leaves the value from the
+        // environment, the file or the default.
+        Config::augment_args(cmd).mut_args(|arg| arg.required(false))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// A node's configuration: every `hanmadi serve` setting, declared once.
+///
+/// A field is a setting of the module table: its name is the TOML key, and
+/// with dashes the flag and upper-cased after `HANMADI_` the environment
+/// variable; its doc comment is the flag's help. `*_ms` and `*_secs`
+/// settings are held as [`Duration`]s. Build one with [`Config::load`] or
+/// [`Config::from_sources`], which validate it; clap's own
+/// `Config::from_arg_matches` needs every flag and is not meant for use.
+#[derive(Debug, Clone, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[command(after_help = "Each flag may also be set by the environment variable \
 HANMADI_<FLAG> (e.g. HANMADI_DATA_DIR) or by the key <flag> with underscores \
 (e.g. data_dir) in the --config TOML file. Flags win over the environment, the \
 environment over the file.")]
-pub struct ServeArgs {
+pub struct Config {
     /// TOML file to read settings from.
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    // A file cannot name another file: the key `config` is refused.
+    #[arg(long = "config", value_name = "PATH")]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
     /// Embedded store and generated token secret [default: ./hanmadi-data].
     #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub data_dir: PathBuf,
     /// Raw TCP listener, or `off` [default: 0.0.0.0:7070].
     #[arg(long, value_name = "ADDR")]
-    pub tcp: Option<Listen>,
+    pub tcp: Listen,
     /// TLS listener (needs --cert and --key), or `off` [default: 0.0.0.0:7071].
     #[arg(long, value_name = "ADDR")]
-    pub tls: Option<Listen>,
+    pub tls: Listen,
     /// HTTP API and WebSocket listener, or `off` [default: 0.0.0.0:7080].
     #[arg(long, value_name = "ADDR")]
-    pub http: Option<Listen>,
+    pub http: Listen,
     /// HTTPS API and WSS listener (needs --cert and --key), or `off`
     /// [default: 0.0.0.0:7443].
     #[arg(long, value_name = "ADDR")]
-    pub https: Option<Listen>,
+    pub https: Listen,
     /// PEM certificate chain for the TLS listeners.
     #[arg(long, value_name = "PATH")]
     pub cert: Option<PathBuf>,
@@ -151,176 +214,246 @@ pub struct ServeArgs {
     pub key: Option<PathBuf>,
     /// Region this node serves [default: local].
     #[arg(long)]
-    pub region: Option<String>,
+    pub region: String,
     /// Token secret, at least 32 bytes [default: the file `secret` in the data
     /// directory, created on first start]. Prefer HANMADI_SECRET: flags show
     /// in process lists.
     #[arg(long)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Storage engine [default: embedded].
-    #[arg(long, value_enum)]
-    pub store: Option<StoreKind>,
+    #[arg(long, value_enum, ignore_case = true)]
+    pub store: StoreKind,
     /// FoundationDB cluster file [default: FoundationDB's own].
     #[arg(long, value_name = "PATH")]
     pub fdb_cluster_file: Option<PathBuf>,
     /// The embedded store's block cache, in MiB [default: 256].
     #[arg(long, value_name = "MIB")]
-    pub store_cache_mb: Option<u64>,
+    pub store_cache_mb: u64,
     /// Node number in message ids [default: 0].
     #[arg(long)]
-    pub node_id: Option<u16>,
+    pub node_id: u16,
     /// Name clients reach this node by, also its TLS name [default: the
     /// machine's hostname].
     #[arg(long)]
-    pub hostname: Option<String>,
+    pub hostname: String,
     /// Largest protocol frame [default: 65536].
     #[arg(long, value_name = "BYTES")]
-    pub max_frame_bytes: Option<usize>,
+    pub max_frame_bytes: usize,
     /// Largest message body [default: 16384].
     #[arg(long, value_name = "BYTES")]
-    pub max_body_bytes: Option<usize>,
+    pub max_body_bytes: usize,
     /// Time from accept to a valid Hello [default: 5000].
-    #[arg(long, value_name = "MS")]
-    pub handshake_timeout_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub handshake_timeout_ms: Duration,
     /// How often clients are told to ping [default: 30000].
-    #[arg(long, value_name = "MS")]
-    pub heartbeat_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub heartbeat_ms: Duration,
     /// A silent connection is closed after this [default: 2.5 × heartbeat].
-    #[arg(long, value_name = "MS")]
-    pub idle_timeout_ms: Option<u64>,
+    // `None` until set: `Config::idle_timeout` derives it from the heartbeat
+    // that wins, wherever that came from.
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "some_millis")]
+    pub idle_timeout_ms: Option<Duration>,
     /// Longest a socket write may stall [default: 10000].
-    #[arg(long, value_name = "MS")]
-    pub write_timeout_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub write_timeout_ms: Duration,
     /// On SIGTERM, longest to wait for connections to close [default: 4000].
-    #[arg(long, value_name = "MS")]
-    pub drain_timeout_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub drain_timeout_ms: Duration,
     /// With `--store fdb`: a node id whose lease is not renewed for this
     /// long may be taken by another node [default: 10000].
-    #[arg(long, value_name = "MS")]
-    pub lease_expiry_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub lease_expiry_ms: Duration,
     /// With `--store fdb`: where the node-to-node link listens
     /// [default: 0.0.0.0:7090].
     #[arg(long, value_name = "ADDR")]
-    pub cluster_link: Option<SocketAddr>,
+    pub cluster_link: SocketAddr,
     /// With `--store fdb`: how often the change feed is read, the bound on
     /// a delivery whose link notification was lost [default: 1000].
-    #[arg(long, value_name = "MS")]
-    pub cluster_backstop_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub cluster_backstop_ms: Duration,
     /// Frames per second per connection, on average [default: 100].
     #[arg(long, value_name = "N")]
-    pub rate_per_sec: Option<u32>,
+    pub rate_per_sec: u32,
     /// Frames per connection in a burst [default: 200].
     #[arg(long, value_name = "N")]
-    pub rate_burst: Option<u32>,
+    pub rate_burst: u32,
     /// Live connections per user [default: 16].
     #[arg(long, value_name = "N")]
-    pub max_conns_per_user: Option<usize>,
+    pub max_conns_per_user: usize,
     /// Live connections per remote address [default: 1000].
     #[arg(long, value_name = "N")]
-    pub max_conns_per_ip: Option<usize>,
+    pub max_conns_per_ip: usize,
     /// Outbound backlog per connection before it is closed [default: 1048576].
     #[arg(long, value_name = "BYTES")]
-    pub outbound_queue_bytes: Option<usize>,
+    pub outbound_queue_bytes: usize,
     /// Capacity advertised to discovery [default: 100000].
     #[arg(long, value_name = "N")]
-    pub max_connections: Option<u64>,
+    pub max_connections: u64,
     /// Size cap of new groups [default: 1000].
     #[arg(long, value_name = "N")]
-    pub max_group_members: Option<u32>,
+    pub max_group_members: u32,
     /// Password hashes running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
-    pub max_password_hashes: Option<usize>,
+    pub max_password_hashes: usize,
     /// An HTTP request's headers must arrive within this, and an idle
     /// keep-alive connection is closed after it [default: 30000].
-    #[arg(long, value_name = "MS")]
-    pub http_header_timeout_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub http_header_timeout_ms: Duration,
     /// HTTP API requests per second per remote address [default: 100].
     #[arg(long, value_name = "N")]
-    pub http_rate_per_sec: Option<u32>,
+    pub http_rate_per_sec: u32,
     /// HTTP API requests one remote address may make at once [default: 200].
     #[arg(long, value_name = "N")]
-    pub http_rate_burst: Option<u32>,
+    pub http_rate_burst: u32,
     /// Longest an HTTP API request may take [default: 10000].
-    #[arg(long, value_name = "MS")]
-    pub http_request_timeout_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub http_request_timeout_ms: Duration,
     /// Lifetime of tokens issued at log-in [default: 604800].
-    #[arg(long, value_name = "SECS")]
-    pub token_ttl_secs: Option<u64>,
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[serde(deserialize_with = "secs")]
+    pub token_ttl_secs: Duration,
     /// Longest lifetime an accepted token may claim [default: 2592000].
-    #[arg(long, value_name = "SECS")]
-    pub max_token_ttl_secs: Option<u64>,
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[serde(deserialize_with = "secs")]
+    pub max_token_ttl_secs: Duration,
     /// Days messages are kept; 0 keeps them forever [default: 30].
     #[arg(long, value_name = "DAYS")]
-    pub retention_days: Option<u32>,
+    pub retention_days: u32,
     /// URL that receives one POST per push to an offline recipient
     /// [default: none, no pushes].
     #[arg(long, value_name = "URL")]
     pub push_webhook: Option<String>,
     /// How long a message waits for its recipient before it is pushed
     /// [default: 2000].
-    #[arg(long, value_name = "MS")]
-    pub push_delay_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub push_delay_ms: Duration,
     /// Whether pushes carry the newest message's text [default: true].
-    #[arg(long, value_name = "BOOL")]
-    pub push_preview: Option<bool>,
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub push_preview: bool,
     /// Push request shape [default: hanmadi].
-    #[arg(long, value_enum)]
-    pub push_format: Option<PushFormat>,
+    #[arg(long, value_enum, ignore_case = true)]
+    pub push_format: PushFormat,
     /// Push requests in flight at once [default: 64].
     #[arg(long, value_name = "N")]
-    pub push_max_in_flight: Option<usize>,
+    pub push_max_in_flight: usize,
     /// Longest one push request may take [default: 10000].
-    #[arg(long, value_name = "MS")]
-    pub push_timeout_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub push_timeout_ms: Duration,
     /// Attempts of one push before it is dropped [default: 10].
     #[arg(long, value_name = "N")]
-    pub push_max_attempts: Option<u32>,
+    pub push_max_attempts: u32,
     /// Wait before the first push retry, doubled for each next one
     /// [default: 1000].
-    #[arg(long, value_name = "MS")]
-    pub push_retry_base_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub push_retry_base_ms: Duration,
     /// Longest wait between two push attempts [default: 300000].
-    #[arg(long, value_name = "MS")]
-    pub push_retry_max_ms: Option<u64>,
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub push_retry_max_ms: Duration,
 }
 
-/// `hanmadi gen-cert` flags.
-#[derive(Debug, Clone, Args)]
-pub struct GenCertArgs {
-    /// Directory to write cert.pem and key.pem into (created if missing).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub out_dir: PathBuf,
-    /// DNS name or IP address the certificate is for; repeat for several.
-    #[arg(long = "hostname", value_name = "NAME", default_value = "localhost")]
-    pub hostnames: Vec<String>,
+impl Default for Config {
+    /// The defaults of the module table: the server's own
+    /// ([`ServerOptions::default`]) in this configuration's units, with the
+    /// machine's hostname.
+    fn default() -> Self {
+        let server = ServerOptions::default();
+        let conn = server.conn;
+        let push = server.push;
+        let any = |port| Listen(Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
+        Self {
+            config_file: None,
+            data_dir: PathBuf::from("./hanmadi-data"),
+            tcp: any(7070),
+            tls: any(7071),
+            http: any(7080),
+            https: any(7443),
+            cert: None,
+            key: None,
+            region: server.region,
+            secret: None,
+            store: StoreKind::Embedded,
+            fdb_cluster_file: None,
+            store_cache_mb: hanmadi_storage::backend::fjall::FjallOptions::default().cache_size
+                >> 20,
+            node_id: server.router.node,
+            hostname: machine_hostname(),
+            max_frame_bytes: conn.max_frame,
+            max_body_bytes: conn.max_body,
+            handshake_timeout_ms: conn.handshake_timeout,
+            heartbeat_ms: conn.heartbeat,
+            // Follows whichever heartbeat wins; see `Config::idle_timeout`.
+            idle_timeout_ms: None,
+            write_timeout_ms: conn.write_timeout,
+            drain_timeout_ms: server.drain_timeout,
+            lease_expiry_ms: crate::cluster::LeaseTiming::default().expiry,
+            cluster_link: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7090)),
+            cluster_backstop_ms: server.cluster_backstop,
+            rate_per_sec: conn.rate_per_sec,
+            rate_burst: conn.rate_burst,
+            max_conns_per_user: server.registry.per_user,
+            max_conns_per_ip: server.registry.per_ip,
+            outbound_queue_bytes: server.registry.outbound_bytes,
+            max_connections: server.max_connections,
+            max_group_members: server.router.max_group_members,
+            max_password_hashes: server.max_password_hashes,
+            http_header_timeout_ms: server.http_header_timeout,
+            http_rate_per_sec: server.http_requests.rate_per_sec,
+            http_rate_burst: server.http_requests.burst,
+            http_request_timeout_ms: server.http_requests.deadline,
+            token_ttl_secs: server.token_ttl,
+            max_token_ttl_secs: server.max_token_ttl,
+            retention_days: server.retention.map_or(0, |r| {
+                u32::try_from(r.as_secs() / 86_400).unwrap_or(u32::MAX)
+            }),
+            push_webhook: push.webhook,
+            push_delay_ms: push.delay,
+            push_preview: push.preview,
+            push_format: push.format,
+            push_max_in_flight: push.max_in_flight,
+            push_timeout_ms: push.timeout,
+            push_max_attempts: push.max_attempts,
+            push_retry_base_ms: push.retry_base,
+            push_retry_max_ms: push.retry_max,
+        }
+    }
 }
 
-impl GenCertArgs {
-    /// Where the certificate goes: `<out_dir>/cert.pem`.
-    #[must_use]
-    pub fn cert_path(&self) -> PathBuf {
-        self.out_dir.join("cert.pem")
-    }
+/// Parses a `*_ms` flag or variable: whole milliseconds.
+fn parse_millis(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_millis)
+}
 
-    /// Where the key goes: `<out_dir>/key.pem`.
-    #[must_use]
-    pub fn key_path(&self) -> PathBuf {
-        self.out_dir.join("key.pem")
-    }
+/// Parses a `*_secs` flag or variable: whole seconds.
+fn parse_secs(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_secs)
+}
 
-    /// Creates `out_dir` if needed and writes the certificate and key.
-    ///
-    /// # Errors
-    ///
-    /// [`crate::tls::TlsError::Write`] if the directory cannot be created,
-    /// otherwise whatever [`crate::tls::generate_self_signed`] returns.
-    pub fn run(&self) -> Result<(), crate::tls::TlsError> {
-        std::fs::create_dir_all(&self.out_dir).map_err(|source| crate::tls::TlsError::Write {
-            path: self.out_dir.clone(),
-            source,
-        })?;
-        crate::tls::generate_self_signed(&self.hostnames, &self.cert_path(), &self.key_path())
-    }
+/// Reads a `*_ms` TOML key: whole milliseconds.
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+/// Reads an optional `*_ms` TOML key; called only when the key is present.
+fn some_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    millis(d).map(Some)
+}
+
+/// Reads a `*_secs` TOML key: whole seconds.
+fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
 }
 
 /// A listener address, or `None` for a disabled listener.
@@ -430,88 +563,17 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The config file's contents. Every key is optional; unknown keys are an
-/// error, so a misspelt setting is not silently ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)] // The keys are the settings of the module table.
-pub struct FileConfig {
-    pub data_dir: Option<PathBuf>,
-    pub tcp: Option<Listen>,
-    pub tls: Option<Listen>,
-    pub http: Option<Listen>,
-    pub https: Option<Listen>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub region: Option<String>,
-    pub secret: Option<String>,
-    pub store: Option<StoreKind>,
-    pub fdb_cluster_file: Option<PathBuf>,
-    pub store_cache_mb: Option<u64>,
-    pub node_id: Option<u16>,
-    pub hostname: Option<String>,
-    pub max_frame_bytes: Option<usize>,
-    pub max_body_bytes: Option<usize>,
-    pub handshake_timeout_ms: Option<u64>,
-    pub heartbeat_ms: Option<u64>,
-    pub idle_timeout_ms: Option<u64>,
-    pub write_timeout_ms: Option<u64>,
-    pub drain_timeout_ms: Option<u64>,
-    pub lease_expiry_ms: Option<u64>,
-    pub cluster_link: Option<SocketAddr>,
-    pub cluster_backstop_ms: Option<u64>,
-    pub rate_per_sec: Option<u32>,
-    pub rate_burst: Option<u32>,
-    pub max_conns_per_user: Option<usize>,
-    pub max_conns_per_ip: Option<usize>,
-    pub outbound_queue_bytes: Option<usize>,
-    pub max_connections: Option<u64>,
-    pub max_group_members: Option<u32>,
-    pub max_password_hashes: Option<usize>,
-    pub http_header_timeout_ms: Option<u64>,
-    pub http_rate_per_sec: Option<u32>,
-    pub http_rate_burst: Option<u32>,
-    pub http_request_timeout_ms: Option<u64>,
-    pub token_ttl_secs: Option<u64>,
-    pub max_token_ttl_secs: Option<u64>,
-    pub retention_days: Option<u32>,
-    pub push_webhook: Option<String>,
-    pub push_delay_ms: Option<u64>,
-    pub push_preview: Option<bool>,
-    pub push_format: Option<PushFormat>,
-    pub push_max_in_flight: Option<usize>,
-    pub push_timeout_ms: Option<u64>,
-    pub push_max_attempts: Option<u32>,
-    pub push_retry_base_ms: Option<u64>,
-    pub push_retry_max_ms: Option<u64>,
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s.as_bytes().to_vec()))
+    }
 }
 
-impl FileConfig {
-    /// Reads and parses a TOML config file.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::ReadFile`] if it cannot be read,
-    /// [`ConfigError::ParseFile`] for TOML errors, unknown keys and bad values
-    /// (the message gives the line and key).
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|source| ConfigError::ParseFile {
-            path: path.to_owned(),
-            source,
-        })
-    }
-
-    /// Parses TOML text.
-    ///
-    /// # Errors
-    ///
-    /// The TOML error, which names the offending line and key.
-    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Self::new(s.into_bytes()))
     }
 }
 
@@ -531,6 +593,10 @@ pub enum ConfigError {
     /// A `HANMADI_*` environment variable is not valid Unicode.
     #[error("environment variable {0} is not valid UTF-8")]
     EnvNotUnicode(String),
+    /// Parsed flags that do not fit [`Config`]: [`ServeArgs`] not made by
+    /// this build's command line.
+    #[error("command line: {0}")]
+    Flags(#[source] clap::Error),
     /// The config file could not be read.
     #[error("reading config file {path}: {source}")]
     ReadFile {
@@ -578,157 +644,6 @@ pub enum ConfigError {
     },
 }
 
-/// A node's resolved configuration: every setting decided.
-///
-/// Field names follow the settings of the module table; `*_ms` and `*_secs`
-/// settings arrive here as [`Duration`]s.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The config file that was read, if any.
-    pub config_file: Option<PathBuf>,
-    /// Embedded store and generated token secret.
-    pub data_dir: PathBuf,
-    /// Raw TCP listener; `None` when disabled.
-    pub tcp: Option<SocketAddr>,
-    /// TLS listener address as configured; [`Config::tls_listener`] says
-    /// whether it starts.
-    pub tls: Option<SocketAddr>,
-    /// HTTP API and WebSocket listener; `None` when disabled.
-    pub http: Option<SocketAddr>,
-    /// HTTPS listener address as configured; [`Config::https_listener`] says
-    /// whether it starts.
-    pub https: Option<SocketAddr>,
-    /// PEM certificate chain; set together with `key` or not at all.
-    pub cert: Option<PathBuf>,
-    /// PEM private key of `cert`.
-    pub key: Option<PathBuf>,
-    /// Region this node serves, for discovery.
-    pub region: String,
-    /// The configured secret; `None` means the data directory's (see
-    /// [`Config::resolve_secret`]).
-    pub secret: Option<Secret>,
-    /// Storage engine.
-    pub store: StoreKind,
-    /// FoundationDB cluster file; `None` for FoundationDB's default.
-    pub fdb_cluster_file: Option<PathBuf>,
-    /// The embedded store's block cache, in MiB.
-    pub store_cache_mb: u64,
-    /// Node number in message ids.
-    pub node_id: u16,
-    /// Name clients reach this node by, and its TLS name.
-    pub hostname: String,
-    /// Largest protocol frame, in bytes (at most `u32::MAX`).
-    pub max_frame_bytes: usize,
-    /// Largest message body, in bytes; below `max_frame_bytes`.
-    pub max_body_bytes: usize,
-    /// Time from accept to a valid `Hello`, TLS included.
-    pub handshake_timeout: Duration,
-    /// How often clients are told to ping.
-    pub heartbeat: Duration,
-    /// A connection silent this long is closed; above `heartbeat`.
-    pub idle_timeout: Duration,
-    /// Longest a socket write may stall.
-    pub write_timeout: Duration,
-    /// On SIGTERM, longest to wait for connections to close.
-    pub drain_timeout: Duration,
-    /// In a cluster, how long a node id's lease lasts unrenewed.
-    pub lease_expiry: Duration,
-    /// In a cluster, where the node-to-node link listens.
-    pub cluster_link: SocketAddr,
-    /// In a cluster, how often the change feed is read.
-    pub cluster_backstop: Duration,
-    /// Frames per second one connection may send, on average.
-    pub rate_per_sec: u32,
-    /// Frames one connection may send in a burst.
-    pub rate_burst: u32,
-    /// Live connections per user on this node.
-    pub max_conns_per_user: usize,
-    /// Live connections per remote address on this node.
-    pub max_conns_per_ip: usize,
-    /// Outbound backlog per connection, in bytes, before it is closed as a
-    /// slow consumer; at least `max_frame_bytes`.
-    pub outbound_queue_bytes: usize,
-    /// Capacity advertised to discovery.
-    pub max_connections: u64,
-    /// Size cap of new groups.
-    pub max_group_members: u32,
-    /// Password hashes running at once.
-    pub max_password_hashes: usize,
-    /// Deadline of an HTTP request's headers and of an idle keep-alive
-    /// connection.
-    pub http_header_timeout: Duration,
-    /// HTTP API requests per second per remote address.
-    pub http_rate_per_sec: u32,
-    /// HTTP API requests one remote address may make at once.
-    pub http_rate_burst: u32,
-    /// Longest an HTTP API request may take.
-    pub http_request_timeout: Duration,
-    /// Lifetime of tokens issued at log-in.
-    pub token_ttl: Duration,
-    /// Longest lifetime an accepted token may claim.
-    pub max_token_ttl: Duration,
-    /// Days messages are kept; 0 keeps them forever.
-    pub retention_days: u32,
-    /// Pushes to offline recipients (the `push_*` settings).
-    pub push: PushConfig,
-}
-
-impl Default for Config {
-    /// The defaults of the module table: the server's own
-    /// ([`ServerOptions::default`]) in this configuration's units, with the
-    /// machine's hostname.
-    fn default() -> Self {
-        let server = ServerOptions::default();
-        let conn = server.conn;
-        Self {
-            config_file: None,
-            data_dir: PathBuf::from("./hanmadi-data"),
-            tcp: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7070))),
-            tls: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7071))),
-            http: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7080))),
-            https: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7443))),
-            cert: None,
-            key: None,
-            region: server.region,
-            secret: None,
-            store: StoreKind::Embedded,
-            fdb_cluster_file: None,
-            store_cache_mb: hanmadi_storage::backend::fjall::FjallOptions::default().cache_size
-                >> 20,
-            node_id: server.router.node,
-            hostname: machine_hostname(),
-            max_frame_bytes: conn.max_frame,
-            max_body_bytes: conn.max_body,
-            handshake_timeout: conn.handshake_timeout,
-            heartbeat: conn.heartbeat,
-            idle_timeout: default_idle_timeout(conn.heartbeat),
-            write_timeout: conn.write_timeout,
-            drain_timeout: server.drain_timeout,
-            lease_expiry: crate::cluster::LeaseTiming::default().expiry,
-            cluster_link: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7090)),
-            cluster_backstop: server.cluster_backstop,
-            rate_per_sec: conn.rate_per_sec,
-            rate_burst: conn.rate_burst,
-            max_conns_per_user: server.registry.per_user,
-            max_conns_per_ip: server.registry.per_ip,
-            outbound_queue_bytes: server.registry.outbound_bytes,
-            max_connections: server.max_connections,
-            max_group_members: server.router.max_group_members,
-            max_password_hashes: server.max_password_hashes,
-            http_header_timeout: server.http_header_timeout,
-            http_rate_per_sec: server.http_requests.rate_per_sec,
-            http_rate_burst: server.http_requests.burst,
-            http_request_timeout: server.http_requests.deadline,
-            token_ttl: server.token_ttl,
-            max_token_ttl: server.max_token_ttl,
-            retention_days: server.retention.map_or(0, |r| {
-                u32::try_from(r.as_secs() / 86_400).unwrap_or(u32::MAX)
-            }),
-            push: server.push,
-        }
-    }
-}
-
 /// The idle deadline when none is configured: two missed heartbeats plus
 /// half of one for network delay, so one lost ping never costs a connection.
 fn default_idle_timeout(heartbeat: Duration) -> Duration {
@@ -744,43 +659,60 @@ pub(crate) fn machine_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Looks up the setting `key` (TOML spelling) in the environment map as
-/// `HANMADI_<KEY>`; empty means unset.
-fn from_env<T>(env: &HashMap<String, String>, key: &str) -> Result<Option<T>, ConfigError>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
-    match env.get(&var).map(String::as_str) {
-        None | Some("") => Ok(None),
-        Some(value) => value
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e: T::Err| ConfigError::Env {
-                reason: e.to_string(),
-                var,
-                value: value.to_owned(),
-            }),
-    }
+/// The environment variable of the flag `--<long>`.
+fn env_var(long: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        long.replace('-', "_").to_ascii_uppercase()
+    )
 }
 
-/// A setting's value from the first source that has it.
-fn pick<T>(
-    flag: Option<T>,
-    env: &HashMap<String, String>,
-    key: &str,
-    file: Option<T>,
-) -> Result<Option<T>, ConfigError>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    if flag.is_some() {
-        return Ok(flag);
+/// The `serve` flags as a command of their own, for parsing environment
+/// values with the flags' own parsers.
+fn settings_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("hanmadi serve"))
+        .no_binary_name(true)
+        .disable_help_flag(true)
+}
+
+/// Why clap refused a value, without its usage hints: the value parser's
+/// own message when there is one.
+fn clap_reason(e: &clap::Error) -> String {
+    if let Some(source) = std::error::Error::source(e) {
+        return source.to_string();
     }
-    Ok(from_env(env, key)?.or(file))
+    let text = e.to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    let text = text.split("\n\n").next().unwrap_or(text);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The environment's settings: one parse for each `HANMADI_<FLAG>` variable
+/// that is set and not empty, by its flag's parser, in flag order. Other
+/// `HANMADI_*` variables (the test suites' own) are not settings and are
+/// left alone.
+fn env_matches(env: &HashMap<String, String>) -> Result<Vec<ArgMatches>, ConfigError> {
+    let cmd = settings_command();
+    let mut layers = Vec::new();
+    for long in cmd.get_arguments().filter_map(clap::Arg::get_long) {
+        let var = env_var(long);
+        let value = match env.get(&var) {
+            None => continue,
+            Some(v) if v.is_empty() => continue,
+            Some(v) => v.trim(),
+        };
+        // `--flag=value` keeps a value that starts with `-` a value.
+        let matches = cmd
+            .clone()
+            .try_get_matches_from([format!("--{long}={value}")])
+            .map_err(|e| ConfigError::Env {
+                reason: clap_reason(&e),
+                var,
+                value: value.to_owned(),
+            })?;
+        layers.push(matches);
+    }
+    Ok(layers)
 }
 
 impl Config {
@@ -791,7 +723,7 @@ impl Config {
     ///
     /// As [`Config::load_with_env`], plus [`ConfigError::EnvNotUnicode`] for
     /// a `HANMADI_*` variable that is not UTF-8.
-    pub fn load(args: ServeArgs) -> Result<Self, ConfigError> {
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
         let mut env = HashMap::new();
         for (name, value) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
@@ -813,19 +745,50 @@ impl Config {
     /// [`ConfigError::ReadFile`] / [`ConfigError::ParseFile`] for the config
     /// file, otherwise as [`Config::from_sources`].
     pub fn load_with_env(
-        args: ServeArgs,
+        args: &ServeArgs,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let path = pick(args.config.clone(), env, "config", None)?;
-        let file = path.as_deref().map(FileConfig::load).transpose()?;
-        let mut config = Self::from_sources(args, env, file)?;
-        config.config_file = path;
-        Ok(config)
+        let path = match args.config_file() {
+            Some(path) => Some(path.to_owned()),
+            None => env_matches(env)?
+                .iter()
+                .find_map(|m| m.get_one::<PathBuf>("config_file").cloned()),
+        };
+        let file = path.as_deref().map(Self::read_toml).transpose()?;
+        Self::from_sources(args, env, file)
     }
 
-    /// Merges the three sources over the defaults: `args` first, then `env`
-    /// (`HANMADI_*` variables), then `file`. Reads nothing from the process
-    /// or the file system, apart from the machine's hostname for its default.
+    /// Reads a TOML config file over the defaults.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ReadFile`] if it cannot be read,
+    /// [`ConfigError::ParseFile`] for TOML errors, unknown keys and bad values
+    /// (the message gives the line and key).
+    pub fn read_toml(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_toml(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses TOML text over the defaults; nothing is validated yet.
+    ///
+    /// # Errors
+    ///
+    /// The TOML error, which names the offending line and key.
+    pub fn parse_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Lays the environment (`HANMADI_*` variables in `env`), then `args`,
+    /// over `file` (or the defaults without one), and validates the result.
+    /// Reads nothing from the process or the file system, apart from the
+    /// machine's hostname for its default.
     ///
     /// # Errors
     ///
@@ -835,81 +798,42 @@ impl Config {
     /// each other (`cert` without `key`, a body larger than a frame, an idle
     /// deadline not above the heartbeat, ...).
     pub fn from_sources(
-        args: ServeArgs,
+        args: &ServeArgs,
         env: &HashMap<String, String>,
-        file: Option<FileConfig>,
+        file: Option<Self>,
     ) -> Result<Self, ConfigError> {
-        let f = file.unwrap_or_default();
-        let d = Self::default();
-        let ms = Duration::from_millis;
-        // A setting by its one name: the flag's field, the TOML key and,
-        // upper-cased, the environment variable.
-        macro_rules! setting {
-            ($name:ident) => {
-                pick(args.$name, env, stringify!($name), f.$name)?
-            };
+        let mut config = file.unwrap_or_default();
+        for matches in env_matches(env)?.iter().chain([&args.0]) {
+            config
+                .update_from_arg_matches(matches)
+                .map_err(ConfigError::Flags)?;
         }
-        let listen = |l: Option<Listen>, default| l.map_or(default, |l| l.0);
-
-        let heartbeat = setting!(heartbeat_ms).map_or(d.heartbeat, ms);
-        let config = Self {
-            config_file: None,
-            data_dir: setting!(data_dir).unwrap_or(d.data_dir),
-            tcp: listen(setting!(tcp), d.tcp),
-            tls: listen(setting!(tls), d.tls),
-            http: listen(setting!(http), d.http),
-            https: listen(setting!(https), d.https),
-            cert: setting!(cert),
-            key: setting!(key),
-            region: setting!(region).unwrap_or(d.region),
-            secret: setting!(secret).map(|s| Secret::new(s.into_bytes())),
-            store: setting!(store).unwrap_or(d.store),
-            fdb_cluster_file: setting!(fdb_cluster_file),
-            store_cache_mb: setting!(store_cache_mb).unwrap_or(d.store_cache_mb),
-            node_id: setting!(node_id).unwrap_or(d.node_id),
-            hostname: setting!(hostname).unwrap_or(d.hostname),
-            max_frame_bytes: setting!(max_frame_bytes).unwrap_or(d.max_frame_bytes),
-            max_body_bytes: setting!(max_body_bytes).unwrap_or(d.max_body_bytes),
-            handshake_timeout: setting!(handshake_timeout_ms).map_or(d.handshake_timeout, ms),
-            heartbeat,
-            idle_timeout: setting!(idle_timeout_ms)
-                .map_or_else(|| default_idle_timeout(heartbeat), ms),
-            write_timeout: setting!(write_timeout_ms).map_or(d.write_timeout, ms),
-            drain_timeout: setting!(drain_timeout_ms).map_or(d.drain_timeout, ms),
-            lease_expiry: setting!(lease_expiry_ms).map_or(d.lease_expiry, ms),
-            cluster_link: setting!(cluster_link).unwrap_or(d.cluster_link),
-            cluster_backstop: setting!(cluster_backstop_ms).map_or(d.cluster_backstop, ms),
-            rate_per_sec: setting!(rate_per_sec).unwrap_or(d.rate_per_sec),
-            rate_burst: setting!(rate_burst).unwrap_or(d.rate_burst),
-            max_conns_per_user: setting!(max_conns_per_user).unwrap_or(d.max_conns_per_user),
-            max_conns_per_ip: setting!(max_conns_per_ip).unwrap_or(d.max_conns_per_ip),
-            outbound_queue_bytes: setting!(outbound_queue_bytes).unwrap_or(d.outbound_queue_bytes),
-            max_connections: setting!(max_connections).unwrap_or(d.max_connections),
-            max_group_members: setting!(max_group_members).unwrap_or(d.max_group_members),
-            max_password_hashes: setting!(max_password_hashes).unwrap_or(d.max_password_hashes),
-            http_header_timeout: setting!(http_header_timeout_ms).map_or(d.http_header_timeout, ms),
-            http_rate_per_sec: setting!(http_rate_per_sec).unwrap_or(d.http_rate_per_sec),
-            http_rate_burst: setting!(http_rate_burst).unwrap_or(d.http_rate_burst),
-            http_request_timeout: setting!(http_request_timeout_ms)
-                .map_or(d.http_request_timeout, ms),
-            token_ttl: setting!(token_ttl_secs).map_or(d.token_ttl, Duration::from_secs),
-            max_token_ttl: setting!(max_token_ttl_secs)
-                .map_or(d.max_token_ttl, Duration::from_secs),
-            retention_days: setting!(retention_days).unwrap_or(d.retention_days),
-            push: PushConfig {
-                webhook: setting!(push_webhook).or(d.push.webhook),
-                delay: setting!(push_delay_ms).map_or(d.push.delay, ms),
-                preview: setting!(push_preview).unwrap_or(d.push.preview),
-                format: setting!(push_format).unwrap_or(d.push.format),
-                max_in_flight: setting!(push_max_in_flight).unwrap_or(d.push.max_in_flight),
-                timeout: setting!(push_timeout_ms).map_or(d.push.timeout, ms),
-                max_attempts: setting!(push_max_attempts).unwrap_or(d.push.max_attempts),
-                retry_base: setting!(push_retry_base_ms).map_or(d.push.retry_base, ms),
-                retry_max: setting!(push_retry_max_ms).map_or(d.push.retry_max, ms),
-            },
-        };
         config.validate()?;
         Ok(config)
+    }
+
+    /// A silent connection is closed after this: `idle_timeout_ms`, else
+    /// 2.5 × `heartbeat_ms`.
+    #[must_use]
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout_ms
+            .unwrap_or_else(|| default_idle_timeout(self.heartbeat_ms))
+    }
+
+    /// Pushes to offline recipients: the `push_*` settings.
+    #[must_use]
+    pub fn push(&self) -> PushConfig {
+        PushConfig {
+            webhook: self.push_webhook.clone(),
+            delay: self.push_delay_ms,
+            preview: self.push_preview,
+            format: self.push_format,
+            max_in_flight: self.push_max_in_flight,
+            timeout: self.push_timeout_ms,
+            max_attempts: self.push_max_attempts,
+            retry_base: self.push_retry_base_ms,
+            retry_max: self.push_retry_max_ms,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -943,10 +867,10 @@ impl Config {
         if !(1..=1 << 20).contains(&self.store_cache_mb) {
             return invalid("store_cache_mb", "must be between 1 and 1048576");
         }
-        if self.lease_expiry < Duration::from_millis(500) {
+        if self.lease_expiry_ms < Duration::from_millis(500) {
             return invalid("lease_expiry_ms", "must be at least 500");
         }
-        if self.cluster_backstop < Duration::from_millis(10) {
+        if self.cluster_backstop_ms < Duration::from_millis(10) {
             return invalid("cluster_backstop_ms", "must be at least 10");
         }
         if self.hostname.trim().is_empty() {
@@ -969,20 +893,20 @@ impl Config {
             return invalid("outbound_queue_bytes", "must be at least max_frame_bytes");
         }
         for (setting, value) in [
-            ("handshake_timeout_ms", self.handshake_timeout),
-            ("heartbeat_ms", self.heartbeat),
-            ("write_timeout_ms", self.write_timeout),
-            ("http_header_timeout_ms", self.http_header_timeout),
-            ("http_request_timeout_ms", self.http_request_timeout),
-            ("token_ttl_secs", self.token_ttl),
-            ("push_timeout_ms", self.push.timeout),
-            ("push_retry_base_ms", self.push.retry_base),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("http_request_timeout_ms", self.http_request_timeout_ms),
+            ("token_ttl_secs", self.token_ttl_secs),
+            ("push_timeout_ms", self.push_timeout_ms),
+            ("push_retry_base_ms", self.push_retry_base_ms),
         ] {
             if value.is_zero() {
                 return invalid(setting, "must be above 0");
             }
         }
-        if let Some(url) = &self.push.webhook {
+        if let Some(url) = &self.push_webhook {
             // The client speaks plain HTTP: push gateways run beside the
             // node (Gorush, Sygnal) or behind a local TLS-terminating proxy.
             let ok = reqwest::Url::parse(url)
@@ -991,14 +915,14 @@ impl Config {
                 return invalid("push_webhook", "must be an http:// URL");
             }
         }
-        if self.push.retry_max < self.push.retry_base {
+        if self.push_retry_max_ms < self.push_retry_base_ms {
             return invalid("push_retry_max_ms", "must be at least push_retry_base_ms");
         }
-        if self.token_ttl > self.max_token_ttl {
+        if self.token_ttl_secs > self.max_token_ttl_secs {
             // Tokens issued at log-in would be refused at once.
             return invalid("max_token_ttl_secs", "must be at least token_ttl_secs");
         }
-        if self.idle_timeout <= self.heartbeat {
+        if self.idle_timeout() <= self.heartbeat_ms {
             // A client that pings on schedule would still be cut off.
             return invalid("idle_timeout_ms", "must be above heartbeat_ms");
         }
@@ -1009,8 +933,8 @@ impl Config {
             ("max_conns_per_ip", self.max_conns_per_ip as u64),
             ("max_group_members", u64::from(self.max_group_members)),
             ("max_password_hashes", self.max_password_hashes as u64),
-            ("push_max_in_flight", self.push.max_in_flight as u64),
-            ("push_max_attempts", u64::from(self.push.max_attempts)),
+            ("push_max_in_flight", self.push_max_in_flight as u64),
+            ("push_max_attempts", u64::from(self.push_max_attempts)),
             ("http_rate_per_sec", u64::from(self.http_rate_per_sec)),
             ("http_rate_burst", u64::from(self.http_rate_burst)),
         ] {
@@ -1027,18 +951,18 @@ impl Config {
         Some((self.cert.as_deref()?, self.key.as_deref()?))
     }
 
-    /// The TLS listener's address, if it is enabled and a certificate is
-    /// configured.
+    /// The TLS listener's address, if it is enabled (`tls`) and a
+    /// certificate is configured.
     #[must_use]
     pub fn tls_listener(&self) -> Option<SocketAddr> {
-        self.tls_files().and(self.tls)
+        self.tls_files().and(self.tls.0)
     }
 
-    /// The HTTPS listener's address, if it is enabled and a certificate is
-    /// configured.
+    /// The HTTPS listener's address, if it is enabled (`https`) and a
+    /// certificate is configured.
     #[must_use]
     pub fn https_listener(&self) -> Option<SocketAddr> {
-        self.tls_files().and(self.https)
+        self.tls_files().and(self.https.0)
     }
 
     /// Where the generated token secret lives: `<data_dir>/secret`.
@@ -1174,8 +1098,8 @@ mod tests {
             .collect()
     }
 
-    fn file(text: &str) -> FileConfig {
-        FileConfig::parse(text).unwrap()
+    fn file(text: &str) -> Config {
+        Config::parse_toml(text).unwrap()
     }
 
     fn addr(s: &str) -> Option<SocketAddr> {
@@ -1184,12 +1108,12 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::from_sources(serve(&[]), &HashMap::new(), None).unwrap();
+        let c = Config::from_sources(&serve(&[]), &HashMap::new(), None).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./hanmadi-data"));
-        assert_eq!(c.tcp, addr("0.0.0.0:7070"));
-        assert_eq!(c.tls, addr("0.0.0.0:7071"));
-        assert_eq!(c.http, addr("0.0.0.0:7080"));
-        assert_eq!(c.https, addr("0.0.0.0:7443"));
+        assert_eq!(c.tcp.0, addr("0.0.0.0:7070"));
+        assert_eq!(c.tls.0, addr("0.0.0.0:7071"));
+        assert_eq!(c.http.0, addr("0.0.0.0:7080"));
+        assert_eq!(c.https.0, addr("0.0.0.0:7443"));
         assert_eq!((c.tls_listener(), c.https_listener()), (None, None));
         assert_eq!(c.region, "local");
         assert_eq!(c.store, StoreKind::Embedded);
@@ -1197,18 +1121,18 @@ mod tests {
         assert!(!c.hostname.is_empty());
         assert_eq!(c.max_frame_bytes, 65536);
         assert_eq!(c.max_body_bytes, 16384);
-        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
-        assert_eq!(c.heartbeat, Duration::from_secs(30));
-        assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.handshake_timeout_ms, Duration::from_secs(5));
+        assert_eq!(c.heartbeat_ms, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout(), Duration::from_secs(75));
         assert_eq!((c.rate_per_sec, c.rate_burst), (100, 200));
         assert_eq!((c.max_conns_per_user, c.max_conns_per_ip), (16, 1000));
         assert_eq!(c.outbound_queue_bytes, 1 << 20);
         assert_eq!(c.max_connections, 100_000);
         assert_eq!(c.retention_days, 30);
-        assert_eq!(c.push, PushConfig::default());
-        assert_eq!(c.push.webhook, None);
-        assert_eq!(c.push.delay, Duration::from_secs(2));
-        assert!(c.push.preview);
+        assert_eq!(c.push(), PushConfig::default());
+        assert_eq!(c.push().webhook, None);
+        assert_eq!(c.push().delay, Duration::from_secs(2));
+        assert!(c.push().preview);
         assert!(c.secret.is_none());
         assert!(c.config_file.is_none());
     }
@@ -1225,28 +1149,32 @@ mod tests {
         );
         let e = env(&[("HANMADI_TCP", "127.0.0.1:2"), ("HANMADI_REGION", "env")]);
 
-        let c = Config::from_sources(serve(&[]), &HashMap::new(), Some(f.clone())).unwrap();
-        assert_eq!(c.tcp, addr("127.0.0.1:1"));
+        let c = Config::from_sources(&serve(&[]), &HashMap::new(), Some(f.clone())).unwrap();
+        assert_eq!(c.tcp.0, addr("127.0.0.1:1"));
         assert_eq!(c.region, "file");
 
-        let c = Config::from_sources(serve(&[]), &e, Some(f.clone())).unwrap();
-        assert_eq!(c.tcp, addr("127.0.0.1:2"));
+        let c = Config::from_sources(&serve(&[]), &e, Some(f.clone())).unwrap();
+        assert_eq!(c.tcp.0, addr("127.0.0.1:2"));
         assert_eq!(c.region, "env");
         assert_eq!(c.rate_burst, 7); // only the file has it
 
-        let c = Config::from_sources(serve(&["--tcp", "127.0.0.1:3"]), &e, Some(f)).unwrap();
-        assert_eq!(c.tcp, addr("127.0.0.1:3"));
+        let c = Config::from_sources(&serve(&["--tcp", "127.0.0.1:3"]), &e, Some(f)).unwrap();
+        assert_eq!(c.tcp.0, addr("127.0.0.1:3"));
         assert_eq!(c.region, "env");
         // Idle follows the file's heartbeat when nobody sets it.
-        assert_eq!(c.heartbeat, Duration::from_secs(1));
-        assert_eq!(c.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(c.heartbeat_ms, Duration::from_secs(1));
+        assert_eq!(c.idle_timeout(), Duration::from_millis(2500));
     }
 
     #[test]
     fn empty_env_counts_as_unset() {
         let f = file(r#"region = "file""#);
-        let c = Config::from_sources(serve(&[]), &env(&[("HANMADI_REGION", "")]), Some(f)).unwrap();
+        let c =
+            Config::from_sources(&serve(&[]), &env(&[("HANMADI_REGION", "")]), Some(f)).unwrap();
         assert_eq!(c.region, "file");
+        // Variables that name no setting (the test suites' own) are ignored.
+        let e = env(&[("HANMADI_PYTHON", "/usr/bin/python3")]);
+        assert!(Config::from_sources(&serve(&[]), &e, None).is_ok());
     }
 
     #[test]
@@ -1343,12 +1271,12 @@ mod tests {
             "--push-retry-max-ms",
             "22",
         ]);
-        let c = Config::from_sources(a, &HashMap::new(), None).unwrap();
+        let c = Config::from_sources(&a, &HashMap::new(), None).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/d"));
-        assert_eq!(c.tcp, addr("0.0.0.0:0"));
-        assert_eq!(c.tls, None);
-        assert_eq!(c.http, addr("[::1]:8080"));
-        assert_eq!(c.https, None);
+        assert_eq!(c.tcp.0, addr("0.0.0.0:0"));
+        assert_eq!(c.tls.0, None);
+        assert_eq!(c.http.0, addr("[::1]:8080"));
+        assert_eq!(c.https.0, None);
         assert_eq!(
             c.tls_files(),
             Some((Path::new("c.pem"), Path::new("k.pem")))
@@ -1358,20 +1286,20 @@ mod tests {
         assert_eq!(c.fdb_cluster_file, Some(PathBuf::from("/etc/fdb.cluster")));
         assert_eq!((c.node_id, c.hostname.as_str()), (3, "n1"));
         assert_eq!((c.max_frame_bytes, c.max_body_bytes), (2048, 1024));
-        assert_eq!(c.idle_timeout, Duration::from_millis(3));
-        assert_eq!(c.drain_timeout, Duration::from_millis(5));
+        assert_eq!(c.idle_timeout(), Duration::from_millis(3));
+        assert_eq!(c.drain_timeout_ms, Duration::from_millis(5));
         assert_eq!((c.rate_per_sec, c.rate_burst), (6, 7));
         assert_eq!((c.max_conns_per_user, c.max_conns_per_ip), (8, 9));
         assert_eq!((c.outbound_queue_bytes, c.max_connections), (4096, 11));
         assert_eq!((c.max_group_members, c.retention_days), (12, 0));
-        assert_eq!(c.token_ttl, Duration::from_secs(13));
+        assert_eq!(c.token_ttl_secs, Duration::from_secs(13));
         assert_eq!(c.max_password_hashes, 15);
-        assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!(c.http_header_timeout_ms, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
-        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
-        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
+        assert_eq!(c.http_request_timeout_ms, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl_secs, Duration::from_secs(20));
         assert_eq!(
-            c.push,
+            c.push(),
             PushConfig {
                 webhook: Some("http://127.0.0.1:9/push".into()),
                 delay: Duration::from_millis(17),
@@ -1440,19 +1368,22 @@ mod tests {
             push_retry_max_ms = 22
             "#,
         );
-        let c = Config::from_sources(ServeArgs::default(), &HashMap::new(), Some(f)).unwrap();
+        let c = Config::from_sources(&serve(&[]), &HashMap::new(), Some(f)).unwrap();
         assert_eq!(
-            c.push.webhook.as_deref(),
+            c.push().webhook.as_deref(),
             Some("http://localhost:8088/api/push")
         );
-        assert_eq!((c.push.format, c.push.preview), (PushFormat::Gorush, false));
-        assert_eq!(c.push.retry_max, Duration::from_millis(22));
+        assert_eq!(
+            (c.push().format, c.push().preview),
+            (PushFormat::Gorush, false)
+        );
+        assert_eq!(c.push().retry_max, Duration::from_millis(22));
         assert_eq!(c.max_password_hashes, 15);
-        assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!(c.http_header_timeout_ms, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
-        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
-        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
-        assert_eq!(c.tcp, addr("0.0.0.0:7000"));
+        assert_eq!(c.http_request_timeout_ms, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl_secs, Duration::from_secs(20));
+        assert_eq!(c.tcp.0, addr("0.0.0.0:7000"));
         assert_eq!(c.https_listener(), addr("[::]:443"));
         assert_eq!(c.store, StoreKind::Fdb);
         assert_eq!(c.retention_days, 14);
@@ -1506,66 +1437,84 @@ mod tests {
             ("HANMADI_HTTP_REQUEST_TIMEOUT_MS", "19"),
             ("HANMADI_MAX_TOKEN_TTL_SECS", "20"),
         ]);
-        let c = Config::from_sources(ServeArgs::default(), &e, None).unwrap();
-        assert_eq!(c.push.webhook.as_deref(), Some("http://127.0.0.1:9/"));
-        assert_eq!(c.push.delay, Duration::from_millis(17));
-        assert_eq!((c.push.format, c.push.preview), (PushFormat::Gorush, false));
-        assert_eq!((c.push.max_in_flight, c.push.max_attempts), (18, 20));
+        let c = Config::from_sources(&serve(&[]), &e, None).unwrap();
+        assert_eq!(c.push().webhook.as_deref(), Some("http://127.0.0.1:9/"));
+        assert_eq!(c.push().delay, Duration::from_millis(17));
+        assert_eq!(
+            (c.push().format, c.push().preview),
+            (PushFormat::Gorush, false)
+        );
+        assert_eq!((c.push().max_in_flight, c.push().max_attempts), (18, 20));
         assert_eq!(c.max_password_hashes, 15);
-        assert_eq!(c.http_header_timeout, Duration::from_millis(16));
+        assert_eq!(c.http_header_timeout_ms, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
-        assert_eq!(c.http_request_timeout, Duration::from_millis(19));
-        assert_eq!(c.max_token_ttl, Duration::from_secs(20));
-        assert_eq!(c.tcp, None);
+        assert_eq!(c.http_request_timeout_ms, Duration::from_millis(19));
+        assert_eq!(c.max_token_ttl_secs, Duration::from_secs(20));
+        assert_eq!(c.tcp.0, None);
         assert_eq!(c.tls_listener(), addr("0.0.0.0:1"));
-        assert_eq!(c.http, addr("127.0.0.1:0"));
+        assert_eq!(c.http.0, addr("127.0.0.1:0"));
         assert_eq!(c.store, StoreKind::Fdb);
         assert_eq!(c.node_id, 1023);
-        assert_eq!(c.token_ttl, Duration::from_secs(13));
+        assert_eq!(c.token_ttl_secs, Duration::from_secs(13));
         assert_eq!(c.retention_days, 14);
     }
 
     #[test]
     fn unknown_file_key_is_a_clear_error() {
-        let err = FileConfig::parse("tcp = \":1\"\nheartbeat = 5\n").unwrap_err();
+        let err = Config::parse_toml("tcp = \":1\"\nheartbeat = 5\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("heartbeat"), "{msg}");
         assert!(msg.contains("unknown field"), "{msg}");
         assert!(msg.contains("line 2"), "{msg}");
 
         // `config` is a flag only; a file cannot point at another file.
-        assert!(FileConfig::parse("config = \"other.toml\"").is_err());
+        assert!(Config::parse_toml("config = \"other.toml\"").is_err());
     }
 
     #[test]
     fn bad_values_are_clear_errors() {
-        let msg = FileConfig::parse("tcp = \"localhost:70\"")
+        let msg = Config::parse_toml("tcp = \"localhost:70\"")
             .unwrap_err()
             .to_string();
         assert!(msg.contains("invalid listen address"), "{msg}");
         assert!(msg.contains("tcp"), "{msg}");
 
-        let msg = FileConfig::parse("node_id = 70000")
+        let msg = Config::parse_toml("node_id = 70000")
             .unwrap_err()
             .to_string();
         assert!(msg.contains("node_id"), "{msg}");
-        let msg = FileConfig::parse("store = \"rocks\"")
+        let msg = Config::parse_toml("store = \"rocks\"")
             .unwrap_err()
             .to_string();
         assert!(msg.contains("rocks"), "{msg}");
-        assert!(FileConfig::parse("max_frame_bytes = -1").is_err());
-        assert!(FileConfig::parse("tcp = 7070").is_err());
-        assert!(FileConfig::parse("not toml at all").is_err());
+        assert!(Config::parse_toml("max_frame_bytes = -1").is_err());
+        assert!(Config::parse_toml("tcp = 7070").is_err());
+        assert!(Config::parse_toml("not toml at all").is_err());
 
-        let err = Config::from_sources(serve(&[]), &env(&[("HANMADI_TCP", "1.2.3.4")]), None)
+        let err = Config::from_sources(&serve(&[]), &env(&[("HANMADI_TCP", "1.2.3.4")]), None)
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("HANMADI_TCP"), "{msg}");
         assert!(msg.contains("invalid listen address"), "{msg}");
 
-        let err = Config::from_sources(serve(&[]), &env(&[("HANMADI_RATE_BURST", "lots")]), None)
+        let err = Config::from_sources(&serve(&[]), &env(&[("HANMADI_RATE_BURST", "lots")]), None)
             .unwrap_err();
         assert!(err.to_string().contains("HANMADI_RATE_BURST"), "{err}");
+        assert!(err.to_string().contains("invalid digit"), "{err}");
+
+        // A value a flag would refuse is refused from the environment too,
+        // in one line that names the variable.
+        let err = Config::from_sources(&serve(&[]), &env(&[("HANMADI_STORE", "rocks")]), None)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("environment variable HANMADI_STORE=\"rocks\""),
+            "{msg}"
+        );
+        assert!(msg.contains("embedded") && !msg.contains('\n'), "{msg}");
+        let err = Config::from_sources(&serve(&[]), &env(&[("HANMADI_NODE_ID", "-1")]), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("HANMADI_NODE_ID"), "{err}");
 
         let err = Cli::try_parse_from(["hanmadi", "serve", "--http", "nowhere"]).unwrap_err();
         assert!(err.to_string().contains("invalid listen address"), "{err}");
@@ -1591,7 +1540,7 @@ mod tests {
     #[test]
     fn inconsistent_settings_are_refused() {
         let bad = |args: &[&str], setting: &str| {
-            let err = Config::from_sources(serve(args), &HashMap::new(), None).unwrap_err();
+            let err = Config::from_sources(&serve(args), &HashMap::new(), None).unwrap_err();
             match &err {
                 ConfigError::Invalid { setting: s, .. } => assert_eq!(*s, setting, "{err}"),
                 other => panic!("{args:?}: {other}"),
@@ -1622,8 +1571,8 @@ mod tests {
         bad(&["--max-conns-per-user", "0"], "max_conns_per_user");
         bad(&["--region", " "], "region");
 
-        let err =
-            Config::from_sources(serve(&["--secret", "short"]), &HashMap::new(), None).unwrap_err();
+        let err = Config::from_sources(&serve(&["--secret", "short"]), &HashMap::new(), None)
+            .unwrap_err();
         assert!(
             matches!(err, ConfigError::SecretTooShort { len: 5 }),
             "{err}"
@@ -1633,7 +1582,7 @@ mod tests {
     #[test]
     fn secret_never_printed() {
         let c = Config::from_sources(
-            serve(&["--secret", "0123456789abcdef0123456789abcdef-private"]),
+            &serve(&["--secret", "0123456789abcdef0123456789abcdef-private"]),
             &HashMap::new(),
             None,
         )
@@ -1646,7 +1595,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("nested/data");
         let c = Config::from_sources(
-            serve(&["--data-dir", data.to_str().unwrap()]),
+            &serve(&["--data-dir", data.to_str().unwrap()]),
             &HashMap::new(),
             None,
         )
@@ -1693,7 +1642,7 @@ mod tests {
     fn concurrent_first_starts_agree_on_one_secret() {
         let dir = tempfile::tempdir().unwrap();
         let c = Config::from_sources(
-            serve(&["--data-dir", dir.path().to_str().unwrap()]),
+            &serve(&["--data-dir", dir.path().to_str().unwrap()]),
             &HashMap::new(),
             None,
         )
@@ -1716,58 +1665,25 @@ mod tests {
         std::fs::write(&b, "region = \"b\"\n").unwrap();
         let e = env(&[("HANMADI_CONFIG", a.to_str().unwrap())]);
 
-        let c = Config::load_with_env(serve(&[]), &e).unwrap();
+        let c = Config::load_with_env(&serve(&[]), &e).unwrap();
         assert_eq!(
             (c.region.as_str(), c.config_file.as_deref()),
             ("a", Some(a.as_path()))
         );
-        let c = Config::load_with_env(serve(&["--config", b.to_str().unwrap()]), &e).unwrap();
+        let c = Config::load_with_env(&serve(&["--config", b.to_str().unwrap()]), &e).unwrap();
         assert_eq!(c.region, "b");
 
         let missing = dir.path().join("missing.toml");
-        let err =
-            Config::load_with_env(serve(&["--config", missing.to_str().unwrap()]), &e).unwrap_err();
+        let err = Config::load_with_env(&serve(&["--config", missing.to_str().unwrap()]), &e)
+            .unwrap_err();
         assert!(matches!(err, ConfigError::ReadFile { .. }), "{err}");
         assert!(err.to_string().contains("missing.toml"), "{err}");
 
         std::fs::write(&a, "region = \"a\"\ntypo = 1\n").unwrap();
-        let err = Config::load_with_env(serve(&[]), &e).unwrap_err();
+        let err = Config::load_with_env(&serve(&[]), &e).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ConfigError::ParseFile { .. }), "{msg}");
         assert!(msg.contains("a.toml") && msg.contains("typo"), "{msg}");
-    }
-
-    #[test]
-    fn gen_cert_args() {
-        let Command::GenCert(g) = Cli::try_parse_from(["hanmadi", "gen-cert"])
-            .unwrap()
-            .command
-        else {
-            panic!("not gen-cert")
-        };
-        assert_eq!(g.out_dir, PathBuf::from("."));
-        assert_eq!(g.hostnames, vec!["localhost".to_owned()]);
-
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("certs");
-        let Command::GenCert(g) = Cli::try_parse_from([
-            "hanmadi",
-            "gen-cert",
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--hostname",
-            "chat.example.com",
-            "--hostname",
-            "127.0.0.1",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not gen-cert")
-        };
-        assert_eq!(g.hostnames, vec!["chat.example.com", "127.0.0.1"]);
-        g.run().unwrap();
-        crate::tls::server_config(&g.cert_path(), &g.key_path()).unwrap();
     }
 
     /// The module table, the flags and the file keys must name the same
@@ -1810,5 +1726,43 @@ mod tests {
             }
         }
         Cli::command().debug_assert();
+    }
+
+    /// A default the table gives as a value is the one the node uses, and
+    /// `--help` gives the same.
+    #[test]
+    fn table_and_help_defaults_are_the_real_ones() {
+        let source = include_str!("config.rs");
+        let serve_cmd = Cli::command();
+        let serve_cmd = serve_cmd.find_subcommand("serve").unwrap();
+        let defaults = format!("{:?}", Config::default());
+        let mut checked = 0;
+        for row in source.lines().filter_map(|l| l.strip_prefix("//! | `--")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let flag = cells[0].trim_matches('`');
+            // Only defaults written as one value: not "none", "2.5 × ...".
+            let Some(value) = cells[3].strip_prefix('`').and_then(|v| v.split('`').next()) else {
+                continue;
+            };
+            let set = Config::from_sources(
+                &serve(&[&format!("--{flag}"), value]),
+                &HashMap::new(),
+                None,
+            )
+            .unwrap();
+            assert_eq!(format!("{set:?}"), defaults, "--{flag} {value}");
+
+            let arg = serve_cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap();
+            let help = arg.get_help().unwrap().to_string().replace('\n', " ");
+            assert!(
+                help.contains(&format!("[default: {value}]")),
+                "--{flag}: {help}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 40, "{checked}");
     }
 }

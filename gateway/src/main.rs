@@ -49,11 +49,11 @@ fn main() -> ExitCode {
                 args.key_path().display()
             );
         }),
-        Command::AdminToken(args) => Config::load(args)
+        Command::AdminToken(args) => Config::load(&args)
             .and_then(|config| config.resolve_secret())
             .map(|secret| println!("{}", TokenIssuer::new(secret.as_bytes()).admin_token()))
             .map_err(|e| e.to_string()),
-        Command::Serve(args) => match Config::load(args) {
+        Command::Serve(args) => match Config::load(&args) {
             Ok(config) => serve(config),
             Err(e) => Err(e.to_string()),
         },
@@ -140,10 +140,10 @@ async fn run<K: Kv>(
 ) -> Result<(), String> {
     let secret = config.resolve_secret().map_err(|e| e.to_string())?;
     let mut listeners = Listeners::default();
-    if let Some(addr) = config.tcp {
+    if let Some(addr) = config.tcp.0 {
         listeners.tcp = Some(bind(addr, "tcp").await?);
     }
-    if let Some(addr) = config.http {
+    if let Some(addr) = config.http.0 {
         listeners.http = Some(bind(addr, "http").await?);
     }
     // One certificate for both TLS listeners, reloaded on SIGHUP.
@@ -172,8 +172,8 @@ async fn run<K: Kv>(
             );
         }
         let timing = LeaseTiming {
-            expiry: config.lease_expiry,
-            renew_every: config.lease_expiry / 5,
+            expiry: config.lease_expiry_ms,
+            renew_every: config.lease_expiry_ms / 5,
         };
         let record = hanmadi_storage::chat::NodeRecord {
             hostname: config.hostname.clone(),
@@ -191,12 +191,12 @@ async fn run<K: Kv>(
     let options = ServerOptions {
         conn: ConnConfig {
             max_frame: config.max_frame_bytes,
-            handshake_timeout: config.handshake_timeout,
-            heartbeat: config.heartbeat,
-            idle_timeout: config.idle_timeout,
+            handshake_timeout: config.handshake_timeout_ms,
+            heartbeat: config.heartbeat_ms,
+            idle_timeout: config.idle_timeout(),
             rate_per_sec: config.rate_per_sec,
             rate_burst: config.rate_burst,
-            write_timeout: config.write_timeout,
+            write_timeout: config.write_timeout_ms,
             max_body: config.max_body_bytes,
             ..ConnConfig::default()
         },
@@ -213,24 +213,24 @@ async fn run<K: Kv>(
             ..RouterConfig::default()
         },
         secret: secret.into_bytes(),
-        drain_timeout: config.drain_timeout,
+        drain_timeout: config.drain_timeout_ms,
         retention: (config.retention_days > 0)
             .then(|| std::time::Duration::from_secs(u64::from(config.retention_days) * 86_400)),
-        token_ttl: config.token_ttl,
-        max_token_ttl: config.max_token_ttl,
+        token_ttl: config.token_ttl_secs,
+        max_token_ttl: config.max_token_ttl_secs,
         region: config.region.clone(),
         hostname: Some(config.hostname.clone()),
         max_connections: config.max_connections,
         max_password_hashes: config.max_password_hashes,
-        http_header_timeout: config.http_header_timeout,
-        push: config.push.clone(),
+        http_header_timeout: config.http_header_timeout_ms,
+        push: config.push(),
         http_requests: hanmadi_gateway::http::limits::RequestLimits {
             rate_per_sec: config.http_rate_per_sec,
             burst: config.http_rate_burst,
-            deadline: config.http_request_timeout,
+            deadline: config.http_request_timeout_ms,
         },
         cluster,
-        cluster_backstop: config.cluster_backstop,
+        cluster_backstop: config.cluster_backstop_ms,
         store_memory,
     };
     let server = Server::start(store, listeners, options);

@@ -24,6 +24,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+pub mod gen_cert;
+
+pub use gen_cert::GenCertArgs;
+
 /// The ALPN protocol id of HTTP/1.1, which the `https` listener offers so
 /// WebSocket upgrades work through clients that insist on ALPN.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
