@@ -173,14 +173,7 @@ impl<K: Kv> Authz<K> {
     ///
     /// [`RouterError::NotFound`], [`RouterError::Blocked`].
     pub async fn check_direct(&self, sender: u64, peer: u64) -> Result<(), RouterError> {
-        if !self.live_users.contains_key(&peer) {
-            match self.store.user(peer).await? {
-                Some(u) if !u.deleted => {
-                    self.live_users.insert(peer, ());
-                }
-                _ => return Err(RouterError::NotFound("user")),
-            }
-        }
+        self.check_live(peer).await?;
         let key = pair(sender, peer);
         let blocked = match self.blocks.get(&key) {
             Some(b) => b,
@@ -194,6 +187,25 @@ impl<K: Kv> Authz<K> {
             Err(RouterError::Blocked)
         } else {
             Ok(())
+        }
+    }
+
+    /// Checks that `user` is a live account (it exists and was not
+    /// deleted).
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::NotFound`]; a storage failure.
+    pub async fn check_live(&self, user: u64) -> Result<(), RouterError> {
+        if self.live_users.contains_key(&user) {
+            return Ok(());
+        }
+        match self.store.user(user).await? {
+            Some(u) if !u.deleted => {
+                self.live_users.insert(user, ());
+                Ok(())
+            }
+            _ => Err(RouterError::NotFound("user")),
         }
     }
 

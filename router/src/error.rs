@@ -28,6 +28,10 @@ pub enum RouterError {
         /// The cap.
         max: u32,
     },
+    /// The username belongs to another account (usernames are unique
+    /// regardless of case).
+    #[error("username is taken")]
+    UsernameTaken,
     /// A malformed request.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
@@ -65,6 +69,7 @@ impl From<StoreError> for RouterError {
             StoreError::GroupFull { max } => RouterError::GroupFull { max },
             StoreError::CursorExpired => RouterError::CursorExpired,
             StoreError::Invalid(what) => RouterError::InvalidArgument(what),
+            StoreError::UsernameTaken => RouterError::UsernameTaken,
             other => RouterError::Store(other),
         }
     }
@@ -79,6 +84,7 @@ impl RouterError {
             RouterError::NotFound(_) => ErrorCode::NotFound,
             RouterError::PermissionDenied | RouterError::OwnerStays => ErrorCode::PermissionDenied,
             RouterError::GroupFull { .. } => ErrorCode::GroupFull,
+            RouterError::UsernameTaken => ErrorCode::AlreadyExists,
             RouterError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             RouterError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             RouterError::CursorExpired => ErrorCode::CursorExpired,

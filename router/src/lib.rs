@@ -5,17 +5,28 @@
 //! - [`ids`]: time-sortable message ids.
 //! - [`authz`]: early authorization with membership, account and block
 //!   caches.
+//! - [`accounts`]: sign-up, log-in, profiles and provisioning.
+//! - [`groups`]: seeing a group, creating one, adding and removing
+//!   members.
+//! - [`conversations`]: a user's conversation list, history by name, mutes.
+//! - [`devices`]: a user's devices and push registrations.
 //! - [`appender`]: the bounded queue and group commit.
 //! - [`presence`]: who is online.
 //! - [`receipts`]: delivery acks and read marks, coalesced and written in
 //!   background batches.
 //! - [`fanout`]: the delivery sink the gateway implements.
-//! - [`Router`]: the operations the gateway and the HTTP API call.
+//! - [`Router`]: the operations the gateway and the HTTP API call; the
+//!   rules of each (who may see, change or send what) live here, so a
+//!   socket and an HTTP request are answered alike.
 
+pub mod accounts;
 pub mod appender;
 pub mod authz;
+pub mod conversations;
+pub mod devices;
 mod error;
 pub mod fanout;
+pub mod groups;
 pub mod ids;
 pub mod page_budget;
 pub mod presence;
@@ -27,15 +38,22 @@ use bytes::Bytes;
 use hanmadi_proto::pb::MessageKind;
 use hanmadi_proto::ConversationId;
 use hanmadi_storage::chat::{
-    Cursor, FeedEvent, HistoryPage, IdSource, MembershipChange, NewMessage, Role, SyncBatch,
+    Cursor, FeedEvent, HistoryPage, IdSource, MembershipChange, NewMessage, SyncBatch,
 };
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
 use tokio::task::JoinHandle;
 
+pub use accounts::{NewAccount, ProfileChange, MAX_PROVISION_BATCH};
 pub use appender::{Appender, AppenderConfig};
+pub use conversations::{
+    ConversationPage, ConversationSummary, DEFAULT_CONVERSATION_LIMIT, MAX_CONVERSATION_LIMIT,
+    MAX_LISTED_UNREAD,
+};
+pub use devices::DeviceState;
 pub use error::RouterError;
 pub use fanout::{Delivery, DeliverySink, NoDelivery};
+pub use groups::GroupDetails;
 pub use ids::{Clock, IdGenerator, SystemClock};
 pub use presence::{LocalPresence, Presence};
 pub use receipts::{Receipts, ReceiptsConfig};
@@ -457,16 +475,6 @@ impl<K: Kv> Router<K> {
         Ok(())
     }
 
-    /// Whether `actor` may add and remove members of `group` (its owner or
-    /// an admin), for callers that want to refuse before doing other work.
-    ///
-    /// # Errors
-    ///
-    /// [`RouterError::NotAMember`], [`RouterError::PermissionDenied`].
-    pub async fn check_manage(&self, actor: u64, group: u64) -> Result<(), RouterError> {
-        self.authz.check_manage(actor, group).await
-    }
-
     /// Unread messages of `user` in `conversation`, counted up to `cap`
     /// (counting reads each message, so a list of many conversations
     /// passes a small cap and shows "`cap` or more").
@@ -513,116 +521,27 @@ impl<K: Kv> Router<K> {
         Ok(Self::acked(cmid, &result?))
     }
 
-    /// Creates a group owned by `owner` with `members`; announced by a
-    /// system message. Returns the group id and that message's ack.
+    /// Blocks or unblocks direct messages between `user` and `other`. Only
+    /// a live account other than oneself can be blocked; anyone can be
+    /// unblocked, so a block outlives neither account.
     ///
     /// # Errors
     ///
-    /// [`RouterError::GroupFull`] past the size cap; a storage failure.
-    pub async fn create_group(
-        &self,
-        owner: u64,
-        name: String,
-        mut members: Vec<u64>,
-    ) -> Result<(u64, SendAck), RouterError> {
-        // The creator joins as owner; the announcement's `user_ids` lists
-        // the others only, even when the creator named themself.
-        members.retain(|&m| m != owner);
-        let group = self.ids.next_above(0);
-        let ack = self
-            .system(
-                owner,
-                group,
-                MessageKind::GroupCreated,
-                MembershipChange::Create {
-                    name,
-                    members,
-                    max_members: self.config.max_group_members,
-                },
-            )
-            .await?;
-        Ok((group, ack))
-    }
-
-    /// Adds `users` to `group` with `role`: members by the owner or admins,
-    /// admins by the owner only. A group has one owner, its creator, so
-    /// `Role::Owner` is never granted.
-    ///
-    /// # Errors
-    ///
-    /// [`RouterError::PermissionDenied`], [`RouterError::GroupFull`],
-    /// [`RouterError::InvalidArgument`] for `Role::Owner`, ...
-    pub async fn add_members(
-        &self,
-        actor: u64,
-        group: u64,
-        users: Vec<u64>,
-        role: Role,
-    ) -> Result<SendAck, RouterError> {
-        self.authz.check_manage(actor, group).await?;
-        match role {
-            Role::Owner => return Err(RouterError::InvalidArgument("role")),
-            Role::Admin
-                if self.authz.group(group).await?.members.get(&actor) != Some(&Role::Owner) =>
-            {
-                return Err(RouterError::PermissionDenied);
-            }
-            Role::Admin | Role::Member => {}
-        }
-        self.system(
-            actor,
-            group,
-            MessageKind::MembersAdded,
-            MembershipChange::Add { users, role },
-        )
-        .await
-    }
-
-    /// Removes `user` from `group`: owner or admins may remove others, and
-    /// anyone but the owner may remove themself (leave).
-    ///
-    /// # Errors
-    ///
-    /// [`RouterError::OwnerStays`] when `user` is the owner,
-    /// [`RouterError::PermissionDenied`], [`RouterError::NotAMember`], ...
-    pub async fn remove_member(
-        &self,
-        actor: u64,
-        group: u64,
-        user: u64,
-    ) -> Result<SendAck, RouterError> {
-        let kind = if actor == user {
-            self.authz.check_post(actor, group).await?;
-            MessageKind::MemberLeft
-        } else {
-            self.authz.check_manage(actor, group).await?;
-            MessageKind::MembersRemoved
-        };
-        // Without its owner nobody could manage the group again; the owner
-        // stays (ownership is not transferred).
-        if self.authz.group(group).await?.members.get(&user) == Some(&Role::Owner) {
-            return Err(RouterError::OwnerStays);
-        }
-        self.system(
-            actor,
-            group,
-            kind,
-            MembershipChange::Remove { users: vec![user] },
-        )
-        .await
-    }
-
-    /// Blocks or unblocks direct messages between `user` and `other`.
-    ///
-    /// # Errors
-    ///
-    /// A storage failure.
+    /// [`RouterError::InvalidArgument`] for blocking oneself,
+    /// [`RouterError::NotFound`] for blocking an account that does not
+    /// exist (or was deleted); a storage failure.
     pub async fn set_blocked(
         &self,
         user: u64,
         other: u64,
         blocked: bool,
     ) -> Result<(), RouterError> {
+        if blocked {
+            if other == user {
+                return Err(RouterError::InvalidArgument("cannot block yourself"));
+            }
+            self.authz.check_live(other).await?;
+        }
         let result = self.store.set_blocked(user, other, blocked).await;
         self.authz.invalidate_block(user, other);
         self.sink.changed(&FeedEvent {

@@ -13,7 +13,6 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use hanmadi_proto::ErrorCode;
-use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::kv::Kv;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -22,11 +21,11 @@ use super::auth::bearer;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{check_text, ApiJson, Id};
 use super::users::{check_username, MAX_DISPLAY_NAME};
-use super::{now_ms, HttpState};
+use super::HttpState;
 
-/// Most accounts one `POST /v1/admin/users:batch` may name: one transaction
-/// each, well under FoundationDB's size and time limits.
-pub const MAX_USERS_PER_BATCH: usize = 1000;
+/// Most accounts one `POST /v1/admin/users:batch` may name (the router's
+/// bound on one provisioning transaction).
+pub const MAX_USERS_PER_BATCH: usize = hanmadi_router::MAX_PROVISION_BATCH;
 
 /// A request made with the operator's admin token.
 #[derive(Debug, Clone, Copy)]
@@ -109,35 +108,21 @@ pub(super) async fn provision_users<K: Kv>(
     _admin: Admin,
     ApiJson(req): ApiJson<UserBatch>,
 ) -> Result<Json<ProvisionedUsers>, ApiError> {
-    if req.users.is_empty() || req.users.len() > MAX_USERS_PER_BATCH {
-        return Err(ApiError::invalid(format!(
-            "users: 1 to {MAX_USERS_PER_BATCH} accounts per batch"
-        )));
-    }
-    let created_at = now_ms();
-    let mut records = Vec::with_capacity(req.users.len());
+    let mut accounts = Vec::with_capacity(req.users.len());
     for user in req.users {
         check_username(&user.username)?;
         let display_name = user.display_name.unwrap_or_default();
         check_text("display_name", &display_name, MAX_DISPLAY_NAME)?;
-        let user_id = state.ctx.router.ids().next_above(0);
-        records.push((
-            user_id,
-            UserRecord {
-                username: user.username,
-                display_name,
-                created_at,
-                ..UserRecord::default()
-            },
-        ));
+        accounts.push((user.username, display_name));
     }
-    let ids = state.ctx.router.store().ensure_users(&records).await?;
-    let users = records
+    let usernames: Vec<String> = accounts.iter().map(|(name, _)| name.clone()).collect();
+    let ids = state.ctx.router.provision_accounts(accounts).await?;
+    let users = usernames
         .into_iter()
         .zip(ids)
-        .map(|((_, record), (user_id, created))| ProvisionedUser {
+        .map(|(username, (user_id, created))| ProvisionedUser {
             user_id: Id(user_id),
-            username: record.username,
+            username,
             created,
         })
         .collect();

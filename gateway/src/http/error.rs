@@ -130,10 +130,7 @@ impl From<RouterError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::UsernameTaken => Self::new(ErrorCode::AlreadyExists, e.to_string()),
-            other => RouterError::from(other).into(),
-        }
+        RouterError::from(e).into()
     }
 }
 

@@ -5,8 +5,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use hanmadi_proto::ErrorCode;
-use hanmadi_storage::chat::{GroupRecord, Role};
+use hanmadi_router::GroupDetails;
+use hanmadi_storage::chat::Role;
 use hanmadi_storage::kv::Kv;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,7 +14,6 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{check_text, ApiJson, ApiPath, Id};
-use super::users::live_user;
 use super::HttpState;
 
 /// Longest group name, in characters.
@@ -131,68 +130,40 @@ pub struct Group {
     members: Vec<Member>,
 }
 
-fn not_a_member() -> ApiError {
-    ApiError::new(ErrorCode::NotAMember, "not a member of this group")
+impl Group {
+    fn new(group: u64, details: GroupDetails) -> Self {
+        let GroupDetails { record, members } = details;
+        Self {
+            group_id: Id(group),
+            name: record.name,
+            owner: Id(record.owner),
+            member_count: record.member_count,
+            max_members: record.max_members,
+            created_at: record.created_at,
+            members: members
+                .into_iter()
+                .map(|(user, m)| Member {
+                    user_id: Id(user),
+                    role: m.role().into(),
+                    joined_at: Id(m.joined_at),
+                })
+                .collect(),
+        }
+    }
 }
 
-/// The group `group`, or `404`.
-pub(super) async fn group_record<K: Kv>(
-    state: &HttpState<K>,
-    group: u64,
-) -> Result<GroupRecord, ApiError> {
-    state
-        .ctx
-        .router
-        .store()
-        .group(group)
-        .await?
-        .ok_or_else(|| ApiError::not_found("group"))
-}
-
-/// The group with its members as `caller` may see it: `404` when there is
-/// no such group, `403` when the caller is not in it.
+/// The group with its members as `caller` may see it.
 async fn group_view<K: Kv>(
     state: &HttpState<K>,
     caller: u64,
     group: u64,
 ) -> Result<Group, ApiError> {
-    let record = group_record(state, group).await?;
-    let members = state.ctx.router.store().members(group).await?;
-    if !members.iter().any(|(u, _)| *u == caller) {
-        return Err(not_a_member());
-    }
-    Ok(Group {
-        group_id: Id(group),
-        name: record.name,
-        owner: Id(record.owner),
-        member_count: record.member_count,
-        max_members: record.max_members,
-        created_at: record.created_at,
-        members: members
-            .into_iter()
-            .map(|(user, m)| Member {
-                user_id: Id(user),
-                role: m.role().into(),
-                joined_at: Id(m.joined_at),
-            })
-            .collect(),
-    })
+    let details = state.ctx.router.group_details(caller, group).await?;
+    Ok(Group::new(group, details))
 }
 
-/// Refuses lists that cannot fit any group, then users that do not exist,
-/// so a group never names a ghost.
-async fn check_new_members<K: Kv>(state: &HttpState<K>, users: &[Id]) -> Result<(), ApiError> {
-    let max = state.ctx.router.config().max_group_members;
-    if users.len() > max as usize {
-        return Err(ApiError::new(
-            ErrorCode::GroupFull,
-            format!("a group holds at most {max} members"),
-        ));
-    }
-    for &Id(user) in users {
-        live_user(state, user).await?;
-    }
-    Ok(())
+fn ids(users: &[Id]) -> Vec<u64> {
+    users.iter().map(|id| id.0).collect()
 }
 
 /// Creates a group; the caller is its owner.
@@ -213,8 +184,7 @@ pub(super) async fn create_group<K: Kv>(
         return Err(ApiError::invalid("name is empty"));
     }
     check_text("name", &req.name, MAX_GROUP_NAME)?;
-    check_new_members(&state, &req.members).await?;
-    let members = req.members.iter().map(|id| id.0).collect();
+    let members = ids(&req.members);
     let (group, _) = state.ctx.router.create_group(me, req.name, members).await?;
     Ok((
         StatusCode::CREATED,
@@ -229,11 +199,13 @@ pub(super) async fn list_groups<K: Kv>(
     State(state): State<HttpState<K>>,
     Caller(me): Caller,
 ) -> Result<Json<GroupList>, ApiError> {
-    let store = state.ctx.router.store();
-    let mut groups = Vec::new();
-    // One transaction for the whole list, not one per group.
-    for (group, membership, record) in store.groups_of_with_records(me).await? {
-        groups.push(GroupSummary {
+    let groups = state
+        .ctx
+        .router
+        .groups_of(me)
+        .await?
+        .into_iter()
+        .map(|(group, membership, record)| GroupSummary {
             group_id: Id(group),
             name: record.name,
             owner: Id(record.owner),
@@ -241,8 +213,8 @@ pub(super) async fn list_groups<K: Kv>(
             member_count: record.member_count,
             max_members: record.max_members,
             created_at: record.created_at,
-        });
-    }
+        })
+        .collect();
     Ok(Json(GroupList { groups }))
 }
 
@@ -278,14 +250,7 @@ pub(super) async fn add_members<K: Kv>(
     ApiPath(Id(group)): ApiPath<Id>,
     ApiJson(req): ApiJson<NewMembers>,
 ) -> Result<Json<Group>, ApiError> {
-    if req.user_ids.is_empty() {
-        return Err(ApiError::invalid("user_ids is empty"));
-    }
-    group_record(&state, group).await?;
-    // Permission first: a refused caller costs no member lookups.
-    state.ctx.router.check_manage(me, group).await?;
-    check_new_members(&state, &req.user_ids).await?;
-    let users = req.user_ids.iter().map(|id| id.0).collect();
+    let users = ids(&req.user_ids);
     state
         .ctx
         .router
@@ -320,15 +285,6 @@ pub(super) async fn remove_member<K: Kv>(
     Caller(me): Caller,
     ApiPath((Id(group), Id(user))): ApiPath<(Id, Id)>,
 ) -> Result<StatusCode, ApiError> {
-    group_record(&state, group).await?;
-    let store = state.ctx.router.store();
-    // Outsiders learn nothing about who is in the group.
-    if store.member(group, me).await?.is_none() {
-        return Err(not_a_member());
-    }
-    if store.member(group, user).await?.is_none() {
-        return Err(ApiError::not_found("member"));
-    }
     state.ctx.router.remove_member(me, group, user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

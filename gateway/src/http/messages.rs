@@ -4,14 +4,12 @@
 //! are written in protobuf's JSON mapping, the same shapes as the
 //! WebSocket JSON subprotocol.
 
-use std::cmp::Reverse;
-
 use axum::extract::State;
 use axum::Json;
 use bytes::Bytes;
 use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::{pb, ConversationId, ErrorCode};
-use hanmadi_router::{SendRequest, Target};
+use hanmadi_router::{ConversationSummary, SendRequest, Target};
 use hanmadi_storage::kv::Kv;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -19,14 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{optional, ApiJson, ApiPath, ApiQuery, Id};
-use super::groups::group_record;
 use super::proto_schema as proto;
 use super::HttpState;
-
-/// Conversations a list page holds when none is asked for.
-const DEFAULT_CONVERSATIONS: u32 = 50;
-/// Largest conversation list page: each entry costs several reads.
-const MAX_CONVERSATIONS: u32 = 200;
 
 /// A message to send.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -101,10 +93,6 @@ pub struct ConversationList {
     has_more: bool,
 }
 
-/// Unread counts in the conversation list stop here (a client shows
-/// "99+"): counting reads every unread message.
-const MAX_UNREAD: usize = 100;
-
 /// A stored message, decoded.
 pub(super) fn decode_message(bytes: &[u8]) -> Result<pb::Message, ApiError> {
     pb::Message::decode(bytes)
@@ -141,7 +129,7 @@ async fn history<K: Kv>(
     let page = state
         .ctx
         .router
-        .history(reader, conversation, before, limit)
+        .conversation_history(reader, conversation, before, limit)
         .await?;
     Ok(Json(pb::HistoryPage {
         messages: page
@@ -209,11 +197,6 @@ pub(super) async fn direct_history<K: Kv>(
     ApiPath(Id(peer)): ApiPath<Id>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<pb::HistoryPage>, ApiError> {
-    // A deleted peer's past messages stay readable; one who never existed
-    // is not a conversation.
-    if state.ctx.router.store().user(peer).await?.is_none() {
-        return Err(ApiError::not_found("user"));
-    }
     history(&state, me, ConversationId::direct(me, peer), query).await
 }
 
@@ -233,7 +216,6 @@ pub(super) async fn group_history<K: Kv>(
     ApiPath(Id(group)): ApiPath<Id>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<pb::HistoryPage>, ApiError> {
-    group_record(&state, group).await?;
     history(&state, me, ConversationId::Group(group), query).await
 }
 
@@ -247,75 +229,36 @@ pub(super) async fn list_conversations<K: Kv>(
     Caller(me): Caller,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<ConversationList>, ApiError> {
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_CONVERSATIONS)
-        .clamp(1, MAX_CONVERSATIONS) as usize;
-    let before = query.before.map_or(u64::MAX, |id| id.0);
-    let store = state.ctx.router.store();
-    // Each conversation's head (its newest message id, time-sortable across
-    // conversations) is one read; only the page's entries are filled in.
-    // All of them are read in one transaction.
-    let mut heads: Vec<(u64, ConversationId)> = store
-        .conversation_heads(me)
-        .await?
-        .into_iter()
-        .map(|(conversation, head)| (head, conversation))
-        .collect();
-    heads.retain(|(head, _)| *head < before);
-    heads.sort_unstable_by_key(|(head, _)| Reverse(*head));
-    let has_more = heads.len() > limit;
-    heads.truncate(limit);
-    let mut conversations = Vec::with_capacity(heads.len());
-    for (_, conversation) in heads {
-        conversations.push(conversation_entry(&state, me, conversation).await?);
-    }
+    // `?limit=0` has always meant one entry here, where the router reads
+    // 0 as its default.
+    let limit = query.limit.map_or(0, |l| l.max(1));
+    let before = query.before.map(|id| id.0);
+    let page = state.ctx.router.conversations(me, before, limit).await?;
     Ok(Json(ConversationList {
-        conversations,
-        has_more,
+        conversations: page
+            .conversations
+            .into_iter()
+            .map(|c| conversation_entry(me, c))
+            .collect::<Result<_, _>>()?,
+        has_more: page.has_more,
     }))
 }
 
-async fn conversation_entry<K: Kv>(
-    state: &HttpState<K>,
-    me: u64,
-    conversation: ConversationId,
-) -> Result<ConversationEntry, ApiError> {
-    let store = state.ctx.router.store();
-    let (kind, peer_id, group_id, name) = match conversation {
+fn conversation_entry(me: u64, c: ConversationSummary) -> Result<ConversationEntry, ApiError> {
+    let (kind, peer_id, group_id) = match c.conversation {
         ConversationId::Direct { .. } => {
-            let peer = conversation.peer_of(me).unwrap_or(me);
-            let name = store.user(peer).await?.map(|u| {
-                if u.display_name.is_empty() {
-                    u.username
-                } else {
-                    u.display_name
-                }
-            });
-            (ConversationType::Direct, Some(Id(peer)), None, name)
+            let peer = c.conversation.peer_of(me).unwrap_or(me);
+            (ConversationType::Direct, Some(Id(peer)), None)
         }
-        ConversationId::Group(group) => {
-            let name = store.group(group).await?.map(|g| g.name);
-            (ConversationType::Group, None, Some(Id(group)), name)
-        }
+        ConversationId::Group(group) => (ConversationType::Group, None, Some(Id(group))),
     };
-    let newest = state.ctx.router.history(me, conversation, 0, 1).await?;
-    let last_message = newest
-        .messages
-        .first()
-        .map(|m| decode_message(m))
-        .transpose()?;
     Ok(ConversationEntry {
-        conversation: conversation.into(),
+        conversation: c.conversation.into(),
         kind,
         peer_id,
         group_id,
-        name,
-        last_message,
-        unread: state
-            .ctx
-            .router
-            .unread(me, conversation, MAX_UNREAD)
-            .await?,
+        name: c.name,
+        last_message: c.last_message.map(|m| decode_message(&m)).transpose()?,
+        unread: c.unread,
     })
 }

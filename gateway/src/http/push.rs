@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine as _;
 use hanmadi_proto::ConversationId;
-use hanmadi_storage::chat::{PushPlatform, MAX_DEVICE_ID, MAX_PUSH_TOKEN};
+use hanmadi_storage::chat::PushPlatform;
 use hanmadi_storage::kv::Kv;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,8 +14,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Id};
-use super::users::live_user;
-use super::{now_ms, HttpState};
+use super::HttpState;
 
 /// A push service, as devices name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -93,13 +92,6 @@ pub struct DeviceList {
     devices: Vec<Device>,
 }
 
-fn check_device_id(device_id: &str) -> Result<(), ApiError> {
-    if device_id.is_empty() || device_id.len() > MAX_DEVICE_ID {
-        return Err(ApiError::invalid("device_id must be 1 to 64 bytes"));
-    }
-    Ok(())
-}
-
 /// The caller's devices: those that acknowledged deliveries and those
 /// registered for push.
 #[utoipa::path(get, path = "/v1/devices", tag = "devices", security(("bearer" = [])),
@@ -108,35 +100,25 @@ pub(super) async fn list_devices<K: Kv>(
     State(state): State<HttpState<K>>,
     Caller(me): Caller,
 ) -> Result<Json<DeviceList>, ApiError> {
-    let store = state.ctx.router.store();
-    let mut devices: std::collections::BTreeMap<String, Device> = Default::default();
-    for (device_id, cursor) in store.delivered_devices(me).await? {
-        devices.insert(
-            device_id.clone(),
-            Device {
-                device_id,
-                push: None,
-                delivered: Some(
-                    base64::engine::general_purpose::STANDARD.encode(cursor.as_bytes()),
-                ),
-            },
-        );
-    }
-    for d in store.push_devices(me).await? {
-        let entry = devices.entry(d.device_id.clone()).or_insert(Device {
+    let devices = state
+        .ctx
+        .router
+        .devices(me)
+        .await?
+        .into_iter()
+        .map(|d| Device {
             device_id: d.device_id,
-            push: None,
-            delivered: None,
-        });
-        entry.push = Some(DevicePush {
-            platform: d.platform.into(),
-            token: d.token,
-            updated_at: d.updated_at,
-        });
-    }
-    Ok(Json(DeviceList {
-        devices: devices.into_values().collect(),
-    }))
+            push: d.push.map(|p| DevicePush {
+                platform: p.platform.into(),
+                token: p.token,
+                updated_at: p.updated_at,
+            }),
+            delivered: d
+                .delivered
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c.as_bytes())),
+        })
+        .collect();
+    Ok(Json(DeviceList { devices }))
 }
 
 /// Registers (or replaces) a device's push token: pushes for the caller
@@ -155,15 +137,10 @@ pub(super) async fn put_push<K: Kv>(
     ApiPath(device_id): ApiPath<String>,
     ApiJson(req): ApiJson<PushRegistration>,
 ) -> Result<StatusCode, ApiError> {
-    check_device_id(&device_id)?;
-    if req.token.is_empty() || req.token.len() > MAX_PUSH_TOKEN {
-        return Err(ApiError::invalid("token must be 1 to 4096 bytes"));
-    }
     state
         .ctx
         .router
-        .store()
-        .put_push_device(me, &device_id, req.platform.into(), &req.token, now_ms())
+        .register_push(me, &device_id, req.platform.into(), &req.token)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -181,13 +158,7 @@ pub(super) async fn delete_push<K: Kv>(
     Caller(me): Caller,
     ApiPath(device_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    check_device_id(&device_id)?;
-    state
-        .ctx
-        .router
-        .store()
-        .delete_push_device(me, &device_id)
-        .await?;
+    state.ctx.router.unregister_push(me, &device_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -211,23 +182,7 @@ async fn set_muted<K: Kv>(
     muted: bool,
 ) -> Result<StatusCode, ApiError> {
     let conversation = parse_conversation(me, id)?;
-    match conversation {
-        ConversationId::Direct { .. } => {
-            if let Some(peer) = conversation.peer_of(me).filter(|&p| p != me) {
-                live_user(state, peer).await?;
-            }
-        }
-        // Members only: the history read refuses anyone else.
-        ConversationId::Group(_) => {
-            state.ctx.router.history(me, conversation, 0, 1).await?;
-        }
-    }
-    state
-        .ctx
-        .router
-        .store()
-        .set_muted(me, conversation, muted)
-        .await?;
+    state.ctx.router.set_muted(me, conversation, muted).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

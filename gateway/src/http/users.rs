@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use hanmadi_proto::ErrorCode;
+use hanmadi_router::{NewAccount, ProfileChange};
 use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::kv::Kv;
 use serde::{Deserialize, Serialize};
@@ -141,17 +142,6 @@ fn check_avatar_url(url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The live account `user`, or `404`.
-pub(super) async fn live_user<K: Kv>(
-    state: &HttpState<K>,
-    user: u64,
-) -> Result<UserRecord, ApiError> {
-    match state.ctx.router.store().user(user).await? {
-        Some(r) if !r.deleted => Ok(r),
-        _ => Err(ApiError::not_found("user")),
-    }
-}
-
 /// Signs up.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = SignUp,
     responses(
@@ -168,28 +158,25 @@ pub(super) async fn sign_up<K: Kv>(
     check_password(&req.password)?;
     let display_name = req.display_name.unwrap_or_default();
     check_text("display_name", &display_name, MAX_DISPLAY_NAME)?;
-    let store = state.ctx.router.store();
-    let taken = || ApiError::new(ErrorCode::AlreadyExists, "username is taken");
     // Checked before hashing so a taken name costs no hash; creating the
     // account checks again, atomically.
-    if store.user_id_by_name(&req.username).await?.is_some() {
-        return Err(taken());
-    }
+    state.ctx.router.check_username_free(&req.username).await?;
     let password_hash = state.passwords.hash(req.password).await?;
-    let user_id = state.ctx.router.ids().next_above(0);
-    let record = UserRecord {
-        username: req.username,
-        display_name,
-        password_hash,
-        created_at: now_ms(),
-        ..UserRecord::default()
-    };
-    store.create_user(user_id, &record).await?;
+    let username = req.username.clone();
+    let user_id = state
+        .ctx
+        .router
+        .create_account(NewAccount {
+            username: req.username,
+            display_name,
+            password_hash,
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(SignedUp {
             user_id: Id(user_id),
-            username: record.username,
+            username,
         }),
     ))
 }
@@ -209,16 +196,8 @@ pub(super) async fn log_in<K: Kv>(
     if req.password.len() > MAX_PASSWORD {
         return Err(wrong());
     }
-    let store = state.ctx.router.store();
     let account = match check_username(&req.username) {
-        Ok(()) => match store.user_id_by_name(&req.username).await? {
-            Some(id) => store
-                .user(id)
-                .await?
-                .filter(|r| !r.deleted && !r.password_hash.is_empty())
-                .map(|r| (id, r.password_hash)),
-            None => None,
-        },
+        Ok(()) => state.ctx.router.password_account(&req.username).await?,
         Err(_) => None,
     };
     let (user_id, stored) = account.unzip();
@@ -243,7 +222,7 @@ pub(super) async fn get_me<K: Kv>(
     State(state): State<HttpState<K>>,
     Caller(me): Caller,
 ) -> Result<Json<Profile>, ApiError> {
-    Ok(Json(Profile::new(me, live_user(&state, me).await?)))
+    Ok(Json(Profile::new(me, state.ctx.router.account(me).await?)))
 }
 
 /// Changes the caller's profile.
@@ -267,23 +246,12 @@ pub(super) async fn patch_me<K: Kv>(
     if let Some(v) = &update.avatar_url {
         check_avatar_url(v)?;
     }
-    let record = state
-        .ctx
-        .router
-        .store()
-        .update_user(me, |r| {
-            let fields = [
-                (&update.display_name, &mut r.display_name),
-                (&update.status_text, &mut r.status_text),
-                (&update.avatar_url, &mut r.avatar_url),
-            ];
-            for (new, old) in fields {
-                if let Some(new) = new {
-                    old.clone_from(new);
-                }
-            }
-        })
-        .await?;
+    let change = ProfileChange {
+        display_name: update.display_name,
+        status_text: update.status_text,
+        avatar_url: update.avatar_url,
+    };
+    let record = state.ctx.router.update_profile(me, change).await?;
     Ok(Json(Profile::new(me, record)))
 }
 
@@ -311,7 +279,7 @@ pub(super) async fn get_user<K: Kv>(
     Caller(_): Caller,
     ApiPath(Id(id)): ApiPath<Id>,
 ) -> Result<Json<Profile>, ApiError> {
-    Ok(Json(Profile::new(id, live_user(&state, id).await?)))
+    Ok(Json(Profile::new(id, state.ctx.router.account(id).await?)))
 }
 
 /// A user's profile by username (in any case): how a client finds whom to
@@ -330,10 +298,8 @@ pub(super) async fn find_user<K: Kv>(
 ) -> Result<Json<Profile>, ApiError> {
     let not_found = || ApiError::not_found("user");
     check_username(&username).map_err(|_| not_found())?;
-    let Some(id) = state.ctx.router.store().user_id_by_name(&username).await? else {
-        return Err(not_found());
-    };
-    Ok(Json(Profile::new(id, live_user(&state, id).await?)))
+    let (id, record) = state.ctx.router.account_by_name(&username).await?;
+    Ok(Json(Profile::new(id, record)))
 }
 
 /// Blocks a user: no direct messages either way.
@@ -348,10 +314,6 @@ pub(super) async fn block<K: Kv>(
     Caller(me): Caller,
     ApiPath(Id(other)): ApiPath<Id>,
 ) -> Result<StatusCode, ApiError> {
-    if other == me {
-        return Err(ApiError::invalid("cannot block yourself"));
-    }
-    live_user(&state, other).await?;
     state.ctx.router.set_blocked(me, other, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
