@@ -16,6 +16,11 @@
 //!   spread over the blocking pool's many threads, every one of them kept
 //!   its 19 MiB, and a node's RSS grew by hundreds of MiB over a few hundred
 //!   sign-ups (docs/PERFORMANCE.md has the figures).
+//! - **Below the chat path.** The hashing threads run at a lower priority
+//!   (niceness [`HASH_NICENESS`]): a sign-up flood keeps them busy, and at
+//!   the default priority they took a core of two from sends and
+//!   deliveries. Log-ins then wait for a core the chat path leaves, which
+//!   is the right way round.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -25,6 +30,11 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Semaphore};
+
+/// Niceness of the hashing threads: the scheduler gives a thread at 10
+/// about a tenth of the share of one at the default 0 when both want a
+/// core.
+pub const HASH_NICENESS: i32 = 10;
 
 /// Why a password could not be hashed or checked.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,18 @@ pub struct Passwords {
     jobs: Mutex<mpsc::Sender<Job>>,
 }
 
+/// Lowers the calling thread's priority to [`HASH_NICENESS`]; where that
+/// is not possible hashing simply runs at the default priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: neither call takes a pointer. On Linux a thread id with
+        // PRIO_PROCESS names that one thread, so only it is reniced.
+        let tid = unsafe { libc::gettid() };
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASH_NICENESS) };
+    }
+}
+
 impl Passwords {
     /// At most `concurrent` hashes at once (at least one), sign-ups at most
     /// half of them (at least one); a request waits up to `wait` for its
@@ -75,17 +97,21 @@ impl Passwords {
             let queue = Arc::clone(&queue);
             std::thread::Builder::new()
                 .name(format!("password-hash-{i}"))
-                .spawn(move || loop {
-                    // The lock is held only to take one job, never while
-                    // hashing.
-                    let job = queue.lock().recv();
-                    match job {
-                        // A panicking hash drops its answer channel, which
-                        // the caller reports as `Failed`; the thread lives on.
-                        Ok(job) => {
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        // The lock is held only to take one job, never while
+                        // hashing.
+                        let job = queue.lock().recv();
+                        match job {
+                            // A panicking hash drops its answer channel, which
+                            // the caller reports as `Failed`; the thread lives
+                            // on.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(mpsc::RecvError) => return,
                         }
-                        Err(mpsc::RecvError) => return,
                     }
                 })
                 .expect("start a password hashing thread");
@@ -192,6 +218,28 @@ impl Passwords {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashes_run_below_the_chat_path() {
+        // SAFETY: neither call takes a pointer.
+        let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let p = Passwords::new(1, Duration::from_secs(5));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // SAFETY: neither call takes a pointer; the thread id names the
+        // hashing thread the closure runs on.
+        let niceness = p
+            .run(deadline, || unsafe {
+                libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+            })
+            .await
+            .unwrap();
+        assert_eq!(niceness, HASH_NICENESS);
+        // The tokio thread that asked is left as it was.
+        // SAFETY: as above.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        assert_eq!(own, before);
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_fail() {

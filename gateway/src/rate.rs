@@ -68,12 +68,19 @@ impl RateLimit {
     }
 }
 
+/// Bytes of a `Send`'s body that cost one more token of the user's sends
+/// beyond the message's own: a largest (16 KiB) message costs five.
+pub(crate) const SEND_BYTES_PER_TOKEN: usize = 4 * 1024;
+
 /// A bucket several connections draw on (one user's sends on this node);
 /// its rate and burst are the caller's.
 #[derive(Debug)]
 pub(crate) struct SharedBucket {
+    /// `None` until first used: the bucket starts full.
     tokens: Option<f64>,
     at: Instant,
+    rate: f64,
+    burst: f64,
 }
 
 impl Default for SharedBucket {
@@ -81,24 +88,34 @@ impl Default for SharedBucket {
         Self {
             tokens: None,
             at: Instant::now(),
+            rate: 1.0,
+            burst: 1.0,
         }
     }
 }
 
 impl SharedBucket {
-    /// Takes a token from a bucket of `rate` per second holding at most
-    /// `burst` (full at first).
-    pub(crate) fn take(&mut self, rate: u32, burst: u32) -> bool {
-        let now = Instant::now();
-        let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
-        let elapsed = now.duration_since(self.at).as_secs_f64();
-        self.at = now;
-        let tokens = self
-            .tokens
-            .map_or(burst, |t| (t + elapsed * rate).min(burst));
-        let taken = tokens >= 1.0;
-        self.tokens = Some(if taken { tokens - 1.0 } else { tokens });
+    /// Takes `cost` tokens from a bucket of `rate` per second holding at
+    /// most `burst`; false, taking nothing, when it holds fewer.
+    pub(crate) fn take(&mut self, rate: u32, burst: u32, cost: f64) -> bool {
+        self.rate = f64::from(rate.max(1));
+        self.burst = f64::from(burst.max(1));
+        let tokens = self.available(Instant::now());
+        self.at = Instant::now();
+        let taken = tokens >= cost.min(self.burst);
+        self.tokens = Some(if taken { tokens - cost } else { tokens });
         taken
+    }
+
+    /// Whether the bucket has refilled: forgetting it then loses nothing.
+    pub(crate) fn is_full(&self) -> bool {
+        self.available(Instant::now()) >= self.burst
+    }
+
+    fn available(&self, now: Instant) -> f64 {
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.tokens
+            .map_or(self.burst, |t| (t + elapsed * self.rate).min(self.burst))
     }
 }
 
@@ -139,9 +156,15 @@ mod tests {
     #[test]
     fn a_shared_bucket_starts_full_and_refills() {
         let mut sends = SharedBucket::default();
-        assert!((0..5).all(|_| sends.take(1000, 5)));
-        assert!(!sends.take(1000, 5));
+        assert!((0..5).all(|_| sends.take(1000, 5, 1.0)));
+        assert!(!sends.take(1000, 5, 1.0));
+        assert!(!sends.is_full());
         std::thread::sleep(Duration::from_millis(3));
-        assert!(sends.take(1000, 5));
+        assert!(sends.take(1000, 5, 1.0));
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(sends.is_full());
+        // A large send costs more than one token.
+        assert!(sends.take(1000, 5, 4.5));
+        assert!(!sends.take(1000, 5, 1.0));
     }
 }

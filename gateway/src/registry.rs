@@ -43,8 +43,8 @@ pub const STRIKES_FADE_PER_SEC: f64 = 1.0;
 /// `STRIKE_LIMIT / STRIKES_FADE_PER_SEC` seconds (20) after its abuse stops.
 const STRIKES_MAX: f64 = 2.0 * STRIKE_LIMIT;
 
-/// Addresses remembered before the map is swept of those with no live
-/// connection and no strike left.
+/// Addresses (and users' send buckets) remembered before the map is swept
+/// of those no longer needed.
 const ADDRESSES_BEFORE_SWEEP: usize = 65_536;
 
 /// Something queued for a connection to write.
@@ -98,10 +98,11 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    /// Takes one of the user's sends from a bucket of `rate` per second
-    /// and `burst` shared by all their connections on this node.
-    pub(crate) fn take_send(&self, rate: u32, burst: u32) -> bool {
-        self.sends.lock().take(rate, burst)
+    /// Takes a send costing `cost` tokens from a bucket of `rate` per
+    /// second and `burst` shared by all the user's connections on this
+    /// node.
+    pub(crate) fn take_send(&self, rate: u32, burst: u32, cost: f64) -> bool {
+        self.sends.lock().take(rate, burst, cost)
     }
 
     /// Queues an item; returns false (and marks the connection slow) when
@@ -220,9 +221,6 @@ struct Local {
     /// What they wait on; present exactly while `polls > 0`, so a commit
     /// for a user nobody polls for costs no wake-up.
     poll_wake: Option<Arc<Notify>>,
-    /// Their sends on this node: opening more connections gives a user no
-    /// more of them.
-    sends: Arc<Mutex<SharedBucket>>,
 }
 
 impl Local {
@@ -333,6 +331,12 @@ pub struct Registry {
     ips: DashMap<IpAddr, Address>,
     /// Size of `ips` at which it is next swept.
     sweep_at: AtomicUsize,
+    /// Each user's sends on this node, shared by their connections. A
+    /// bucket outlives the connections while it is refilling, so that
+    /// reconnecting does not refill it.
+    sends: DashMap<u64, Arc<Mutex<SharedBucket>>>,
+    /// Size of `sends` at which it is next swept.
+    sends_sweep_at: AtomicUsize,
     next_id: AtomicU64,
     limits: RegistryLimits,
     metrics: Arc<Metrics>,
@@ -355,6 +359,8 @@ impl Registry {
             users: DashMap::new(),
             ips: DashMap::new(),
             sweep_at: AtomicUsize::new(ADDRESSES_BEFORE_SWEEP),
+            sends: DashMap::new(),
+            sends_sweep_at: AtomicUsize::new(ADDRESSES_BEFORE_SWEEP),
             next_id: AtomicU64::new(1),
             limits,
             metrics,
@@ -429,6 +435,17 @@ impl Registry {
     ///
     /// [`RegisterError::PerUser`] past the per-user limit.
     pub fn register(&self, user: u64) -> Result<Arc<ConnShared>, RegisterError> {
+        if self.sends.len() >= self.sends_sweep_at.load(Ordering::Relaxed) {
+            // Forget the buckets of users with no connection whose buckets
+            // have refilled, at most once per doubling.
+            self.sends
+                .retain(|_, b| Arc::strong_count(b) > 1 || !b.lock().is_full());
+            self.sends_sweep_at.store(
+                (2 * self.sends.len()).max(ADDRESSES_BEFORE_SWEEP),
+                Ordering::Relaxed,
+            );
+        }
+        let sends = Arc::clone(&self.sends.entry(user).or_default());
         let mut local = self.users.entry(user).or_default();
         let conn = Arc::new(ConnShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -439,7 +456,7 @@ impl Registry {
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             wake: Notify::new(),
-            sends: Arc::clone(&local.sends),
+            sends,
         });
         if local.conns.len() >= self.limits.per_user {
             let empty = local.is_empty();

@@ -408,4 +408,36 @@ async fn a_users_connections_share_one_allowance_of_sends() {
         "acked {acked}, refused {limited}"
     );
     assert_eq!(acked + limited, 40);
+    // Reconnecting does not refill it: of three sends on a new connection,
+    // at most one (refilled meanwhile) goes through.
+    drop(conns);
+    let mut again = Raw::logged_in(&node, &token).await;
+    for i in 0..3u64 {
+        again
+            .send(&pb::ClientFrame {
+                req_id: 900 + i,
+                kind: Some(client_frame::Kind::Send(pb::Send {
+                    client_msg_id: (900 + i).to_be_bytes().to_vec().into(),
+                    to: Some(pb::send::To::UserId(2)),
+                    body: "hi".into(),
+                })),
+            })
+            .await;
+    }
+    let mut acked_again = 0;
+    let mut answered = 0;
+    while answered < 3 {
+        let f = again.recv().await.expect("an answer");
+        match (&f.kind, error_code(&f)) {
+            (Some(server_frame::Kind::SendAck(_)), _) => acked_again += 1,
+            (_, Some(ErrorCode::RateLimited)) => {}
+            (Some(server_frame::Kind::Deliver(_)), _) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+        answered += 1;
+    }
+    assert!(
+        acked_again <= 1,
+        "{acked_again} of 3 sends through after a reconnect"
+    );
 }

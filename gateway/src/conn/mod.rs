@@ -37,7 +37,7 @@ mod pages;
 mod reply;
 mod writer;
 
-use crate::rate::{RateLimit, PAGE_BYTES_PER_TOKEN};
+use crate::rate::{RateLimit, PAGE_BYTES_PER_TOKEN, SEND_BYTES_PER_TOKEN};
 use reply::{error_frame, error_frame_after, Close, Pending, Reply, STORE_FAILED};
 
 /// Limits of one connection.
@@ -286,9 +286,16 @@ where
     }
 }
 
-/// Whether `frame` is a `Send`, which also draws on the user's sends.
-fn is_send(frame: &pb::ClientFrame) -> bool {
-    matches!(frame.kind, Some(client_frame::Kind::Send(_)))
+/// What a `Send` costs the user's sends: one token, and one more per whole
+/// 4 KiB of body, so that a flood of the largest messages writes a fifth
+/// of what one of small ones may. `None` for other frames.
+fn send_cost(frame: &pb::ClientFrame) -> Option<f64> {
+    match &frame.kind {
+        Some(client_frame::Kind::Send(s)) => {
+            Some(1.0 + (s.body.len() / SEND_BYTES_PER_TOKEN) as f64)
+        }
+        _ => None,
+    }
 }
 
 /// Counts a strike against `peer`'s address ([`Registry::strike`]) when
@@ -415,13 +422,14 @@ where
         }
     }
 
-    /// Takes one of the user's sends (shared by their connections on this
-    /// node); a refusal counts toward this connection's flood.
-    fn take_user_send(&self, rate: &mut RateLimit) -> bool {
+    /// Takes a send of `cost` from the user's sends (shared by their
+    /// connections on this node); a refusal counts toward this
+    /// connection's flood.
+    fn take_user_send(&self, rate: &mut RateLimit, cost: f64) -> bool {
         let config = &self.ctx.config;
         let taken = self
             .shared
-            .take_send(config.rate_per_sec, config.rate_burst);
+            .take_send(config.rate_per_sec, config.rate_burst, cost);
         if !taken {
             rate.refuse();
         }
@@ -459,7 +467,8 @@ where
                     };
                     idle_deadline = tokio::time::Instant::now() + idle;
                     self.ctx.metrics.frames_in.inc();
-                    let allowed = rate.take() && (!is_send(&frame) || self.take_user_send(&mut rate));
+                    let allowed = rate.take()
+                        && send_cost(&frame).is_none_or(|cost| self.take_user_send(&mut rate, cost));
                     if !allowed {
                         if rate.flooded() {
                             return Err(Close::with(ErrorCode::RateLimited, "rate_limited", "sustained flood past the rate limit"));
