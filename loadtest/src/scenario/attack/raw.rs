@@ -16,8 +16,8 @@ use crate::cli::AttackArgs;
 use crate::control::Control;
 use crate::scenario::prefix;
 
-/// Wait after a connection the node would not take, so that the tool
-/// does not spin while it is refused.
+/// Wait after a connection that failed for another reason than the node's
+/// reset.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Longest a `bad-frames` connection waits for the node's answer.
@@ -236,9 +236,14 @@ fn closing_code(answer: &Option<BytesMut>) -> String {
     code.unwrap_or_else(|| "close silent".into())
 }
 
-/// Counts a connection the node would not take, and pauses.
+/// Counts a connection the node would not take. A reset is the node
+/// refusing the attacker, who tries again at once; other failures (out of
+/// local ports, nothing listening) pause, so the tool does not spin on
+/// its own trouble.
 async fn refused(tally: &Tally, e: &std::io::Error) {
     tally.connect_failures.fetch_add(1, Ordering::Relaxed);
     tally.count(format!("connect {:?}", e.kind()));
-    tokio::time::sleep(RECONNECT_PAUSE).await;
+    if e.kind() != std::io::ErrorKind::ConnectionReset {
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
 }
