@@ -438,3 +438,110 @@ async fn a_repeated_delivery_fails_the_run() {
     assert_eq!(n(&report, "duplicated"), 1.0, "{report}");
     assert_eq!(n(&report, "lost"), 0.0, "{report}");
 }
+
+/// `attack --kind KIND` for a second against a node started with
+/// `options`; its report's `extra`.
+async fn attack(options: ServerOptions, kind: &str, args: &[&str]) -> serde_json::Value {
+    let node = start_with(options).await;
+    let http = node.http();
+    let mut all = vec![
+        "attack",
+        "--kind",
+        kind,
+        "--http",
+        &http,
+        "--duration",
+        "1s",
+    ];
+    all.extend(args);
+    let (code, report) = loadtest(node.dir.path(), &all).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["scenario"], format!("attack {kind}"));
+    report["extra"].clone()
+}
+
+/// How often the node answered the attack with `outcome` (summed over
+/// outcomes that contain it).
+fn answered(extra: &serde_json::Value, outcome: &str) -> u64 {
+    extra["outcomes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains(outcome))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_bad_frames_is_refused_with_its_codes() {
+    let extra = attack(
+        ServerOptions::default(),
+        "bad-frames",
+        &["--connections", "4"],
+    )
+    .await;
+    assert!(answered(&extra, "FRAME_TOO_LARGE") > 0, "{extra}");
+    assert!(answered(&extra, "MALFORMED_FRAME") > 0, "{extra}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_receipts_is_rate_limited() {
+    let args = ["--connections", "4", "--per-account", "2"];
+    let extra = attack(ServerOptions::default(), "receipts", &args).await;
+    assert!(answered(&extra, "RATE_LIMITED") > 0, "{extra}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_sync_loop_reads_pages() {
+    let args = [
+        "--connections",
+        "4",
+        "--per-account",
+        "2",
+        "--fill",
+        "20",
+        "--body-size",
+        "15000",
+    ];
+    let extra = attack(ServerOptions::default(), "sync-loop", &args).await;
+    assert!(extra["served"].as_u64().unwrap() > 0, "{extra}");
+    assert!(extra["served_mib"].as_f64().unwrap() > 0.0, "{extra}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_self_dm_meets_the_users_send_allowance() {
+    let args = ["--connections", "4", "--body-size", "1000"];
+    let extra = attack(ServerOptions::default(), "self-dm", &args).await;
+    assert!(extra["served"].as_u64().unwrap() > 0, "{extra}");
+    assert!(answered(&extra, "RATE_LIMITED") > 0, "{extra}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_signup_leaves_log_ins_working() {
+    let extra = attack(ServerOptions::default(), "signup", &["--connections", "4"]).await;
+    assert!(answered(&extra, "HTTP 201") > 0, "{extra}");
+    assert!(extra["login_ok"].as_u64().unwrap() > 0, "{extra}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_half_open_meets_the_handshake_deadline() {
+    let options = ServerOptions {
+        conn: hanmadi_gateway::conn::ConnConfig {
+            handshake_timeout: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    };
+    let extra = attack(options, "half-open", &["--connections", "20"]).await;
+    assert!(answered(&extra, "HANDSHAKE_TIMEOUT") > 0, "{extra}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_slowloris_meets_the_header_deadline() {
+    let options = ServerOptions {
+        http_header_timeout: Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let extra = attack(options, "slowloris", &["--connections", "20"]).await;
+    assert!(extra["closed_by_server"].as_u64().unwrap() > 0, "{extra}");
+}
