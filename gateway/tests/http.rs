@@ -70,15 +70,18 @@ async fn slow_idle_and_excess_http_connections_are_closed() {
         .expect("write");
     // Two connections are open; a third fits, a fourth does not.
     let third = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut fourth = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut buf = Vec::new();
-    let closed = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        fourth.read_to_end(&mut buf),
-    )
-    .await
-    .expect("the fourth connection is closed at once");
-    assert!(closed.is_err() || buf.is_empty(), "{buf:?}");
+    // Refused at accept with a reset, which the client may meet already
+    // at connect.
+    if let Ok(mut fourth) = tokio::net::TcpStream::connect(addr).await {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            fourth.read_to_end(&mut buf),
+        )
+        .await
+        .expect("the fourth connection is closed at once");
+        assert!(closed.is_err() || buf.is_empty(), "{buf:?}");
+    }
     assert!(
         node.server
             .metrics()
