@@ -46,6 +46,7 @@
 //! | `--outbound-queue-bytes` | `HANMADI_OUTBOUND_QUEUE_BYTES` | `outbound_queue_bytes` | `1048576` | per-connection outbound backlog before it is closed as a slow consumer |
 //! | `--max-connections` | `HANMADI_MAX_CONNECTIONS` | `max_connections` | `100000` | capacity this node advertises to discovery |
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
+//! | `--page-bytes-per-sec` | `HANMADI_PAGE_BYTES_PER_SEC` | `page_bytes_per_sec` | `67108864` (64 MiB) | message bytes per second that `Sync` and `History` pages of all clients together may read; a page waits when they are spent |
 //! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
 //! | `--http-rate-per-sec` | `HANMADI_HTTP_RATE_PER_SEC` | `http_rate_per_sec` | `100` | HTTP API requests per second one remote address may make, on average; more are answered `429` |
@@ -299,6 +300,10 @@ pub struct Config {
     /// Size cap of new groups [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_group_members: u32,
+    /// Message bytes per second all Sync and History pages together may
+    /// read [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub page_bytes_per_sec: u64,
     /// Password hashes running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub max_password_hashes: usize,
@@ -408,6 +413,7 @@ impl Default for Config {
             outbound_queue_bytes: server.registry.outbound_bytes,
             max_connections: server.max_connections,
             max_group_members: server.router.max_group_members,
+            page_bytes_per_sec: server.router.page_bytes_per_sec,
             max_password_hashes: server.max_password_hashes,
             http_header_timeout_ms: server.http_header_timeout,
             http_rate_per_sec: server.http_requests.rate_per_sec,
@@ -932,6 +938,7 @@ impl Config {
             ("max_conns_per_user", self.max_conns_per_user as u64),
             ("max_conns_per_ip", self.max_conns_per_ip as u64),
             ("max_group_members", u64::from(self.max_group_members)),
+            ("page_bytes_per_sec", self.page_bytes_per_sec),
             ("max_password_hashes", self.max_password_hashes as u64),
             ("push_max_in_flight", self.push_max_in_flight as u64),
             ("push_max_attempts", u64::from(self.push_max_attempts)),

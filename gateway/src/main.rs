@@ -210,6 +210,7 @@ async fn run<K: Kv>(
             max_body: config.max_body_bytes,
             max_group_members: config.max_group_members,
             page_bytes: hanmadi_router::page_bytes_for_frame(config.max_frame_bytes),
+            page_bytes_per_sec: config.page_bytes_per_sec,
             ..RouterConfig::default()
         },
         secret: secret.into_bytes(),

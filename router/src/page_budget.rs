@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// Page bytes per second a node reads by default: about a tenth of a
-/// core here, and enough for 10,000 reconnecting clients with 20 KB of
+/// Page bytes per second a node reads by default (`--page-bytes-per-sec`):
+/// about a tenth of a core here, and enough for 10,000 reconnecting clients with 20 KB of
 /// backlog each to catch up in about three seconds.
 pub const DEFAULT_PAGE_BYTES_PER_SEC: u64 = 64 * 1024 * 1024;
 
