@@ -54,8 +54,9 @@ pub async fn accept_loop<K: Kv>(
 }
 
 /// The next accepted socket that the per-address limit admits, with its
-/// permit; `None` once `shutdown` fires. Refused sockets are closed and
-/// counted.
+/// permit; `None` once `shutdown` fires. Refused sockets are counted and
+/// reset, those of a struck address after the tarpit
+/// ([`crate::registry::RegistryLimits::tarpit`]).
 pub(crate) async fn accept_admitted(
     listener: &TcpListener,
     registry: &Arc<Registry>,
@@ -77,11 +78,21 @@ pub(crate) async fn accept_admitted(
                     Err(RegisterError::Struck) => "address_struck",
                     Err(_) => "too_many_from_address",
                 };
-                // A reset rather than a close: no FIN exchange and no
-                // TIME_WAIT left behind for a socket refused unread, which
-                // is most of what a connection flood costs the node.
-                let _ = socket.set_zero_linger();
                 metrics.closed(refused);
+                let tarpitted = matches!(refused, "address_struck")
+                    .then(|| registry.tarpit(peer.ip()))
+                    .flatten();
+                match tarpitted {
+                    Some(permit) => {
+                        let hold = registry.tarpit_time();
+                        tokio::spawn(tarpit(socket, permit, hold, shutdown.clone()));
+                    }
+                    // A reset rather than a close: no FIN exchange and no
+                    // TIME_WAIT left behind for a socket refused unread.
+                    None => {
+                        let _ = socket.set_zero_linger();
+                    }
+                }
             }
             Err(e) => {
                 // Out of descriptors or a reset before accept: keep serving,
@@ -91,6 +102,20 @@ pub(crate) async fn accept_admitted(
             }
         }
     }
+}
+
+/// Holds a struck address's socket unread and unanswered for `hold` (or
+/// until shutdown), then resets it. Unread, its data costs nothing but the
+/// kernel's receive buffer, and the peer's next connection waits for this
+/// one's end.
+async fn tarpit(socket: TcpStream, permit: IpPermit, hold: Duration, shutdown: CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(hold) => {}
+        () = shutdown.cancelled() => {}
+    }
+    let _ = socket.set_zero_linger();
+    drop(socket);
+    drop(permit);
 }
 
 /// The server side of a TLS handshake within `timeout`; a failure is

@@ -204,6 +204,7 @@ async fn run<K: Kv>(
             per_user: config.max_conns_per_user,
             per_ip: config.max_conns_per_ip,
             outbound_bytes: config.outbound_queue_bytes,
+            ..ServerOptions::default().registry
         },
         router: RouterConfig {
             node: config.node_id,

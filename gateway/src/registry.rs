@@ -43,6 +43,10 @@ pub const STRIKES_FADE_PER_SEC: f64 = 1.0;
 /// `STRIKE_LIMIT / STRIKES_FADE_PER_SEC` seconds (20) after its abuse stops.
 const STRIKES_MAX: f64 = 2.0 * STRIKE_LIMIT;
 
+/// Sockets of struck addresses held unanswered at once, node-wide; past
+/// it they are reset at once.
+pub const TARPIT_MAX: usize = 4096;
+
 /// Addresses (and users' send buckets) remembered before the map is swept
 /// of those no longer needed.
 const ADDRESSES_BEFORE_SWEEP: usize = 65_536;
@@ -209,6 +213,11 @@ pub struct RegistryLimits {
     pub per_ip: usize,
     /// Outbound queue cap per connection, in bytes.
     pub outbound_bytes: usize,
+    /// How long a socket from a struck address is held unanswered before
+    /// it is reset (a tarpit): an attacker that waits for an answer, as
+    /// every client does, then opens connections at its concurrency over
+    /// this, not as fast as the node can reset them.
+    pub tarpit: std::time::Duration,
 }
 
 /// What this node holds of one user. The entry exists while it holds
@@ -273,6 +282,8 @@ impl Drop for PollWaiter<'_> {
 pub struct IpPermit {
     registry: Arc<Registry>,
     ip: IpAddr,
+    /// Held by a tarpitted socket: also counted in `Registry::tarpitted`.
+    tarpit: bool,
 }
 
 impl std::fmt::Debug for IpPermit {
@@ -283,6 +294,9 @@ impl std::fmt::Debug for IpPermit {
 
 impl Drop for IpPermit {
     fn drop(&mut self) {
+        if self.tarpit {
+            self.registry.tarpitted.fetch_sub(1, Ordering::Relaxed);
+        }
         let ips = &self.registry.ips;
         if let Some(mut address) = ips.get_mut(&self.ip) {
             address.live = address.live.saturating_sub(1);
@@ -331,6 +345,8 @@ pub struct Registry {
     ips: DashMap<IpAddr, Address>,
     /// Size of `ips` at which it is next swept.
     sweep_at: AtomicUsize,
+    /// Sockets held in the tarpit now.
+    tarpitted: AtomicUsize,
     /// Each user's sends on this node, shared by their connections. A
     /// bucket outlives the connections while it is refilling, so that
     /// reconnecting does not refill it.
@@ -359,6 +375,7 @@ impl Registry {
             users: DashMap::new(),
             ips: DashMap::new(),
             sweep_at: AtomicUsize::new(ADDRESSES_BEFORE_SWEEP),
+            tarpitted: AtomicUsize::new(0),
             sends: DashMap::new(),
             sends_sweep_at: AtomicUsize::new(ADDRESSES_BEFORE_SWEEP),
             next_id: AtomicU64::new(1),
@@ -417,7 +434,35 @@ impl Registry {
         Ok(IpPermit {
             registry: Arc::clone(self),
             ip,
+            tarpit: false,
         })
+    }
+
+    /// A place in the tarpit for a socket of `ip`, an address
+    /// [`Registry::admit_ip`] refused as struck: it counts against the
+    /// address's limit like a connection, and against [`TARPIT_MAX`].
+    /// `None` when either is full (the socket is reset at once).
+    pub fn tarpit(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        if self.tarpitted.fetch_add(1, Ordering::Relaxed) >= TARPIT_MAX {
+            self.tarpitted.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut address = self.ips.entry(ip).or_insert_with(Address::new);
+        if address.live >= self.limits.per_ip {
+            self.tarpitted.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        address.live += 1;
+        Some(IpPermit {
+            registry: Arc::clone(self),
+            ip,
+            tarpit: true,
+        })
+    }
+
+    /// How long a tarpitted socket is held.
+    pub fn tarpit_time(&self) -> std::time::Duration {
+        self.limits.tarpit
     }
 
     /// Counts a strike against `ip`, one of whose connections the node

@@ -97,6 +97,7 @@ impl Default for ServerOptions {
                 per_user: 16,
                 per_ip: 1000,
                 outbound_bytes: 1 << 20,
+                tarpit: Duration::from_secs(10),
             },
             router: RouterConfig::default(),
             secret: Vec::new(),

@@ -300,6 +300,7 @@ async fn connection_limits_per_user_and_per_address() {
             per_user: 2,
             per_ip: 4,
             outbound_bytes: 1 << 20,
+            tarpit: std::time::Duration::from_secs(10),
         },
         ..ServerOptions::default()
     })
@@ -338,13 +339,22 @@ async fn connect_from(
 
 #[tokio::test]
 async fn an_address_that_keeps_breaking_the_protocol_is_shut_out_for_a_while() {
-    let node = start(ServerOptions::default()).await;
+    let defaults = ServerOptions::default();
+    let node = start(ServerOptions {
+        registry: hanmadi_gateway::registry::RegistryLimits {
+            tarpit: Duration::from_millis(300),
+            ..defaults.registry
+        },
+        ..defaults
+    })
+    .await;
     let token = node.user(1).await;
     let limit = hanmadi_gateway::registry::STRIKE_LIMIT as usize;
     // Each oversized frame is refused, closes its connection and strikes
     // the address, until the address is shut out: its next connection is
-    // closed before it is read. Strikes fade by one a second, so it takes
-    // the limit, or one or two more.
+    // held unread and unanswered (the tarpit, 300 ms here), then reset.
+    // Strikes fade by one a second, so it takes the limit, or one or two
+    // more.
     let mut refused = 0;
     loop {
         let Ok(stream) = connect_from(&node, [127, 0, 0, 2]).await else {
@@ -352,6 +362,7 @@ async fn an_address_that_keeps_breaking_the_protocol_is_shut_out_for_a_while() {
         };
         let mut raw = Raw::from_stream(stream);
         let _ = raw.stream.write_all(&[0xff; 4]).await;
+        let sent = std::time::Instant::now();
         match raw.recv().await {
             Some(reply) => {
                 assert_eq!(error_code(&reply), Some(ErrorCode::FrameTooLarge));
@@ -359,7 +370,12 @@ async fn an_address_that_keeps_breaking_the_protocol_is_shut_out_for_a_while() {
                 refused += 1;
                 assert!(refused <= limit + 3, "never shut out");
             }
-            None => break,
+            None => {
+                // Held for the tarpit's time, not answered.
+                let held = sent.elapsed();
+                assert!(held >= Duration::from_millis(250), "reset after {held:?}");
+                break;
+            }
         }
     }
     assert!(refused >= limit, "shut out after {refused} strikes");

@@ -36,6 +36,7 @@ async fn slow_consumer_is_closed_and_others_get_everything() {
             per_user: 16,
             per_ip: 1000,
             outbound_bytes: 64 * 1024,
+            ..ServerOptions::default().registry
         },
         conn: hanmadi_gateway::conn::ConnConfig {
             rate_per_sec: 100_000,
