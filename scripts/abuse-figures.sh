@@ -29,16 +29,12 @@ secret="abuse figures secret, not for production use"
 data="$(mktemp -d)"
 server_pid=""
 attack_pid=""
+# shellcheck source=scripts/lib/node.sh
+source scripts/lib/node.sh
 stop_node() {
-  if [[ -n "$attack_pid" ]]; then
-    kill "$attack_pid" 2>/dev/null || true
-    wait "$attack_pid" 2>/dev/null || true
-  fi
+  stop_pid "$attack_pid"
   attack_pid=""
-  if [[ -n "$server_pid" ]]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  stop_pid "$server_pid"
   server_pid=""
 }
 trap 'stop_node; rm -rf "$data"' EXIT
@@ -47,18 +43,7 @@ trap 'stop_node; rm -rf "$data"' EXIT
 start_node() {
   stop_node
   rm -rf "${data:?}"/*
-  : >"$data/listening"
-  "$bin/hanmadi" serve --data-dir "$data" --secret "$secret" --hostname 127.0.0.1 \
-    --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls off --https off \
-    >"$data/listening" 2>"$data/log" &
-  server_pid=$!
-  for _ in $(seq 100); do
-    http=$(sed -n 's/^listening http //p' "$data/listening")
-    [[ -n "$http" ]] && break
-    sleep 0.1
-  done
-  [[ -n "$http" ]] || { cat "$data/log"; exit 1; }
-  url="http://$http"
+  launch_node --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls off --https off
 }
 
 chat() {

@@ -24,11 +24,10 @@ bin="${HANMADI_BIN_DIR:-target/release}"
 secret="loadtest figures secret, not for production use"
 data="$(mktemp -d)"
 server_pid=""
+# shellcheck source=scripts/lib/node.sh
+source scripts/lib/node.sh
 stop_node() {
-  if [[ -n "$server_pid" ]]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  stop_pid "$server_pid"
   server_pid=""
 }
 trap 'stop_node; rm -rf "$data"' EXIT
@@ -38,21 +37,10 @@ start_node() {
   stop_node
   rm -rf "$data"/*
   "$bin/hanmadi" gen-cert --out-dir "$data" --hostname localhost >/dev/null
-  : >"$data/listening"
-  "$bin/hanmadi" serve --data-dir "$data" --secret "$secret" --hostname 127.0.0.1 \
-    --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls 127.0.0.1:0 --https 127.0.0.1:0 \
+  launch_node --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls 127.0.0.1:0 --https 127.0.0.1:0 \
     --cert "$data/cert.pem" --key "$data/key.pem" \
     --max-conns-per-ip 30000 --max-connections 30000 \
-    --http-rate-per-sec 1000000 --http-rate-burst 1000000 "$@" >"$data/listening" 2>"$data/log" &
-  server_pid=$!
-  # Wait for the HTTP listener's line, not for a fixed time.
-  for _ in $(seq 100); do
-    http=$(sed -n 's/^listening http //p' "$data/listening")
-    [[ -n "$http" ]] && break
-    sleep 0.1
-  done
-  [[ -n "$http" ]] || { cat "$data/log"; exit 1; }
-  url="http://$http"
+    --http-rate-per-sec 1000000 --http-rate-burst 1000000 "$@"
 }
 
 # Every 10 s until killed: seconds, RSS (KiB), the store's cache and
