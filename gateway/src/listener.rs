@@ -75,11 +75,10 @@ pub(crate) async fn accept_admitted(
                         let _ = socket.set_nodelay(true);
                         return Some((socket, peer, permit));
                     }
-                    Err(RegisterError::Struck) => "address_struck",
-                    Err(_) => "too_many_from_address",
+                    Err(refused) => refused,
                 };
-                metrics.closed(refused);
-                let tarpitted = matches!(refused, "address_struck")
+                metrics.closed(refused.reason());
+                let tarpitted = (refused == RegisterError::Struck)
                     .then(|| registry.tarpit(peer.ip()))
                     .flatten();
                 match tarpitted {

@@ -100,8 +100,9 @@ impl SharedBucket {
     pub(crate) fn take(&mut self, rate: u32, burst: u32, cost: f64) -> bool {
         self.rate = f64::from(rate.max(1));
         self.burst = f64::from(burst.max(1));
-        let tokens = self.available(Instant::now());
-        self.at = Instant::now();
+        let now = Instant::now();
+        let tokens = self.available(now);
+        self.at = now;
         let taken = tokens >= cost.min(self.burst);
         self.tokens = Some(if taken { tokens - cost } else { tokens });
         taken

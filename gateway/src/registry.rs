@@ -204,6 +204,18 @@ pub enum RegisterError {
     Struck,
 }
 
+impl RegisterError {
+    /// The `reason` label a refused connection is counted under.
+    #[must_use]
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::PerUser(_) => "too_many_connections",
+            Self::PerIp(_) => "too_many_from_address",
+            Self::Struck => "address_struck",
+        }
+    }
+}
+
 /// Limits the registry enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistryLimits {
@@ -427,14 +439,25 @@ impl Registry {
         if address.strikes_at(now) >= STRIKE_LIMIT {
             return Err(RegisterError::Struck);
         }
+        self.place(&mut address, ip, false)
+            .ok_or(RegisterError::PerIp(self.limits.per_ip))
+    }
+
+    /// Counts one more socket of `address` (`ip`) if its limit allows.
+    fn place(
+        self: &Arc<Self>,
+        address: &mut Address,
+        ip: IpAddr,
+        tarpit: bool,
+    ) -> Option<IpPermit> {
         if address.live >= self.limits.per_ip {
-            return Err(RegisterError::PerIp(self.limits.per_ip));
+            return None;
         }
         address.live += 1;
-        Ok(IpPermit {
+        Some(IpPermit {
             registry: Arc::clone(self),
             ip,
-            tarpit: false,
+            tarpit,
         })
     }
 
@@ -448,16 +471,11 @@ impl Registry {
             return None;
         }
         let mut address = self.ips.entry(ip).or_insert_with(Address::new);
-        if address.live >= self.limits.per_ip {
+        let permit = self.place(&mut address, ip, true);
+        if permit.is_none() {
             self.tarpitted.fetch_sub(1, Ordering::Relaxed);
-            return None;
         }
-        address.live += 1;
-        Some(IpPermit {
-            registry: Arc::clone(self),
-            ip,
-            tarpit: true,
-        })
+        permit
     }
 
     /// How long a tarpitted socket is held.

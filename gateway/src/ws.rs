@@ -156,13 +156,16 @@ pub(crate) async fn upgrade<K: Kv>(
             "this connection cannot be upgraded",
         );
     };
-    let Ok(permit) = ctx.registry.admit_ip(peer.ip()) else {
-        ctx.metrics.closed("too_many_from_address");
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyConnections,
-            "too many connections from this address",
-        );
+    let permit = match ctx.registry.admit_ip(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            ctx.metrics.closed(refused.reason());
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyConnections,
+                "too many connections from this address",
+            );
+        }
     };
     let ctx = Arc::clone(ctx);
     let transport = if secure.is_some() { "wss" } else { "ws" };

@@ -386,12 +386,36 @@ impl<K: Kv> Router<K> {
         let after = Cursor::parse(after)?;
         let limit = page_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
         self.pages.ready().await;
+        let batch = self.read_inbox(user, after, limit).await?;
+        self.pages
+            .charge(batch.entries.iter().map(|e| e.message.len()).sum());
+        Ok(batch)
+    }
+
+    /// The next page of `user`'s inbox after `after` for live delivery to a
+    /// connection (a commit it was notified of rather than handed):
+    /// [`Router::sync`] without the page budget, which bounds what clients
+    /// ask to read, never what the node delivers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Router::sync`].
+    pub async fn pull(&self, user: u64, after: Option<Cursor>) -> Result<SyncBatch, RouterError> {
+        self.read_inbox(user, after, DEFAULT_SYNC_LIMIT as usize)
+            .await
+    }
+
+    /// A page of `user`'s inbox, no longer pending a push.
+    async fn read_inbox(
+        &self,
+        user: u64,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<SyncBatch, RouterError> {
         let batch = self
             .store
             .sync_within(user, after, limit, self.config.page_bytes)
             .await?;
-        self.pages
-            .charge(batch.entries.iter().map(|e| e.message.len()).sum());
         if let (Some(last), false) = (batch.next, batch.entries.is_empty()) {
             // Read now: no push for these.
             self.store.clear_push_pending(user, last).await?;

@@ -11,7 +11,8 @@
 //! known only then), so a burst of readers drives the bucket below zero
 //! and the next readers wait until it has refilled: the rate holds on
 //! average, and a page is never refused, only delayed. Sends and live
-//! deliveries do not draw on it.
+//! deliveries do not draw on it, pulls of notified commits
+//! ([`crate::Router::pull`]) included.
 
 use std::time::{Duration, Instant};
 

@@ -371,3 +371,27 @@ async fn pages_share_one_budget_of_bytes_per_second() {
         "80 KB read in {took:?} from a budget of 40 KB/s"
     );
 }
+
+#[tokio::test]
+async fn live_pulls_do_not_wait_on_a_spent_page_budget() {
+    let h = harness(RouterConfig {
+        page_bytes_per_sec: 1_000,
+        ..RouterConfig::default()
+    })
+    .await;
+    users(h.router.store(), &[1, 2]).await;
+    let body = "x".repeat(10_000);
+    h.router
+        .send(1, text("m", Target::User(2), &body))
+        .await
+        .expect("send");
+    // A client's Sync spends ten seconds of the budget...
+    let page = h.router.sync(2, &[], 0).await.expect("sync");
+    assert_eq!(page.entries.len(), 1);
+    // ...but a pull for live delivery reads at once.
+    let pulled = tokio::time::timeout(std::time::Duration::from_secs(2), h.router.pull(2, None))
+        .await
+        .expect("a pull does not wait for the page budget")
+        .expect("pull");
+    assert_eq!(pulled.entries.len(), 1);
+}

@@ -216,11 +216,7 @@ where
     let shared = match ctx.registry.register(user) {
         Ok(s) => s,
         Err(e) => {
-            let close = Close::with(
-                ErrorCode::TooManyConnections,
-                "too_many_connections",
-                e.to_string(),
-            );
+            let close = Close::with(ErrorCode::TooManyConnections, e.reason(), e.to_string());
             return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
         }
     };

@@ -85,7 +85,7 @@ where
         let batch = self
             .ctx
             .router
-            .sync(self.user, after.as_ref().map_or(&[], Cursor::as_bytes), 0)
+            .pull(self.user, after)
             .await
             .map_err(|e| Close::with(e.code(), "pull_failed", e.to_string()))?;
         for e in &batch.entries {

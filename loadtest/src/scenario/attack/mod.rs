@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::run_config;
 use crate::cli::{AttackArgs, AttackKind};
-use crate::control::{Control, ServerUsage};
+use crate::control::{Control, ServerUsage, User};
 use crate::report::Report;
 
 /// How long an attacking request may wait for its answer.
@@ -74,6 +74,20 @@ pub(super) async fn run(a: &AttackArgs, control: &Control) -> anyhow::Result<Rep
     report.config.duration_s = elapsed.as_secs_f64();
     tally.fill(&mut report, a, elapsed, before, after, peak_rss);
     Ok(report)
+}
+
+/// The attacking accounts: one per `--per-account` connections, named
+/// after the attack.
+async fn accounts(a: &AttackArgs, control: &Control, name: &str) -> anyhow::Result<Vec<User>> {
+    let count = a.common.connections.div_ceil(a.per_account.max(1)).max(1);
+    control
+        .provision(&super::prefix(&a.common, &format!("attack-{name}")), count)
+        .await
+}
+
+/// The account attacking connection `i` speaks for.
+fn account_of<'a>(a: &AttackArgs, users: &'a [User], i: usize) -> &'a User {
+    &users[i / a.per_account.max(1)]
 }
 
 /// Where the attack goes, and where it comes from.
@@ -265,7 +279,9 @@ fn error_name(e: &ClientError) -> String {
             .map_or_else(|| format!("code {}", server.code), code_name),
         None => match e {
             ClientError::Timeout(_) => "timeout".into(),
-            ClientError::Closed { .. } => "closed".into(),
+            // Why it closed, when known.
+            ClientError::Closed { cause: Some(cause) } => error_name(cause),
+            ClientError::Closed { cause: None } => "closed".into(),
             ClientError::Io(_) => "io".into(),
             _ => "other".into(),
         },

@@ -11,10 +11,9 @@ use hanmadi_proto::{ClientCodec, ErrorCode, Hello, DEFAULT_MAX_FRAME};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::{code_name, Attack, Tally, Target as Node};
+use super::{account_of, accounts, code_name, Attack, Tally, Target as Node};
 use crate::cli::AttackArgs;
 use crate::control::Control;
-use crate::scenario::prefix;
 
 /// Wait after a connection that failed for another reason than the node's
 /// reset.
@@ -127,16 +126,11 @@ pub(super) async fn bad_frames(
     node: &Node,
     tally: &Arc<Tally>,
 ) -> anyhow::Result<Attack> {
-    let users = control
-        .provision(
-            &prefix(&a.common, "attack-bad-frames"),
-            a.common.connections.div_ceil(a.per_account.max(1)).max(1),
-        )
-        .await?;
+    let users = accounts(a, control, "bad-frames").await?;
     let mut attack = Attack::default();
     for i in 0..a.common.connections {
         let (node, tally) = (node.clone(), Arc::clone(tally));
-        let token = users[i / a.per_account.max(1)].token.clone();
+        let token = account_of(a, &users, i).token.clone();
         attack.spawn(async move {
             let kinds = [
                 Breakage::OversizedFirst,

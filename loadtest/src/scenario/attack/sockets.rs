@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, FuturesUnordered, StreamExt as _};
-use hanmadi_client::{Client, ClientError, ConversationId, Deliveries, Event, Target};
+use hanmadi_client::{Client, ConversationId, Deliveries, Event, Target};
 use hanmadi_proto::prost::Message as _;
 
-use super::{code_name, error_name, Attack, Tally, Target as Node};
+use super::{account_of, accounts, code_name, error_name, Attack, Tally, Target as Node};
 use crate::cli::AttackArgs;
 use crate::control::{Control, User};
 use crate::scenario::prefix;
@@ -38,7 +38,7 @@ pub(super) async fn sync_loop(
     fill_inboxes(a, node, &users).await?;
     let mut attack = Attack::default();
     for i in 0..a.common.connections {
-        let user = users[i / a.per_account.max(1)].clone();
+        let user = account_of(a, &users, i).clone();
         let tally_ = Arc::clone(tally);
         keep_open(&mut attack, node, tally, i, user, move |client| {
             let tally = Arc::clone(&tally_);
@@ -79,7 +79,7 @@ pub(super) async fn receipts(
     let users = accounts(a, control, "receipts").await?;
     let mut attack = Attack::default();
     for i in 0..a.common.connections {
-        let user = users[i / a.per_account.max(1)].clone();
+        let user = account_of(a, &users, i).clone();
         let tally_ = Arc::clone(tally);
         keep_open(&mut attack, node, tally, i, user.clone(), move |client| {
             let tally = Arc::clone(&tally_);
@@ -147,14 +147,6 @@ pub(super) async fn self_dm(
         });
     }
     Ok(attack)
-}
-
-/// The attacking accounts: one per `--per-account` connections.
-async fn accounts(a: &AttackArgs, control: &Control, name: &str) -> anyhow::Result<Vec<User>> {
-    let count = a.common.connections.div_ceil(a.per_account.max(1)).max(1);
-    control
-        .provision(&prefix(&a.common, &format!("attack-{name}")), count)
-        .await
 }
 
 /// The body attacking messages carry.
@@ -243,17 +235,9 @@ async fn watch(mut deliveries: Deliveries, tally: Arc<Tally>) {
                 None => format!("code {}", error.code),
             }),
             Event::Closed { error } => {
-                tally.closed_with(error.as_ref().map(closing_error));
+                tally.closed_with(error.as_ref());
                 return;
             }
         }
-    }
-}
-
-/// The server's closing `Error` inside a `Closed`, else the error itself.
-fn closing_error(e: &ClientError) -> &ClientError {
-    match e {
-        ClientError::Closed { cause: Some(cause) } => cause,
-        e => e,
     }
 }
