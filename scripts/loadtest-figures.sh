@@ -9,7 +9,8 @@
 # (default: all but soak, which takes ten minutes: SOAK_RATE and
 # SOAK_DURATION set its rate and length, SOAK_CACHE_MB the node's
 # --store-cache-mb; it also writes soak-memory.csv, the node's RSS and its
-# store's cache and memtables every 10 s).
+# store's cache and memtables every 10 s). HANMADI_NODE_ARGS: more flags
+# for every node (e.g. "--commit-linger-us 0"), split on spaces.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-target/loadtest-figures}"
@@ -37,10 +38,11 @@ start_node() {
   stop_node
   rm -rf "$data"/*
   "$bin/hanmadi" gen-cert --out-dir "$data" --hostname localhost >/dev/null
+  # shellcheck disable=SC2086 # HANMADI_NODE_ARGS is split on purpose
   launch_node --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls 127.0.0.1:0 --https 127.0.0.1:0 \
     --cert "$data/cert.pem" --key "$data/key.pem" \
     --max-conns-per-ip 30000 --max-connections 30000 \
-    --http-rate-per-sec 1000000 --http-rate-burst 1000000 "$@"
+    --http-rate-per-sec 1000000 --http-rate-burst 1000000 ${HANMADI_NODE_ARGS:-} "$@"
 }
 
 # Every 10 s until killed: seconds, RSS (KiB), the store's cache and

@@ -2,7 +2,9 @@
 //! with 1, 64 and 512 senders in flight, and group fan-out to 100 and 1,000
 //! members, counting every recipient's `Deliver` frame.
 //!
-//! `cargo bench -p hanmadi-benches --bench router`
+//! `cargo bench -p hanmadi-benches --bench router`; with
+//! `HANMADI_BENCH_LINGER_US=N` the appender lingers N µs instead of its
+//! default (`0` never lingers), to compare.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,7 +54,14 @@ fn start(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<R>, Arc<Co
         for u in 1..=USERS {
             presence.connect(u);
         }
-        let (router, _task) = Router::start(store, presence, sink.clone(), RouterConfig::default());
+        let mut config = RouterConfig::default();
+        if let Some(us) = std::env::var("HANMADI_BENCH_LINGER_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.appender.linger = Duration::from_micros(us);
+        }
+        let (router, _task) = Router::start(store, presence, sink.clone(), config);
         (Arc::new(router), sink)
     })
 }

@@ -47,6 +47,7 @@
 //! | `--max-connections` | `HANMADI_MAX_CONNECTIONS` | `max_connections` | `100000` | capacity this node advertises to discovery |
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
 //! | `--page-bytes-per-sec` | `HANMADI_PAGE_BYTES_PER_SEC` | `page_bytes_per_sec` | `67108864` (64 MiB) | message bytes per second that `Sync` and `History` pages of all clients together may read; a page waits when they are spent |
+//! | `--commit-linger-us` | `HANMADI_COMMIT_LINGER_US` | `commit_linger_us` | `1000` | with the embedded store, while sends arrive at 2 or more per linger: commits start at most this far apart, so each fsync carries more messages (less CPU per message, up to this much more latency); `0` commits every batch at once |
 //! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
 //! | `--http-rate-per-sec` | `HANMADI_HTTP_RATE_PER_SEC` | `http_rate_per_sec` | `100` | HTTP API requests per second one remote address may make, on average; more are answered `429` |
@@ -304,6 +305,10 @@ pub struct Config {
     /// read [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub page_bytes_per_sec: u64,
+    /// Microseconds a commit batch may wait for more sends under steady
+    /// load; 0 never waits [default: 1000].
+    #[arg(long, value_name = "US")]
+    pub commit_linger_us: u64,
     /// Password hashes running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub max_password_hashes: usize,
@@ -414,6 +419,8 @@ impl Default for Config {
             max_connections: server.max_connections,
             max_group_members: server.router.max_group_members,
             page_bytes_per_sec: server.router.page_bytes_per_sec,
+            commit_linger_us: u64::try_from(server.router.appender.linger.as_micros())
+                .unwrap_or(u64::MAX),
             max_password_hashes: server.max_password_hashes,
             http_header_timeout_ms: server.http_header_timeout,
             http_rate_per_sec: server.http_requests.rate_per_sec,
@@ -875,6 +882,9 @@ impl Config {
         }
         if self.lease_expiry_ms < Duration::from_millis(500) {
             return invalid("lease_expiry_ms", "must be at least 500");
+        }
+        if self.commit_linger_us > 100_000 {
+            return invalid("commit_linger_us", "must be at most 100000");
         }
         if self.cluster_backstop_ms < Duration::from_millis(10) {
             return invalid("cluster_backstop_ms", "must be at least 10");

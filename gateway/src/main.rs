@@ -212,6 +212,10 @@ async fn run<K: Kv>(
             max_group_members: config.max_group_members,
             page_bytes: hanmadi_router::page_bytes_for_frame(config.max_frame_bytes),
             page_bytes_per_sec: config.page_bytes_per_sec,
+            appender: hanmadi_router::AppenderConfig {
+                linger: std::time::Duration::from_micros(config.commit_linger_us),
+                ..hanmadi_router::AppenderConfig::default()
+            },
             ..RouterConfig::default()
         },
         secret: secret.into_bytes(),

@@ -14,6 +14,10 @@
 //! order; deliveries go out in commit order too. Nothing is acknowledged
 //! before its own commit is durable.
 //!
+//! Under a steady stream that a fast disk would commit one or two messages
+//! at a time, a batch lingers briefly for company ([`Linger`]): fewer,
+//! fuller commits, each fsync and its wake-ups shared by more messages.
+//!
 //! On a cluster (`split_by_conversation`) each conversation's slice of a
 //! batch commits in transactions of its own, and waits only for the same
 //! conversation's slice of the batch before it: a conversation whose
@@ -26,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::{FutureExt as _, Shared};
 use hanmadi_proto::ConversationId;
@@ -46,6 +51,9 @@ pub struct AppenderConfig {
     pub queue: usize,
     /// Most messages in one append.
     pub max_batch: usize,
+    /// How long a batch may wait for more sends when the disk is idle but
+    /// sends arrive steadily ([`Linger`]); zero never waits.
+    pub linger: Duration,
 }
 
 impl Default for AppenderConfig {
@@ -53,9 +61,13 @@ impl Default for AppenderConfig {
         Self {
             queue: 8192,
             max_batch: 512,
+            linger: DEFAULT_LINGER,
         }
     }
 }
+
+/// The default [`AppenderConfig::linger`].
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 
 type Reply = oneshot::Sender<Result<Appended, RouterError>>;
 
@@ -89,15 +101,7 @@ impl Appender {
         config: AppenderConfig,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let task = tokio::spawn(run(
-            store,
-            ids,
-            presence,
-            sink,
-            rx,
-            config.max_batch.max(1),
-            config.queue.max(1),
-        ));
+        let task = tokio::spawn(run(store, ids, presence, sink, rx, config));
         (Self { tx }, task)
     }
 
@@ -143,9 +147,9 @@ async fn run<K: Kv>(
     presence: Arc<dyn Presence>,
     sink: Arc<dyn DeliverySink>,
     mut rx: mpsc::Receiver<Job>,
-    max_batch: usize,
-    in_flight: usize,
+    config: AppenderConfig,
 ) {
+    let max_batch = config.max_batch.max(1);
     let online = move |u: u64| presence.is_online(u);
     let stage = Arc::new(Stage {
         store,
@@ -154,7 +158,7 @@ async fn run<K: Kv>(
         sink,
     });
     if stage.store.config().split_by_conversation {
-        return run_by_conversation(stage, rx, max_batch, in_flight).await;
+        return run_by_conversation(stage, rx, max_batch, config.queue.max(1)).await;
     }
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     // Fires when the batch committing now has ended (stored or failed): the
@@ -165,6 +169,7 @@ async fn run<K: Kv>(
     // the next batch's wait for it.
     let mut delivered_before: Option<oneshot::Receiver<()>> = None;
     let mut last_task: Option<JoinHandle<()>> = None;
+    let mut linger = Linger::new(config.linger);
     loop {
         let taken = match committing.as_mut() {
             None => rx.recv_many(&mut jobs, max_batch).await,
@@ -175,6 +180,7 @@ async fn run<K: Kv>(
                 // for either way.
                 _ = committed => {
                     committing = None;
+                    linger.committed();
                     continue;
                 }
             },
@@ -182,6 +188,19 @@ async fn run<K: Kv>(
         if taken == 0 {
             break;
         }
+        // Under a steady stream, commits start at most one delay apart:
+        // the batch gathers until then (and while the one before commits).
+        if let Some(until) = linger.wait_until(taken, max_batch) {
+            tokio::time::sleep_until(until.into()).await;
+            while jobs.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            linger.gathered(jobs.len() - taken);
+        }
+        linger.count(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         let batch: Vec<NewMessage> = jobs
             .drain(..)
@@ -197,6 +216,7 @@ async fn run<K: Kv>(
             .await;
         if let Some(committed) = committing.take() {
             let _ = committed.await;
+            linger.committed();
         }
         // Nothing else plans now: a plan that went stale meanwhile is made
         // again here, not beside the next batch's.
@@ -214,11 +234,114 @@ async fn run<K: Kv>(
             delivered_tx,
         )));
         committing = Some(committed);
+        linger.started = Instant::now();
     }
     // Queued sends are committed and answered before the task ends (each
     // batch's task ends after the one before it has delivered).
     if let Some(task) = last_task {
         let _ = task.await;
+    }
+}
+
+/// When a batch waits for more sends before it is planned.
+///
+/// Each commit has a fixed cost (an fsync, the commit thread's wake-ups, a
+/// task, the deliveries' socket writes) that is most of a message's CPU
+/// when batches hold one or two messages: at a few thousand sends a second
+/// a fast disk finishes each commit before the next send arrives. Like
+/// PostgreSQL's `commit_delay`, a batch then waits `delay` for company, but
+/// only while sends arrive fast enough that the wait is expected to gather
+/// [`Linger::MIN_EXPECTED`] more: a lone message is never held. The wait
+/// runs from the start of the commit before, so commits begin at most one
+/// `delay` apart and a send waits at most `delay` past the commit it
+/// missed. When commits last long enough to gather [`Linger::ENOUGH`]
+/// sends on their own, nothing waits: the pipeline batches already, and
+/// senders that wait for their acks before sending again would only be
+/// slowed. Such senders send nothing while their batch waits, however fast
+/// they are: a wait that gathered nothing turns waiting off for a window.
+struct Linger {
+    delay: Duration,
+    /// When the last batch's commit started.
+    started: Instant,
+    /// Seconds a commit lasts, on average (from start to the loop seeing
+    /// its end).
+    commit_secs: f64,
+    /// No waiting before this.
+    suspended_until: Instant,
+    /// Sends per second over the last whole window.
+    rate: f64,
+    window_start: Instant,
+    window_jobs: usize,
+}
+
+impl Linger {
+    /// Sends a wait must be expected to gather to be worth it.
+    const MIN_EXPECTED: f64 = 2.0;
+    /// Sends a commit gathering this many on its own needs no wait.
+    const ENOUGH: f64 = 8.0;
+    /// The span the arrival rate is measured over.
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            started: Instant::now(),
+            commit_secs: 0.0,
+            suspended_until: Instant::now(),
+            rate: 0.0,
+            window_start: Instant::now(),
+            window_jobs: 0,
+        }
+    }
+
+    /// Until when a batch of `taken` sends gathers more, if it waits.
+    fn wait_until(&self, taken: usize, max_batch: usize) -> Option<Instant> {
+        if self.delay.is_zero() || taken >= max_batch / 2 {
+            return None;
+        }
+        // After a quiet spell the last window's rate is stale: the one
+        // still open says how quiet.
+        let open = self.window_start.elapsed();
+        #[allow(clippy::cast_precision_loss)]
+        let rate = if open >= 2 * Self::WINDOW {
+            self.window_jobs as f64 / open.as_secs_f64()
+        } else {
+            self.rate
+        };
+        let until = self.started + self.delay;
+        let now = Instant::now();
+        (rate * self.delay.as_secs_f64() >= Self::MIN_EXPECTED
+            && rate * self.commit_secs < Self::ENOUGH
+            && until > now
+            && now >= self.suspended_until)
+            .then_some(until)
+    }
+
+    /// Notes that a wait gathered `jobs` more sends.
+    fn gathered(&mut self, jobs: usize) {
+        if jobs == 0 {
+            self.suspended_until = Instant::now() + Self::WINDOW;
+        }
+    }
+
+    /// Notes that the last batch's commit has ended.
+    fn committed(&mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.commit_secs = 0.8 * self.commit_secs + 0.2 * secs;
+    }
+
+    /// Counts `jobs` sends taken into a batch.
+    fn count(&mut self, jobs: usize) {
+        self.window_jobs += jobs;
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= Self::WINDOW {
+            // Precision loss past 2^52 sends in 100 ms does not arise.
+            #[allow(clippy::cast_precision_loss)]
+            let rate = self.window_jobs as f64 / elapsed.as_secs_f64();
+            self.rate = rate;
+            self.window_start = Instant::now();
+            self.window_jobs = 0;
+        }
     }
 }
 
@@ -356,5 +479,48 @@ fn deliver(sink: &dyn DeliverySink, results: &[Result<Appended, StoreError>]) {
                 sink.notify(u);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steady(rate: f64) -> Linger {
+        let mut linger = Linger::new(Duration::from_millis(1));
+        linger.rate = rate;
+        linger.started = Instant::now();
+        linger
+    }
+
+    #[test]
+    fn a_lone_message_is_never_held() {
+        assert!(Linger::new(Duration::from_millis(1))
+            .wait_until(1, 512)
+            .is_none());
+        assert!(steady(1_000.0).wait_until(1, 512).is_none());
+    }
+
+    #[test]
+    fn a_steady_stream_waits_until_one_delay_past_the_last_commit() {
+        let linger = steady(4_000.0);
+        let until = linger.wait_until(1, 512).expect("waits");
+        assert_eq!(until, linger.started + Duration::from_millis(1));
+        assert!(linger.wait_until(300, 512).is_none(), "a big batch goes");
+    }
+
+    #[test]
+    fn no_wait_when_commits_gather_enough_or_waiting_gathered_nothing() {
+        let mut slow_disk = steady(4_000.0);
+        slow_disk.commit_secs = 0.004;
+        assert!(slow_disk.wait_until(1, 512).is_none());
+
+        let mut closed_loop = steady(4_000.0);
+        closed_loop.gathered(0);
+        assert!(closed_loop.wait_until(1, 512).is_none());
+
+        let mut off = steady(4_000.0);
+        off.delay = Duration::ZERO;
+        assert!(off.wait_until(1, 512).is_none());
     }
 }

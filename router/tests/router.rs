@@ -296,6 +296,7 @@ async fn full_queue_pushes_back_and_loses_nothing() {
         appender: hanmadi_router::AppenderConfig {
             queue: 4,
             max_batch: 2,
+            ..hanmadi_router::AppenderConfig::default()
         },
         ..RouterConfig::default()
     })
