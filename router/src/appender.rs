@@ -302,9 +302,8 @@ impl Linger {
         // After a quiet spell the last window's rate is stale: the one
         // still open says how quiet.
         let open = self.window_start.elapsed();
-        #[allow(clippy::cast_precision_loss)]
         let rate = if open >= 2 * Self::WINDOW {
-            self.window_jobs as f64 / open.as_secs_f64()
+            per_sec(self.window_jobs, open)
         } else {
             self.rate
         };
@@ -335,14 +334,19 @@ impl Linger {
         self.window_jobs += jobs;
         let elapsed = self.window_start.elapsed();
         if elapsed >= Self::WINDOW {
-            // Precision loss past 2^52 sends in 100 ms does not arise.
-            #[allow(clippy::cast_precision_loss)]
-            let rate = self.window_jobs as f64 / elapsed.as_secs_f64();
-            self.rate = rate;
+            self.rate = per_sec(self.window_jobs, elapsed);
             self.window_start = Instant::now();
             self.window_jobs = 0;
         }
     }
+}
+
+/// `jobs` over `elapsed`, per second.
+fn per_sec(jobs: usize, elapsed: Duration) -> f64 {
+    // Precision loss past 2^52 sends in a window does not arise.
+    #[allow(clippy::cast_precision_loss)]
+    let jobs = jobs as f64;
+    jobs / elapsed.as_secs_f64()
 }
 
 /// What a batch's commit needs, shared by every batch.
