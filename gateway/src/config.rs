@@ -27,6 +27,7 @@
 //! | `--store` | `HANMADI_STORE` | `store` | `embedded` | storage engine: `embedded` or `fdb` |
 //! | `--fdb-cluster-file` | `HANMADI_FDB_CLUSTER_FILE` | `fdb_cluster_file` | FoundationDB's default | cluster file for `--store fdb` |
 //! | `--store-cache-mb` | `HANMADI_STORE_CACHE_MB` | `store_cache_mb` | `256` | with the embedded store: its block cache, in MiB (most of the node's memory once warm) |
+//! | `--store-memtable-mb` | `HANMADI_STORE_MEMTABLE_MB` | `store_memtable_mb` | `64` | with the embedded store: the size at which its memtable is flushed to disk, in MiB; smaller uses less memory and flushes more often |
 //! | `--node-id` | `HANMADI_NODE_ID` | `node_id` | `0` | node number in message ids, 0 to 1023 (embedded store; a cluster node takes its id from a lease) |
 //! | `--lease-expiry-ms` | `HANMADI_LEASE_EXPIRY_MS` | `lease_expiry_ms` | `10000` | with `--store fdb`: a node id whose lease is not renewed for this long may be taken by another node (renewed every fifth of it) |
 //! | `--cluster-link` | `HANMADI_CLUSTER_LINK` | `cluster_link` | `0.0.0.0:7090` | with `--store fdb`: where the node-to-node link listens; other nodes dial it at `hostname` (or this address when it names one) |
@@ -231,6 +232,9 @@ pub struct Config {
     /// The embedded store's block cache, in MiB [default: 256].
     #[arg(long, value_name = "MIB")]
     pub store_cache_mb: u64,
+    /// The embedded store's memtable size, in MiB [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub store_memtable_mb: u64,
     /// Node number in message ids [default: 0].
     #[arg(long)]
     pub node_id: u16,
@@ -397,6 +401,9 @@ impl Default for Config {
             store: StoreKind::Embedded,
             fdb_cluster_file: None,
             store_cache_mb: hanmadi_storage::backend::fjall::FjallOptions::default().cache_size
+                >> 20,
+            store_memtable_mb: hanmadi_storage::backend::fjall::FjallOptions::default()
+                .max_memtable_size
                 >> 20,
             node_id: server.router.node,
             hostname: machine_hostname(),
@@ -879,6 +886,9 @@ impl Config {
         }
         if !(1..=1 << 20).contains(&self.store_cache_mb) {
             return invalid("store_cache_mb", "must be between 1 and 1048576");
+        }
+        if !(1..=1024).contains(&self.store_memtable_mb) {
+            return invalid("store_memtable_mb", "must be between 1 and 1024");
         }
         if self.lease_expiry_ms < Duration::from_millis(500) {
             return invalid("lease_expiry_ms", "must be at least 500");

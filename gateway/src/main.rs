@@ -77,6 +77,7 @@ fn serve(config: Config) -> Result<(), String> {
             let path = config.data_dir.join("store");
             let options = FjallOptions {
                 cache_size: config.store_cache_mb << 20,
+                max_memtable_size: config.store_memtable_mb << 20,
                 ..FjallOptions::default()
             };
             let backend = FjallBackend::open(&path, options)

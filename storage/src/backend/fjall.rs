@@ -31,6 +31,8 @@ use parking_lot::Mutex;
 use crate::backend::{Backend, Snapshot, Write};
 use crate::kv::{KeyValue, KvError};
 
+mod reaper;
+
 /// The one keyspace every key lives in.
 const KEYSPACE: &str = "kv";
 
@@ -134,6 +136,8 @@ pub struct FjallBackend {
     /// Held through `apply`: a `ClearRange` reads the keys it removes, and no
     /// other batch may land between that read and the write.
     write_lock: Mutex<()>,
+    /// Frees flushed memtables outside fjall's locks (see [`reaper`]).
+    _reaper: reaper::Reaper,
 }
 
 impl std::fmt::Debug for FjallBackend {
@@ -174,10 +178,12 @@ impl FjallBackend {
                     .manual_journal_persist(true)
             })
             .map_err(KvError::engine)?;
+        let reaper = reaper::Reaper::start(keyspace.clone()).map_err(KvError::engine)?;
         Ok(Self {
             db,
             keyspace,
             write_lock: Mutex::new(()),
+            _reaper: reaper,
         })
     }
 
