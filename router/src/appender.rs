@@ -18,11 +18,11 @@
 //! at a time, a batch lingers briefly for company ([`Linger`]): fewer,
 //! fuller commits, each fsync and its wake-ups shared by more messages.
 //!
-//! On a cluster (`split_by_conversation`) each conversation's slice of a
-//! batch commits in transactions of its own, and waits only for the same
-//! conversation's slice of the batch before it: a conversation whose
-//! transactions conflict or retry (a hot group written through several
-//! nodes) holds up its own sends, never the node's others. Every delivery
+//! On a cluster (`split_by_conversation`) each conversation commits in
+//! transactions of its own, one at a time, each taking every send that
+//! queued behind the one before: a conversation whose transactions
+//! conflict or retry (a hot group written through several nodes) holds up
+//! its own sends, never the node's others. Every delivery
 //! there is a notification, so the order of the sink calls does not
 //! matter. Messages in flight are capped at the queue's size: past it the
 //! loop stops taking sends, the queue fills, and senders wait or are
@@ -32,12 +32,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::{FutureExt as _, Shared};
 use hanmadi_proto::ConversationId;
 use hanmadi_storage::chat::{Appended, IdSource, NewMessage};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::fanout::{Delivery, DeliverySink};
@@ -388,8 +387,12 @@ impl<K: Kv> Stage<K> {
     }
 }
 
-/// The appender of a cluster node: each conversation's slice of a batch
-/// commits on its own, after that conversation's slice of the batch before.
+/// The appender of a cluster node: each conversation's sends commit in
+/// transactions of their own, one at a time per conversation. Sends that
+/// arrive while their conversation's transaction is in flight wait, and the
+/// next transaction takes all of them: at low load a message commits alone
+/// and at once, under load each conversation's transaction carries
+/// everything that queued behind the last.
 async fn run_by_conversation<K: Kv>(
     stage: Arc<Stage<K>>,
     mut rx: mpsc::Receiver<Job>,
@@ -397,9 +400,7 @@ async fn run_by_conversation<K: Kv>(
     in_flight: usize,
 ) {
     let permits = Arc::new(Semaphore::new(in_flight));
-    // The last slice of each conversation still committing: the next one
-    // starts after it, so one sender's messages keep their order.
-    let mut tails: HashMap<ConversationId, Shared<oneshot::Receiver<()>>> = HashMap::new();
+    let waiting: Arc<Waiting> = Arc::default();
     let mut running = JoinSet::new();
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     loop {
@@ -414,7 +415,6 @@ async fn run_by_conversation<K: Kv>(
         else {
             break;
         };
-        tails.retain(|_, tail| tail.peek().is_none());
         let mut slices: Vec<(ConversationId, Vec<Job>)> = Vec::new();
         for job in jobs.drain(..) {
             let conversation = job.msg.conversation;
@@ -425,32 +425,132 @@ async fn run_by_conversation<K: Kv>(
         }
         for (conversation, slice) in slices {
             let slice_permit = permit.split(slice.len());
-            let before = tails.remove(&conversation);
-            let (done_tx, done) = oneshot::channel();
-            tails.insert(conversation, done.shared());
-            let stage = Arc::clone(&stage);
-            running.spawn(async move {
-                if let Some(before) = before {
-                    let _ = before.await;
-                }
-                let (batch, replies): (Vec<NewMessage>, Vec<Reply>) =
-                    slice.into_iter().map(|j| (j.msg, j.reply)).unzip();
-                let started = std::time::Instant::now();
-                let results = stage.store.append(batch, &*stage.ids, &*stage.online).await;
-                let _ = done_tx.send(());
-                stage.sink.committed(replies.len(), started.elapsed());
-                deliver(&*stage.sink, &results);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result.map_err(RouterError::from));
-                }
-                drop(slice_permit);
-            });
+            if let Some(slice) = waiting.enqueue(conversation, slice, slice_permit) {
+                let task = Committer {
+                    stage: Arc::clone(&stage),
+                    waiting: Arc::clone(&waiting),
+                    conversation,
+                    max_batch,
+                    drained: false,
+                };
+                running.spawn(task.run(slice));
+            }
         }
         drop(permit);
         while running.try_join_next().is_some() {}
     }
-    // Queued sends are committed and answered before the task ends.
+    // Queued sends are committed and answered before the task ends: each
+    // committer drains its conversation's queue before it returns.
     while running.join_next().await.is_some() {}
+}
+
+/// Sends that wait for their conversation's transaction in flight. A
+/// conversation has an entry exactly while a [`Committer`] runs for it.
+#[derive(Default)]
+struct Waiting {
+    queues: parking_lot::Mutex<HashMap<ConversationId, Queued>>,
+}
+
+/// A conversation's waiting sends, with their share of the in-flight cap.
+#[derive(Default)]
+struct Queued {
+    jobs: Vec<Job>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+type Slice = (Vec<Job>, Option<OwnedSemaphorePermit>);
+
+impl Waiting {
+    /// Queues `jobs` behind their conversation's transaction in flight, or,
+    /// when there is none, registers one and hands them back to start it.
+    fn enqueue(
+        &self,
+        conversation: ConversationId,
+        jobs: Vec<Job>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Option<Slice> {
+        let mut queues = self.queues.lock();
+        match queues.get_mut(&conversation) {
+            Some(queued) => {
+                queued.jobs.extend(jobs);
+                match (&mut queued.permit, permit) {
+                    (Some(held), Some(more)) => held.merge(more),
+                    (held @ None, more) => *held = more,
+                    (Some(_), None) => {}
+                }
+                None
+            }
+            None => {
+                queues.insert(conversation, Queued::default());
+                Some((jobs, permit))
+            }
+        }
+    }
+
+    /// The next slice of `conversation`, at most `max` sends; `None`, and
+    /// the conversation's entry gone, when nothing waits.
+    fn next(&self, conversation: ConversationId, max: usize) -> Option<Slice> {
+        let mut queues = self.queues.lock();
+        let queued = queues.get_mut(&conversation)?;
+        if queued.jobs.is_empty() {
+            queues.remove(&conversation);
+            return None;
+        }
+        let n = queued.jobs.len().min(max);
+        let jobs: Vec<Job> = queued.jobs.drain(..n).collect();
+        let permit = if queued.jobs.is_empty() {
+            queued.permit.take()
+        } else {
+            queued.permit.as_mut().and_then(|p| p.split(n))
+        };
+        Some((jobs, permit))
+    }
+}
+
+/// Commits one conversation's sends, a slice at a time, until none wait.
+struct Committer<K: Kv> {
+    stage: Arc<Stage<K>>,
+    waiting: Arc<Waiting>,
+    conversation: ConversationId,
+    max_batch: usize,
+    /// Set once the queue is drained and the entry removed.
+    drained: bool,
+}
+
+impl<K: Kv> Committer<K> {
+    async fn run(mut self, first: Slice) {
+        let mut slice = Some(first);
+        while let Some((jobs, permit)) = slice {
+            let (batch, replies): (Vec<NewMessage>, Vec<Reply>) =
+                jobs.into_iter().map(|j| (j.msg, j.reply)).unzip();
+            let started = Instant::now();
+            let results = self
+                .stage
+                .store
+                .append(batch, &*self.stage.ids, &*self.stage.online)
+                .await;
+            self.stage.sink.committed(replies.len(), started.elapsed());
+            deliver(&*self.stage.sink, &results);
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result.map_err(RouterError::from));
+            }
+            drop(permit);
+            slice = self.waiting.next(self.conversation, self.max_batch);
+        }
+        self.drained = true;
+    }
+}
+
+impl<K: Kv> Drop for Committer<K> {
+    fn drop(&mut self) {
+        // Only a panic (or the runtime's shutdown) ends a committer before
+        // its queue is drained: drop the entry with its sends (their
+        // senders see the appender gone) rather than leave the
+        // conversation waiting for a committer that no longer runs.
+        if !self.drained {
+            self.waiting.queues.lock().remove(&self.conversation);
+        }
+    }
 }
 
 /// Hands a batch's new messages to the sink in commit order.
@@ -489,6 +589,66 @@ fn deliver(sink: &dyn DeliverySink, results: &[Result<Appended, StoreError>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(conversation: ConversationId, n: u8) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            msg: NewMessage {
+                conversation,
+                sender: 1,
+                client_msg_id: bytes::Bytes::from(vec![n]),
+                sent_at: 0,
+                kind: hanmadi_proto::pb::MessageKind::Text,
+                body: String::new(),
+                membership: None,
+            },
+            reply,
+        }
+    }
+
+    fn ids(jobs: &[Job]) -> Vec<u8> {
+        jobs.iter().map(|j| j.msg.client_msg_id[0]).collect()
+    }
+
+    #[test]
+    fn a_conversation_in_flight_gathers_its_next_sends_in_order() {
+        let permits = Arc::new(Semaphore::new(10));
+        let permit = |n| Arc::clone(&permits).try_acquire_many_owned(n).ok();
+        let waiting = Waiting::default();
+        let c = ConversationId::Group(1);
+        let other = ConversationId::Group(2);
+
+        let (first, _held) = waiting
+            .enqueue(c, vec![job(c, 1)], permit(1))
+            .expect("starts");
+        assert_eq!(ids(&first), [1]);
+        // While it commits, more for it wait; another conversation starts.
+        assert!(waiting
+            .enqueue(c, vec![job(c, 2), job(c, 3)], permit(2))
+            .is_none());
+        assert!(waiting.enqueue(c, vec![job(c, 4)], permit(1)).is_none());
+        let started = waiting.enqueue(other, vec![job(other, 9)], permit(1));
+        assert!(started.is_some());
+        assert_eq!(permits.available_permits(), 5);
+
+        // The next transaction takes what waited, in order, up to the max.
+        let (next, p) = waiting.next(c, 2).expect("waiting");
+        assert_eq!(ids(&next), [2, 3]);
+        drop(p);
+        assert_eq!(
+            permits.available_permits(),
+            7,
+            "permits travel with their sends"
+        );
+        let (last, p) = waiting.next(c, 2).expect("waiting");
+        assert_eq!(ids(&last), [4]);
+        drop(p);
+        assert_eq!(permits.available_permits(), 8);
+        // Drained: the entry goes, and the conversation's next send starts
+        // a transaction at once.
+        assert!(waiting.next(c, 2).is_none());
+        assert!(waiting.enqueue(c, vec![job(c, 5)], permit(1)).is_some());
+    }
 
     fn steady(rate: f64) -> Linger {
         let mut linger = Linger::new(Duration::from_millis(1));
