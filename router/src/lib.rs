@@ -416,8 +416,9 @@ impl<K: Kv> Router<K> {
             .store
             .sync_within(user, after, limit, self.config.page_bytes)
             .await?;
-        if let (Some(last), false) = (batch.next, batch.entries.is_empty()) {
-            // Read now: no push for these.
+        if let (Some(last), true) = (batch.next, batch.push_pending) {
+            // Read now: no push for these. The page's own read found some
+            // pending, so a reader with none pays no second transaction.
             self.store.clear_push_pending(user, last).await?;
         }
         Ok(batch)

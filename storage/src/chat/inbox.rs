@@ -25,6 +25,10 @@ pub const MAX_RECEIPTS_PER_TXN: usize = 256;
 /// Messages a history page reads at a time while it fills its byte budget.
 pub const HISTORY_CHUNK: usize = 16;
 
+/// Messages a sync page reads at once while it fills its byte budget: at
+/// most this many past the budget are ever read.
+const SYNC_CHUNK: usize = 16;
+
 impl Cursor {
     /// The cursor of the `order`-th inbox entry of commit `stamp`.
     pub fn new(stamp: Versionstamp, order: u16) -> Self {
@@ -78,6 +82,9 @@ pub struct SyncBatch {
     pub next: Option<Cursor>,
     /// More entries follow.
     pub has_more: bool,
+    /// Some entry of the page still awaits a push: the reader should clear
+    /// them ([`ChatStore::clear_push_pending`]) through `next`.
+    pub push_pending: bool,
 }
 
 /// A page of a conversation's history, newest first.
@@ -129,45 +136,77 @@ impl<K: Kv> ChatStore<K> {
         };
         let end = keys::prefix_end(&prefix);
         let floor_key = keys::inbox_floor(user);
+        let pending = keys::push_of(user);
+        let pending_end = keys::prefix_end(&pending);
         transact!(&self.kv, |txn| {
-            if let (Some(c), Some(floor)) = (&after, txn.get(&floor_key, true).await?) {
+            // Three independent reads, issued together: on FoundationDB
+            // each is a round trip to the storage servers.
+            let (floor, rows, first_pending) = futures::future::try_join3(
+                txn.get(&floor_key, true),
+                txn.get_range(RangeRead::new(&begin, &end).limit(limit + 1).snapshot(true)),
+                txn.get_range(
+                    RangeRead::new(&pending, &pending_end)
+                        .limit(1)
+                        .snapshot(true),
+                ),
+            )
+            .await?;
+            if let (Some(c), Some(floor)) = (&after, floor) {
                 if c.0.as_slice() < floor.as_ref() {
                     return Err(StoreError::CursorExpired);
                 }
             }
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).limit(limit + 1).snapshot(true))
-                .await?;
             let mut has_more = rows.len() > limit;
             let mut entries = Vec::with_capacity(rows.len().min(limit));
             let mut bytes = 0usize;
-            for kv in rows.iter().take(limit) {
-                if bytes >= max_bytes {
-                    has_more = true;
-                    break;
+            'chunks: for chunk in rows[..rows.len().min(limit)].chunks(SYNC_CHUNK) {
+                let mut refs = Vec::with_capacity(chunk.len());
+                for kv in chunk {
+                    let cursor = keys::cursor_of_inbox_key(&kv.key)
+                        .map(Cursor)
+                        .ok_or(StoreError::Corrupt("inbox"))?;
+                    let (conversation, message_id, _) =
+                        parse_inbox_value(&kv.value).ok_or(StoreError::Corrupt("inbox"))?;
+                    refs.push((cursor, conversation, message_id));
                 }
-                let cursor = keys::cursor_of_inbox_key(&kv.key)
-                    .map(Cursor)
-                    .ok_or(StoreError::Corrupt("inbox"))?;
-                let (conversation, message_id, _) =
-                    parse_inbox_value(&kv.value).ok_or(StoreError::Corrupt("inbox"))?;
-                let message = txn
-                    .get(&keys::message(conversation, message_id), true)
-                    .await?
-                    .ok_or(StoreError::Corrupt("inbox entry without its message"))?;
-                bytes += message.len();
-                entries.push(SyncEntry {
-                    cursor,
-                    conversation,
-                    message_id,
-                    message,
-                });
+                let message_keys: Vec<Vec<u8>> = refs
+                    .iter()
+                    .map(|&(_, conversation, message_id)| keys::message(conversation, message_id))
+                    .collect();
+                let messages =
+                    futures::future::try_join_all(message_keys.iter().map(|k| txn.get(k, true)))
+                        .await?;
+                for ((cursor, conversation, message_id), message) in refs.into_iter().zip(messages)
+                {
+                    if bytes >= max_bytes {
+                        has_more = true;
+                        break 'chunks;
+                    }
+                    let message =
+                        message.ok_or(StoreError::Corrupt("inbox entry without its message"))?;
+                    bytes += message.len();
+                    entries.push(SyncEntry {
+                        cursor,
+                        conversation,
+                        message_id,
+                        message,
+                    });
+                }
             }
             let next = entries.last().map(|e| e.cursor).or(after);
+            // The oldest pending push entry sorts at or before the page's
+            // last entry: the page covers a message still awaiting a push.
+            let push_pending = match (entries.last(), first_pending.first()) {
+                (Some(last), Some(kv)) => {
+                    kv.key.as_ref() <= keys::push_at(user, &last.cursor.0).as_slice()
+                }
+                _ => false,
+            };
             Ok(SyncBatch {
                 entries,
                 next,
                 has_more,
+                push_pending,
             })
         })
     }
