@@ -211,10 +211,7 @@ impl<K: Kv> ChatStore<K> {
 
     /// Fails when the node's id was taken (see [`ChatStore::fenced`]); a
     /// conflict-checked read inside `txn`.
-    pub(crate) async fn check_fence<T: crate::kv::KvTxn>(
-        &self,
-        txn: &mut T,
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn check_fence<T: crate::kv::KvTxn>(&self, txn: &T) -> Result<(), StoreError> {
         match &self.fence {
             Some(lease) => nodes::check_epoch(txn, lease).await,
             None => Ok(()),

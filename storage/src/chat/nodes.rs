@@ -165,7 +165,7 @@ impl<K: Kv> ChatStore<K> {
         let value = record.encode_to_vec();
         let key = keys::node(lease.node_id);
         transact!(&self.kv, |txn| {
-            check_epoch(&mut txn, lease).await?;
+            check_epoch(&txn, lease).await?;
             txn.set(&key, &value);
             Ok(record.lease_expires_at)
         })
@@ -180,7 +180,7 @@ impl<K: Kv> ChatStore<K> {
     pub async fn release_node(&self, lease: &NodeLease) -> Result<(), StoreError> {
         let key = keys::node(lease.node_id);
         transact!(&self.kv, |txn| {
-            if check_epoch(&mut txn, lease).await.is_err() {
+            if check_epoch(&txn, lease).await.is_err() {
                 return Ok(());
             }
             if let Some(v) = txn.get(&key, false).await? {
@@ -200,7 +200,7 @@ impl<K: Kv> ChatStore<K> {
     ///
     /// [`StoreError::LeaseLost`], or a storage failure.
     pub async fn check_lease(&self, lease: &NodeLease) -> Result<(), StoreError> {
-        transact!(&self.kv, |txn| check_epoch(&mut txn, lease).await)
+        transact!(&self.kv, |txn| check_epoch(&txn, lease).await)
     }
 
     /// Records, for the node holding `lease`, which of `users` it holds
@@ -248,10 +248,7 @@ impl<K: Kv> ChatStore<K> {
 /// Fails with [`StoreError::LeaseLost`] unless `lease`'s epoch is still the
 /// id's. A conflict-checked read: a take-over that commits while `txn` is
 /// open aborts `txn`.
-pub(crate) async fn check_epoch<T: KvTxn>(
-    txn: &mut T,
-    lease: &NodeLease,
-) -> Result<(), StoreError> {
+pub(crate) async fn check_epoch<T: KvTxn>(txn: &T, lease: &NodeLease) -> Result<(), StoreError> {
     let current = match txn.get(&keys::node_epoch(lease.node_id), false).await? {
         Some(v) => be_u64(&v, "node epochs")?,
         None => 0,

@@ -26,7 +26,7 @@ impl<K: Kv> ChatStore<K> {
         let user_key = keys::user(user_id);
         let value = record.encode_to_vec();
         transact!(&self.kv, |txn| {
-            self.check_fence(&mut txn).await?;
+            self.check_fence(&txn).await?;
             if let Some(owner) = txn.get(&name_key, false).await? {
                 if owner.as_ref() == user_id.to_be_bytes() {
                     return Ok(());
@@ -74,7 +74,7 @@ impl<K: Kv> ChatStore<K> {
             })
             .collect();
         transact!(&self.kv, |txn| {
-            self.check_fence(&mut txn).await?;
+            self.check_fence(&txn).await?;
             let mut out = Vec::with_capacity(users.len());
             for ((user_id, _), (name_key, user_key, value)) in users.iter().zip(&encoded) {
                 if let Some(owner) = txn.get(name_key, false).await? {

@@ -71,7 +71,23 @@ impl<K: Kv> ChatStore<K> {
         online: &(dyn Fn(u64) -> bool + Sync),
     ) -> Attempt<K> {
         let mut txn = self.kv.begin().map_err(|e| (0, e))?;
-        match self.check_fence(&mut txn).await {
+        // The fence, the blocks and the dedup entries, read together: on
+        // FoundationDB each read is a round trip. The blocks come before
+        // the dedup entries all the same: they are the attempt's
+        // conflict-checked reads, and an optimistic engine registers a
+        // transaction for conflict checks at its first read only if that
+        // read is checked. A checked read after snapshot reads finds the
+        // view stale whenever a commit landed in between (the batch before
+        // this one, as a rule), and the commit would fail for nothing. The
+        // embedded engine reads when a read is issued, and `join3` issues
+        // them in order.
+        let (fence, blocks, dedups) = futures::future::join3(
+            self.check_fence(&txn),
+            read_blocks(&txn, slots),
+            self.read_dedups(&txn, slots),
+        )
+        .await;
+        match fence {
             Ok(()) => {}
             Err(StoreError::Kv(e)) => return Err((1, e)),
             Err(lost) => {
@@ -92,18 +108,12 @@ impl<K: Kv> ChatStore<K> {
                 return Ok((slots.len(), failed, txn));
             }
         }
-        // Blocks before anything else: they are the attempt's
-        // conflict-checked reads, and an optimistic engine registers a
-        // transaction for conflict checks at its first read only if that
-        // read is checked. A checked read after snapshot reads finds the
-        // view stale whenever a commit landed in between (the batch before
-        // this one, as a rule), and the commit would fail for nothing.
         let mut st = AttemptState {
-            blocks: read_blocks(&txn, slots).await.map_err(|e| (1, e))?,
+            blocks: blocks.map_err(|e| (1, e))?,
             ..AttemptState::default()
         };
         let mut planned: Vec<Planned> = Vec::with_capacity(slots.len());
-        let mut dedups = self.read_dedups(&txn, slots).await.map_err(|e| (1, e))?;
+        let mut dedups = dedups.map_err(|e| (1, e))?;
         for (i, slot) in slots.iter().enumerate() {
             if slot.outcome.is_some() {
                 planned.push(Planned::CopyOf(usize::MAX));
@@ -146,8 +156,10 @@ impl<K: Kv> ChatStore<K> {
         let mut out: Vec<Dedup> = (0..slots.len()).map(|_| None).collect();
         // A single writer's reads are snapshots (see `writer`).
         let snapshot = self.config.single_writer;
-        for (key, i) in order {
-            let value = txn.get(&key, snapshot).await?;
+        let values =
+            futures::future::try_join_all(order.iter().map(|(key, _)| txn.get(key, snapshot)))
+                .await?;
+        for ((key, i), value) in order.into_iter().zip(values) {
             out[i] = Some((key, value));
         }
         Ok(out)
@@ -436,11 +448,10 @@ async fn read_blocks<T: KvTxn>(
         .collect();
     pairs.sort_unstable();
     pairs.dedup();
-    let mut blocks = HashMap::with_capacity(pairs.len());
-    for (a, b) in pairs {
-        blocks.insert((a, b), blocked_either(txn, a, b).await?);
-    }
-    Ok(blocks)
+    let blocked =
+        futures::future::try_join_all(pairs.iter().map(|&(a, b)| blocked_either(txn, a, b)))
+            .await?;
+    Ok(pairs.into_iter().zip(blocked).collect())
 }
 
 /// Whether either user blocked the other, read in `txn` with conflicts.
@@ -449,6 +460,7 @@ pub(super) async fn blocked_either<T: crate::kv::KvTxn>(
     a: u64,
     b: u64,
 ) -> Result<bool, KvError> {
-    Ok(txn.get(&keys::block(a, b), false).await?.is_some()
-        || txn.get(&keys::block(b, a), false).await?.is_some())
+    let (ab, ba) = (keys::block(a, b), keys::block(b, a));
+    let (ab, ba) = futures::future::try_join(txn.get(&ab, false), txn.get(&ba, false)).await?;
+    Ok(ab.is_some() || ba.is_some())
 }
