@@ -6,6 +6,8 @@
 # transactions committed and conflicted per acknowledged message.
 #
 #   scripts/cluster-figures.sh [OUT]        # JSON reports in OUT
+#   FIGURES=one scripts/cluster-figures.sh   # one node only
+#   FIGURES=cross scripts/cluster-figures.sh # three nodes at 1,000/s only
 #
 # Needs target/fdb/release/hanmadi (scripts/build-fdb.sh) and
 # target/release/hanmadi-loadtest (cargo build --release).
@@ -108,6 +110,14 @@ print(f"  nodes' CPU {ticks / hz / acked * 1e6:.0f} us per acked message; "
 PY
 }
 
+# FIGURES=one: only the one-node runs (1,000/s, then saturated).
+if [[ "${FIGURES:-all}" == one ]]; then
+  start_nodes 1
+  run "fdb-1-node-1000" direct --connections 1000 --rate 1000 --duration 20s --warmup 3s
+  start_nodes 1
+  run "fdb-1-node-saturate" direct --connections 1000 --rate 20000 --duration 15s --warmup 3s
+  exit 0
+fi
 # FIGURES=cross: only the three-node runs at 1,000/s (cross- and same-node).
 if [[ "${FIGURES:-all}" == cross ]]; then
   start_nodes 3
