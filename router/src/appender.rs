@@ -380,10 +380,7 @@ impl<K: Kv> Stage<K> {
         }
         deliver(&*self.sink, &results);
         let _ = delivered.send(());
-        for (reply, result) in replies.into_iter().zip(results) {
-            // A sender that gave up waiting still had its message stored.
-            let _ = reply.send(result.map_err(RouterError::from));
-        }
+        answer(replies, results);
     }
 }
 
@@ -531,9 +528,7 @@ impl<K: Kv> Committer<K> {
                 .await;
             self.stage.sink.committed(replies.len(), started.elapsed());
             deliver(&*self.stage.sink, &results);
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result.map_err(RouterError::from));
-            }
+            answer(replies, results);
             drop(permit);
             slice = self.waiting.next(self.conversation, self.max_batch);
         }
@@ -550,6 +545,14 @@ impl<K: Kv> Drop for Committer<K> {
         if !self.drained {
             self.waiting.queues.lock().remove(&self.conversation);
         }
+    }
+}
+
+/// Answers each sender with its message's outcome.
+fn answer(replies: Vec<Reply>, results: Vec<Result<Appended, StoreError>>) {
+    for (reply, result) in replies.into_iter().zip(results) {
+        // A sender that gave up waiting still had its message stored.
+        let _ = reply.send(result.map_err(RouterError::from));
     }
 }
 

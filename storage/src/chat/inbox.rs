@@ -25,9 +25,10 @@ pub const MAX_RECEIPTS_PER_TXN: usize = 256;
 /// Messages a history page reads at a time while it fills its byte budget.
 pub const HISTORY_CHUNK: usize = 16;
 
-/// Messages a sync page reads at once while it fills its byte budget: at
-/// most this many past the budget are ever read.
-const SYNC_CHUNK: usize = 16;
+/// Messages a sync page reads at once while it fills its byte budget, the
+/// same trade as a history page's: at most this many past the budget are
+/// ever read.
+const SYNC_CHUNK: usize = HISTORY_CHUNK;
 
 impl Cursor {
     /// The cursor of the `order`-th inbox entry of commit `stamp`.
@@ -117,6 +118,9 @@ impl<K: Kv> ChatStore<K> {
     /// `max_bytes` (the entry that reaches it is the page's last; a page
     /// always holds one entry when there is one): a page costs what its
     /// answer can carry, not `limit` messages of the largest size.
+    /// Messages are read [`SYNC_CHUNK`] at a time, concurrently (each read
+    /// is a round trip on FoundationDB), so at most one chunk past the
+    /// budget is ever read.
     ///
     /// # Errors
     ///
@@ -167,16 +171,13 @@ impl<K: Kv> ChatStore<K> {
                         .ok_or(StoreError::Corrupt("inbox"))?;
                     let (conversation, message_id, _) =
                         parse_inbox_value(&kv.value).ok_or(StoreError::Corrupt("inbox"))?;
-                    refs.push((cursor, conversation, message_id));
+                    let key = keys::message(conversation, message_id);
+                    refs.push((cursor, conversation, message_id, key));
                 }
-                let message_keys: Vec<Vec<u8>> = refs
-                    .iter()
-                    .map(|&(_, conversation, message_id)| keys::message(conversation, message_id))
-                    .collect();
                 let messages =
-                    futures::future::try_join_all(message_keys.iter().map(|k| txn.get(k, true)))
-                        .await?;
-                for ((cursor, conversation, message_id), message) in refs.into_iter().zip(messages)
+                    futures::future::try_join_all(refs.iter().map(|r| txn.get(&r.3, true))).await?;
+                for ((cursor, conversation, message_id, _), message) in
+                    refs.into_iter().zip(messages)
                 {
                     if bytes >= max_bytes {
                         has_more = true;

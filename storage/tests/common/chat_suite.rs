@@ -770,6 +770,12 @@ pub async fn push_pending_collapses_bursts<K: Kv>(store: ChatStore<K>) {
     let cursor = m
         .cursor(m.recipients.iter().position(|&u| u == b).expect("b"))
         .expect("cursor");
+    let page = store.sync(b, None, 1000).await.expect("sync");
+    assert_eq!(page.next, Some(cursor));
+    assert!(
+        page.push_pending,
+        "the page holds a message awaiting its push"
+    );
     store.clear_push_pending(b, cursor).await.expect("clear");
     assert_eq!(
         store
@@ -778,6 +784,21 @@ pub async fn push_pending_collapses_bursts<K: Kv>(store: ChatStore<K>) {
             .expect("claim"),
         Claimed::Nothing
     );
+    let page = store.sync(b, None, 1000).await.expect("sync");
+    assert!(!page.push_pending, "nothing the page holds awaits a push");
+
+    // A pending message past the page is not the page's to clear.
+    append_one(
+        &store,
+        &ids,
+        text(ConversationId::direct(a, b), a, "r1", "later"),
+    )
+    .await
+    .expect("append");
+    let through_r0 = store.sync(b, None, page.entries.len()).await.expect("sync");
+    assert_eq!(through_r0.next, Some(cursor));
+    assert!(!through_r0.push_pending, "r1 lies past the page");
+    assert!(store.sync(b, None, 1000).await.expect("sync").push_pending);
 }
 
 /// Read marks move forward only; unread counts follow them.

@@ -5,7 +5,7 @@
 //! every read of the keyspace waits on that lock. Freeing a memtable means
 //! freeing each node of its skip list: about 120 ms of CPU for 64 MiB on
 //! this project's reference machine, measured as a stall of every commit and
-//! every read once per memtable (docs/PERFORMANCE.md, "Memtable reaper").
+//! every read once per memtable (docs/PERFORMANCE.md, "Stalls").
 //!
 //! The reaper holds its own reference to each memtable while it is active,
 //! sealed or being flushed. Once fjall lets go of one (the reaper's is the
