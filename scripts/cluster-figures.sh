@@ -56,10 +56,18 @@ start_nodes() {
     [[ -n "$http" ]] || { cat "$work/log$i"; exit 1; }
     ((i == 0)) && url="http://$http"
   done
-  # Until the first node's discovery lists all of them.
+  # Until the first node's discovery lists all of them, and each node has
+  # its links to the others open (the figures are of a formed cluster).
   for _ in $(seq 100); do
     [[ "$(curl -s "$url/v1/discovery" | grep -o '"node_id"' | wc -l)" -ge "$n" ]] && break
     sleep 0.1
+  done
+  for ((i = 0; i < n; i++)); do
+    http=$(sed -n 's/^listening http //p' "$work/listening$i")
+    for _ in $(seq 100); do
+      [[ "$(curl -s "http://$http/metrics" | awk '$1 == "hanmadi_cluster_links" {print $2}')" == "$((n - 1))" ]] && break
+      sleep 0.1
+    done
   done
 }
 

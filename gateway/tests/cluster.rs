@@ -412,6 +412,45 @@ async fn users_on_different_nodes_chat_live() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_is_linked_before_the_next_read_of_the_registrations() {
+    // Registrations are read a minute apart and the feed's backstop is a
+    // minute away. Node a holds the lower id, so it dials; it read the
+    // registrations before b joined. Bob's presence entry names b, which
+    // a does not know yet: a reads the registrations again at once and
+    // links to b, and its next notice reaches b over the link.
+    let slow = LeaseTiming {
+        expiry: Duration::from_secs(120),
+        renew_every: Duration::from_secs(60),
+    };
+    let store = store(26);
+    let a = node_with(&store, "node-a", slow, Duration::from_secs(60), "local").await;
+    let b = node_with(&store, "node-b", slow, Duration::from_secs(60), "local").await;
+    users(&store, [261, 262]).await;
+    let (alice, _alice_in) = connect(&a, 261, "phone").await;
+    let (_bob, mut bob_in) = connect(&b, 262, "phone").await;
+    alice
+        .send(hanmadi_client::Target::User(262), "first")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.links().unwrap().open_to().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node a never linked to the node that joined after it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    alice
+        .send(hanmadi_client::Target::User(262), "second")
+        .await
+        .unwrap();
+    let got = texts(&mut bob_in, 2, Duration::from_secs(5)).await;
+    let bodies: Vec<&str> = got.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["first", "second"]);
+    shutdown_all(vec![a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_spread_over_three_nodes_gets_each_message_once_in_order() {
     const MEMBERS: u64 = 50;
     const SENDERS: u64 = 5;

@@ -29,7 +29,8 @@ use hanmadi_router::{Delivery, DeliverySink, Presence, Router};
 use hanmadi_storage::chat::{Cursor, FeedEvent, FeedPosition, CURSOR_LEN};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -41,8 +42,10 @@ use crate::registry::Registry;
 const ANY: Cursor = Cursor([0xff; CURSOR_LEN]);
 /// Notices waiting for the notifier; more are dropped (the feed has them).
 const NOTICE_QUEUE: usize = 16_384;
-/// Presence lookups the notifier runs at once.
+/// Presence lookups one round of the notifier runs at once.
 const LOOKUPS: usize = 64;
+/// Rounds of presence lookups in flight at once.
+const MISS_ROUNDS: usize = 4;
 /// Feed entries read per page.
 const FEED_PAGE: usize = 1000;
 /// Feed entries are kept this long after a node read past them.
@@ -134,6 +137,11 @@ impl<K: Kv> Presence for ClusterSink<K> {
 
 /// Sends the peers holding each notice's users one event per round, until
 /// the sink is gone or `shutdown`.
+///
+/// Users whose holders the presence cache knows are sent at once. The
+/// others are looked up in storage off the loop, at most
+/// [`MISS_ROUNDS`] rounds at a time, and sent as their lookups finish: a
+/// slow read delays only the users it is for, never the next round.
 pub async fn run_notifier<K: Kv>(
     mut notices: mpsc::Receiver<Notice>,
     presence: Arc<PresenceIndex<K>>,
@@ -141,6 +149,9 @@ pub async fn run_notifier<K: Kv>(
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(256);
+    let rounds = Arc::new(Semaphore::new(MISS_ROUNDS));
+    // Dropped with the loop: lookups still running end with it.
+    let mut lookups = JoinSet::new();
     loop {
         let n = tokio::select! {
             n = notices.recv_many(&mut batch, 256) => n,
@@ -149,6 +160,7 @@ pub async fn run_notifier<K: Kv>(
         if n == 0 {
             return;
         }
+        while lookups.try_join_next().is_some() {}
         let mut users: HashMap<u64, Cursor> = HashMap::new();
         for notice in batch.drain(..) {
             for user in notice.users {
@@ -156,38 +168,69 @@ pub async fn run_notifier<K: Kv>(
                 *until = (*until).max(notice.until);
             }
         }
-        let presence = &presence;
-        let mut lookups = futures::stream::iter(users)
-            .map(|(user, until)| async move { (user, until, presence.peers_of(user).await) })
-            .buffer_unordered(LOOKUPS);
-        let mut per_node: HashMap<u64, (Vec<u64>, Cursor)> = HashMap::new();
-        while let Some((user, until, nodes)) = lookups.next().await {
-            match nodes {
-                Ok(nodes) => {
-                    for node in nodes {
-                        let (users, max) =
-                            per_node.entry(node).or_insert_with(|| (Vec::new(), until));
-                        users.push(user);
-                        *max = (*max).max(until);
-                    }
-                }
-                // The feed's backstop covers them.
-                Err(e) => tracing::debug!(user, error = %e, "presence lookup failed"),
+        let mut per_node = PerNode::new();
+        let mut missed = Vec::new();
+        for (user, until) in users {
+            match presence.cached_peers_of(user) {
+                Some(nodes) => add(&mut per_node, user, until, nodes),
+                None => missed.push((user, until)),
             }
         }
-        for (node, (users, until)) in per_node {
-            links.send(
-                node,
-                &LinkEvent {
-                    change: Some(FeedEvent {
-                        users,
-                        ..FeedEvent::default()
-                    }),
-                    until: Bytes::copy_from_slice(until.as_bytes()),
-                    present: Vec::new(),
-                },
-            );
+        send(&links, per_node);
+        if missed.is_empty() {
+            continue;
         }
+        // Past the cap the loop waits here, and notices queue behind it.
+        let Ok(permit) = Arc::clone(&rounds).acquire_owned().await else {
+            return;
+        };
+        let (presence, links) = (Arc::clone(&presence), Arc::clone(&links));
+        lookups.spawn(async move {
+            let presence = &presence;
+            let mut found = futures::stream::iter(missed)
+                .map(|(user, until)| async move { (user, until, presence.peers_of(user).await) })
+                .buffer_unordered(LOOKUPS)
+                .ready_chunks(LOOKUPS);
+            while let Some(chunk) = found.next().await {
+                let mut per_node = PerNode::new();
+                for (user, until, nodes) in chunk {
+                    match nodes {
+                        Ok(nodes) => add(&mut per_node, user, until, nodes),
+                        // The feed's backstop covers them.
+                        Err(e) => tracing::debug!(user, error = %e, "presence lookup failed"),
+                    }
+                }
+                send(&links, per_node);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Per peer: the users to pull for, and the newest entry among them.
+type PerNode = HashMap<u64, (Vec<u64>, Cursor)>;
+
+fn add(per_node: &mut PerNode, user: u64, until: Cursor, nodes: Vec<u64>) {
+    for node in nodes {
+        let (users, max) = per_node.entry(node).or_insert_with(|| (Vec::new(), until));
+        users.push(user);
+        *max = (*max).max(until);
+    }
+}
+
+fn send(links: &Links, per_node: PerNode) {
+    for (node, (users, until)) in per_node {
+        links.send(
+            node,
+            &LinkEvent {
+                change: Some(FeedEvent {
+                    users,
+                    ..FeedEvent::default()
+                }),
+                until: Bytes::copy_from_slice(until.as_bytes()),
+                present: Vec::new(),
+            },
+        );
     }
 }
 

@@ -196,7 +196,8 @@ impl Links {
     }
 
     /// Accepts links on `listener` and dials every live peer with a higher
-    /// id, re-checking the peer table every `refresh`, until `shutdown`.
+    /// id, re-checking the peer table every `refresh` and when it changes,
+    /// until `shutdown`.
     /// Events from peers go to `handler`.
     pub fn spawn(
         self: &Arc<Self>,
@@ -217,6 +218,7 @@ impl Links {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    () = links.peers.changed() => {}
                     () = shutdown.cancelled() => return,
                 }
                 for (&node, _) in links.peers.snapshot().iter() {

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use membership::{join, LeaseTiming};
 
-/// Reads the node registrations every `every` into `peers`, until
-/// `shutdown`.
+/// Reads the node registrations into `peers` every `every`, and when they
+/// look stale (at most every [`STALE_READ_GAP`]), until `shutdown`.
 pub async fn run_peers<K: Kv>(
     store: ChatStore<K>,
     me: u64,
@@ -35,11 +35,21 @@ pub async fn run_peers<K: Kv>(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = peers.stale() => {}
             () = shutdown.cancelled() => return,
         }
         match store.nodes().await {
             Ok(registrations) => peers.update(me, crate::now_ms(), registrations),
             Err(e) => tracing::warn!(error = %e, "reading node registrations failed"),
         }
+        // Entries of a dead node look stale until they are swept: they
+        // must not turn into a read per lookup.
+        tokio::select! {
+            () = tokio::time::sleep(STALE_READ_GAP) => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
+
+/// The shortest gap between two reads of the node registrations.
+pub const STALE_READ_GAP: Duration = Duration::from_millis(250);

@@ -22,6 +22,7 @@
 //! feed's backstop; it never loses one.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,10 @@ pub struct PresenceIndex<K: Kv> {
     dirty: Mutex<Dirty>,
     wake: Notify,
     cache: Cache<u64, Entries>,
+    /// Counts [`PresenceIndex::forget`]s: a lookup that read storage
+    /// before a peer's new entry must not cache what it read after the
+    /// peer's notice dropped the old one.
+    forgets: AtomicU64,
 }
 
 impl<K: Kv> std::fmt::Debug for PresenceIndex<K> {
@@ -114,6 +119,7 @@ impl<K: Kv> PresenceIndex<K> {
                 .max_capacity(CACHE_USERS)
                 .time_to_live(CACHE_TTL)
                 .build(),
+            forgets: AtomicU64::new(0),
         }
     }
 
@@ -145,6 +151,9 @@ impl<K: Kv> PresenceIndex<K> {
 
     /// Drops the cached entries of `users` (a peer stored new ones).
     pub fn forget(&self, users: &[u64]) {
+        // Counted before the entries go: a lookup that cached after this
+        // sees the count moved and drops what it cached.
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         for user in users {
             self.cache.invalidate(user);
         }
@@ -157,19 +166,31 @@ impl<K: Kv> PresenceIndex<K> {
     ///
     /// A storage failure.
     pub async fn peers_of(&self, user: u64) -> Result<Vec<u64>, hanmadi_storage::StoreError> {
-        let entries = match self.cache.get(&user) {
-            Some(e) => e,
-            None => {
-                let e: Entries = self.store.presence(user).await?.into();
-                self.cache.insert(user, Arc::clone(&e));
-                e
-            }
-        };
-        Ok(entries
+        if let Some(nodes) = self.cached_peers_of(user) {
+            return Ok(nodes);
+        }
+        let forgets = self.forgets.load(Ordering::SeqCst);
+        let entries: Entries = self.store.presence(user).await?.into();
+        self.cache.insert(user, Arc::clone(&entries));
+        if self.forgets.load(Ordering::SeqCst) != forgets {
+            // A notice may have dropped an entry newer than this read.
+            self.cache.invalidate(&user);
+        }
+        Ok(self.live(&entries))
+    }
+
+    /// The live peers holding `user`'s connections if the cache knows
+    /// them.
+    pub fn cached_peers_of(&self, user: u64) -> Option<Vec<u64>> {
+        self.cache.get(&user).map(|entries| self.live(&entries))
+    }
+
+    fn live(&self, entries: &[(u64, u64)]) -> Vec<u64> {
+        entries
             .iter()
             .filter(|&&(node, epoch)| self.peers.is_live(node, epoch))
             .map(|&(node, _)| node)
-            .collect())
+            .collect()
     }
 
     /// Whether the cache knows `user` to be connected to a live peer (the
