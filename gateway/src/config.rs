@@ -49,6 +49,7 @@
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
 //! | `--page-bytes-per-sec` | `HANMADI_PAGE_BYTES_PER_SEC` | `page_bytes_per_sec` | `67108864` (64 MiB) | message bytes per second that `Sync` and `History` pages of all clients together may read; a page waits when they are spent |
 //! | `--commit-linger-us` | `HANMADI_COMMIT_LINGER_US` | `commit_linger_us` | `1000` | with the embedded store, while sends arrive at 2 or more per linger: commits start at most this far apart, so each fsync carries more messages (less CPU per message, up to this much more latency); `0` commits every batch at once |
+//! | `--workers` | `HANMADI_WORKERS` | `workers` | the number of cores | threads that run connections, the HTTP API and the router; with the embedded store on a machine of few cores, one fewer than the cores leaves one to the commit thread: less CPU per message at moderate load, a lower peak (docs/PERFORMANCE.md, "Runtime threads") |
 //! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
 //! | `--http-rate-per-sec` | `HANMADI_HTTP_RATE_PER_SEC` | `http_rate_per_sec` | `100` | HTTP API requests per second one remote address may make, on average; more are answered `429` |
@@ -313,6 +314,10 @@ pub struct Config {
     /// load; 0 never waits [default: 1000].
     #[arg(long, value_name = "US")]
     pub commit_linger_us: u64,
+    /// Threads that run connections, the HTTP API and the router
+    /// [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub workers: usize,
     /// Password hashes running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub max_password_hashes: usize,
@@ -428,6 +433,7 @@ impl Default for Config {
             page_bytes_per_sec: server.router.page_bytes_per_sec,
             commit_linger_us: u64::try_from(server.router.appender.linger.as_micros())
                 .unwrap_or(u64::MAX),
+            workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             max_password_hashes: server.max_password_hashes,
             http_header_timeout_ms: server.http_header_timeout,
             http_rate_per_sec: server.http_requests.rate_per_sec,
@@ -893,6 +899,9 @@ impl Config {
         if self.lease_expiry_ms < Duration::from_millis(500) {
             return invalid("lease_expiry_ms", "must be at least 500");
         }
+        if self.workers > 1024 {
+            return invalid("workers", "must be at most 1024");
+        }
         if self.commit_linger_us > 100_000 {
             return invalid("commit_linger_us", "must be at most 100000");
         }
@@ -959,6 +968,7 @@ impl Config {
             ("max_conns_per_ip", self.max_conns_per_ip as u64),
             ("max_group_members", u64::from(self.max_group_members)),
             ("page_bytes_per_sec", self.page_bytes_per_sec),
+            ("workers", self.workers as u64),
             ("max_password_hashes", self.max_password_hashes as u64),
             ("push_max_in_flight", self.push_max_in_flight as u64),
             ("push_max_attempts", u64::from(self.push_max_attempts)),
@@ -1263,6 +1273,8 @@ mod tests {
             "11",
             "--max-group-members",
             "12",
+            "--workers",
+            "3",
             "--max-password-hashes",
             "15",
             "--http-header-timeout-ms",
@@ -1320,6 +1332,7 @@ mod tests {
         assert_eq!((c.outbound_queue_bytes, c.max_connections), (4096, 11));
         assert_eq!((c.max_group_members, c.retention_days), (12, 0));
         assert_eq!(c.token_ttl_secs, Duration::from_secs(13));
+        assert_eq!(c.workers, 3);
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout_ms, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
@@ -1376,6 +1389,7 @@ mod tests {
             outbound_queue_bytes = 4096
             max_connections = 11
             max_group_members = 12
+            workers = 3
             max_password_hashes = 15
             http_header_timeout_ms = 16
             http_rate_per_sec = 17
@@ -1405,6 +1419,7 @@ mod tests {
             (PushFormat::Gorush, false)
         );
         assert_eq!(c.push().retry_max, Duration::from_millis(22));
+        assert_eq!(c.workers, 3);
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout_ms, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
@@ -1448,6 +1463,7 @@ mod tests {
             ("HANMADI_MAX_GROUP_MEMBERS", "12"),
             ("HANMADI_TOKEN_TTL_SECS", "13"),
             ("HANMADI_RETENTION_DAYS", "14"),
+            ("HANMADI_WORKERS", "3"),
             ("HANMADI_MAX_PASSWORD_HASHES", "15"),
             ("HANMADI_HTTP_HEADER_TIMEOUT_MS", "16"),
             ("HANMADI_PUSH_WEBHOOK", "http://127.0.0.1:9/"),
@@ -1472,6 +1488,7 @@ mod tests {
             (PushFormat::Gorush, false)
         );
         assert_eq!((c.push().max_in_flight, c.push().max_attempts), (18, 20));
+        assert_eq!(c.workers, 3);
         assert_eq!(c.max_password_hashes, 15);
         assert_eq!(c.http_header_timeout_ms, Duration::from_millis(16));
         assert_eq!((c.http_rate_per_sec, c.http_rate_burst), (17, 18));
@@ -1596,6 +1613,8 @@ mod tests {
             "push_retry_max_ms",
         );
         bad(&["--max-conns-per-user", "0"], "max_conns_per_user");
+        bad(&["--workers", "0"], "workers");
+        bad(&["--workers", "1025"], "workers");
         bad(&["--region", " "], "region");
 
         let err = Config::from_sources(&serve(&["--secret", "short"]), &HashMap::new(), None)

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
