@@ -188,9 +188,16 @@ impl<K: Kv> PresenceIndex<K> {
     fn live(&self, entries: &[(u64, u64)]) -> Vec<u64> {
         entries
             .iter()
-            .filter(|&&(node, epoch)| self.peers.is_live(node, epoch))
+            .filter(|&&(node, epoch)| self.is_live_peer(node, epoch))
             .map(|&(node, _)| node)
             .collect()
+    }
+
+    /// Whether an entry of `node` under `epoch` names a live peer. This
+    /// node's own entries name none, and must not make the peer table look
+    /// stale.
+    fn is_live_peer(&self, node: u64, epoch: u64) -> bool {
+        node != self.lease.node_id && self.peers.is_live(node, epoch)
     }
 
     /// Whether the cache knows `user` to be connected to a live peer (the
@@ -198,7 +205,7 @@ impl<K: Kv> PresenceIndex<K> {
     pub fn cached_elsewhere(&self, user: u64) -> bool {
         self.cache.get(&user).is_some_and(|e| {
             e.iter()
-                .any(|&(node, epoch)| self.peers.is_live(node, epoch))
+                .any(|&(node, epoch)| self.is_live_peer(node, epoch))
         })
     }
 
