@@ -42,10 +42,10 @@ pub async fn run_peers<K: Kv>(
             Ok(registrations) => peers.update(me, crate::now_ms(), registrations),
             Err(e) => tracing::warn!(error = %e, "reading node registrations failed"),
         }
-        // Entries of a dead node look stale until they are swept: they
-        // must not turn into a read per lookup.
+        // Entries that keep looking stale must not turn into a read per
+        // lookup.
         tokio::select! {
-            () = tokio::time::sleep(STALE_READ_GAP) => {}
+            () = tokio::time::sleep(STALE_READ_GAP.min(every)) => {}
             () = shutdown.cancelled() => return,
         }
     }

@@ -27,6 +27,10 @@ pub struct Peer {
 #[derive(Debug, Default)]
 pub struct Peers {
     live: ArcSwap<HashMap<u64, Peer>>,
+    /// Node id → the epoch of its registration, live or lapsed: entries a
+    /// dead node left behind name an epoch this already holds, and do not
+    /// make the table look stale.
+    epochs: ArcSwap<HashMap<u64, u64>>,
     /// Fires when a read changed the table: links are dialed at once.
     changed: Notify,
     /// Fires when the table looks stale: it is read again at once.
@@ -38,6 +42,12 @@ impl Peers {
     /// whose lease is live at `now_ms`. Draining nodes stay: they still
     /// hold connections until their lease ends.
     pub fn update(&self, me: u64, now_ms: u64, registrations: Vec<(u64, NodeRecord)>) {
+        let epochs = registrations
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(id, r)| (*id, r.epoch))
+            .collect();
+        self.epochs.store(Arc::new(epochs));
         let live = registrations
             .into_iter()
             .filter(|(id, r)| *id != me && r.lease_expires_at > now_ms)
@@ -57,19 +67,27 @@ impl Peers {
         }
     }
 
-    /// Whether `node` is live under the lease of `epoch`. A node the table
-    /// does not hold, or holds under an older lease, may have joined since
-    /// the last read: the table is then read again soon.
+    /// Whether `node` is live under the lease of `epoch`. A node whose
+    /// registration the last read did not find, or found under an older
+    /// lease, may have joined since: the table is then read again soon.
     pub fn is_live(&self, node: u64, epoch: u64) -> bool {
-        let live = self.live.load();
-        match live.get(&node) {
-            Some(p) if p.epoch == epoch => true,
-            Some(p) if p.epoch > epoch => false,
-            _ => {
-                self.stale.notify_one();
-                false
-            }
+        if self
+            .live
+            .load()
+            .get(&node)
+            .is_some_and(|p| p.epoch == epoch)
+        {
+            return true;
         }
+        if self
+            .epochs
+            .load()
+            .get(&node)
+            .is_none_or(|&known| known < epoch)
+        {
+            self.stale.notify_one();
+        }
+        false
     }
 
     /// Waits until a read changes the table.
@@ -131,5 +149,11 @@ mod tests {
         // A node the table does not hold: it may have just joined.
         assert!(!peers.is_live(3, 1));
         peers.stale().await;
+        // A dead node's entries, under the epoch of its lapsed lease: no
+        // read, however often they are looked at.
+        peers.update(1, 300, vec![(2, record(4, 200))]);
+        assert!(!peers.is_live(2, 4));
+        let stale = tokio::time::timeout(Duration::from_millis(20), peers.stale()).await;
+        assert!(stale.is_err(), "a dead node's entry asked for a read");
     }
 }

@@ -45,6 +45,8 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 const CACHE_USERS: u64 = 1_000_000;
 /// Most users one presence transaction writes.
 const WRITE_CHUNK: usize = 1000;
+/// Stripes of [`PresenceIndex`]'s forget counters.
+const FORGET_STRIPES: usize = 1024;
 
 /// A user's entries: `(node, epoch)`.
 pub type Entries = Arc<[(u64, u64)]>;
@@ -67,10 +69,10 @@ pub struct PresenceIndex<K: Kv> {
     dirty: Mutex<Dirty>,
     wake: Notify,
     cache: Cache<u64, Entries>,
-    /// Counts [`PresenceIndex::forget`]s: a lookup that read storage
-    /// before a peer's new entry must not cache what it read after the
-    /// peer's notice dropped the old one.
-    forgets: AtomicU64,
+    /// Counts [`PresenceIndex::forget`]s, per stripe of users: a lookup
+    /// that read storage before a peer's new entry must not cache what it
+    /// read after the peer's notice dropped the old one.
+    forgets: Box<[AtomicU64]>,
 }
 
 impl<K: Kv> std::fmt::Debug for PresenceIndex<K> {
@@ -119,7 +121,7 @@ impl<K: Kv> PresenceIndex<K> {
                 .max_capacity(CACHE_USERS)
                 .time_to_live(CACHE_TTL)
                 .build(),
-            forgets: AtomicU64::new(0),
+            forgets: (0..FORGET_STRIPES).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -151,10 +153,10 @@ impl<K: Kv> PresenceIndex<K> {
 
     /// Drops the cached entries of `users` (a peer stored new ones).
     pub fn forget(&self, users: &[u64]) {
-        // Counted before the entries go: a lookup that cached after this
-        // sees the count moved and drops what it cached.
-        self.forgets.fetch_add(1, Ordering::SeqCst);
         for user in users {
+            // Counted before the entry goes: a lookup that cached after
+            // this sees the count moved and drops what it cached.
+            self.forgets_of(*user).fetch_add(1, Ordering::SeqCst);
             self.cache.invalidate(user);
         }
     }
@@ -169,10 +171,12 @@ impl<K: Kv> PresenceIndex<K> {
         if let Some(nodes) = self.cached_peers_of(user) {
             return Ok(nodes);
         }
-        let forgets = self.forgets.load(Ordering::SeqCst);
+        let forgets = self.forgets_of(user).load(Ordering::SeqCst);
         let entries: Entries = self.store.presence(user).await?.into();
         self.cache.insert(user, Arc::clone(&entries));
-        if self.forgets.load(Ordering::SeqCst) != forgets {
+        // The insert is seen before the count is read again.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.forgets_of(user).load(Ordering::SeqCst) != forgets {
             // A notice may have dropped an entry newer than this read.
             self.cache.invalidate(&user);
         }
@@ -183,6 +187,13 @@ impl<K: Kv> PresenceIndex<K> {
     /// them.
     pub fn cached_peers_of(&self, user: u64) -> Option<Vec<u64>> {
         self.cache.get(&user).map(|entries| self.live(&entries))
+    }
+
+    fn forgets_of(&self, user: u64) -> &AtomicU64 {
+        // The stripe count is a power of two far below u64::MAX.
+        #[allow(clippy::cast_possible_truncation)]
+        let stripe = (user % FORGET_STRIPES as u64) as usize;
+        &self.forgets[stripe]
     }
 
     fn live(&self, entries: &[(u64, u64)]) -> Vec<u64> {
