@@ -37,6 +37,7 @@ fdb_start_cluster
 start_nodes() {
   stop_nodes
   local n="$1" i http
+  local https=()
   for ((i = 0; i < n; i++)); do
     "$hanmadi" serve --store fdb --fdb-cluster-file "$FDB_CLUSTER_FILE" \
       --data-dir "$work/node$i" --secret "$secret" --hostname 127.0.0.1 \
@@ -54,16 +55,16 @@ start_nodes() {
       sleep 0.1
     done
     [[ -n "$http" ]] || { cat "$work/log$i"; exit 1; }
-    ((i == 0)) && url="http://$http"
+    https+=("$http")
   done
+  url="http://${https[0]}"
   # Until the first node's discovery lists all of them, and each node has
   # its links to the others open (the figures are of a formed cluster).
   for _ in $(seq 100); do
     [[ "$(curl -s "$url/v1/discovery" | grep -o '"node_id"' | wc -l)" -ge "$n" ]] && break
     sleep 0.1
   done
-  for ((i = 0; i < n; i++)); do
-    http=$(sed -n 's/^listening http //p' "$work/listening$i")
+  for http in "${https[@]}"; do
     for _ in $(seq 100); do
       [[ "$(curl -s "http://$http/metrics" | awk '$1 == "hanmadi_cluster_links" {print $2}')" == "$((n - 1))" ]] && break
       sleep 0.1

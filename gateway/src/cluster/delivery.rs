@@ -181,7 +181,11 @@ pub async fn run_notifier<K: Kv>(
             continue;
         }
         // Past the cap the loop waits here, and notices queue behind it.
-        let Ok(permit) = Arc::clone(&rounds).acquire_owned().await else {
+        let permit = tokio::select! {
+            permit = Arc::clone(&rounds).acquire_owned() => permit,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = permit else {
             return;
         };
         let (presence, links) = (Arc::clone(&presence), Arc::clone(&links));
