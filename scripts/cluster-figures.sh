@@ -81,12 +81,15 @@ node_ticks() {
   echo "$total"
 }
 
-# FoundationDB's counters of committed and conflicted transactions.
+# FoundationDB's counters: transactions committed, conflicted and started
+# (read versions handed out), and reads.
 fdb_counts() {
   "$FDB_DIR/bin/fdbcli" -C "$FDB_CLUSTER_FILE" --exec 'status json' 2>/dev/null |
     python3 -c 'import json, sys
-t = json.load(sys.stdin)["cluster"]["workload"]["transactions"]
-print(t["committed"]["counter"], t["conflicted"]["counter"])'
+w = json.load(sys.stdin)["cluster"]["workload"]
+t = w["transactions"]
+print(t["committed"]["counter"], t["conflicted"]["counter"], t["started"]["counter"],
+      w["operations"]["reads"]["counter"])'
 }
 
 # `reach`: how the tool finds the nodes. `--discovery` spreads connections
@@ -98,16 +101,17 @@ run() {
   local name="$1"
   shift
   echo "== $name (${#pids[@]} node(s), ${reach[*]}): hanmadi-loadtest $*"
-  local t0 c0 x0 t1 c1 x1
+  local t0 c0 x0 s0 r0 t1 c1 x1 s1 r1
   t0=$(node_ticks)
-  read -r c0 x0 < <(fdb_counts)
+  read -r c0 x0 s0 r0 < <(fdb_counts)
   "$loadtest" "$@" "${reach[@]}" "$url" --secret "$secret" --quiet --json "$out/$name.json" || true
   t1=$(node_ticks)
-  read -r c1 x1 < <(fdb_counts)
-  python3 - "$out/$name.json" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((c1 - c0))" "$((x1 - x0))" <<'PY'
+  read -r c1 x1 s1 r1 < <(fdb_counts)
+  python3 - "$out/$name.json" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((c1 - c0))" "$((x1 - x0))" \
+    "$((s1 - s0))" "$((r1 - r0))" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
-ticks, hz, commits, conflicts = (int(a) for a in sys.argv[2:6])
+ticks, hz, commits, conflicts, started, reads = (int(a) for a in sys.argv[2:8])
 acked = max(report["acked"], 1)
 print(f"  acked {report['acked']} ({report['acked_per_s']:.0f}/s), delivered/s {report['delivered_per_s']:.0f}, "
       f"lost {report['lost']} dup {report['duplicated']} reordered {report['reordered']}")
@@ -116,6 +120,8 @@ print(f"  send->deliver p50 {report['p50_ms']:.2f} ms  p99 {report['p99_ms']:.2f
 print(f"  errors {report['errors']}")
 print(f"  nodes' CPU {ticks / hz / acked * 1e6:.0f} us per acked message; "
       f"FoundationDB commits {commits / acked:.2f} and conflicts {conflicts / acked:.3f} per acked message")
+print(f"  FoundationDB per acked message: {started / acked:.2f} transactions started "
+      f"(read versions), {reads / acked:.2f} reads (over the whole run, warm-up included)")
 PY
 }
 

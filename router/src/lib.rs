@@ -386,7 +386,7 @@ impl<K: Kv> Router<K> {
         let after = Cursor::parse(after)?;
         let limit = page_limit(limit, DEFAULT_SYNC_LIMIT, MAX_SYNC_LIMIT);
         self.pages.ready().await;
-        let batch = self.read_inbox(user, after, limit).await?;
+        let batch = self.read_inbox(user, after, limit, None).await?;
         self.pages
             .charge(batch.entries.iter().map(|e| e.message.len()).sum());
         Ok(batch)
@@ -395,13 +395,21 @@ impl<K: Kv> Router<K> {
     /// The next page of `user`'s inbox after `after` for live delivery to a
     /// connection (a commit it was notified of rather than handed):
     /// [`Router::sync`] without the page budget, which bounds what clients
-    /// ask to read, never what the node delivers.
+    /// ask to read, never what the node delivers. `until`, the newest
+    /// entry the connection was notified of, lets the read be made at its
+    /// commit's version (no read-version round trip on FoundationDB); the
+    /// page then ends there or before.
     ///
     /// # Errors
     ///
     /// As [`Router::sync`].
-    pub async fn pull(&self, user: u64, after: Option<Cursor>) -> Result<SyncBatch, RouterError> {
-        self.read_inbox(user, after, DEFAULT_SYNC_LIMIT as usize)
+    pub async fn pull(
+        &self,
+        user: u64,
+        after: Option<Cursor>,
+        until: Option<Cursor>,
+    ) -> Result<SyncBatch, RouterError> {
+        self.read_inbox(user, after, DEFAULT_SYNC_LIMIT as usize, until)
             .await
     }
 
@@ -411,10 +419,11 @@ impl<K: Kv> Router<K> {
         user: u64,
         after: Option<Cursor>,
         limit: usize,
+        until: Option<Cursor>,
     ) -> Result<SyncBatch, RouterError> {
         let batch = self
             .store
-            .sync_within(user, after, limit, self.config.page_bytes)
+            .sync_within(user, after, limit, self.config.page_bytes, until)
             .await?;
         if let (Some(last), true) = (batch.next, batch.push_pending) {
             // Read now: no push for these. The page's own read found some

@@ -390,9 +390,12 @@ async fn live_pulls_do_not_wait_on_a_spent_page_budget() {
     let page = h.router.sync(2, &[], 0).await.expect("sync");
     assert_eq!(page.entries.len(), 1);
     // ...but a pull for live delivery reads at once.
-    let pulled = tokio::time::timeout(std::time::Duration::from_secs(2), h.router.pull(2, None))
-        .await
-        .expect("a pull does not wait for the page budget")
-        .expect("pull");
+    let pulled = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        h.router.pull(2, None, None),
+    )
+    .await
+    .expect("a pull does not wait for the page budget")
+    .expect("pull");
     assert_eq!(pulled.entries.len(), 1);
 }

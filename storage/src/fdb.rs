@@ -224,6 +224,16 @@ impl Kv for FdbKv {
             refused: None,
         })
     }
+
+    fn begin_at(&self, version: u64) -> Result<FdbTxn, KvError> {
+        let txn = self.begin()?;
+        // Zero or a version past i64 is no commit's (FoundationDB refuses
+        // them with `version_invalid`): read at the newest instead.
+        if let Ok(version @ 1..) = i64::try_from(version) {
+            txn.tr.set_read_version(version);
+        }
+        Ok(txn)
+    }
 }
 
 /// What a transaction has written, for the size in a too-large error.

@@ -55,6 +55,13 @@ impl Versionstamp {
         b[8..].copy_from_slice(&batch_order.to_be_bytes());
         Self(b)
     }
+
+    /// The commit version.
+    pub fn version(&self) -> u64 {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(v)
+    }
 }
 
 /// One key-value pair returned by a range read.
@@ -215,6 +222,23 @@ pub trait Kv: Clone + Send + Sync + 'static {
     ///
     /// Fails when the engine is closed or failed.
     fn begin(&self) -> Result<Self::Txn, KvError>;
+
+    /// Starts a transaction whose reads see at least every commit up to
+    /// `version`, the version of a [`Versionstamp`] this store returned.
+    /// An engine may read at a newer version; FoundationDB reads at exactly
+    /// `version`, which spares it asking the cluster for a read version
+    /// (a round trip). Such a read may fail with
+    /// [`KvError::TransactionTooOld`] when `version` is too old, and its
+    /// writes conflict with everything committed since `version`: it suits
+    /// reads of what a known commit made.
+    ///
+    /// # Errors
+    ///
+    /// As [`Kv::begin`].
+    fn begin_at(&self, version: u64) -> Result<Self::Txn, KvError> {
+        let _ = version;
+        self.begin()
+    }
 }
 
 /// One transaction. Reads see the transaction's own writes. Mutations are

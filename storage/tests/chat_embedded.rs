@@ -67,4 +67,5 @@ embedded_tests!(
     membership_rules => suite::membership_rules,
     node_leases => suite::node_leases,
     change_feed => suite::change_feed,
+    reads_at_a_known_commit => suite::reads_at_a_known_commit,
 );

@@ -59,4 +59,5 @@ chat_fdb_tests!(
     membership_rules => common::chat_suite::membership_rules,
     node_leases => common::chat_suite::node_leases,
     change_feed => common::chat_suite::change_feed,
+    reads_at_a_known_commit => common::chat_suite::reads_at_a_known_commit,
 );

@@ -127,6 +127,12 @@ async fn change_feed() {
 }
 
 #[tokio::test]
+async fn reads_at_a_known_commit() {
+    suite::reads_at_a_known_commit(healthy()).await;
+    suite::reads_at_a_known_commit(faulty(12, StoreConfig::for_cluster()).1).await;
+}
+
+#[tokio::test]
 async fn blocks() {
     suite::blocks(healthy()).await;
 }

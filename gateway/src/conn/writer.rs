@@ -25,15 +25,15 @@ where
         // Set while a pull has inbox pages left: each page is written before
         // the next is read, so a backlog never piles up in `wbuf`, which the
         // outbound queue's cap does not bound.
-        let mut pull = false;
+        let mut pull = Pull::None;
         loop {
             self.outbound.clear();
             // While a pull has pages left, queued deliveries wait: writing
             // one now would move the cursor past the pages not read yet.
-            if !pull {
+            if pull == Pull::None {
                 self.shared.drain_into(&mut self.outbound, 256);
             }
-            if self.outbound.is_empty() && self.wbuf.is_empty() && !pull {
+            if self.outbound.is_empty() && self.wbuf.is_empty() && pull == Pull::None {
                 // A burst must not leave an idle connection holding its
                 // buffers.
                 if self.outbound.capacity() > 16 {
@@ -45,7 +45,7 @@ where
                 return Ok(());
             }
             let released: usize = self.outbound.iter().map(Outbound::byte_len).sum();
-            pull |= keep_unwritten(&mut self.outbound, &mut self.last_cursor);
+            pull = pull.and(keep_unwritten(&mut self.outbound, &mut self.last_cursor));
             let prefix = self.wbuf.split().freeze();
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + 2 * self.outbound.len());
             if !prefix.is_empty() {
@@ -72,20 +72,24 @@ where
             let m = &self.ctx.metrics;
             m.frames_out.inc_by(self.outbound.len() as u64);
             m.socket_writes.inc_by(writes);
-            if pull {
-                pull = Box::pin(self.pull()).await?;
+            if pull != Pull::None && !Box::pin(self.pull(pull)).await? {
+                pull = Pull::None;
             }
         }
     }
 
     /// Reads a page of the inbox after the last written cursor into `wbuf`
     /// as `Deliver` frames; returns whether more pages follow.
-    async fn pull(&mut self) -> Result<bool, Close> {
+    async fn pull(&mut self, pull: Pull) -> Result<bool, Close> {
         let after = self.last_cursor;
+        let until = match pull {
+            Pull::Until(until) => Some(until),
+            Pull::None | Pull::Newest => None,
+        };
         let batch = self
             .ctx
             .router
-            .pull(self.user, after)
+            .pull(self.user, after, until)
             .await
             .map_err(|e| Close::with(e.code(), "pull_failed", e.to_string()))?;
         for e in &batch.entries {
@@ -104,26 +108,51 @@ where
     }
 }
 
+/// What a connection has to read from its inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pull {
+    /// Nothing.
+    None,
+    /// Everything through this entry, which a commit made: the read may be
+    /// made at that commit's version.
+    Until(Cursor),
+    /// Everything there is.
+    Newest,
+}
+
+impl Pull {
+    /// What both ask for.
+    fn and(self, other: Pull) -> Pull {
+        match (self, other) {
+            (Pull::None, p) | (p, Pull::None) => p,
+            (Pull::Until(a), Pull::Until(b)) => Pull::Until(a.max(b)),
+            (Pull::Newest, _) | (_, Pull::Newest) => Pull::Newest,
+        }
+    }
+}
+
 /// Keeps the deliveries of `drained` to write, in order, advancing
-/// `last_cursor` past them; returns whether a `Pull` was among them.
+/// `last_cursor` past them; returns what the pulls among them ask to read.
 ///
 /// Cursors only move forward on a connection: deliveries already covered
 /// by a pull are dropped, and so are those queued after a `Pull`, whose
 /// commits the pull reads in order. Written first, they would move the
 /// cursor past the commit the pull is for, which would never be delivered.
-fn keep_unwritten(drained: &mut Vec<Outbound>, last_cursor: &mut Option<Cursor>) -> bool {
-    let mut pull = false;
+fn keep_unwritten(drained: &mut Vec<Outbound>, last_cursor: &mut Option<Cursor>) -> Pull {
+    let mut pull = Pull::None;
     drained.retain(|item| match item {
         Outbound::Pull => {
-            pull = true;
+            pull = Pull::Newest;
             false
         }
         Outbound::PullUntil(until) => {
-            pull |= last_cursor.is_none_or(|last| last < *until);
+            if last_cursor.is_none_or(|last| last < *until) {
+                pull = pull.and(Pull::Until(*until));
+            }
             false
         }
         Outbound::Deliver { cursor, .. } => {
-            if pull || last_cursor.is_some_and(|last| *cursor <= last) {
+            if pull != Pull::None || last_cursor.is_some_and(|last| *cursor <= last) {
                 return false;
             }
             *last_cursor = Some(*cursor);
@@ -200,7 +229,7 @@ mod tests {
     use hanmadi_proto::SharedMessage;
     use hanmadi_storage::chat::{Cursor, CURSOR_LEN};
 
-    use super::{keep_unwritten, Outbound};
+    use super::{keep_unwritten, Outbound, Pull};
 
     fn deliver(n: u8) -> Outbound {
         let cursor = Cursor([n; CURSOR_LEN]);
@@ -225,7 +254,7 @@ mod tests {
     fn written_cursors_only_move_forward() {
         let mut last = Some(Cursor([3; CURSOR_LEN]));
         let mut drained = vec![deliver(2), deliver(3), deliver(5), deliver(4), deliver(6)];
-        assert!(!keep_unwritten(&mut drained, &mut last));
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::None);
         assert_eq!(cursors(&drained), [5, 6]);
         assert_eq!(last, Some(Cursor([6; CURSOR_LEN])));
     }
@@ -236,8 +265,28 @@ mod tests {
         // move the cursor past it.
         let mut last = None;
         let mut drained = vec![deliver(1), Outbound::Pull, deliver(7), Outbound::Pull];
-        assert!(keep_unwritten(&mut drained, &mut last));
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::Newest);
         assert_eq!(cursors(&drained), [1]);
         assert_eq!(last, Some(Cursor([1; CURSOR_LEN])));
+    }
+
+    #[test]
+    fn a_pull_names_the_newest_entry_it_was_notified_of() {
+        let c = |n: u8| Cursor([n; CURSOR_LEN]);
+        let mut last = Some(c(4));
+        // Entries the connection already wrote ask for nothing.
+        let mut drained = vec![Outbound::PullUntil(c(2)), Outbound::PullUntil(c(4))];
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::None);
+        let mut drained = vec![
+            Outbound::PullUntil(c(9)),
+            Outbound::PullUntil(c(3)),
+            Outbound::PullUntil(c(6)),
+        ];
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::Until(c(9)));
+        // A pull of everything there is cannot read at an entry's version.
+        let mut drained = vec![Outbound::PullUntil(c(9)), Outbound::Pull];
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::Newest);
+        assert_eq!(Pull::Until(c(9)).and(Pull::Newest), Pull::Newest);
+        assert_eq!(Pull::None.and(Pull::Until(c(5))), Pull::Until(c(5)));
     }
 }

@@ -58,6 +58,13 @@ impl Cursor {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The version of the commit that made this entry.
+    pub fn version(&self) -> u64 {
+        let mut stamp = [0u8; VERSIONSTAMP_LEN];
+        stamp.copy_from_slice(&self.0[..VERSIONSTAMP_LEN]);
+        Versionstamp(stamp).version()
+    }
 }
 
 /// One inbox entry with its message.
@@ -111,7 +118,7 @@ impl<K: Kv> ChatStore<K> {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<SyncBatch, StoreError> {
-        self.sync_within(user, after, limit, usize::MAX).await
+        self.sync_within(user, after, limit, usize::MAX, None).await
     }
 
     /// As [`ChatStore::sync`], reading messages only until they hold
@@ -122,6 +129,11 @@ impl<K: Kv> ChatStore<K> {
     /// is a round trip on FoundationDB), so at most one chunk past the
     /// budget is ever read.
     ///
+    /// `known` is an entry of a commit already made (a notification named
+    /// it): the page may end there, so the read can be made at that commit's
+    /// version ([`Kv::begin_at`]). Entries after it come with their own
+    /// notifications.
+    ///
     /// # Errors
     ///
     /// As [`ChatStore::sync`].
@@ -131,6 +143,7 @@ impl<K: Kv> ChatStore<K> {
         after: Option<Cursor>,
         limit: usize,
         max_bytes: usize,
+        known: Option<Cursor>,
     ) -> Result<SyncBatch, StoreError> {
         let limit = limit.clamp(1, 1000);
         let prefix = keys::inbox_of(user);
@@ -142,7 +155,7 @@ impl<K: Kv> ChatStore<K> {
         let floor_key = keys::inbox_floor(user);
         let pending = keys::push_of(user);
         let pending_end = keys::prefix_end(&pending);
-        transact!(&self.kv, |txn| {
+        transact!(&self.kv, at known.map(|c| c.version()), |txn| {
             // Three independent reads, issued together: on FoundationDB
             // each is a round trip to the storage servers.
             let (floor, rows, first_pending) = futures::future::try_join3(
@@ -174,8 +187,13 @@ impl<K: Kv> ChatStore<K> {
                     let key = keys::message(conversation, message_id);
                     refs.push((cursor, conversation, message_id, key));
                 }
-                let messages =
-                    futures::future::try_join_all(refs.iter().map(|r| txn.get(&r.3, true))).await?;
+                let messages = futures::future::try_join_all(refs.iter().map(|r| async {
+                    match self.recent.as_ref().and_then(|m| m.get(r.1, r.2)) {
+                        Some(message) => Ok(Some(message)),
+                        None => txn.get(&r.3, true).await,
+                    }
+                }))
+                .await?;
                 for ((cursor, conversation, message_id, _), message) in
                     refs.into_iter().zip(messages)
                 {

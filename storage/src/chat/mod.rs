@@ -17,6 +17,7 @@ mod inbox;
 pub mod keys;
 mod nodes;
 mod push;
+mod recent;
 pub mod records;
 mod users;
 
@@ -134,6 +135,11 @@ pub struct StoreConfig {
     /// account and block changes) to the change feed in the same
     /// transaction (see [`feed`]). On a cluster.
     pub change_feed: bool,
+    /// Bytes of messages this store committed lately to keep for the
+    /// pulls their commits set off, which then read only inbox entries (a
+    /// message is immutable once stored); `0` keeps none. On a cluster,
+    /// where every delivery is a pull.
+    pub recent_message_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -145,6 +151,7 @@ impl Default for StoreConfig {
             single_writer: false,
             append_attempts: 100,
             change_feed: false,
+            recent_message_bytes: 0,
         }
     }
 }
@@ -165,6 +172,7 @@ impl StoreConfig {
             split_by_conversation: true,
             max_txn_bytes: 900_000,
             change_feed: true,
+            recent_message_bytes: 32 << 20,
             ..Self::default()
         }
     }
@@ -182,6 +190,8 @@ pub struct ChatStore<K: Kv> {
     /// In a cluster, the lease whose epoch every commit that mints ids
     /// checks (see [`ChatStore::fenced`]).
     fence: Option<NodeLease>,
+    /// Messages committed lately (`config.recent_message_bytes`).
+    recent: Option<recent::RecentMessages>,
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -193,6 +203,8 @@ impl<K: Kv> ChatStore<K> {
             heads: std::sync::Arc::default(),
             in_flight: std::sync::Arc::default(),
             fence: None,
+            recent: (config.recent_message_bytes > 0)
+                .then(|| recent::RecentMessages::new(config.recent_message_bytes)),
         }
     }
 
@@ -235,12 +247,24 @@ impl<K: Kv> ChatStore<K> {
 /// evaluating to `Result<T, StoreError>`; it runs again, on a fresh
 /// transaction, after a retryable KV error. Yields `Result<T, StoreError>`.
 /// Bodies must be safe to re-run after `commit_unknown_result`.
+///
+/// `transact!(kv, at version, |txn| body)` makes the first attempt read at
+/// `version` (an `Option<u64>`, see [`Kv::begin_at`](crate::kv::Kv::begin_at));
+/// a retry reads at the newest version.
 macro_rules! transact {
-    ($kv:expr, |$txn:ident| $body:expr) => {{
+    ($kv:expr, |$txn:ident| $body:expr) => {
+        $crate::chat::transact!($kv, at None, |$txn| $body)
+    };
+    ($kv:expr, at $at:expr, |$txn:ident| $body:expr) => {{
         let mut retry = $crate::kv::Retry::default();
+        let mut at: Option<u64> = $at;
         loop {
+            let begun = match at.take() {
+                Some(version) => $crate::kv::Kv::begin_at($kv, version),
+                None => $crate::kv::Kv::begin($kv),
+            };
             #[allow(unused_mut)]
-            let mut $txn = match $crate::kv::Kv::begin($kv) {
+            let mut $txn = match begun {
                 Ok(t) => t,
                 Err(e) => break Err($crate::chat::StoreError::Kv(e)),
             };

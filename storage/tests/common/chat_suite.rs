@@ -864,7 +864,10 @@ pub async fn pages_stop_at_their_byte_budget<K: Kv>(store: ChatStore<K>) {
     }
     let budget = 5_000;
 
-    let first = store.sync_within(b, None, 100, budget).await.expect("sync");
+    let first = store
+        .sync_within(b, None, 100, budget, None)
+        .await
+        .expect("sync");
     let held: usize = first.entries.iter().map(|e| e.message.len()).sum();
     assert!(first.has_more, "a budgeted page says more remain");
     assert!(
@@ -876,7 +879,7 @@ pub async fn pages_stop_at_their_byte_budget<K: Kv>(store: ChatStore<K>) {
     let mut after = None;
     loop {
         let page = store
-            .sync_within(b, after, 100, budget)
+            .sync_within(b, after, 100, budget, None)
             .await
             .expect("sync");
         got.extend(page.entries.iter().map(|e| e.message_id));
@@ -887,7 +890,10 @@ pub async fn pages_stop_at_their_byte_budget<K: Kv>(store: ChatStore<K>) {
     }
     assert_eq!(got, sent, "sync pages hold every message once, in order");
     // A budget smaller than one message still moves on.
-    let one = store.sync_within(b, None, 100, 1).await.expect("sync");
+    let one = store
+        .sync_within(b, None, 100, 1, None)
+        .await
+        .expect("sync");
     assert_eq!(one.entries.len(), 1);
 
     let mut got = Vec::new();
@@ -1302,4 +1308,56 @@ pub async fn change_feed<K: Kv>(store: ChatStore<K>) {
         .expect("feed")
         .iter()
         .all(|(p, _)| *p > head));
+}
+
+/// A page read at a known commit's version holds that commit and every
+/// entry before it, in order; a version too old for the engine to read at
+/// falls back to the newest.
+pub async fn reads_at_a_known_commit<K: Kv>(store: ChatStore<K>) {
+    let base = fresh_base();
+    let (a, b) = (base, base + 1);
+    let conv = ConversationId::direct(a, b);
+    let ids = TestIds::default();
+    let mut known = Vec::new();
+    for i in 0..3 {
+        let out = append_one(
+            &store,
+            &ids,
+            text(conv, a, &format!("k{i}"), &format!("body {i}")),
+        )
+        .await
+        .expect("append");
+        let at = out.recipients.iter().position(|&u| u == b).expect("b");
+        known.push(out.cursor(at).expect("a fresh commit's cursor"));
+    }
+    let inbox: Vec<Cursor> = read_inbox(&store, b, None)
+        .await
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(inbox, known);
+    for (i, &at) in known.iter().enumerate() {
+        let page = store
+            .sync_within(b, None, 10, usize::MAX, Some(at))
+            .await
+            .expect("sync at a known commit");
+        let got: Vec<Cursor> = page.entries.iter().map(|e| e.cursor).collect();
+        // An engine may read at a newer version than the one named.
+        assert!(got.len() > i, "entry {i} missing from {got:?}");
+        assert_eq!(got, inbox[..got.len()]);
+        for (k, e) in page.entries.iter().enumerate() {
+            assert_eq!(decode(&e.message).body, format!("body {k}"));
+        }
+    }
+    // Version zero, and one older than any the engine keeps.
+    for version in [0, 1] {
+        let mut ancient = [0; hanmadi_storage::chat::CURSOR_LEN];
+        ancient[..8].copy_from_slice(&u64::to_be_bytes(version));
+        let page = store
+            .sync_within(b, None, 10, usize::MAX, Some(Cursor(ancient)))
+            .await
+            .expect("sync at an old version");
+        let got: Vec<Cursor> = page.entries.iter().map(|e| e.cursor).collect();
+        assert_eq!(got, inbox);
+    }
 }

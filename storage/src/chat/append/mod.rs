@@ -306,6 +306,9 @@ impl<K: Kv> ChatStore<K> {
             let mut out: Vec<Option<Result<Appended, StoreError>>> = (0..n).map(|_| None).collect();
             for (idx, part) in futures::future::join_all(runs).await {
                 for (i, s) in idx.into_iter().zip(part) {
+                    if let (Some(recent), Some(Ok(a))) = (&self.recent, &s.outcome) {
+                        recent.insert(a.conversation, a.message_id, &a.message);
+                    }
                     out[i] = s.outcome;
                 }
             }
