@@ -259,6 +259,9 @@ macro_rules! transact {
         let mut retry = $crate::kv::Retry::default();
         let mut at: Option<u64> = $at;
         loop {
+            // A read at a named version that failed (too old, or not yet
+            // served) is retried at the newest at once: no backoff helps it.
+            let hinted = at.is_some();
             let begun = match at.take() {
                 Some(version) => $crate::kv::Kv::begin_at($kv, version),
                 None => $crate::kv::Kv::begin($kv),
@@ -277,6 +280,9 @@ macro_rules! transact {
                 Err($crate::chat::StoreError::Kv(e)) => e,
                 Err(e) => break Err(e),
             };
+            if hinted && err.is_retryable() {
+                continue;
+            }
             if let Err(e) = retry.backoff(err).await {
                 break Err($crate::chat::StoreError::Kv(e));
             }
