@@ -22,7 +22,7 @@ use bytes::Buf as _;
 use dashmap::DashMap;
 use hanmadi_proto::{DeliverFrame, SharedMessage};
 use hanmadi_router::{Delivery, DeliverySink, Presence};
-use hanmadi_storage::chat::Cursor;
+use hanmadi_storage::chat::{Before, Cursor};
 use parking_lot::Mutex;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -60,6 +60,8 @@ pub enum Outbound {
         cursor: Cursor,
         /// The frame.
         frame: DeliverFrame,
+        /// What it must follow on the connection.
+        follows: Follows,
     },
     /// Read the inbox after the last delivered cursor (a commit whose
     /// cursors are unknown here).
@@ -68,6 +70,19 @@ pub enum Outbound {
     /// past this one already (a commit, maybe through another node of the
     /// cluster, that wrote an inbox entry at or before it).
     PullUntil(Cursor),
+}
+
+/// What a queued delivery must follow on its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follows {
+    /// Whatever was queued before it: on one node, frames are queued in
+    /// commit order.
+    Queue,
+    /// The inbox entry its commit proved to come right before it (`None`:
+    /// none), which must be the last the connection wrote; otherwise the
+    /// connection reads its inbox through this delivery instead (a
+    /// cluster's chained delivery).
+    Entry(Option<Cursor>),
 }
 
 impl Outbound {
@@ -575,8 +590,9 @@ impl Registry {
     }
 
     /// Wakes `user`'s long-polls and has each of their connections read
-    /// its inbox until `cursor` is delivered (the cluster's delivery: a
-    /// commit through any node only notifies).
+    /// its inbox until `cursor` is delivered (the cluster's delivery of a
+    /// commit through another node, or one that proved nothing about the
+    /// entries before it).
     pub fn pull_until(&self, user: u64, cursor: Cursor) {
         self.pull(user, Outbound::PullUntil(cursor));
     }
@@ -592,6 +608,62 @@ impl Registry {
                 conn.push(item);
             }
         }
+    }
+
+    /// Queues a committed message for every live device of its
+    /// recipients. `chained` (a cluster): each delivery follows the inbox
+    /// entry its commit proved to come before it, and a recipient without
+    /// one reads their inbox through it instead.
+    pub fn hand(&self, delivery: &Delivery<'_>, chained: bool) {
+        // Encoded once for every recipient: each frame is a small header
+        // plus a reference to these bytes.
+        let shared = SharedMessage::from_encoded(delivery.encoded().clone());
+        let mut delivered = 0u64;
+        let mut overflowed: Vec<Arc<ConnShared>> = Vec::new();
+        for (user, cursor, before) in delivery.chained() {
+            let follows = match (chained, before) {
+                (false, _) => Follows::Queue,
+                (true, Before::Empty) => Follows::Entry(None),
+                (true, Before::Entry(c)) => Follows::Entry(Some(c)),
+                (true, Before::Unknown) => {
+                    self.pull_until(user, cursor);
+                    continue;
+                }
+            };
+            let Some(local) = self.users.get(&user) else {
+                continue;
+            };
+            local.wake_polls();
+            let conns = &local.conns;
+            if conns.is_empty() {
+                continue;
+            }
+            // One frame per recipient, shared by its devices (a clone is a
+            // header copy and a reference count).
+            let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
+                continue;
+            };
+            // Pushing is an in-memory append and a wake-up: holding the
+            // shard's read guard for it never waits on I/O.
+            for conn in conns.iter() {
+                let item = Outbound::Deliver {
+                    cursor,
+                    frame: frame.clone(),
+                    follows,
+                };
+                if conn.push(item) {
+                    delivered += 1;
+                } else {
+                    overflowed.push(Arc::clone(conn));
+                }
+            }
+        }
+        // A slow consumer leaves the registry at once (its task may still
+        // be stuck in a write): it gets nothing more and counts as offline.
+        for conn in overflowed {
+            self.unregister(&conn);
+        }
+        self.metrics.deliveries.inc_by(delivered);
     }
 
     /// Whether this node holds a connection or a long-poll of `user`.
@@ -621,45 +693,7 @@ impl Presence for Registry {
 
 impl DeliverySink for Registry {
     fn deliver(&self, delivery: &Delivery<'_>) {
-        // Encoded once for every recipient: each frame is a small header
-        // plus a reference to these bytes.
-        let shared = SharedMessage::from_encoded(delivery.encoded().clone());
-        let mut delivered = 0u64;
-        let mut overflowed: Vec<Arc<ConnShared>> = Vec::new();
-        for (user, cursor) in delivery.recipients() {
-            let Some(local) = self.users.get(&user) else {
-                continue;
-            };
-            local.wake_polls();
-            let conns = &local.conns;
-            if conns.is_empty() {
-                continue;
-            }
-            // One frame per recipient, shared by its devices (a clone is a
-            // header copy and a reference count).
-            let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
-                continue;
-            };
-            // Pushing is an in-memory append and a wake-up: holding the
-            // shard's read guard for it never waits on I/O.
-            for conn in conns.iter() {
-                let item = Outbound::Deliver {
-                    cursor,
-                    frame: frame.clone(),
-                };
-                if conn.push(item) {
-                    delivered += 1;
-                } else {
-                    overflowed.push(Arc::clone(conn));
-                }
-            }
-        }
-        // A slow consumer leaves the registry at once (its task may still
-        // be stuck in a write): it gets nothing more and counts as offline.
-        for conn in overflowed {
-            self.unregister(&conn);
-        }
-        self.metrics.deliveries.inc_by(delivered);
+        self.hand(delivery, false);
     }
 
     fn committed(&self, messages: usize, latency: std::time::Duration) {

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use hanmadi_proto::ConversationId;
-use hanmadi_storage::chat::{Appended, Cursor, FeedEvent};
+use hanmadi_storage::chat::{Appended, Before, Cursor, FeedEvent};
 
 /// One committed message on its way to its recipients: the message encoded
 /// once, and each recipient's inbox cursor.
@@ -39,6 +39,20 @@ impl<'a> Delivery<'a> {
             .iter()
             .enumerate()
             .filter_map(|(i, &u)| self.appended.cursor(i).map(|c| (u, c)))
+    }
+
+    /// Each recipient with its inbox cursor and the entry the commit proved
+    /// to come right before it (a cluster's chained delivery), in cursor
+    /// order.
+    pub fn chained(&self) -> impl Iterator<Item = (u64, Cursor, Before)> + '_ {
+        self.appended
+            .recipients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &u)| {
+                let cursor = self.appended.cursor(i)?;
+                Some((u, cursor, self.appended.before(i)))
+            })
     }
 }
 

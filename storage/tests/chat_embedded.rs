@@ -68,4 +68,5 @@ embedded_tests!(
     node_leases => suite::node_leases,
     change_feed => suite::change_feed,
     reads_at_a_known_commit => suite::reads_at_a_known_commit,
+    chained_deliveries_name_the_entry_before => suite::chained_deliveries_name_the_entry_before,
 );

@@ -60,4 +60,5 @@ chat_fdb_tests!(
     node_leases => common::chat_suite::node_leases,
     change_feed => common::chat_suite::change_feed,
     reads_at_a_known_commit => common::chat_suite::reads_at_a_known_commit,
+    chained_deliveries_name_the_entry_before => common::chat_suite::chained_deliveries_name_the_entry_before,
 );

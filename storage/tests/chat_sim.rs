@@ -132,6 +132,15 @@ async fn reads_at_a_known_commit() {
     suite::reads_at_a_known_commit(faulty(12, StoreConfig::for_cluster()).1).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_deliveries_name_the_entry_before() {
+    suite::chained_deliveries_name_the_entry_before(healthy()).await;
+    for seed in 0..3 {
+        suite::chained_deliveries_name_the_entry_before(faulty(seed, StoreConfig::for_cluster()).1)
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn blocks() {
     suite::blocks(healthy()).await;

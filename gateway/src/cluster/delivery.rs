@@ -4,10 +4,15 @@
 //! In a cluster, other nodes' commits interleave with this node's in
 //! versionstamp order, and a frame pushed straight from a local commit
 //! could overtake an earlier commit made elsewhere for the same user, which
-//! the connection's cursor would then skip. So in a cluster every commit
-//! only *notifies*: each recipient connection reads its inbox after its
+//! the connection's cursor would then skip. So in a cluster a commit hands
+//! this node's connections a frame only with the inbox entry the commit
+//! proved to come right before it ([`Follows::Entry`]), and a connection
+//! writes it only if that entry is the last it wrote. Every other delivery
+//! only *notifies*: the recipient connection reads its inbox after its
 //! last delivered cursor ([`Outbound::PullUntil`](crate::registry::Outbound)),
 //! and a read sees every commit before the newest it returns, in order.
+//!
+//! [`Follows::Entry`]: crate::registry::Follows
 //!
 //! After a commit, [`ClusterSink`] notifies this node's recipients at once
 //! and hands the recipients to the notifier, which looks up the presence
@@ -102,10 +107,12 @@ impl<K: Kv> ClusterSink<K> {
 
 impl<K: Kv> DeliverySink for ClusterSink<K> {
     fn deliver(&self, delivery: &Delivery<'_>) {
+        // This node's connections take the message itself where the commit
+        // proved what comes before it, and read their inboxes otherwise.
+        self.registry.hand(delivery, true);
         let mut users = Vec::new();
         let mut until = Cursor([0; CURSOR_LEN]);
         for (user, cursor) in delivery.recipients() {
-            self.registry.pull_until(user, cursor);
             users.push(user);
             until = until.max(cursor);
         }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::reply::Close;
 use super::Connection;
-use crate::registry::{ConnShared, Outbound};
+use crate::registry::{ConnShared, Follows, Outbound};
 
 impl<S, K> Connection<S, K>
 where
@@ -138,6 +138,8 @@ impl Pull {
 /// by a pull are dropped, and so are those queued after a `Pull`, whose
 /// commits the pull reads in order. Written first, they would move the
 /// cursor past the commit the pull is for, which would never be delivered.
+/// A chained delivery ([`Follows::Entry`]) is written only right after the
+/// entry it follows; otherwise the pull reads through it.
 fn keep_unwritten(drained: &mut Vec<Outbound>, last_cursor: &mut Option<Cursor>) -> Pull {
     let mut pull = Pull::None;
     drained.retain(|item| match item {
@@ -151,8 +153,18 @@ fn keep_unwritten(drained: &mut Vec<Outbound>, last_cursor: &mut Option<Cursor>)
             }
             false
         }
-        Outbound::Deliver { cursor, .. } => {
-            if pull != Pull::None || last_cursor.is_some_and(|last| *cursor <= last) {
+        Outbound::Deliver {
+            cursor, follows, ..
+        } => {
+            if last_cursor.is_some_and(|last| *cursor <= last) {
+                return false;
+            }
+            let in_line = match follows {
+                Follows::Queue => true,
+                Follows::Entry(before) => before == last_cursor,
+            };
+            if pull != Pull::None || !in_line {
+                pull = pull.and(Pull::Until(*cursor));
                 return false;
             }
             *last_cursor = Some(*cursor);
@@ -229,7 +241,7 @@ mod tests {
     use hanmadi_proto::SharedMessage;
     use hanmadi_storage::chat::{Cursor, CURSOR_LEN};
 
-    use super::{keep_unwritten, Outbound, Pull};
+    use super::{keep_unwritten, Follows, Outbound, Pull};
 
     fn deliver(n: u8) -> Outbound {
         let cursor = Cursor([n; CURSOR_LEN]);
@@ -237,6 +249,7 @@ mod tests {
         Outbound::Deliver {
             cursor,
             frame: message.deliver_frame(cursor.as_bytes()).unwrap(),
+            follows: Follows::Queue,
         }
     }
 
@@ -268,6 +281,42 @@ mod tests {
         assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::Newest);
         assert_eq!(cursors(&drained), [1]);
         assert_eq!(last, Some(Cursor([1; CURSOR_LEN])));
+    }
+
+    #[test]
+    fn a_chained_delivery_is_written_only_right_after_its_entry() {
+        let c = |n: u8| Cursor([n; CURSOR_LEN]);
+        let chained = |n: u8, before: Option<u8>| match deliver(n) {
+            Outbound::Deliver { cursor, frame, .. } => Outbound::Deliver {
+                cursor,
+                frame,
+                follows: Follows::Entry(before.map(c)),
+            },
+            other => other,
+        };
+        // In line: each follows the one written before it.
+        let mut last = Some(c(3));
+        let mut drained = vec![chained(5, Some(3)), chained(6, Some(5))];
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::None);
+        assert_eq!(cursors(&drained), [5, 6]);
+        assert_eq!(last, Some(c(6)));
+        // An inbox's first entry follows nothing.
+        let mut last = None;
+        let mut drained = vec![chained(2, None)];
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::None);
+        assert_eq!(last, Some(c(2)));
+        // Entry 4 was never written here: the inbox is read through 7,
+        // and nothing after the gap is written before that read.
+        let mut last = Some(c(3));
+        let mut drained = vec![chained(5, Some(4)), chained(7, Some(5)), deliver(8)];
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::Until(c(8)));
+        assert!(drained.is_empty());
+        assert_eq!(last, Some(c(3)));
+        // One written already asks for nothing.
+        let mut last = Some(c(6));
+        let mut drained = vec![chained(5, Some(4))];
+        assert_eq!(keep_unwritten(&mut drained, &mut last), Pull::None);
+        assert!(drained.is_empty());
     }
 
     #[test]

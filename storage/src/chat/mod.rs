@@ -21,7 +21,7 @@ mod recent;
 pub mod records;
 mod users;
 
-pub use append::{Appended, IdSource, MembershipChange, NewMessage, PreparedAppend};
+pub use append::{Appended, Before, IdSource, MembershipChange, NewMessage, PreparedAppend};
 pub use feed::FeedPosition;
 pub use inbox::{Cursor, HistoryPage, SyncBatch, SyncEntry, HISTORY_CHUNK, MAX_RECEIPTS_PER_TXN};
 pub use keys::CURSOR_LEN;
@@ -138,8 +138,14 @@ pub struct StoreConfig {
     /// Bytes of messages this store committed lately to keep for the
     /// pulls their commits set off, which then read only inbox entries (a
     /// message is immutable once stored); `0` keeps none. On a cluster,
-    /// where every delivery is a pull.
+    /// where many deliveries are pulls.
     pub recent_message_bytes: u64,
+    /// Read each direct conversation's recipients' newest inbox entries,
+    /// with conflict ranges, in the append's transaction, so its commit
+    /// proves which entry comes right before each new one
+    /// ([`Appended::before`]): the node can then hand its own connections
+    /// the message without reading their inboxes. On a cluster.
+    pub chain_deliveries: bool,
 }
 
 impl Default for StoreConfig {
@@ -152,6 +158,7 @@ impl Default for StoreConfig {
             append_attempts: 100,
             change_feed: false,
             recent_message_bytes: 0,
+            chain_deliveries: false,
         }
     }
 }
@@ -173,6 +180,7 @@ impl StoreConfig {
             max_txn_bytes: 900_000,
             change_feed: true,
             recent_message_bytes: 32 << 20,
+            chain_deliveries: true,
             ..Self::default()
         }
     }
@@ -192,6 +200,9 @@ pub struct ChatStore<K: Kv> {
     fence: Option<NodeLease>,
     /// Messages committed lately (`config.recent_message_bytes`).
     recent: Option<recent::RecentMessages>,
+    /// Conversations whose chained appends conflicted lately
+    /// (`config.chain_deliveries`).
+    unchained: Option<append::Unchained>,
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -205,6 +216,7 @@ impl<K: Kv> ChatStore<K> {
             fence: None,
             recent: (config.recent_message_bytes > 0)
                 .then(|| recent::RecentMessages::new(config.recent_message_bytes)),
+            unchained: config.chain_deliveries.then(append::Unchained::new),
         }
     }
 

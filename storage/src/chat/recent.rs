@@ -1,8 +1,9 @@
 //! Messages this node committed a moment ago, kept for the pulls their
 //! commits set off.
 //!
-//! On a cluster every commit only notifies, and each recipient connection
-//! then reads its inbox (DESIGN §3.6): the inbox entries and, one read
+//! On a cluster a commit often only notifies (always for a group message,
+//! or for a connection that is behind), and the recipient connection then
+//! reads its inbox (DESIGN §3.6): the inbox entries and, one read
 //! each, the messages they name. The node that committed a message still
 //! holds it, so its own connections' pulls take it from here and read
 //! only the entries. A message is immutable once stored, so a kept copy

@@ -11,7 +11,7 @@ use hanmadi_proto::pb::{self, MessageKind};
 use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::ConversationId;
 use hanmadi_storage::chat::{
-    Appended, Cursor, IdSource, MembershipChange, NewMessage, Role, UserRecord,
+    Appended, Before, Cursor, IdSource, MembershipChange, NewMessage, Role, UserRecord,
 };
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreError};
@@ -1360,4 +1360,79 @@ pub async fn reads_at_a_known_commit<K: Kv>(store: ChatStore<K>) {
         let got: Vec<Cursor> = page.entries.iter().map(|e| e.cursor).collect();
         assert_eq!(got, inbox);
     }
+}
+
+/// On a cluster an append proves, for each recipient, which inbox entry
+/// comes right before the new one: whatever it names is the entry before
+/// it in the inbox, also while other conversations commit into the same
+/// inbox at the same moment.
+pub async fn chained_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>) {
+    let store = ChatStore::new(
+        store.kv().clone(),
+        hanmadi_storage::StoreConfig::for_cluster(),
+    );
+    let base = fresh_base();
+    let r = base;
+    let senders: Vec<u64> = (1..=4).map(|i| base + i).collect();
+    let ids = TestIds::default();
+    let mut outs: Vec<Appended> = Vec::new();
+    for round in 0..4 {
+        let sends = senders.iter().map(|&s| {
+            append_one(
+                &store,
+                &ids,
+                text(
+                    ConversationId::direct(r, s),
+                    s,
+                    &format!("c{round}"),
+                    "at once",
+                ),
+            )
+        });
+        for out in futures::future::join_all(sends).await {
+            outs.push(out.expect("append"));
+        }
+    }
+    // One after another, each from a sender of its own.
+    for i in 0..8 {
+        let s = base + 100 + i;
+        let out = append_one(
+            &store,
+            &ids,
+            text(ConversationId::direct(r, s), s, "one", "alone"),
+        )
+        .await
+        .expect("append");
+        outs.push(out);
+    }
+    let mut inboxes: HashMap<u64, Vec<Cursor>> = HashMap::new();
+    let mut chained = 0;
+    for out in &outs {
+        for (i, &user) in out.recipients.iter().enumerate() {
+            // Found committed after an unknown result: its cursors, and
+            // what came before, are not known.
+            let Some(cursor) = out.cursor(i) else {
+                continue;
+            };
+            if let std::collections::hash_map::Entry::Vacant(slot) = inboxes.entry(user) {
+                let inbox = read_inbox(&store, user, None).await;
+                slot.insert(inbox.into_iter().map(|(c, _)| c).collect());
+            }
+            let inbox = &inboxes[&user];
+            let at = inbox
+                .iter()
+                .position(|&c| c == cursor)
+                .expect("the entry is in the inbox");
+            match out.before(i) {
+                Before::Unknown => continue,
+                Before::Empty => assert_eq!(at, 0, "user {user}: entries before {cursor:?}"),
+                Before::Entry(c) => {
+                    assert!(at > 0, "user {user}: {cursor:?} is the first entry");
+                    assert_eq!(inbox[at - 1], c, "user {user}: the entry before {cursor:?}");
+                }
+            }
+            chained += 1;
+        }
+    }
+    assert!(chained > 0, "no append proved the entry before its own");
 }

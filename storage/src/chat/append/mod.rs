@@ -9,6 +9,7 @@
 //!   flight).
 //! - [`values`]: the layout of inbox and dedup values.
 
+mod chain;
 mod group;
 mod plan;
 mod values;
@@ -23,6 +24,8 @@ use hanmadi_proto::ConversationId;
 use super::records::Role;
 use super::{keys, ChatStore, StoreError};
 use crate::kv::{Kv, KvError, KvTxn, Retry, Versionstamp};
+pub use chain::Before;
+pub(crate) use chain::Unchained;
 pub(crate) use plan::last_message_id;
 use plan::{Attempt, Planned};
 use values::parse_dedup_value;
@@ -122,6 +125,9 @@ pub struct Appended {
     /// message was found committed on a retry after an unknown result: its
     /// recipients must then read their inboxes to get it.
     pub cursors: Option<(Versionstamp, u16)>,
+    /// Each recipient's inbox entry right before the new one, as the commit
+    /// proved it (see [`Before`]); empty when it proved none.
+    pub before: Vec<Before>,
     /// The stored message, encoded once (`hanmadi.v1.Message`).
     pub message: Bytes,
 }
@@ -132,6 +138,11 @@ impl Appended {
         let (stamp, first) = self.cursors?;
         let order = first.checked_add(u16::try_from(i).ok()?)?;
         Some(super::Cursor::new(stamp, order))
+    }
+
+    /// The inbox entry right before `recipients[i]`'s new one.
+    pub fn before(&self, i: usize) -> Before {
+        self.before.get(i).copied().unwrap_or(Before::Unknown)
     }
 }
 
@@ -234,7 +245,7 @@ impl<K: Kv> ChatStore<K> {
             let generation = self.heads.generation();
             Some((
                 generation,
-                self.append_attempt(&mut slots, ids, online).await,
+                self.append_attempt(&mut slots, ids, online, false).await,
             ))
         };
         PreparedAppend {
@@ -266,7 +277,8 @@ impl<K: Kv> ChatStore<K> {
             let generation = self.heads.generation();
             prepared.first = Some((
                 generation,
-                self.append_attempt(&mut prepared.slots, ids, online).await,
+                self.append_attempt(&mut prepared.slots, ids, online, false)
+                    .await,
             ));
         }
     }
@@ -300,7 +312,11 @@ impl<K: Kv> ChatStore<K> {
                 groups.push((idx, part));
             }
             let runs = groups.into_iter().map(|(idx, mut part)| async move {
-                self.append_run(&mut part, ids, online, None).await;
+                let chain = match (&self.unchained, part.first()) {
+                    (Some(unchained), Some(s)) => unchained.allows(s.msg.conversation),
+                    _ => false,
+                };
+                self.append_run(&mut part, ids, online, None, chain).await;
                 (idx, part)
             });
             let mut out: Vec<Option<Result<Appended, StoreError>>> = (0..n).map(|_| None).collect();
@@ -325,7 +341,7 @@ impl<K: Kv> ChatStore<K> {
                 Ok((_, planned, _)) => self.heads.is_current(*generation, planned),
                 Err(_) => *generation == self.heads.generation(),
             });
-            self.append_run(&mut slots, ids, online, first.map(|(_, a)| a))
+            self.append_run(&mut slots, ids, online, first.map(|(_, a)| a), false)
                 .await;
             // Committed (or failed): later batches need not wait for it.
             drop(in_flight);
@@ -339,13 +355,16 @@ impl<K: Kv> ChatStore<K> {
         }
     }
 
-    /// Appends `slots` in order, in as many transactions as the limits need.
+    /// Appends `slots` in order, in as many transactions as the limits need;
+    /// `chain`: one conversation's slots whose attempts read the
+    /// recipients' newest inbox entries until one conflicts (see [`chain`]).
     async fn append_run(
         &self,
         slots: &mut [Slot],
         ids: &dyn IdSource,
         online: &(dyn Fn(u64) -> bool + Sync),
         mut first: Option<Attempt<K>>,
+        mut chain: bool,
     ) {
         let mut start = 0;
         while start < slots.len() {
@@ -353,7 +372,10 @@ impl<K: Kv> ChatStore<K> {
             loop {
                 let attempt = match first.take() {
                     Some(planned) => planned,
-                    None => self.append_attempt(&mut slots[start..], ids, online).await,
+                    None => {
+                        self.append_attempt(&mut slots[start..], ids, online, chain)
+                            .await
+                    }
                 };
                 let (end, result) = match attempt {
                     Ok((end, planned, txn)) => match txn.commit().await {
@@ -371,6 +393,14 @@ impl<K: Kv> ChatStore<K> {
                 };
                 let (err, planned) = result;
                 tracing::debug!(error = %err, messages = end, "an append attempt failed");
+                if chain && matches!(err, KvError::Conflict) {
+                    // The inbox reads may be what conflicted: the retry
+                    // and the conversation's next appends go without them.
+                    chain = false;
+                    if let (Some(unchained), Some(s)) = (&self.unchained, slots.first()) {
+                        unchained.conflicted(s.msg.conversation);
+                    }
+                }
                 // Heads this attempt planned may not have committed.
                 self.heads.clear();
                 if err.maybe_committed() {
@@ -445,6 +475,7 @@ fn finish(slots: &mut [Slot], planned: Vec<Planned>, stamp: Option<Versionstamp>
                 message_id,
                 first_order,
                 recipients,
+                before,
                 message,
             } => Ok(Appended {
                 conversation,
@@ -453,6 +484,13 @@ fn finish(slots: &mut [Slot], planned: Vec<Planned>, stamp: Option<Versionstamp>
                 duplicate: false,
                 recipients,
                 cursors: stamp.map(|s| (s, first_order)),
+                before: match stamp {
+                    Some(stamp) if before.iter().any(Option::is_some) => before
+                        .into_iter()
+                        .map(|t| t.map_or(Before::Unknown, |t| t.settle(stamp)))
+                        .collect(),
+                    _ => Vec::new(),
+                },
                 message,
             }),
             Planned::Stored {
@@ -470,6 +508,7 @@ fn finish(slots: &mut [Slot], planned: Vec<Planned>, stamp: Option<Versionstamp>
                 duplicate: found_before,
                 recipients,
                 cursors: None,
+                before: Vec::new(),
                 message,
             }),
             Planned::CopyOf(first) => match slots.get(first).and_then(|s| s.outcome.as_ref()) {
@@ -480,6 +519,7 @@ fn finish(slots: &mut [Slot], planned: Vec<Planned>, stamp: Option<Versionstamp>
                     duplicate: true,
                     recipients: Vec::new(),
                     cursors: None,
+                    before: Vec::new(),
                     message: a.message.clone(),
                 }),
                 Some(Err(_)) => Err(StoreError::Invalid(

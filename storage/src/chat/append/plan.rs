@@ -8,6 +8,7 @@ use hanmadi_proto::pb::{self, MessageKind};
 use hanmadi_proto::ConversationId;
 use prost::Message;
 
+use super::chain::{read_tails, Tail};
 use super::group::write_group_effect;
 use super::values::{dedup_value, inbox_value, parse_dedup_value};
 use super::{IdSource, MembershipChange, Slot};
@@ -31,6 +32,9 @@ pub(super) enum Planned {
         message_id: u64,
         first_order: u16,
         recipients: Vec<u64>,
+        /// Each recipient's entry before the new one, when read (see
+        /// [`super::chain`]); empty when none was.
+        before: Vec<Option<Tail>>,
         message: Bytes,
     },
     /// Already stored (by an earlier call, or by this one's earlier attempt).
@@ -56,6 +60,9 @@ pub(super) struct AttemptState {
     seen: HashMap<(u64, Bytes), usize>,
     /// Whether either user of a direct pair blocked the other, read first.
     blocks: HashMap<(u64, u64), bool>,
+    /// Recipients' newest inbox entries, read with conflicts when the
+    /// attempt chains its deliveries.
+    tails: HashMap<u64, Tail>,
     order: u32,
     bytes: usize,
 }
@@ -63,15 +70,18 @@ pub(super) struct AttemptState {
 impl<K: Kv> ChatStore<K> {
     /// One attempt: plans and writes as many of `slots` as fit one
     /// transaction. Returns how many it took, what it planned, and the
-    /// transaction to commit.
+    /// transaction to commit. `chain`: read the direct recipients' newest
+    /// inbox entries too (see [`super::chain`]).
     pub(super) async fn append_attempt(
         &self,
         slots: &mut [Slot],
         ids: &dyn IdSource,
         online: &(dyn Fn(u64) -> bool + Sync),
+        chain: bool,
     ) -> Attempt<K> {
         let mut txn = self.kv.begin().map_err(|e| (0, e))?;
-        // The fence, the blocks and the dedup entries, read together: on
+        // The fence, the blocks, the dedup entries and the recipients'
+        // newest inbox entries (when chaining), read together: on
         // FoundationDB each read is a round trip. The blocks come before
         // the dedup entries all the same: they are the attempt's
         // conflict-checked reads, and an optimistic engine registers a
@@ -79,12 +89,18 @@ impl<K: Kv> ChatStore<K> {
         // read is checked. A checked read after snapshot reads finds the
         // view stale whenever a commit landed in between (the batch before
         // this one, as a rule), and the commit would fail for nothing. The
-        // embedded engine reads when a read is issued, and `join3` issues
+        // embedded engine reads when a read is issued, and `join4` issues
         // them in order.
-        let (fence, blocks, dedups) = futures::future::join3(
+        let (fence, blocks, dedups, tails) = futures::future::join4(
             self.check_fence(&txn),
             read_blocks(&txn, slots),
             self.read_dedups(&txn, slots),
+            async {
+                match chain {
+                    true => read_tails(&txn, slots).await,
+                    false => Ok(HashMap::new()),
+                }
+            },
         )
         .await;
         match fence {
@@ -110,6 +126,7 @@ impl<K: Kv> ChatStore<K> {
         }
         let mut st = AttemptState {
             blocks: blocks.map_err(|e| (1, e))?,
+            tails: tails.map_err(|e| (1, e))?,
             ..AttemptState::default()
         };
         let mut planned: Vec<Planned> = Vec::with_capacity(slots.len());
@@ -320,9 +337,22 @@ impl<K: Kv> ChatStore<K> {
             }
         }
         let inbox_val = inbox_value(conv, message_id, msg.sent_at);
+        let mut before = Vec::new();
+        if !st.tails.is_empty() {
+            before.reserve_exact(recipients.len());
+        }
         for &r in &recipients {
             let order = st.order as u16;
             txn.set_versionstamped_key(&keys::inbox_stamped(r, order), &inbox_val);
+            if !st.tails.is_empty() {
+                // Whatever the conversation, an entry written here is the
+                // newest for a later message of this attempt.
+                before.push(
+                    st.tails
+                        .get_mut(&r)
+                        .map(|tail| std::mem::replace(tail, Tail::Ours(order))),
+                );
+            }
             if r != msg.sender && msg.kind == MessageKind::Text && !online(r) {
                 // Blind writes: marking a user never conflicts (push.rs);
                 // membership events are not pushed.
@@ -336,6 +366,7 @@ impl<K: Kv> ChatStore<K> {
             message_id,
             first_order,
             recipients,
+            before,
             message: encoded,
         }))
     }

@@ -1,0 +1,144 @@
+//! Chained deliveries: an append that proves, for each recipient, which
+//! inbox entry comes right before the new one.
+//!
+//! On a cluster, commits through other nodes interleave with this node's
+//! in versionstamp order, so a connection may write a message it is handed
+//! only if nothing it has not written lies before it in the inbox.
+//! Otherwise it must read its inbox (DESIGN §3.6). An append that reads each
+//! recipient's newest entry with a conflict range knows, once it commits,
+//! that this entry is the one right before its own: any entry committed in
+//! between would have written into the range it read and aborted it. A
+//! connection whose last written cursor is that entry writes the message at
+//! once; any other reads its inbox as before.
+//!
+//! The reads cost a conflict whenever another conversation's commit lands
+//! in a recipient's inbox while this transaction is open. The retry of a
+//! conflicted attempt reads no entries, and a conversation that conflicted
+//! is left unchained for a while, so a user busy in many conversations at
+//! once costs pulls, not repeated aborts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hanmadi_proto::ConversationId;
+use moka::sync::Cache;
+
+use super::Slot;
+use crate::chat::{keys, Cursor};
+use crate::kv::{KvError, KvTxn, RangeRead};
+
+/// How long a conversation whose chained append conflicted appends
+/// without reading its recipients' inboxes.
+const UNCHAINED_FOR: Duration = Duration::from_secs(10);
+/// Most conversations remembered as unchained.
+const UNCHAINED_MAX: u64 = 100_000;
+
+/// The inbox entry right before a recipient's new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Before {
+    /// Not proven: the recipient reads their inbox.
+    Unknown,
+    /// None: the new entry is the inbox's first.
+    Empty,
+    /// This one.
+    Entry(Cursor),
+}
+
+/// A recipient's newest inbox entry as an attempt sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Tail {
+    /// Committed before the attempt (`None`: the inbox is empty).
+    Committed(Option<Cursor>),
+    /// Written by this attempt, at this order of its commit.
+    Ours(u16),
+}
+
+impl Tail {
+    /// What it is once the attempt committed with `stamp`.
+    pub(super) fn settle(self, stamp: crate::kv::Versionstamp) -> Before {
+        match self {
+            Tail::Committed(None) => Before::Empty,
+            Tail::Committed(Some(c)) => Before::Entry(c),
+            Tail::Ours(order) => Before::Entry(Cursor::new(stamp, order)),
+        }
+    }
+}
+
+/// Conversations whose chained appends conflicted lately.
+#[derive(Clone)]
+pub(crate) struct Unchained {
+    cache: Cache<ConversationId, ()>,
+}
+
+impl std::fmt::Debug for Unchained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unchained")
+            .field("conversations", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl Unchained {
+    pub(crate) fn new() -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(UNCHAINED_MAX)
+                .time_to_live(UNCHAINED_FOR)
+                .build(),
+        }
+    }
+
+    /// Whether `conv` may read its recipients' inboxes.
+    pub(super) fn allows(&self, conv: ConversationId) -> bool {
+        !self.cache.contains_key(&conv)
+    }
+
+    /// Leaves `conv` unchained for a while.
+    pub(super) fn conflicted(&self, conv: ConversationId) {
+        self.cache.insert(conv, ());
+    }
+}
+
+/// The newest inbox entry of every recipient of the direct conversations
+/// among the messages still to plan, read with conflict ranges.
+pub(super) async fn read_tails<T: KvTxn>(
+    txn: &T,
+    slots: &[Slot],
+) -> Result<HashMap<u64, Tail>, KvError> {
+    let mut users: Vec<u64> = slots
+        .iter()
+        .filter(|s| s.outcome.is_none() && s.msg.membership.is_none())
+        .filter_map(|s| match s.msg.conversation {
+            ConversationId::Direct {
+                user_low,
+                user_high,
+            } => Some([user_low, user_high]),
+            ConversationId::Group(_) => None,
+        })
+        .flatten()
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let tails = futures::future::try_join_all(users.iter().map(|&u| newest_entry(txn, u))).await?;
+    // An entry whose key holds no cursor leaves its user unchained.
+    Ok(users
+        .into_iter()
+        .zip(tails)
+        .filter_map(|(u, t)| Some((u, Tail::Committed(t?))))
+        .collect())
+}
+
+/// `user`'s newest inbox entry (`Some(None)`: the inbox is empty; `None`:
+/// a key without a cursor), read with a conflict range from it to the end
+/// of the inbox, so a commit that adds an entry after it aborts `txn`.
+async fn newest_entry<T: KvTxn>(txn: &T, user: u64) -> Result<Option<Option<Cursor>>, KvError> {
+    let begin = keys::inbox_of(user);
+    let end = keys::prefix_end(&begin);
+    let rows = txn
+        .get_range(RangeRead::new(&begin, &end).limit(1).reverse(true))
+        .await?;
+    Ok(match rows.first() {
+        None => Some(None),
+        Some(kv) => keys::cursor_of_inbox_key(&kv.key).map(|c| Some(Cursor(c))),
+    })
+}
