@@ -641,6 +641,11 @@ impl Registry {
             // One frame per recipient, shared by its devices (a clone is a
             // header copy and a reference count).
             let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
+                if chained {
+                    // The inbox has it: the connections read it there.
+                    drop(local);
+                    self.pull_until(user, cursor);
+                }
                 continue;
             };
             // Pushing is an in-memory append and a wake-up: holding the
