@@ -35,6 +35,9 @@ pub struct Metrics {
     pub socket_writes: Counter,
     /// `Deliver` frames queued to connections.
     pub deliveries: Counter,
+    /// Pages of inboxes connections read to deliver (resyncs, and on a
+    /// cluster the deliveries that could not follow the last one written).
+    pub inbox_pulls: Counter,
     /// Connections closed, by reason.
     pub closes: Family<ReasonLabel, Counter>,
     /// Messages per commit batch.
@@ -102,6 +105,7 @@ impl Metrics {
             frames_out: Counter::default(),
             socket_writes: Counter::default(),
             deliveries: Counter::default(),
+            inbox_pulls: Counter::default(),
             closes: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -137,6 +141,11 @@ impl Metrics {
             m.socket_writes.clone(),
         );
         r.register("deliveries", "Deliver frames queued", m.deliveries.clone());
+        r.register(
+            "inbox_pulls",
+            "Inbox pages read by connections to deliver",
+            m.inbox_pulls.clone(),
+        );
         r.register("closes", "Connections closed, by reason", m.closes.clone());
         r.register(
             "commit_batch_messages",

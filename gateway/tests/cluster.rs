@@ -412,6 +412,46 @@ async fn users_on_different_nodes_chat_live() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_one_node_get_its_commits_without_reading_their_inboxes() {
+    // A healthy store: a conflict or an unknown result would rightly turn
+    // deliveries into pulls.
+    let store = ChatStore::new(
+        SimKv::new(SimOptions::healthy()),
+        StoreConfig::for_cluster(),
+    );
+    let a = node(&store, "node-a").await;
+    users(&store, [111, 112]).await;
+    let (alice, mut alice_in) = connect(&a, 111, "phone").await;
+    let (bob, mut bob_in) = connect(&a, 112, "phone").await;
+    let pulls_before = a.metrics().inbox_pulls.get();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let (from, to) = if i % 2 == 0 {
+            (&alice, 112)
+        } else {
+            (&bob, 111)
+        };
+        let body = format!("message {i}");
+        from.send(hanmadi_client::Target::User(to), &body)
+            .await
+            .unwrap();
+        sent.push(body);
+    }
+    // Each device gets every message of the conversation, in order.
+    for inbox in [&mut alice_in, &mut bob_in] {
+        let got = texts(inbox, 20, Duration::from_secs(5)).await;
+        let bodies: Vec<&String> = got.iter().map(|m| &m.body).collect();
+        assert_eq!(bodies, sent.iter().collect::<Vec<_>>());
+    }
+    // Forty deliveries, each handed over with the entry before it: a
+    // connection reads its inbox only for one it missed (without the
+    // chain, every one is a read).
+    let pulls = a.metrics().inbox_pulls.get() - pulls_before;
+    assert!(pulls <= 4, "{pulls} inbox reads for 40 deliveries");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_is_linked_before_the_next_read_of_the_registrations() {
     // Registrations are read a minute apart and the feed's backstop is a
     // minute away. Node a holds the lower id, so it dials; it read the

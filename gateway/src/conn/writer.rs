@@ -100,10 +100,9 @@ where
             self.wbuf.extend_from_slice(&e.message);
             self.last_cursor = Some(e.cursor);
         }
-        self.ctx
-            .metrics
-            .frames_out
-            .inc_by(batch.entries.len() as u64);
+        let m = &self.ctx.metrics;
+        m.inbox_pulls.inc();
+        m.frames_out.inc_by(batch.entries.len() as u64);
         Ok(batch.has_more)
     }
 }
