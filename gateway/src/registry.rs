@@ -125,11 +125,23 @@ impl ConnShared {
     }
 
     /// Queues an item; returns false (and marks the connection slow) when
-    /// it would pass the byte cap.
+    /// it would pass the byte cap. A chained delivery that would pass it is
+    /// queued as a pull through its cursor instead: the inbox holds it, and
+    /// a connection catching up through pulls is not a slow consumer.
     pub fn push(&self, item: Outbound) -> bool {
         if self.slow.load(Ordering::Relaxed) {
             return false;
         }
+        let item = match item {
+            Outbound::Deliver {
+                cursor,
+                follows: Follows::Entry(_),
+                ref frame,
+            } if self.queued_bytes.load(Ordering::Acquire) + frame.remaining() > self.max_bytes => {
+                Outbound::PullUntil(cursor)
+            }
+            item => item,
+        };
         if let Outbound::Pull | Outbound::PullUntil(_) = item {
             // Pulls cost no queue bytes: merged with a pull at the back of
             // the queue, they cannot pile up behind a slow reader either.
@@ -708,5 +720,64 @@ impl DeliverySink for Registry {
 
     fn notify(&self, user: u64) {
         self.pull(user, Outbound::Pull);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use hanmadi_proto::SharedMessage;
+    use hanmadi_storage::chat::{Cursor, CURSOR_LEN};
+
+    use super::{Follows, Outbound, Registry, RegistryLimits};
+    use crate::metrics::Metrics;
+
+    fn delivery(n: u8, follows: Follows) -> Outbound {
+        let cursor = Cursor([n; CURSOR_LEN]);
+        let message = SharedMessage::encode(&hanmadi_proto::Message {
+            body: "x".repeat(200),
+            ..Default::default()
+        });
+        Outbound::Deliver {
+            cursor,
+            frame: message.deliver_frame(cursor.as_bytes()).unwrap(),
+            follows,
+        }
+    }
+
+    #[test]
+    fn a_chained_delivery_past_the_cap_becomes_a_pull() {
+        let registry = Registry::new(
+            RegistryLimits {
+                per_user: 4,
+                per_ip: 4,
+                outbound_bytes: 1000,
+                tarpit: std::time::Duration::from_secs(1),
+            },
+            Arc::new(Metrics::new()),
+        );
+        let conn = registry.register(7).unwrap();
+        let mut pushed = 0;
+        while conn.queued_bytes() + 300 <= 1000 {
+            assert!(conn.push(delivery(pushed + 1, Follows::Entry(None))));
+            pushed += 1;
+        }
+        // The inbox holds what does not fit: the connection reads it there.
+        assert!(conn.push(delivery(20, Follows::Entry(None))));
+        assert!(conn.push(delivery(21, Follows::Entry(None))));
+        assert!(!conn.is_slow());
+        let mut out = Vec::new();
+        conn.drain_into(&mut out, 100);
+        assert_eq!(out.len(), usize::from(pushed) + 1);
+        assert!(matches!(
+            out.last(),
+            Some(Outbound::PullUntil(c)) if *c == Cursor([21; CURSOR_LEN])
+        ));
+        // A delivery the queue must carry itself marks the reader slow.
+        let conn = registry.register(8).unwrap();
+        while conn.push(delivery(1, Follows::Queue)) {}
+        assert!(conn.is_slow());
     }
 }
