@@ -23,6 +23,7 @@ use std::time::Duration;
 use hanmadi_proto::ConversationId;
 use moka::sync::Cache;
 
+use super::plan::direct_pairs;
 use super::Slot;
 use crate::chat::{keys, Cursor};
 use crate::kv::{KvError, KvTxn, RangeRead};
@@ -105,18 +106,7 @@ pub(super) async fn read_tails<T: KvTxn>(
     txn: &T,
     slots: &[Slot],
 ) -> Result<HashMap<u64, Tail>, KvError> {
-    let mut users: Vec<u64> = slots
-        .iter()
-        .filter(|s| s.outcome.is_none() && s.msg.membership.is_none())
-        .filter_map(|s| match s.msg.conversation {
-            ConversationId::Direct {
-                user_low,
-                user_high,
-            } => Some([user_low, user_high]),
-            ConversationId::Group(_) => None,
-        })
-        .flatten()
-        .collect();
+    let mut users: Vec<u64> = direct_pairs(slots).flat_map(|(a, b)| [a, b]).collect();
     users.sort_unstable();
     users.dedup();
     let tails = futures::future::try_join_all(users.iter().map(|&u| newest_entry(txn, u))).await?;

@@ -459,6 +459,21 @@ fn feed_event(slots: &[Slot], planned: &[Planned]) -> crate::chat::FeedEvent {
     event
 }
 
+/// The users of each direct conversation among the messages still to plan
+/// (a membership change there fails planning, so it reads nothing).
+pub(super) fn direct_pairs(slots: &[Slot]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    slots
+        .iter()
+        .filter(|s| s.outcome.is_none() && s.msg.membership.is_none())
+        .filter_map(|s| match s.msg.conversation {
+            ConversationId::Direct {
+                user_low,
+                user_high,
+            } => Some((user_low, user_high)),
+            ConversationId::Group(_) => None,
+        })
+}
+
 /// Whether either user blocked the other, for every direct pair of the
 /// messages still to plan (a self-conversation has no block), read in `txn`
 /// with conflicts, each pair once.
@@ -466,17 +481,7 @@ async fn read_blocks<T: KvTxn>(
     txn: &T,
     slots: &[Slot],
 ) -> Result<HashMap<(u64, u64), bool>, KvError> {
-    let mut pairs: Vec<(u64, u64)> = slots
-        .iter()
-        .filter(|s| s.outcome.is_none() && s.msg.membership.is_none())
-        .filter_map(|s| match s.msg.conversation {
-            ConversationId::Direct {
-                user_low,
-                user_high,
-            } if user_low != user_high => Some((user_low, user_high)),
-            _ => None,
-        })
-        .collect();
+    let mut pairs: Vec<(u64, u64)> = direct_pairs(slots).filter(|(a, b)| a != b).collect();
     pairs.sort_unstable();
     pairs.dedup();
     let blocked =
