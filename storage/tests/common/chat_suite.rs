@@ -1378,7 +1378,7 @@ pub async fn chained_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>
     let mut outs: Vec<Appended> = Vec::new();
     for round in 0..4 {
         let sends = senders.iter().map(|&s| {
-            append_one(
+            append_online(
                 &store,
                 &ids,
                 text(
@@ -1396,7 +1396,7 @@ pub async fn chained_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>
     // One after another, each from a sender of its own.
     for i in 0..8 {
         let s = base + 100 + i;
-        let out = append_one(
+        let out = append_online(
             &store,
             &ids,
             text(ConversationId::direct(r, s), s, "one", "alone"),
@@ -1435,4 +1435,28 @@ pub async fn chained_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>
         }
     }
     assert!(chained > 0, "no append proved the entry before its own");
+    // Only a live connection uses the entry: nobody's is read for users
+    // without one.
+    let s = base + 200;
+    let out = append_one(
+        &store,
+        &ids,
+        text(ConversationId::direct(r, s), s, "one", "offline"),
+    )
+    .await
+    .expect("append");
+    assert!(out.before.is_empty(), "{:?}", out.before);
+}
+
+/// Appends one message with everyone online and returns its outcome.
+async fn append_online<K: Kv>(
+    store: &ChatStore<K>,
+    ids: &dyn IdSource,
+    msg: NewMessage,
+) -> Result<Appended, StoreError> {
+    store
+        .append(vec![msg], ids, &|_| true)
+        .await
+        .pop()
+        .expect("one outcome per message")
 }

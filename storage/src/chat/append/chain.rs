@@ -11,8 +11,9 @@
 //! connection whose last written cursor is that entry writes the message at
 //! once; any other reads its inbox as before.
 //!
-//! The reads cost a conflict whenever another conversation's commit lands
-//! in a recipient's inbox while this transaction is open. The retry of a
+//! Only users with a live connection are read. The reads cost a conflict
+//! whenever another conversation's commit lands in a recipient's inbox
+//! while this transaction is open. The retry of a
 //! conflicted attempt reads no entries, and a conversation that conflicted
 //! is left unchained for a while, so a user busy in many conversations at
 //! once costs pulls, not repeated aborts.
@@ -101,12 +102,20 @@ impl Unchained {
 }
 
 /// The newest inbox entry of every recipient of the direct conversations
-/// among the messages still to plan, read with conflict ranges.
+/// among the messages still to plan who is `online` (only a live
+/// connection uses it), read with conflict ranges.
 pub(super) async fn read_tails<T: KvTxn>(
     txn: &T,
     slots: &[Slot],
+    online: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<HashMap<u64, Tail>, KvError> {
-    let mut users: Vec<u64> = direct_pairs(slots).flat_map(|(a, b)| [a, b]).collect();
+    // Skipping the offline also spares a sender without a connection (a
+    // bot sending to many users at once) a conflict between every two of
+    // its conversations, which would all read its inbox.
+    let mut users: Vec<u64> = direct_pairs(slots)
+        .flat_map(|(a, b)| [a, b])
+        .filter(|&u| online(u))
+        .collect();
     users.sort_unstable();
     users.dedup();
     let tails = futures::future::try_join_all(users.iter().map(|&u| newest_entry(txn, u))).await?;

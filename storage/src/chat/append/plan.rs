@@ -97,7 +97,7 @@ impl<K: Kv> ChatStore<K> {
             self.read_dedups(&txn, slots),
             async {
                 match chain {
-                    true => read_tails(&txn, slots).await,
+                    true => read_tails(&txn, slots, online).await,
                     false => Ok(HashMap::new()),
                 }
             },
