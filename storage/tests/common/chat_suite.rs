@@ -65,8 +65,19 @@ async fn append_one<K: Kv>(
     ids: &dyn IdSource,
     msg: NewMessage,
 ) -> Result<Appended, StoreError> {
+    append_as(store, ids, msg, &nobody_online).await
+}
+
+/// Appends one message, `online` saying who has a live connection, and
+/// returns its outcome.
+async fn append_as<K: Kv>(
+    store: &ChatStore<K>,
+    ids: &dyn IdSource,
+    msg: NewMessage,
+    online: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<Appended, StoreError> {
     store
-        .append(vec![msg], ids, &nobody_online)
+        .append(vec![msg], ids, online)
         .await
         .pop()
         .expect("one outcome per message")
@@ -1454,9 +1465,5 @@ async fn append_online<K: Kv>(
     ids: &dyn IdSource,
     msg: NewMessage,
 ) -> Result<Appended, StoreError> {
-    store
-        .append(vec![msg], ids, &|_| true)
-        .await
-        .pop()
-        .expect("one outcome per message")
+    append_as(store, ids, msg, &|_| true).await
 }
