@@ -20,14 +20,14 @@
 //!
 //! On a cluster (`split_by_conversation`) each conversation commits in
 //! transactions of its own, one at a time, each taking every send that
-//! queued behind the one before: a conversation whose transactions
-//! conflict or retry (a hot group written through several nodes) holds up
-//! its own sends, never the node's others. A delivery there names the
-//! inbox entry its commit proved to come before it, or is a notification,
-//! so the order of the sink calls never breaks a connection's order (one
-//! that arrives out of line becomes a pull). Messages in flight are capped at the queue's size: past it the
-//! loop stops taking sends, the queue fills, and senders wait or are
-//! refused.
+//! queued behind the one before: a conversation whose transactions conflict
+//! or retry (a hot group written through several nodes) holds up its own
+//! sends, never the node's others. A delivery there names the inbox entry
+//! its commit proved to come before it, or is a notification, so the order
+//! of the sink calls never breaks a connection's order (one that arrives
+//! out of line becomes a pull). Messages in flight are capped at the
+//! queue's size: past it the loop stops taking sends, the queue fills, and
+//! senders wait or are refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;

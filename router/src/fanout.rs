@@ -34,11 +34,7 @@ impl<'a> Delivery<'a> {
 
     /// Each recipient with its inbox cursor, in cursor order.
     pub fn recipients(&self) -> impl Iterator<Item = (u64, Cursor)> + '_ {
-        self.appended
-            .recipients
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &u)| self.appended.cursor(i).map(|c| (u, c)))
+        self.chained().map(|(u, c, _)| (u, c))
     }
 
     /// Each recipient with its inbox cursor and the entry the commit proved
