@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Pages of inboxes connections read to deliver (resyncs, and on a
     /// cluster the deliveries that could not follow the last one written).
     pub inbox_pulls: Counter,
+    /// Change-feed entries a cluster node read: the backstop under its
+    /// links (docs/CLUSTER.md).
+    pub feed_entries: Counter,
     /// Connections closed, by reason.
     pub closes: Family<ReasonLabel, Counter>,
     /// Messages per commit batch.
@@ -106,6 +109,7 @@ impl Metrics {
             socket_writes: Counter::default(),
             deliveries: Counter::default(),
             inbox_pulls: Counter::default(),
+            feed_entries: Counter::default(),
             closes: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -145,6 +149,11 @@ impl Metrics {
             "inbox_pulls",
             "Inbox pages read by connections to deliver",
             m.inbox_pulls.clone(),
+        );
+        r.register(
+            "feed_entries",
+            "Change-feed entries read by this cluster node",
+            m.feed_entries.clone(),
         );
         r.register("closes", "Connections closed, by reason", m.closes.clone());
         r.register(

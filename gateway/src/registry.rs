@@ -601,6 +601,11 @@ impl Registry {
         }
     }
 
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Wakes `user`'s long-polls and has each of their connections read
     /// its inbox until `cursor` is delivered (the cluster's delivery of a
     /// commit through another node, or one that proved nothing about the

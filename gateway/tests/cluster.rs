@@ -419,11 +419,14 @@ async fn users_on_one_node_get_its_commits_without_reading_their_inboxes() {
         SimKv::new(SimOptions::healthy()),
         StoreConfig::for_cluster(),
     );
-    let a = node(&store, "node-a").await;
+    // The change feed is read every 20 ms: its entries for these commits
+    // must not make the connections read what they were handed.
+    let a = node_with(&store, "node-a", TIMING, Duration::from_millis(20), "local").await;
     users(&store, [111, 112]).await;
     let (alice, mut alice_in) = connect(&a, 111, "phone").await;
     let (bob, mut bob_in) = connect(&a, 112, "phone").await;
     let pulls_before = a.metrics().inbox_pulls.get();
+    let feed_before = a.metrics().feed_entries.get();
     let mut sent = Vec::new();
     for i in 0..20 {
         let (from, to) = if i % 2 == 0 {
@@ -436,6 +439,9 @@ async fn users_on_one_node_get_its_commits_without_reading_their_inboxes() {
             .await
             .unwrap();
         sent.push(body);
+        // The feed's entry for this commit is read before the next one,
+        // while this message is each connection's last.
+        until_feed_read(&a, feed_before + i + 1).await;
     }
     // Each device gets every message of the conversation, in order.
     for inbox in [&mut alice_in, &mut bob_in] {
@@ -443,12 +449,35 @@ async fn users_on_one_node_get_its_commits_without_reading_their_inboxes() {
         let bodies: Vec<&String> = got.iter().map(|m| &m.body).collect();
         assert_eq!(bodies, sent.iter().collect::<Vec<_>>());
     }
-    // Forty deliveries, each handed over with the entry before it: a
+    // One more message to each, queued behind any read the feed's last
+    // entry asked for.
+    alice
+        .send(hanmadi_client::Target::User(112), "last")
+        .await
+        .unwrap();
+    for inbox in [&mut alice_in, &mut bob_in] {
+        let got = texts(inbox, 1, Duration::from_secs(5)).await;
+        assert_eq!(got[0].body, "last");
+    }
+    // Forty-two deliveries, each handed over with the entry before it: a
     // connection reads its inbox only for one it missed (without the
-    // chain, every one is a read).
+    // chain, every one is a read; with the feed's entries reading through
+    // their commits' ends, nearly every one too).
     let pulls = a.metrics().inbox_pulls.get() - pulls_before;
-    assert!(pulls <= 4, "{pulls} inbox reads for 40 deliveries");
+    assert!(pulls <= 4, "{pulls} inbox reads for 42 deliveries");
     a.shutdown().await;
+}
+
+/// Waits until `node` has read `entries` change-feed entries in all.
+async fn until_feed_read(node: &Server<SimKv>, entries: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.metrics().feed_entries.get() < entries {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change feed was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,10 +258,11 @@ pub struct Apply<K: Kv> {
 }
 
 impl<K: Kv> Apply<K> {
-    /// Acts on `change`, whose inbox entries lie at or before `until`.
-    pub fn change(&self, change: &FeedEvent, until: Cursor) {
-        for &user in &change.users {
-            self.registry.pull_until(user, until);
+    /// Acts on `change`, whose `i`th user's inbox entries lie at or before
+    /// `until(i)`.
+    pub fn change(&self, change: &FeedEvent, until: impl Fn(usize) -> Cursor) {
+        for (i, &user) in change.users.iter().enumerate() {
+            self.registry.pull_until(user, until(i));
         }
         if !(change.groups.is_empty() && change.accounts.is_empty() && change.blocks.is_empty()) {
             if let Some(router) = self.router.upgrade() {
@@ -278,7 +279,7 @@ impl<K: Kv> Apply<K> {
         self.presence.forget(&event.present);
         if let Some(change) = &event.change {
             let until = Cursor::parse(&event.until).ok().flatten().unwrap_or(ANY);
-            self.change(change, until);
+            self.change(change, |_| until);
         }
     }
 }
@@ -318,7 +319,10 @@ pub async fn run_feed<K: Kv>(
                 }
             };
             for (at, change) in &page {
-                apply.change(change, at.last_cursor());
+                // Each user through their own entry: a connection that the
+                // committing node (this one, often) handed it reads nothing.
+                apply.change(change, |i| at.until_of(change, i));
+                apply.registry.metrics().feed_entries.inc();
                 position = Some(*at);
             }
             if page.len() < FEED_PAGE {

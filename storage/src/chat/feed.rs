@@ -31,25 +31,61 @@ impl FeedPosition {
     /// a connection whose last delivered cursor is at or past it has
     /// everything this entry announces.
     pub fn last_cursor(&self) -> Cursor {
+        self.cursor_at(u16::MAX)
+    }
+
+    /// The inbox cursor through which `event`'s `i`th user has new entries
+    /// at this position: that user's last entry when the event names its
+    /// order, else [`FeedPosition::last_cursor`].
+    pub fn until_of(&self, event: &FeedEvent, i: usize) -> Cursor {
+        match event.orders.get(i) {
+            Some(&order) if event.orders.len() == event.users.len() => {
+                self.cursor_at(u16::try_from(order).unwrap_or(u16::MAX))
+            }
+            _ => self.last_cursor(),
+        }
+    }
+
+    fn cursor_at(&self, order: u16) -> Cursor {
         let mut c = self.0;
-        c[CURSOR_LEN - 2..].copy_from_slice(&[0xff, 0xff]);
+        c[CURSOR_LEN - 2..].copy_from_slice(&order.to_be_bytes());
         Cursor(c)
     }
 }
 
 /// Writes `event` to the feed in `txn`, split in chunks under the value
-/// size limit. Nothing for an empty event.
+/// size limit, each user once (with the highest of their orders). Nothing
+/// for an empty event.
 pub(crate) fn write<T: KvTxn>(txn: &mut T, mut event: FeedEvent) {
     if event.is_empty() {
         return;
     }
-    event.users.sort_unstable();
-    event.users.dedup();
+    if event.orders.len() == event.users.len() {
+        let mut pairs: Vec<(u64, u32)> = event
+            .users
+            .iter()
+            .copied()
+            .zip(event.orders.iter().copied())
+            .collect();
+        // Highest order first within a user, so `dedup` keeps it.
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        pairs.dedup_by_key(|(user, _)| *user);
+        (event.users, event.orders) = pairs.into_iter().unzip();
+    } else {
+        event.orders.clear();
+        event.users.sort_unstable();
+        event.users.dedup();
+    }
     let mut chunk: u16 = 0;
     while event.users.len() > USERS_PER_ENTRY {
         let rest = event.users.split_off(USERS_PER_ENTRY);
+        let rest_orders = match event.orders.is_empty() {
+            true => Vec::new(),
+            false => event.orders.split_off(USERS_PER_ENTRY),
+        };
         let part = FeedEvent {
             users: std::mem::replace(&mut event.users, rest),
+            orders: std::mem::replace(&mut event.orders, rest_orders),
             ..FeedEvent::default()
         };
         txn.set_versionstamped_key(&keys::feed_stamped(chunk), &part.encode_to_vec());

@@ -93,6 +93,12 @@ pub struct FeedEvent {
     /// (`[a0, b0, a1, b1, ...]`).
     #[prost(uint64, repeated, tag = "4")]
     pub blocks: Vec<u64>,
+    /// When as long as `users`: the order, within the commit, of each
+    /// user's last new entry, so a reader pulls each user through that
+    /// entry only (a connection that already wrote it reads nothing).
+    /// Empty, or another length: each user reads through the commit's end.
+    #[prost(uint32, repeated, tag = "5")]
+    pub orders: Vec<u32>,
 }
 
 impl FeedEvent {

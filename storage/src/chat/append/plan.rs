@@ -437,21 +437,35 @@ pub(crate) async fn last_message_id<T: KvTxn>(
 }
 
 /// What other nodes must hear of an attempt: every user with a new inbox
-/// entry (also those of a message an earlier attempt may have stored), and
-/// every group whose membership changes.
+/// entry (also those of a message an earlier attempt may have stored), with
+/// the order of that entry in this commit, and every group whose membership
+/// changes.
 fn feed_event(slots: &[Slot], planned: &[Planned]) -> crate::chat::FeedEvent {
     let mut event = crate::chat::FeedEvent::default();
     for (slot, p) in slots.iter().zip(planned) {
-        let recipients = match p {
-            Planned::Fresh { recipients, .. }
-            | Planned::Stored {
+        match p {
+            Planned::Fresh {
+                recipients,
+                first_order,
+                ..
+            } => {
+                event.users.extend_from_slice(recipients);
+                let first = u32::from(*first_order);
+                event.orders.extend((first..).take(recipients.len()));
+            }
+            // Its entries are an earlier commit's: through this one's end.
+            Planned::Stored {
                 found_before: false,
                 recipients,
                 ..
-            } => recipients,
+            } => {
+                event.users.extend_from_slice(recipients);
+                event
+                    .orders
+                    .extend(std::iter::repeat_n(u32::from(u16::MAX), recipients.len()));
+            }
             _ => continue,
-        };
-        event.users.extend_from_slice(recipients);
+        }
         if let (ConversationId::Group(g), Some(_)) = (slot.msg.conversation, &slot.msg.membership) {
             event.groups.push(g);
         }
