@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Buf as _;
+use bytes::{Buf as _, Bytes};
 use dashmap::DashMap;
 use hanmadi_proto::{DeliverFrame, SharedMessage};
 use hanmadi_router::{Delivery, DeliverySink, Presence};
@@ -647,39 +647,81 @@ impl Registry {
                     continue;
                 }
             };
-            let Some(local) = self.users.get(&user) else {
-                continue;
-            };
-            local.wake_polls();
-            let conns = &local.conns;
-            if conns.is_empty() {
-                continue;
+            delivered += self.queue(user, cursor, follows, &shared, &mut overflowed);
+        }
+        self.settle(delivered, overflowed);
+    }
+
+    /// Queues a message another node committed for every live device of
+    /// `user`, to be written right after `before` (`None`: the inbox's
+    /// first entry), the entry that commit proved to come before it.
+    pub fn hand_followed(
+        &self,
+        user: u64,
+        cursor: Cursor,
+        before: Option<Cursor>,
+        message: &Bytes,
+    ) {
+        let shared = SharedMessage::from_encoded(message.clone());
+        let mut overflowed = Vec::new();
+        let delivered = self.queue(
+            user,
+            cursor,
+            Follows::Entry(before),
+            &shared,
+            &mut overflowed,
+        );
+        self.settle(delivered, overflowed);
+    }
+
+    /// Queues the message at `cursor` for `user`'s devices; returns how
+    /// many took it, and adds those whose queues overflowed.
+    fn queue(
+        &self,
+        user: u64,
+        cursor: Cursor,
+        follows: Follows,
+        shared: &SharedMessage,
+        overflowed: &mut Vec<Arc<ConnShared>>,
+    ) -> u64 {
+        let Some(local) = self.users.get(&user) else {
+            return 0;
+        };
+        local.wake_polls();
+        let conns = &local.conns;
+        if conns.is_empty() {
+            return 0;
+        }
+        // One frame per recipient, shared by its devices (a clone is a
+        // header copy and a reference count).
+        let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
+            if let Follows::Entry(_) = follows {
+                // The inbox has it: the connections read it there.
+                drop(local);
+                self.pull_until(user, cursor);
             }
-            // One frame per recipient, shared by its devices (a clone is a
-            // header copy and a reference count).
-            let Ok(frame) = shared.deliver_frame(cursor.as_bytes()) else {
-                if chained {
-                    // The inbox has it: the connections read it there.
-                    drop(local);
-                    self.pull_until(user, cursor);
-                }
-                continue;
+            return 0;
+        };
+        let mut delivered = 0;
+        // Pushing is an in-memory append and a wake-up: holding the
+        // shard's read guard for it never waits on I/O.
+        for conn in conns.iter() {
+            let item = Outbound::Deliver {
+                cursor,
+                frame: frame.clone(),
+                follows,
             };
-            // Pushing is an in-memory append and a wake-up: holding the
-            // shard's read guard for it never waits on I/O.
-            for conn in conns.iter() {
-                let item = Outbound::Deliver {
-                    cursor,
-                    frame: frame.clone(),
-                    follows,
-                };
-                if conn.push(item) {
-                    delivered += 1;
-                } else {
-                    overflowed.push(Arc::clone(conn));
-                }
+            if conn.push(item) {
+                delivered += 1;
+            } else {
+                overflowed.push(Arc::clone(conn));
             }
         }
+        delivered
+    }
+
+    /// Counts `delivered`, and drops the connections that overflowed.
+    fn settle(&self, delivered: u64, overflowed: Vec<Arc<ConnShared>>) {
         // A slow consumer leaves the registry at once (its task may still
         // be stuck in a write): it gets nothing more and counts as offline.
         for conn in overflowed {

@@ -468,6 +468,59 @@ async fn users_on_one_node_get_its_commits_without_reading_their_inboxes() {
     a.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_nodes_get_each_others_commits_without_reading_their_inboxes() {
+    // A healthy store (a conflict would rightly turn deliveries into
+    // pulls), and the feed's backstop a minute away.
+    let store = ChatStore::new(
+        SimKv::new(SimOptions::healthy()),
+        StoreConfig::for_cluster(),
+    );
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b"] {
+        nodes.push(node_with(&store, name, TIMING, Duration::from_secs(60), "local").await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while nodes
+        .iter()
+        .any(|n| n.links().unwrap().open_to().is_empty())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "nodes not linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    users(&store, [121, 122]).await;
+    let (alice, mut alice_in) = connect(&nodes[0], 121, "phone").await;
+    let (bob, mut bob_in) = connect(&nodes[1], 122, "phone").await;
+    let pulls = |nodes: &[Server<SimKv>]| -> u64 {
+        nodes.iter().map(|n| n.metrics().inbox_pulls.get()).sum()
+    };
+    let pulls_before = pulls(&nodes);
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let (from, to) = if i % 2 == 0 {
+            (&alice, 122)
+        } else {
+            (&bob, 121)
+        };
+        let body = format!("message {i}");
+        from.send(hanmadi_client::Target::User(to), &body)
+            .await
+            .unwrap();
+        sent.push(body);
+    }
+    for inbox in [&mut alice_in, &mut bob_in] {
+        let got = texts(inbox, 20, Duration::from_secs(5)).await;
+        let bodies: Vec<&String> = got.iter().map(|m| &m.body).collect();
+        assert_eq!(bodies, sent.iter().collect::<Vec<_>>());
+    }
+    // Each message reached the other node over the link with the entry
+    // before it, so neither node read an inbox for it (a notice to pull,
+    // as before, is a read per message of the other node's).
+    let pulls = pulls(&nodes) - pulls_before;
+    assert!(pulls <= 4, "{pulls} inbox reads for 40 deliveries");
+    shutdown_all(nodes).await;
+}
+
 /// Waits until `node` has read `entries` change-feed entries in all.
 async fn until_feed_read(node: &Server<SimKv>, entries: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

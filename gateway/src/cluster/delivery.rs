@@ -17,7 +17,10 @@
 //! After a commit, [`ClusterSink`] notifies this node's recipients at once
 //! and hands the recipients to the notifier, which looks up the presence
 //! index for the peers holding them and sends each peer one event per
-//! round naming its users, over the link. The change feed is the backstop:
+//! round over the link. A recipient whose entry the commit chained travels
+//! as the message itself with the entry before it ([`LinkDelivery`]), which
+//! the peer's connections write as this node's do, without reading their
+//! inboxes; the event names the others, to pull. The change feed is the backstop:
 //! every node reads it every `backstop` ([`run_feed`]) and pulls for the
 //! users it names, so an event the link lost delays a delivery by at most
 //! about that long; pulls that find the connection already past the entry
@@ -31,15 +34,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use hanmadi_router::{Delivery, DeliverySink, Presence, Router};
-use hanmadi_storage::chat::{Cursor, FeedEvent, FeedPosition, CURSOR_LEN};
+use hanmadi_storage::chat::{Before, Cursor, FeedEvent, FeedPosition, CURSOR_LEN};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
+use prost::Message as _;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{LinkEvent, Links};
+use super::link::{LinkDelivery, LinkEvent, Links};
 use super::presence::PresenceIndex;
 use crate::registry::Registry;
 
@@ -51,6 +55,9 @@ const NOTICE_QUEUE: usize = 16_384;
 const LOOKUPS: usize = 64;
 /// Rounds of presence lookups in flight at once.
 const MISS_ROUNDS: usize = 4;
+/// Most bytes of messages one link event carries (the link's frames stop
+/// at 1 MiB).
+const LINK_EVENT_BYTES: usize = 256 * 1024;
 /// Feed entries read per page.
 const FEED_PAGE: usize = 1000;
 /// Feed entries are kept this long after a node read past them.
@@ -60,8 +67,14 @@ const FEED_KEEP: Duration = Duration::from_secs(600);
 /// them.
 #[derive(Debug)]
 pub struct Notice {
+    /// Users to pull through `until`.
     users: Vec<u64>,
     until: Cursor,
+    /// Users whose entries the commit chained: each with its entry and
+    /// the entry before it (`None`: the inbox's first).
+    chained: Vec<(u64, Cursor, Option<Cursor>)>,
+    /// The message, for `chained`.
+    message: Bytes,
 }
 
 /// The router's delivery sink and presence index on a cluster node.
@@ -98,8 +111,8 @@ impl<K: Kv> ClusterSink<K> {
         (sink, rx)
     }
 
-    fn notice(&self, users: Vec<u64>, until: Cursor) {
-        if self.notices.try_send(Notice { users, until }).is_err() {
+    fn notice(&self, notice: Notice) {
+        if self.notices.try_send(notice).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -110,18 +123,37 @@ impl<K: Kv> DeliverySink for ClusterSink<K> {
         // This node's connections take the message itself where the commit
         // proved what comes before it, and read their inboxes otherwise.
         self.registry.hand(delivery, true);
+        // Peers get the message itself where the commit proved what comes
+        // before it, and a notice to pull otherwise.
         let mut users = Vec::new();
         let mut until = Cursor([0; CURSOR_LEN]);
-        for (user, cursor) in delivery.recipients() {
-            users.push(user);
-            until = until.max(cursor);
+        let mut chained = Vec::new();
+        for (user, cursor, before) in delivery.chained() {
+            match before {
+                Before::Unknown => {
+                    users.push(user);
+                    until = until.max(cursor);
+                }
+                Before::Empty => chained.push((user, cursor, None)),
+                Before::Entry(c) => chained.push((user, cursor, Some(c))),
+            }
         }
-        self.notice(users, until);
+        self.notice(Notice {
+            users,
+            until,
+            chained,
+            message: delivery.encoded().clone(),
+        });
     }
 
     fn notify(&self, user: u64) {
         self.registry.notify(user);
-        self.notice(vec![user], ANY);
+        self.notice(Notice {
+            users: vec![user],
+            until: ANY,
+            chained: Vec::new(),
+            message: Bytes::new(),
+        });
     }
 
     fn committed(&self, messages: usize, latency: Duration) {
@@ -168,19 +200,29 @@ pub async fn run_notifier<K: Kv>(
             return;
         }
         while lookups.try_join_next().is_some() {}
-        let mut users: HashMap<u64, Cursor> = HashMap::new();
+        let mut users: HashMap<u64, ForUser> = HashMap::new();
         for notice in batch.drain(..) {
             for user in notice.users {
-                let until = users.entry(user).or_insert(notice.until);
-                *until = (*until).max(notice.until);
+                let until = &mut users.entry(user).or_default().until;
+                *until = Some(until.map_or(notice.until, |u| u.max(notice.until)));
+            }
+            // In commit order: notices arrive in it, and a notice holds
+            // one message.
+            for (user, cursor, before) in notice.chained {
+                let message = notice.message.clone();
+                users
+                    .entry(user)
+                    .or_default()
+                    .deliveries
+                    .push((cursor, before, message));
             }
         }
         let mut per_node = PerNode::new();
         let mut missed = Vec::new();
-        for (user, until) in users {
+        for (user, pending) in users {
             match presence.cached_peers_of(user) {
-                Some(nodes) => add(&mut per_node, user, until, nodes),
-                None => missed.push((user, until)),
+                Some(nodes) => add(&mut per_node, user, pending, nodes),
+                None => missed.push((user, pending)),
             }
         }
         send(&links, per_node);
@@ -199,14 +241,16 @@ pub async fn run_notifier<K: Kv>(
         lookups.spawn(async move {
             let presence = &presence;
             let mut found = futures::stream::iter(missed)
-                .map(|(user, until)| async move { (user, until, presence.peers_of(user).await) })
+                .map(
+                    |(user, pending)| async move { (user, pending, presence.peers_of(user).await) },
+                )
                 .buffer_unordered(LOOKUPS)
                 .ready_chunks(LOOKUPS);
             while let Some(chunk) = found.next().await {
                 let mut per_node = PerNode::new();
-                for (user, until, nodes) in chunk {
+                for (user, pending, nodes) in chunk {
                     match nodes {
-                        Ok(nodes) => add(&mut per_node, user, until, nodes),
+                        Ok(nodes) => add(&mut per_node, user, pending, nodes),
                         // The feed's backstop covers them.
                         Err(e) => tracing::debug!(user, error = %e, "presence lookup failed"),
                     }
@@ -218,30 +262,74 @@ pub async fn run_notifier<K: Kv>(
     }
 }
 
-/// Per peer: the users to pull for, and the newest entry among them.
-type PerNode = HashMap<u64, (Vec<u64>, Cursor)>;
+/// What one round of the notifier has for one user: a pull through
+/// `until`, and messages chained to the entries before them.
+#[derive(Default)]
+struct ForUser {
+    until: Option<Cursor>,
+    /// Each message's entry, the entry before it, and the message.
+    deliveries: Vec<(Cursor, Option<Cursor>, Bytes)>,
+}
 
-fn add(per_node: &mut PerNode, user: u64, until: Cursor, nodes: Vec<u64>) {
+/// What one round sends one peer.
+#[derive(Default)]
+struct ForNode {
+    /// Users to pull for, and the newest entry among them.
+    users: Vec<u64>,
+    until: Option<Cursor>,
+    deliveries: Vec<LinkDelivery>,
+}
+
+type PerNode = HashMap<u64, ForNode>;
+
+fn add(per_node: &mut PerNode, user: u64, pending: ForUser, nodes: Vec<u64>) {
     for node in nodes {
-        let (users, max) = per_node.entry(node).or_insert_with(|| (Vec::new(), until));
-        users.push(user);
-        *max = (*max).max(until);
+        let out = per_node.entry(node).or_default();
+        if let Some(until) = pending.until {
+            out.users.push(user);
+            out.until = Some(out.until.map_or(until, |u| u.max(until)));
+        }
+        out.deliveries
+            .extend(
+                pending
+                    .deliveries
+                    .iter()
+                    .map(|(cursor, before, message)| LinkDelivery {
+                        user,
+                        cursor: Bytes::copy_from_slice(cursor.as_bytes()),
+                        before: before
+                            .map_or_else(Bytes::new, |b| Bytes::copy_from_slice(b.as_bytes())),
+                        message: message.clone(),
+                    }),
+            );
     }
 }
 
 fn send(links: &Links, per_node: PerNode) {
-    for (node, (users, until)) in per_node {
-        links.send(
-            node,
-            &LinkEvent {
-                change: Some(FeedEvent {
-                    users,
-                    ..FeedEvent::default()
-                }),
-                until: Bytes::copy_from_slice(until.as_bytes()),
-                present: Vec::new(),
-            },
-        );
+    for (node, out) in per_node {
+        let mut event = LinkEvent::default();
+        if let Some(until) = out.until {
+            event.change = Some(FeedEvent {
+                users: out.users,
+                ..FeedEvent::default()
+            });
+            event.until = Bytes::copy_from_slice(until.as_bytes());
+        }
+        // Split under the link's frame limit: a user's messages stay in
+        // order across the events, which the link keeps in order.
+        let mut bytes = 0;
+        for d in out.deliveries {
+            let size = d.encoded_len();
+            if bytes + size > LINK_EVENT_BYTES && !event.deliveries.is_empty() {
+                links.send(node, &std::mem::take(&mut event));
+                bytes = 0;
+            }
+            bytes += size;
+            event.deliveries.push(d);
+        }
+        if event != LinkEvent::default() {
+            links.send(node, &event);
+        }
     }
 }
 
@@ -277,6 +365,17 @@ impl<K: Kv> Apply<K> {
     /// Acts on an event from a peer.
     pub fn link_event(&self, event: LinkEvent) {
         self.presence.forget(&event.present);
+        for d in &event.deliveries {
+            match (Cursor::parse(&d.cursor), Cursor::parse(&d.before)) {
+                (Ok(Some(cursor)), Ok(before)) => {
+                    self.registry
+                        .hand_followed(d.user, cursor, before, &d.message);
+                }
+                (Ok(Some(cursor)), Err(_)) => self.registry.pull_until(d.user, cursor),
+                // Nothing names the entry: the user's connections read all.
+                _ => self.registry.notify(d.user),
+            }
+        }
         if let Some(change) = &event.change {
             let until = Cursor::parse(&event.until).ok().flatten().unwrap_or(ANY);
             self.change(change, |_| until);

@@ -84,6 +84,29 @@ pub struct LinkEvent {
     /// stale.
     #[prost(uint64, repeated, tag = "3")]
     pub present: Vec<u64>,
+    /// Messages the sender committed, each for one user with the inbox
+    /// entry its commit proved to come right before it: a connection whose
+    /// last written entry is that one writes the message without reading
+    /// its inbox. In each user's commit order.
+    #[prost(message, repeated, tag = "4")]
+    pub deliveries: Vec<LinkDelivery>,
+}
+
+/// One message for one user's connections (see [`LinkEvent::deliveries`]).
+#[derive(Clone, PartialEq, Message)]
+pub struct LinkDelivery {
+    /// The recipient.
+    #[prost(uint64, tag = "1")]
+    pub user: u64,
+    /// The new entry's inbox cursor.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub cursor: Bytes,
+    /// The entry right before it; empty: it is the inbox's first.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub before: Bytes,
+    /// The message, encoded (`hanmadi.v1.Message`).
+    #[prost(bytes = "bytes", tag = "4")]
+    pub message: Bytes,
 }
 
 /// What a node does with an event from a peer.
