@@ -288,6 +288,8 @@ impl<K: Kv> Server<K> {
                 shutdown.clone(),
             ));
             let on_event = Arc::clone(&apply);
+            let stale = Arc::clone(&presence);
+            cluster_links.on_change(Arc::new(move || stale.forget_all()));
             cluster_links.spawn(
                 listeners.link,
                 Arc::new(move |event| on_event.link_event(event)),

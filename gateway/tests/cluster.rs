@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hanmadi_gateway::cluster::LeaseTiming;
 use hanmadi_gateway::{Listeners, Server, ServerOptions};
-use hanmadi_storage::chat::NodeRecord;
+use hanmadi_storage::chat::{DueFrom, NodeRecord};
 use hanmadi_storage::sim::{SimKv, SimOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
 use serde_json::Value;
@@ -518,6 +518,67 @@ async fn users_on_two_nodes_get_each_others_commits_without_reading_their_inboxe
     // as before, is a read per message of the other node's).
     let pulls = pulls(&nodes) - pulls_before;
     assert!(pulls <= 4, "{pulls} inbox reads for 40 deliveries");
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_leaves_another_node_is_offline_at_once() {
+    // Presence cached for a user expires only after half a minute: what
+    // makes Bob offline on node a is node b's word over the link when he
+    // leaves. Offline, a message to him is marked for a push.
+    let store = ChatStore::new(
+        SimKv::new(SimOptions::healthy()),
+        StoreConfig::for_cluster(),
+    );
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b"] {
+        nodes.push(node_with(&store, name, TIMING, Duration::from_secs(60), "local").await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while nodes
+        .iter()
+        .any(|n| n.links().unwrap().open_to().is_empty())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "nodes not linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    users(&store, [131, 132]).await;
+    let (alice, _alice_in) = connect(&nodes[0], 131, "phone").await;
+    let (bob, mut bob_in) = connect(&nodes[1], 132, "phone").await;
+    alice
+        .send(hanmadi_client::Target::User(132), "while online")
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&mut bob_in, 1, Duration::from_secs(5)).await[0].body,
+        "while online"
+    );
+    drop((bob, bob_in));
+    // Marks of messages sent from now on (the first message may have
+    // been marked: node a had not looked Bob up yet).
+    let left = common_now();
+    let marked = |store: ChatStore<SimKv>| async move {
+        let from = DueFrom {
+            pending: left,
+            scheduled: 0,
+        };
+        let due = store.due_pushes(from, u64::MAX / 2, 0, 1000).await.unwrap();
+        due.iter().any(|d| d.user == 132)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut i = 0;
+    while !marked(store.clone()).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Bob still counts as online on node a after he left node b"
+        );
+        alice
+            .send(hanmadi_client::Target::User(132), &format!("after {i}"))
+            .await
+            .unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     shutdown_all(nodes).await;
 }
 

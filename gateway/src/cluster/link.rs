@@ -80,8 +80,8 @@ pub struct LinkEvent {
     /// connection already past it pulls nothing. Empty: pull regardless.
     #[prost(bytes = "bytes", tag = "2")]
     pub until: Bytes,
-    /// Users who just connected to the sender: presence cached for them is
-    /// stale.
+    /// Users who connected to the sender or left it: presence cached for
+    /// them is stale.
     #[prost(uint64, repeated, tag = "3")]
     pub present: Vec<u64>,
     /// Messages the sender committed, each for one user with the inbox
@@ -130,6 +130,7 @@ pub struct Links {
     muted: AtomicBool,
     metrics: Arc<Metrics>,
     handler: OnceLock<EventHandler>,
+    on_change: OnceLock<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Links {
@@ -163,6 +164,20 @@ impl Links {
             muted: AtomicBool::new(false),
             metrics,
             handler: OnceLock::new(),
+            on_change: OnceLock::new(),
+        }
+    }
+
+    /// Calls `f` whenever a link opens or closes: events sent while the
+    /// peer was unreachable are lost, so what they would have changed is
+    /// stale.
+    pub fn on_change(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.on_change.set(f);
+    }
+
+    fn changed(&self) {
+        if let Some(f) = self.on_change.get() {
+            f();
         }
     }
 
@@ -388,6 +403,7 @@ impl Links {
         if self.open.insert(node, Open { id, tx }).is_none() {
             self.metrics.cluster_links.inc();
         }
+        self.changed();
         tracing::info!(node, "node link up");
         let (mut sink, mut stream) = framed.split();
         let handler = self.handler.get().cloned();
@@ -418,6 +434,7 @@ impl Links {
         if self.open.remove_if(&node, |_, o| o.id == id).is_some() {
             self.metrics.cluster_links.dec();
         }
+        self.changed();
         match ended {
             Ok(()) => tracing::info!(node, "node link closed"),
             Err(e) => tracing::info!(node, error = %e, "node link failed"),

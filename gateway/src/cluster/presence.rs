@@ -15,11 +15,13 @@
 //! while that lease is live, so a dead node's entries need no cleanup to
 //! stop counting.
 //!
-//! Routers read the index through a bounded cache. A node that stores a
-//! new entry tells every peer over the link at once, and each drops its
-//! cached entry for the user; cached entries also expire after
-//! [`CACHE_TTL`]. A stale entry costs a delivery at most until the change
-//! feed's backstop; it never loses one.
+//! Routers read the index through a bounded cache. A node that stores or
+//! removes an entry tells every peer over the link at once, and each drops
+//! its cached entry for the user; a link that opens or closes drops the
+//! whole cache (what its lost events told is unknown), and cached entries
+//! also expire after [`CACHE_TTL`], the bound for an event dropped from a
+//! full link queue. A stale entry costs a delivery at most until the
+//! change feed's backstop; it never loses one.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +45,11 @@ use crate::registry::Registry;
 /// Longest a cached presence entry is used without being read again. Each
 /// entry lives a random time between half of it and all of it, so the
 /// users a burst of traffic cached together are not all read again in the
-/// same instant (at 1,000 messages/s on one node, that burst of reads held
-/// up the appends behind it by 50–70 ms every 5 s).
-pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// same instant. Changes come over the links; this only bounds what an
+/// event dropped from a full link queue leaves stale, and each expiry costs
+/// a delivery a presence read (at 5 s, three nodes at 1,000 messages/s
+/// spent a fifth of their CPU and most of their cross-node p99 on them).
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most users whose presence a node caches.
 const CACHE_USERS: u64 = 1_000_000;
 /// Most users one presence transaction writes.
@@ -192,6 +196,15 @@ impl<K: Kv> PresenceIndex<K> {
         }
     }
 
+    /// Drops every cached entry (a link opened or closed).
+    pub fn forget_all(&self) {
+        // As in `forget`: a lookup in flight sees its count move.
+        for stripe in self.forgets.iter() {
+            stripe.fetch_add(1, Ordering::SeqCst);
+        }
+        self.cache.invalidate_all();
+    }
+
     /// The live peers holding `user`'s connections, from the cache or
     /// storage.
     ///
@@ -252,7 +265,8 @@ impl<K: Kv> PresenceIndex<K> {
     }
 
     /// Writes entries as users come and go, until `shutdown`; then removes
-    /// this node's entries. Tells the peers about new ones over `links`.
+    /// this node's entries. Tells the peers about each change over
+    /// `links`.
     pub async fn run_writer(self: Arc<Self>, links: Arc<Links>, shutdown: CancellationToken) {
         // Users whose entry this node stored and has not removed.
         let mut stored: HashSet<u64> = HashSet::new();
@@ -277,10 +291,10 @@ impl<K: Kv> PresenceIndex<K> {
                         for &(u, here) in chunk {
                             if here {
                                 stored.insert(u);
-                                present.push(u);
                             } else {
                                 stored.remove(&u);
                             }
+                            present.push(u);
                         }
                     }
                     Err(e) => {
