@@ -48,7 +48,8 @@ use crate::registry::Registry;
 /// same instant. Changes come over the links; this only bounds what an
 /// event dropped from a full link queue leaves stale, and each expiry costs
 /// a delivery a presence read (at 5 s, three nodes at 1,000 messages/s
-/// spent a fifth of their CPU and most of their cross-node p99 on them).
+/// spent about a sixth of their CPU and much of their cross-node p99 on
+/// them).
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most users whose presence a node caches.
 const CACHE_USERS: u64 = 1_000_000;
