@@ -30,6 +30,10 @@ use crate::stats::{SendFailure, Stats};
 /// Pacer tasks sharing the rate.
 const PACERS: usize = 2;
 
+/// How long deliveries must have stopped before a drain with unanswered
+/// sends ends.
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
 /// One sender's route: its connection, the conversation and the target.
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
@@ -235,11 +239,28 @@ impl Load {
     }
 
     /// Waits until every delivery the acks call for has arrived, or `limit`.
+    ///
+    /// A send that timed out or failed on its connection may still have
+    /// been committed, and its deliveries count in `delivered` too: with
+    /// such sends in the run, reaching `expected` proves nothing, so the
+    /// wait goes on until deliveries have stopped for [`DRAIN_QUIET`].
     pub async fn drain(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while Instant::now() < deadline
-            && self.stats.delivered.load(Ordering::Relaxed) < self.expected.load(Ordering::Relaxed)
-        {
+        let mut seen = self.stats.delivered.load(Ordering::Relaxed);
+        let mut since = Instant::now();
+        while Instant::now() < deadline {
+            let delivered = self.stats.delivered.load(Ordering::Relaxed);
+            if delivered != seen {
+                seen = delivered;
+                since = Instant::now();
+            }
+            let uncertain = self.stats.timeouts.load(Ordering::Relaxed)
+                + self.stats.other_errors.load(Ordering::Relaxed);
+            if delivered >= self.expected.load(Ordering::Relaxed)
+                && (uncertain == 0 || since.elapsed() >= DRAIN_QUIET)
+            {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

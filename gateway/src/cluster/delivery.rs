@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{LinkDelivery, LinkEvent, Links};
+use super::link::{LinkDelivery, LinkEvent, Links, USERS_PER_EVENT};
 use super::presence::PresenceIndex;
 use crate::registry::Registry;
 
@@ -58,6 +58,9 @@ const MISS_ROUNDS: usize = 4;
 /// Most bytes of messages one link event carries (the link's frames stop
 /// at 1 MiB).
 const LINK_EVENT_BYTES: usize = 256 * 1024;
+/// Largest message that travels over a link; peers pull larger ones, so one
+/// delivery never outgrows an event.
+const LINK_MESSAGE_BYTES: usize = LINK_EVENT_BYTES / 4;
 /// Feed entries read per page.
 const FEED_PAGE: usize = 1000;
 /// Feed entries are kept this long after a node read past them.
@@ -125,24 +128,31 @@ impl<K: Kv> DeliverySink for ClusterSink<K> {
         self.registry.hand(delivery, true);
         // Peers get the message itself where the commit proved what comes
         // before it, and a notice to pull otherwise.
+        let message = delivery.encoded();
+        let carried = message.len() <= LINK_MESSAGE_BYTES;
         let mut users = Vec::new();
         let mut until = Cursor([0; CURSOR_LEN]);
         let mut chained = Vec::new();
         for (user, cursor, before) in delivery.chained() {
             match before {
-                Before::Unknown => {
+                Before::Entry(c) if carried => chained.push((user, cursor, Some(c))),
+                Before::Empty if carried => chained.push((user, cursor, None)),
+                _ => {
                     users.push(user);
                     until = until.max(cursor);
                 }
-                Before::Empty => chained.push((user, cursor, None)),
-                Before::Entry(c) => chained.push((user, cursor, Some(c))),
             }
         }
+        let message = if chained.is_empty() {
+            Bytes::new()
+        } else {
+            message.clone()
+        };
         self.notice(Notice {
             users,
             until,
             chained,
-            message: delivery.encoded().clone(),
+            message,
         });
     }
 
@@ -307,29 +317,54 @@ fn add(per_node: &mut PerNode, user: u64, pending: ForUser, nodes: Vec<u64>) {
 
 fn send(links: &Links, per_node: PerNode) {
     for (node, out) in per_node {
-        let mut event = LinkEvent::default();
-        if let Some(until) = out.until {
-            event.change = Some(FeedEvent {
-                users: out.users,
-                ..FeedEvent::default()
-            });
-            event.until = Bytes::copy_from_slice(until.as_bytes());
-        }
-        // Split under the link's frame limit: a user's messages stay in
-        // order across the events, which the link keeps in order.
-        let mut bytes = 0;
-        for d in out.deliveries {
-            let size = d.encoded_len();
-            if bytes + size > LINK_EVENT_BYTES && !event.deliveries.is_empty() {
-                links.send(node, &std::mem::take(&mut event));
-                bytes = 0;
-            }
-            bytes += size;
-            event.deliveries.push(d);
-        }
-        if event != LinkEvent::default() {
+        for event in events(out) {
             links.send(node, &event);
         }
+    }
+}
+
+/// Splits what one peer gets into events that each stay well under a link
+/// frame: at most [`USERS_PER_EVENT`] users to pull and about
+/// [`LINK_EVENT_BYTES`] of messages. A user's messages stay in order across
+/// the events, which the link keeps in order.
+fn events(out: ForNode) -> Vec<LinkEvent> {
+    let mut events = Vec::new();
+    let mut event = LinkEvent::default();
+    if let Some(until) = out.until {
+        let until = Bytes::copy_from_slice(until.as_bytes());
+        let mut users = out.users;
+        while users.len() > USERS_PER_EVENT {
+            let rest = users.split_off(USERS_PER_EVENT);
+            events.push(pull_event(users, until.clone()));
+            users = rest;
+        }
+        event = pull_event(users, until);
+    }
+    let mut bytes = event.encoded_len();
+    for d in out.deliveries {
+        let size = d.encoded_len();
+        if bytes + size > LINK_EVENT_BYTES && !event.deliveries.is_empty() {
+            events.push(std::mem::take(&mut event));
+            bytes = 0;
+        }
+        bytes += size;
+        event.deliveries.push(d);
+    }
+    if event != LinkEvent::default() {
+        events.push(event);
+    }
+    events
+}
+
+/// An event asking a peer to pull `users`' inboxes through `until`.
+fn pull_event(users: Vec<u64>, until: Bytes) -> LinkEvent {
+    LinkEvent {
+        change: Some(FeedEvent {
+            users,
+            ..FeedEvent::default()
+        }),
+        until,
+        ..LinkEvent::default()
     }
 }
 
@@ -442,5 +477,52 @@ pub async fn run_feed<K: Kv>(
                 tracing::warn!(error = %e, "trimming the change feed failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::link::MAX_LINK_FRAME;
+
+    #[test]
+    fn what_a_peer_gets_is_split_into_events_a_link_frame_holds() {
+        let users: Vec<u64> = (u64::MAX - 120_000..u64::MAX).collect();
+        let message = Bytes::from(vec![7u8; LINK_MESSAGE_BYTES]);
+        let deliveries: Vec<LinkDelivery> = (0..40u64)
+            .map(|i| LinkDelivery {
+                user: i,
+                cursor: Bytes::copy_from_slice(&[i as u8; CURSOR_LEN]),
+                before: Bytes::new(),
+                message: message.clone(),
+            })
+            .collect();
+        let out = ForNode {
+            users: users.clone(),
+            until: Some(Cursor([9; CURSOR_LEN])),
+            deliveries: deliveries.clone(),
+        };
+
+        let events = events(out);
+
+        assert!(events.len() > 3, "{} events", events.len());
+        for e in &events {
+            assert!(
+                e.encoded_len() < MAX_LINK_FRAME,
+                "{} bytes",
+                e.encoded_len()
+            );
+        }
+        let pulled: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.change.as_ref())
+            .flat_map(|c| c.users.iter().copied())
+            .collect();
+        assert_eq!(pulled, users);
+        let carried: Vec<LinkDelivery> = events
+            .iter()
+            .flat_map(|e| e.deliveries.iter().cloned())
+            .collect();
+        assert_eq!(carried, deliveries);
     }
 }

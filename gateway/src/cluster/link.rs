@@ -13,7 +13,7 @@
 //! Outbound events wait in a bounded queue per link; when it is full they
 //! are dropped and counted, never waited for.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,10 +36,17 @@ use crate::metrics::Metrics;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Largest link frame: an event naming a few thousand users.
-const MAX_LINK_FRAME: usize = 1 << 20;
+/// Largest link frame: events stay well under it (`USERS_PER_EVENT`, and
+/// the notifier's budget for messages).
+pub(super) const MAX_LINK_FRAME: usize = 1 << 20;
 /// Events waiting for one link; more are dropped (the feed has them).
 const LINK_QUEUE: usize = 4096;
+/// Bytes of events waiting for one link; more are dropped too, so a stalled
+/// peer holds at most this much of this node's memory.
+const LINK_QUEUE_BYTES: usize = 32 << 20;
+/// Most users one event names, so that the event stays well under a link
+/// frame (a user id takes at most 10 bytes).
+pub const USERS_PER_EVENT: usize = 16_384;
 /// Longest a dial or a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two dials of a peer that cannot be reached.
@@ -116,6 +123,22 @@ struct Open {
     /// Tells one link from its successor to the same peer.
     id: u64,
     tx: mpsc::Sender<Bytes>,
+    /// Bytes in `tx`.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Open {
+    /// Queues `frame` if the link has room for it, in events and in bytes.
+    fn push(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > LINK_QUEUE_BYTES
+            || self.tx.try_send(frame).is_err()
+        {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// This node's links to its peers.
@@ -198,10 +221,7 @@ impl Links {
 
     fn send_encoded(&self, node: u64, frame: Bytes) {
         let queued = !self.muted.load(Ordering::Relaxed)
-            && self
-                .open
-                .get(&node)
-                .is_some_and(|o| o.tx.try_send(frame).is_ok());
+            && self.open.get(&node).is_some_and(|o| o.push(frame));
         let m = &self.metrics;
         let counter = if queued {
             &m.cluster_events_sent
@@ -400,7 +420,13 @@ impl Links {
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
-        if self.open.insert(node, Open { id, tx }).is_none() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let open = Open {
+            id,
+            tx,
+            queued: Arc::clone(&queued),
+        };
+        if self.open.insert(node, open).is_none() {
             self.metrics.cluster_links.inc();
         }
         self.changed();
@@ -411,6 +437,7 @@ impl Links {
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 for frame in batch.drain(..) {
+                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
                     sink.feed(frame).await?;
                 }
                 sink.flush().await?;

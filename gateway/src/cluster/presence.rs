@@ -38,7 +38,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::link::{LinkEvent, Links};
+use super::link::{LinkEvent, Links, USERS_PER_EVENT};
 use super::peers::Peers;
 use crate::registry::Registry;
 
@@ -306,9 +306,9 @@ impl<K: Kv> PresenceIndex<K> {
                     }
                 }
             }
-            if !present.is_empty() {
+            for users in present.chunks(USERS_PER_EVENT) {
                 links.broadcast(&LinkEvent {
-                    present,
+                    present: users.to_vec(),
                     ..LinkEvent::default()
                 });
             }
