@@ -8,6 +8,9 @@
 #   scripts/cluster-figures.sh [OUT]        # JSON reports in OUT
 #   FIGURES=one scripts/cluster-figures.sh   # one node only
 #   FIGURES=cross scripts/cluster-figures.sh # three nodes at 1,000/s only
+#   FIGURES=saturate scripts/cluster-figures.sh # one and three nodes, 20,000/s offered
+#
+# HANMADI_NODE_ARGS adds options to every node (e.g. --max-send-wait-ms 0).
 #
 # Needs target/fdb/release/hanmadi (scripts/build-fdb.sh) and
 # target/release/hanmadi-loadtest (cargo build --release).
@@ -39,11 +42,12 @@ start_nodes() {
   local n="$1" i http
   local https=()
   for ((i = 0; i < n; i++)); do
+    # shellcheck disable=SC2086 # HANMADI_NODE_ARGS is split into options
     "$hanmadi" serve --store fdb --fdb-cluster-file "$FDB_CLUSTER_FILE" \
       --data-dir "$work/node$i" --secret "$secret" --hostname 127.0.0.1 \
       --tcp 127.0.0.1:0 --http 127.0.0.1:0 --tls off --https off \
       --cluster-link 127.0.0.1:0 --max-conns-per-ip 30000 --max-connections 30000 \
-      --http-rate-per-sec 1000000 --http-rate-burst 1000000 \
+      --http-rate-per-sec 1000000 --http-rate-burst 1000000 ${HANMADI_NODE_ARGS:-} \
       >"$work/listening$i" 2>"$work/log$i" &
     pids+=($!)
   done
@@ -131,6 +135,15 @@ if [[ "${FIGURES:-all}" == one ]]; then
   run "fdb-1-node-1000" direct --connections 1000 --rate 1000 --duration 20s --warmup 3s
   start_nodes 1
   run "fdb-1-node-saturate" direct --connections 1000 --rate 20000 --duration 15s --warmup 3s
+  exit 0
+fi
+# FIGURES=saturate: one node, then three, offered more than they take;
+# the drain waits for sends answered after the tool's timeout.
+if [[ "${FIGURES:-all}" == saturate ]]; then
+  for n in 1 3; do
+    start_nodes "$n"
+    run "fdb-$n-node-saturate" direct --connections 1000 --rate 20000 --duration 15s --warmup 3s --drain 90s
+  done
   exit 0
 fi
 # FIGURES=cross: only the three-node runs at 1,000/s (cross- and same-node).

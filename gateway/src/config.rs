@@ -49,6 +49,7 @@
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
 //! | `--page-bytes-per-sec` | `HANMADI_PAGE_BYTES_PER_SEC` | `page_bytes_per_sec` | `67108864` (64 MiB) | message bytes per second that `Sync` and `History` pages of all clients together may read; a page waits when they are spent |
 //! | `--commit-linger-us` | `HANMADI_COMMIT_LINGER_US` | `commit_linger_us` | `1000` | with the embedded store, while sends arrive at 2 or more per linger: commits start at most this far apart, so each fsync carries more messages (less CPU per message, up to this much more latency); `0` commits every batch at once |
+//! | `--max-send-wait-ms` | `HANMADI_MAX_SEND_WAIT_MS` | `max_send_wait_ms` | `1000` | when no send has been acknowledged within this for 100 ms, HTTP sends past the first 1,024 in flight are refused with `503 SERVER_BUSY` rather than queued (socket sends wait, as they do for a full queue); `0` refuses only when the queue is full |
 //! | `--workers` | `HANMADI_WORKERS` | `workers` | the number of cores | threads that run connections, the HTTP API and the router; with the embedded store on a machine of few cores, one fewer than the cores leaves one to the commit thread: less CPU per message at moderate load, a lower peak (docs/PERFORMANCE.md, "Runtime threads") |
 //! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
@@ -314,6 +315,12 @@ pub struct Config {
     /// load; 0 never waits [default: 1000].
     #[arg(long, value_name = "US")]
     pub commit_linger_us: u64,
+    /// HTTP sends past the first 1,024 in flight are refused as busy while
+    /// none is acknowledged within this; 0 refuses only when the queue is
+    /// full [default: 1000].
+    #[arg(long, value_name = "MS", value_parser = parse_millis)]
+    #[serde(deserialize_with = "millis")]
+    pub max_send_wait_ms: Duration,
     /// Threads that run connections, the HTTP API and the router
     /// [default: the number of cores].
     #[arg(long, value_name = "N")]
@@ -433,6 +440,7 @@ impl Default for Config {
             page_bytes_per_sec: server.router.page_bytes_per_sec,
             commit_linger_us: u64::try_from(server.router.appender.linger.as_micros())
                 .unwrap_or(u64::MAX),
+            max_send_wait_ms: server.router.appender.max_wait,
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             max_password_hashes: server.max_password_hashes,
             http_header_timeout_ms: server.http_header_timeout,

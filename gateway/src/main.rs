@@ -216,6 +216,7 @@ async fn run<K: Kv>(
             page_bytes_per_sec: config.page_bytes_per_sec,
             appender: hanmadi_router::AppenderConfig {
                 linger: std::time::Duration::from_micros(config.commit_linger_us),
+                max_wait: config.max_send_wait_ms,
                 ..hanmadi_router::AppenderConfig::default()
             },
             ..RouterConfig::default()

@@ -28,6 +28,11 @@
 //! out of line becomes a pull). Messages in flight are capped at the
 //! queue's size: past it the loop stops taking sends, the queue fills, and
 //! senders wait or are refused.
+//!
+//! A full queue is not the only refusal: when sends stand in line longer
+//! than [`AppenderConfig::max_wait`], `try_append` refuses before the queue
+//! fills (`crate::admission`), so an overloaded node answers `BUSY` at
+//! once rather than acknowledging after its senders have given up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +45,7 @@ use hanmadi_storage::{ChatStore, StoreError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::admission::{Admission, Ticket};
 use crate::fanout::{Delivery, DeliverySink};
 use crate::presence::Presence;
 use crate::RouterError;
@@ -54,6 +60,13 @@ pub struct AppenderConfig {
     /// How long a batch may wait for more sends when the disk is idle but
     /// sends arrive steadily ([`Linger`]); zero never waits.
     pub linger: Duration,
+    /// `try_append` refuses while no send has been answered within this
+    /// for a while and [`AppenderConfig::admit_in_flight`] sends are in
+    /// flight; zero refuses only when the queue is full.
+    pub max_wait: Duration,
+    /// Sends in flight that are always admitted, however slow answers are:
+    /// enough to keep commits full while refusing.
+    pub admit_in_flight: usize,
 }
 
 impl Default for AppenderConfig {
@@ -62,6 +75,8 @@ impl Default for AppenderConfig {
             queue: 8192,
             max_batch: 512,
             linger: DEFAULT_LINGER,
+            max_wait: DEFAULT_MAX_WAIT,
+            admit_in_flight: 1024,
         }
     }
 }
@@ -69,7 +84,17 @@ impl Default for AppenderConfig {
 /// The default [`AppenderConfig::linger`].
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 
-type Reply = oneshot::Sender<Result<Appended, RouterError>>;
+/// The default [`AppenderConfig::max_wait`]: well under a client's request
+/// timeout (10 s in the client library), so that a refused sender retries
+/// rather than one that timed out resending what was stored.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Where a send's outcome goes, and its place in the count of sends in
+/// flight.
+struct Reply {
+    tx: oneshot::Sender<Result<Appended, RouterError>>,
+    ticket: Ticket,
+}
 
 struct Job {
     msg: NewMessage,
@@ -81,6 +106,7 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct Appender {
     tx: mpsc::Sender<Job>,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for Job {
@@ -101,8 +127,9 @@ impl Appender {
         config: AppenderConfig,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let admission = Admission::new(config.max_wait, config.admit_in_flight);
         let task = tokio::spawn(run(store, ids, presence, sink, rx, config));
-        (Self { tx }, task)
+        (Self { tx, admission }, task)
     }
 
     /// Appends one message, waiting for room in the queue and then for its
@@ -112,7 +139,11 @@ impl Appender {
     ///
     /// The store's verdict on the message, or [`RouterError::ShuttingDown`].
     pub async fn append(&self, msg: NewMessage) -> Result<Appended, RouterError> {
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            ticket: self.admission.ticket(),
+        };
         self.tx
             .send(Job { msg, reply })
             .await
@@ -124,10 +155,17 @@ impl Appender {
     ///
     /// # Errors
     ///
-    /// [`RouterError::Busy`] when the queue is full; otherwise as
-    /// [`Appender::append`].
+    /// [`RouterError::Busy`] when the queue is full or sends wait longer
+    /// than [`AppenderConfig::max_wait`]; otherwise as [`Appender::append`].
     pub async fn try_append(&self, msg: NewMessage) -> Result<Appended, RouterError> {
-        let (reply, rx) = oneshot::channel();
+        if !self.admission.admits() {
+            return Err(RouterError::Busy);
+        }
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            ticket: self.admission.ticket(),
+        };
         self.tx.try_send(Job { msg, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => RouterError::Busy,
             mpsc::error::TrySendError::Closed(_) => RouterError::ShuttingDown,
@@ -551,9 +589,12 @@ impl<K: Kv> Drop for Committer<K> {
 
 /// Answers each sender with its message's outcome.
 fn answer(replies: Vec<Reply>, results: Vec<Result<Appended, StoreError>>) {
+    if let Some(youngest) = replies.last() {
+        youngest.ticket.answered();
+    }
     for (reply, result) in replies.into_iter().zip(results) {
         // A sender that gave up waiting still had its message stored.
-        let _ = reply.send(result.map_err(RouterError::from));
+        let _ = reply.tx.send(result.map_err(RouterError::from));
     }
 }
 
@@ -595,7 +636,11 @@ mod tests {
     use super::*;
 
     fn job(conversation: ConversationId, n: u8) -> Job {
-        let (reply, _) = oneshot::channel();
+        let (tx, _) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            ticket: Admission::new(Duration::ZERO, 0).ticket(),
+        };
         Job {
             msg: NewMessage {
                 conversation,

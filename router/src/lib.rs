@@ -20,6 +20,7 @@
 //!   socket and an HTTP request are answered alike.
 
 pub mod accounts;
+mod admission;
 pub mod appender;
 pub mod authz;
 pub mod conversations;

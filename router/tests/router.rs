@@ -335,6 +335,68 @@ async fn full_queue_pushes_back_and_loses_nothing() {
     assert_eq!(inbox(&store, 2, None).await.len(), 200 + extra);
 }
 
+/// Sends that stand in line longer than `max_wait` are refused while the
+/// queue still has room, past the sends always admitted; nothing admitted
+/// is lost, and once the line is gone sends are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_wait_refuses_before_the_queue_fills() {
+    let h = harness(RouterConfig {
+        appender: hanmadi_router::AppenderConfig {
+            // Every answer is slower than this: the wait always stands.
+            max_wait: std::time::Duration::from_nanos(1),
+            admit_in_flight: 8,
+            ..hanmadi_router::AppenderConfig::default()
+        },
+        ..RouterConfig::default()
+    })
+    .await;
+    let store = h.router.store().clone();
+    users(&store, &[1, 2]).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut feeders = Vec::new();
+    for f in 0..32 {
+        let router = Arc::clone(&h.router);
+        let stop = Arc::clone(&stop);
+        feeders.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                router
+                    .send(1, text(&format!("f{f}-{sent}"), Target::User(2), "x"))
+                    .await
+                    .expect("a waiting send is stored");
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let mut accepted = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        match h
+            .router
+            .try_send(1, text(&format!("t{accepted}"), Target::User(2), "x"))
+            .await
+        {
+            Err(RouterError::Busy) => break true,
+            Ok(_) => accepted += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    };
+    assert!(refused);
+    stop.store(true, Ordering::Relaxed);
+    let mut fed = 0;
+    for f in feeders {
+        fed += f.await.expect("feeder");
+    }
+    // Nothing in flight: under the always-admitted count again.
+    h.router
+        .try_send(1, text("after", Target::User(2), "x"))
+        .await
+        .expect("taken once the line is gone");
+    assert_eq!(inbox(&store, 2, None).await.len(), fed + accepted + 1);
+}
+
 #[tokio::test]
 async fn pages_share_one_budget_of_bytes_per_second() {
     // 80 KB of messages; a budget of 40 KB/s with a second's worth saved.
