@@ -355,7 +355,8 @@ impl<K: Kv> Router<K> {
     }
 
     /// As [`Router::send`], but refuses with [`RouterError::Busy`] instead
-    /// of waiting when the append queue is full (HTTP senders: `503`).
+    /// of waiting when the append queue is full, and while sends stand in
+    /// line longer than [`AppenderConfig::max_wait`] (HTTP senders: `503`).
     ///
     /// # Errors
     ///

@@ -437,8 +437,11 @@ impl Links {
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 for frame in batch.drain(..) {
-                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                    // Counted until the socket's buffer has taken it, so
+                    // that frames held here while the peer stalls count too.
+                    let len = frame.len();
                     sink.feed(frame).await?;
+                    queued.fetch_sub(len, Ordering::Relaxed);
                 }
                 sink.flush().await?;
             }
