@@ -468,10 +468,10 @@ async fn users_on_one_node_get_its_commits_without_reading_their_inboxes() {
     a.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_on_two_nodes_get_each_others_commits_without_reading_their_inboxes() {
-    // A healthy store (a conflict would rightly turn deliveries into
-    // pulls), and the feed's backstop a minute away.
+/// Two nodes on a healthy store (a conflict would rightly turn chained
+/// deliveries into pulls), the feed's backstop a minute away, once each
+/// has its link to the other open.
+async fn two_linked_nodes() -> (ChatStore<SimKv>, Vec<Server<SimKv>>) {
     let store = ChatStore::new(
         SimKv::new(SimOptions::healthy()),
         StoreConfig::for_cluster(),
@@ -488,6 +488,12 @@ async fn users_on_two_nodes_get_each_others_commits_without_reading_their_inboxe
         assert!(tokio::time::Instant::now() < deadline, "nodes not linked");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (store, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_nodes_get_each_others_commits_without_reading_their_inboxes() {
+    let (store, nodes) = two_linked_nodes().await;
     users(&store, [121, 122]).await;
     let (alice, mut alice_in) = connect(&nodes[0], 121, "phone").await;
     let (bob, mut bob_in) = connect(&nodes[1], 122, "phone").await;
@@ -526,22 +532,7 @@ async fn a_user_who_leaves_another_node_is_offline_at_once() {
     // Presence cached for a user expires only after half a minute: what
     // makes Bob offline on node a is node b's word over the link when he
     // leaves. Offline, a message to him is marked for a push.
-    let store = ChatStore::new(
-        SimKv::new(SimOptions::healthy()),
-        StoreConfig::for_cluster(),
-    );
-    let mut nodes = Vec::new();
-    for name in ["node-a", "node-b"] {
-        nodes.push(node_with(&store, name, TIMING, Duration::from_secs(60), "local").await);
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while nodes
-        .iter()
-        .any(|n| n.links().unwrap().open_to().is_empty())
-    {
-        assert!(tokio::time::Instant::now() < deadline, "nodes not linked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (store, nodes) = two_linked_nodes().await;
     users(&store, [131, 132]).await;
     let (alice, _alice_in) = connect(&nodes[0], 131, "phone").await;
     let (bob, mut bob_in) = connect(&nodes[1], 132, "phone").await;
