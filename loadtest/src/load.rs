@@ -256,14 +256,24 @@ impl Load {
             }
             let uncertain = self.stats.timeouts.load(Ordering::Relaxed)
                 + self.stats.other_errors.load(Ordering::Relaxed);
-            if delivered >= self.expected.load(Ordering::Relaxed)
-                && (uncertain == 0 || since.elapsed() >= DRAIN_QUIET)
-            {
+            if drained(
+                delivered,
+                self.expected.load(Ordering::Relaxed),
+                uncertain,
+                since.elapsed(),
+            ) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Whether a drain is over: `delivered` reached the `expected` deliveries
+/// of the acknowledged sends and, when `uncertain` sends may have been
+/// stored unacknowledged, nothing has arrived for [`DRAIN_QUIET`] (`quiet`).
+fn drained(delivered: u64, expected: u64, uncertain: u64, quiet: Duration) -> bool {
+    delivered >= expected && (uncertain == 0 || quiet >= DRAIN_QUIET)
 }
 
 /// What a failed send counts as.
@@ -315,4 +325,22 @@ pub fn spawn_receiver(
         }
         received
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_with_unanswered_sends_waits_for_deliveries_to_stop() {
+        let busy = Duration::from_millis(100);
+        // Every acknowledged send delivered, nothing else in doubt.
+        assert!(drained(10, 10, 0, Duration::ZERO));
+        assert!(!drained(9, 10, 0, DRAIN_QUIET));
+        // A timed-out send's deliveries may fill the count while an
+        // acknowledged one is still on its way.
+        assert!(!drained(10, 10, 1, busy));
+        assert!(drained(10, 10, 1, DRAIN_QUIET));
+        assert!(!drained(9, 10, 1, DRAIN_QUIET));
+    }
 }

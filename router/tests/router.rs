@@ -371,19 +371,18 @@ async fn a_standing_wait_refuses_before_the_queue_fills() {
     }
     let mut accepted = 0;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let refused = loop {
+    loop {
         assert!(tokio::time::Instant::now() < deadline, "never refused");
         match h
             .router
             .try_send(1, text(&format!("t{accepted}"), Target::User(2), "x"))
             .await
         {
-            Err(RouterError::Busy) => break true,
+            Err(RouterError::Busy) => break,
             Ok(_) => accepted += 1,
             Err(e) => panic!("unexpected: {e}"),
         }
-    };
-    assert!(refused);
+    }
     stop.store(true, Ordering::Relaxed);
     let mut fed = 0;
     for f in feeders {

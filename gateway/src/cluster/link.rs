@@ -46,7 +46,7 @@ const LINK_QUEUE: usize = 4096;
 const LINK_QUEUE_BYTES: usize = 32 << 20;
 /// Most users one event names, so that the event stays well under a link
 /// frame (a user id takes at most 10 bytes).
-pub const USERS_PER_EVENT: usize = 16_384;
+pub(super) const USERS_PER_EVENT: usize = 16_384;
 /// Longest a dial or a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two dials of a peer that cannot be reached.
