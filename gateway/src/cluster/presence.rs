@@ -18,9 +18,11 @@
 //! Routers read the index through a bounded cache. A node that stores or
 //! removes an entry tells every peer over the link at once, and each drops
 //! its cached entry for the user; a link that opens or closes drops the
-//! whole cache (what its lost events told is unknown), and cached entries
-//! also expire after [`CACHE_TTL`], the bound for an event dropped from a
-//! full link queue. A stale entry costs a delivery at most until the
+//! whole cache (what its lost events told is unknown). A cached entry is
+//! also read again once it is older than [`CACHE_TTL`], the bound for an
+//! event dropped from a full link queue: the lookup that finds it old
+//! still answers from it, and the read runs beside the delivery rather
+//! than in front of it. A stale entry costs a delivery at most until the
 //! change feed's backstop; it never loses one.
 
 use std::collections::HashSet;
@@ -28,12 +30,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use hanmadi_storage::chat::NodeLease;
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
 use moka::sync::Cache;
-use moka::Expiry;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -42,15 +43,21 @@ use super::link::{LinkEvent, Links, USERS_PER_EVENT};
 use super::peers::Peers;
 use crate::registry::Registry;
 
-/// Longest a cached presence entry is used without being read again. Each
-/// entry lives a random time between half of it and all of it, so the
-/// users a burst of traffic cached together are not all read again in the
-/// same instant. Changes come over the links; this only bounds what an
-/// event dropped from a full link queue leaves stale, and each expiry costs
-/// a delivery a presence read (at 5 s, three nodes at 1,000 messages/s
-/// spent about a sixth of their CPU and much of their cross-node p99 on
-/// them).
+/// Age after which a cached presence entry is read again. Each entry is
+/// given a random age between half of it and all of it, so the users a
+/// burst of traffic cached together are not all read again in the same
+/// instant. Changes come over the links; this only bounds what an event
+/// dropped from a full link queue leaves stale. The lookup that finds an
+/// entry this old answers from it and reads it again in the background:
+/// when such a lookup waited for its read, those waits were most of a
+/// three-node cluster's cross-node p99 (docs/PERFORMANCE.md).
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Longest an entry stays cached without a read: one that no lookup asks
+/// for again is dropped, and one whose background read could not start
+/// (past [`MAX_REFRESHES`]) is read in front of its next lookup.
+const CACHE_KEEP: Duration = Duration::from_secs(60);
+/// Most background reads of old entries at once.
+const MAX_REFRESHES: usize = 256;
 /// Most users whose presence a node caches.
 const CACHE_USERS: u64 = 1_000_000;
 /// Most users one presence transaction writes.
@@ -58,29 +65,19 @@ const WRITE_CHUNK: usize = 1000;
 /// Stripes of [`PresenceIndex`]'s forget counters.
 const FORGET_STRIPES: usize = 1024;
 
-/// Expires each cached entry a random time into the second half of
-/// [`CACHE_TTL`] after it was stored.
-struct Jittered;
-
-impl Jittered {
-    fn lifetime() -> Duration {
-        CACHE_TTL.mul_f64(rand::random_range(0.5..=1.0))
-    }
+/// A cached entry, and when it is to be read again.
+#[derive(Clone)]
+struct Cached {
+    entries: Entries,
+    stale_at: Instant,
 }
 
-impl Expiry<u64, Entries> for Jittered {
-    fn expire_after_create(&self, _: &u64, _: &Entries, _: Instant) -> Option<Duration> {
-        Some(Self::lifetime())
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &u64,
-        _: &Entries,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(Self::lifetime())
+impl Cached {
+    fn read_now(entries: Entries) -> Self {
+        Self {
+            entries,
+            stale_at: Instant::now() + CACHE_TTL.mul_f64(rand::random_range(0.5..=1.0)),
+        }
     }
 }
 
@@ -104,7 +101,9 @@ pub struct PresenceIndex<K: Kv> {
     arriving: DashMap<u64, u32>,
     dirty: Mutex<Dirty>,
     wake: Notify,
-    cache: Cache<u64, Entries>,
+    cache: Cache<u64, Cached>,
+    /// Users whose old entry is being read again in the background.
+    refreshing: DashSet<u64>,
     /// Counts [`PresenceIndex::forget`]s, per stripe of users: a lookup
     /// that read storage before a peer's new entry must not cache what it
     /// read after the peer's notice dropped the old one.
@@ -155,8 +154,9 @@ impl<K: Kv> PresenceIndex<K> {
             wake: Notify::new(),
             cache: Cache::builder()
                 .max_capacity(CACHE_USERS)
-                .expire_after(Jittered)
+                .time_to_live(CACHE_KEEP)
                 .build(),
+            refreshing: DashSet::new(),
             forgets: (0..FORGET_STRIPES).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -212,26 +212,58 @@ impl<K: Kv> PresenceIndex<K> {
     /// # Errors
     ///
     /// A storage failure.
-    pub async fn peers_of(&self, user: u64) -> Result<Vec<u64>, hanmadi_storage::StoreError> {
+    pub async fn peers_of(
+        self: &Arc<Self>,
+        user: u64,
+    ) -> Result<Vec<u64>, hanmadi_storage::StoreError> {
         if let Some(nodes) = self.cached_peers_of(user) {
             return Ok(nodes);
         }
+        let entries = self.read(user).await?;
+        Ok(self.live(&entries))
+    }
+
+    /// The live peers holding `user`'s connections if the cache knows
+    /// them. An entry past its age is still answered from, and read again
+    /// in the background.
+    pub fn cached_peers_of(self: &Arc<Self>, user: u64) -> Option<Vec<u64>> {
+        let cached = self.cache.get(&user)?;
+        if cached.stale_at <= Instant::now() {
+            self.refresh(user);
+        }
+        Some(self.live(&cached.entries))
+    }
+
+    /// Reads `user`'s entry again off the caller's path, unless a read of
+    /// it is running or [`MAX_REFRESHES`] are.
+    fn refresh(self: &Arc<Self>, user: u64) {
+        if self.refreshing.len() >= MAX_REFRESHES || !self.refreshing.insert(user) {
+            return;
+        }
+        let index = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = index.read(user).await {
+                // The old entry stays until `CACHE_KEEP`; the next lookup
+                // past its age tries again.
+                tracing::debug!(user, error = %e, "presence refresh failed");
+            }
+            index.refreshing.remove(&user);
+        });
+    }
+
+    /// Reads `user`'s entries from storage into the cache.
+    async fn read(&self, user: u64) -> Result<Entries, hanmadi_storage::StoreError> {
         let forgets = self.forgets_of(user).load(Ordering::SeqCst);
         let entries: Entries = self.store.presence(user).await?.into();
-        self.cache.insert(user, Arc::clone(&entries));
+        self.cache
+            .insert(user, Cached::read_now(Arc::clone(&entries)));
         // The insert is seen before the count is read again.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.forgets_of(user).load(Ordering::SeqCst) != forgets {
             // A notice may have dropped an entry newer than this read.
             self.cache.invalidate(&user);
         }
-        Ok(self.live(&entries))
-    }
-
-    /// The live peers holding `user`'s connections if the cache knows
-    /// them.
-    pub fn cached_peers_of(&self, user: u64) -> Option<Vec<u64>> {
-        self.cache.get(&user).map(|entries| self.live(&entries))
+        Ok(entries)
     }
 
     fn forgets_of(&self, user: u64) -> &AtomicU64 {
@@ -259,8 +291,10 @@ impl<K: Kv> PresenceIndex<K> {
     /// Whether the cache knows `user` to be connected to a live peer (the
     /// router's question, which must not wait for storage).
     pub fn cached_elsewhere(&self, user: u64) -> bool {
-        self.cache.get(&user).is_some_and(|e| {
-            e.iter()
+        self.cache.get(&user).is_some_and(|cached| {
+            cached
+                .entries
+                .iter()
                 .any(|&(node, epoch)| self.is_live_peer(node, epoch))
         })
     }
@@ -326,5 +360,75 @@ impl<K: Kv> PresenceIndex<K> {
         for chunk in gone.chunks(WRITE_CHUNK) {
             let _ = self.store.set_presence(&self.lease, chunk).await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use hanmadi_storage::chat::NodeRecord;
+    use hanmadi_storage::sim::{SimKv, SimOptions};
+    use hanmadi_storage::StoreConfig;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::registry::RegistryLimits;
+
+    impl<K: Kv> PresenceIndex<K> {
+        /// Ages `user`'s cached entry past [`CACHE_TTL`].
+        fn age(&self, user: u64) {
+            let mut cached = self.cache.get(&user).expect("cached");
+            cached.stale_at = Instant::now();
+            self.cache.insert(user, cached);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_old_entry_answers_at_once_and_is_read_again_behind_the_delivery() {
+        let store = ChatStore::new(
+            SimKv::new(SimOptions::faulty(7)),
+            StoreConfig::for_cluster(),
+        );
+        let (now, expiry) = (crate::now_ms(), Duration::from_secs(60));
+        let me = store
+            .acquire_node(&NodeRecord::default(), now, expiry)
+            .await
+            .unwrap();
+        let other = store
+            .acquire_node(&NodeRecord::default(), now, expiry)
+            .await
+            .unwrap();
+        let peers = Arc::new(Peers::default());
+        peers.update(me.node_id, now, store.nodes().await.unwrap());
+        let limits = RegistryLimits {
+            per_user: 4,
+            per_ip: 4,
+            outbound_bytes: 1000,
+            tarpit: Duration::from_secs(1),
+        };
+        let registry = Arc::new(Registry::new(limits, Arc::new(Metrics::new())));
+        let index = Arc::new(PresenceIndex::new(store.clone(), me, registry, peers));
+        store.set_presence(&other, &[(7, true)]).await.unwrap();
+        assert_eq!(index.peers_of(7).await.unwrap(), vec![other.node_id]);
+
+        // The user leaves the other node, and the notice of it is lost.
+        store.set_presence(&other, &[(7, false)]).await.unwrap();
+        assert_eq!(index.cached_peers_of(7), Some(vec![other.node_id]));
+        index.age(7);
+
+        // Past its age the entry still answers, with no wait for storage,
+        // and is read again beside the caller.
+        assert_eq!(index.cached_peers_of(7), Some(vec![other.node_id]));
+        assert!(index.refreshing.contains(&7), "no read started");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while index.refreshing.contains(&7) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the background read never ended");
+        assert_eq!(index.cached_peers_of(7), Some(Vec::new()));
     }
 }
