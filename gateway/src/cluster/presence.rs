@@ -53,10 +53,11 @@ use crate::registry::Registry;
 /// three-node cluster's cross-node p99 (docs/PERFORMANCE.md).
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Longest an entry stays cached without a read: one that no lookup asks
-/// for again is dropped, and one whose background read could not start
-/// (past [`MAX_REFRESHES`]) is read in front of its next lookup.
+/// for again is dropped.
 const CACHE_KEEP: Duration = Duration::from_secs(60);
-/// Most background reads of old entries at once.
+/// Most background reads of old entries at once; past it, a lookup that
+/// finds an old entry reads it in front of the caller, as for a miss, so
+/// an entry is never used for long past its age.
 const MAX_REFRESHES: usize = 256;
 /// Most users whose presence a node caches.
 const CACHE_USERS: u64 = 1_000_000;
@@ -224,31 +225,37 @@ impl<K: Kv> PresenceIndex<K> {
     }
 
     /// The live peers holding `user`'s connections if the cache knows
-    /// them. An entry past its age is still answered from, and read again
-    /// in the background.
+    /// them. An entry past its age still answers while a background read
+    /// of it runs; when none can start, it is as if not cached.
     pub fn cached_peers_of(self: &Arc<Self>, user: u64) -> Option<Vec<u64>> {
         let cached = self.cache.get(&user)?;
-        if cached.stale_at <= Instant::now() {
-            self.refresh(user);
+        if cached.stale_at <= Instant::now() && !self.refresh(user) {
+            return None;
         }
         Some(self.live(&cached.entries))
     }
 
-    /// Reads `user`'s entry again off the caller's path, unless a read of
-    /// it is running or [`MAX_REFRESHES`] are.
-    fn refresh(self: &Arc<Self>, user: u64) {
+    /// Reads `user`'s entry again off the caller's path; returns whether a
+    /// read of it is running (it may have been before), which it is not
+    /// when [`MAX_REFRESHES`] are.
+    fn refresh(self: &Arc<Self>, user: u64) -> bool {
+        if self.refreshing.contains(&user) {
+            return true;
+        }
         if self.refreshing.len() >= MAX_REFRESHES || !self.refreshing.insert(user) {
-            return;
+            // Full, or another lookup started this read a moment ago.
+            return self.refreshing.contains(&user);
         }
         let index = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(e) = index.read(user).await {
-                // The old entry stays until `CACHE_KEEP`; the next lookup
-                // past its age tries again.
+                // The old entry stays; the next lookup past its age tries
+                // again.
                 tracing::debug!(user, error = %e, "presence refresh failed");
             }
             index.refreshing.remove(&user);
         });
+        true
     }
 
     /// Reads `user`'s entries from storage into the cache.
@@ -385,8 +392,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_old_entry_answers_at_once_and_is_read_again_behind_the_delivery() {
+    /// An index on node `me`, and a lease of another node that holds
+    /// user 7's connection.
+    async fn index_and_other() -> (Arc<PresenceIndex<SimKv>>, NodeLease) {
         let store = ChatStore::new(
             SimKv::new(SimOptions::faulty(7)),
             StoreConfig::for_cluster(),
@@ -409,12 +417,22 @@ mod tests {
             tarpit: Duration::from_secs(1),
         };
         let registry = Arc::new(Registry::new(limits, Arc::new(Metrics::new())));
-        let index = Arc::new(PresenceIndex::new(store.clone(), me, registry, peers));
         store.set_presence(&other, &[(7, true)]).await.unwrap();
+        let index = Arc::new(PresenceIndex::new(store, me, registry, peers));
+        (index, other)
+    }
+
+    #[tokio::test]
+    async fn an_old_entry_answers_at_once_and_is_read_again_behind_the_delivery() {
+        let (index, other) = index_and_other().await;
         assert_eq!(index.peers_of(7).await.unwrap(), vec![other.node_id]);
 
         // The user leaves the other node, and the notice of it is lost.
-        store.set_presence(&other, &[(7, false)]).await.unwrap();
+        index
+            .store
+            .set_presence(&other, &[(7, false)])
+            .await
+            .unwrap();
         assert_eq!(index.cached_peers_of(7), Some(vec![other.node_id]));
         index.age(7);
 
@@ -430,5 +448,23 @@ mod tests {
         .await
         .expect("the background read never ended");
         assert_eq!(index.cached_peers_of(7), Some(Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn an_old_entry_no_background_read_can_take_is_read_in_front() {
+        let (index, other) = index_and_other().await;
+        assert_eq!(index.peers_of(7).await.unwrap(), vec![other.node_id]);
+        index
+            .store
+            .set_presence(&other, &[(7, false)])
+            .await
+            .unwrap();
+        index.age(7);
+        for user in 1000..1000 + MAX_REFRESHES as u64 {
+            index.refreshing.insert(user);
+        }
+
+        assert_eq!(index.cached_peers_of(7), None);
+        assert_eq!(index.peers_of(7).await.unwrap(), Vec::<u64>::new());
     }
 }
