@@ -318,16 +318,12 @@ async fn three_linked(seed: u64, backstop: Duration) -> (ChatStore<SimKv>, Vec<S
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for (i, n) in nodes.iter().enumerate() {
         let want: Vec<u64> = (0..3).filter(|&j| j != i as u64).collect();
-        loop {
-            let open = n.links().unwrap().open_to();
-            if open == want {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {i} has links to {open:?}, not {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let links = n.links().unwrap();
+        if tokio::time::timeout_at(deadline, links.wait_open(|open| open == want))
+            .await
+            .is_err()
+        {
+            panic!("node {i} has links to {:?}, not {want:?}", links.open_to());
         }
     }
     (store, nodes)
@@ -480,14 +476,14 @@ async fn two_linked_nodes() -> (ChatStore<SimKv>, Vec<Server<SimKv>>) {
     for name in ["node-a", "node-b"] {
         nodes.push(node_with(&store, name, TIMING, Duration::from_secs(60), "local").await);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while nodes
-        .iter()
-        .any(|n| n.links().unwrap().open_to().is_empty())
-    {
-        assert!(tokio::time::Instant::now() < deadline, "nodes not linked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let linked = async {
+        for n in &nodes {
+            n.links().unwrap().wait_open(|open| !open.is_empty()).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), linked)
+        .await
+        .expect("nodes not linked");
     (store, nodes)
 }
 
@@ -606,14 +602,12 @@ async fn a_node_that_joins_is_linked_before_the_next_read_of_the_registrations()
         .send(hanmadi_client::Target::User(262), "first")
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while a.links().unwrap().open_to().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node a never linked to the node that joined after it"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        a.links().unwrap().wait_open(|open| !open.is_empty()),
+    )
+    .await
+    .expect("node a never linked to the node that joined after it");
     alice
         .send(hanmadi_client::Target::User(262), "second")
         .await

@@ -26,7 +26,7 @@ use hmac::{Hmac, Mac as _};
 use prost::Message;
 use sha2::Sha256;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -154,6 +154,8 @@ pub struct Links {
     metrics: Arc<Metrics>,
     handler: OnceLock<EventHandler>,
     on_change: OnceLock<Arc<dyn Fn() + Send + Sync>>,
+    /// Counts links opened and closed, for [`Links::wait_open`].
+    changes: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Links {
@@ -188,6 +190,7 @@ impl Links {
             metrics,
             handler: OnceLock::new(),
             on_change: OnceLock::new(),
+            changes: watch::Sender::new(0),
         }
     }
 
@@ -201,6 +204,19 @@ impl Links {
     fn changed(&self) {
         if let Some(f) = self.on_change.get() {
             f();
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until the ids of the nodes with an open link (sorted, as
+    /// [`Links::open_to`] gives them) satisfy `done`.
+    pub async fn wait_open(&self, done: impl Fn(&[u64]) -> bool) {
+        // Subscribed before the check: a change after it wakes the wait.
+        let mut changes = self.changes.subscribe();
+        while !done(&self.open_to()) {
+            if changes.changed().await.is_err() {
+                return;
+            }
         }
     }
 
