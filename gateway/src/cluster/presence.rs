@@ -92,6 +92,19 @@ struct Dirty {
     waiters: Vec<oneshot::Sender<()>>,
 }
 
+/// A background read of `user`'s entry: while it lives, lookups answer
+/// from the old entry. Dropped when the read ends, or with its task.
+struct Refreshing<K: Kv> {
+    index: Arc<PresenceIndex<K>>,
+    user: u64,
+}
+
+impl<K: Kv> Drop for Refreshing<K> {
+    fn drop(&mut self) {
+        self.index.refreshing.remove(&self.user);
+    }
+}
+
 /// This node's side of the presence index.
 pub struct PresenceIndex<K: Kv> {
     store: ChatStore<K>,
@@ -246,14 +259,16 @@ impl<K: Kv> PresenceIndex<K> {
             // Full, or another lookup started this read a moment ago.
             return self.refreshing.contains(&user);
         }
-        let index = Arc::clone(self);
+        let refreshing = Refreshing {
+            index: Arc::clone(self),
+            user,
+        };
         tokio::spawn(async move {
-            if let Err(e) = index.read(user).await {
+            if let Err(e) = refreshing.index.read(user).await {
                 // The old entry stays; the next lookup past its age tries
                 // again.
                 tracing::debug!(user, error = %e, "presence refresh failed");
             }
-            index.refreshing.remove(&user);
         });
         true
     }
