@@ -25,6 +25,13 @@
 //! reordered; 2 when the run could not be made (no server, refused
 //! credentials, bad options).
 
+/// mimalloc, as the server uses: the tool allocates per send and per
+/// delivery, and its CPU shares the machine with the node it measures
+/// (docs/PERFORMANCE.md has the tool's CPU per message with glibc's malloc
+/// and with this one).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod control;
 mod ledger;
