@@ -174,6 +174,37 @@ async fn idle_connection_is_closed() {
     assert!(rest.is_empty());
 }
 
+/// Each frame moves the idle deadline: a client that pings more often than
+/// the deadline stays connected across several of them, and is closed one
+/// deadline after it stops.
+#[tokio::test]
+async fn a_connection_that_keeps_sending_is_not_idle() {
+    let node = start_with_conn(ConnConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ConnConfig::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    let mut raw = Raw::logged_in(&node, &token).await;
+    let started = tokio::time::Instant::now();
+    for req_id in 1..=10u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        raw.send(&pb::ClientFrame {
+            req_id,
+            kind: Some(client_frame::Kind::Ping(pb::Ping {})),
+        })
+        .await;
+        let reply = raw.recv().await.expect("the connection stays open");
+        assert!(
+            matches!(reply.kind, Some(server_frame::Kind::Pong(_))),
+            "{reply:?}"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let reply = raw.recv().await.expect("an error frame");
+    assert_eq!(error_code(&reply), Some(ErrorCode::IdleTimeout));
+}
+
 /// `Sync` over a full inbox costs what it reads: each page of ~56 KiB takes
 /// four tokens more than its frame, so ten pages in a row overrun a bucket
 /// of twenty that ten pings would not; and each page stops at the byte

@@ -437,6 +437,11 @@ where
         let mut rate = RateLimit::new(self.ctx.config.rate_per_sec, self.ctx.config.rate_burst);
         let idle = self.ctx.config.idle_timeout;
         let mut idle_deadline = tokio::time::Instant::now() + idle;
+        // One timer for the connection's life, armed for the deadline as it
+        // stood and moved only when it fires early: frames push the
+        // deadline back without touching the runtime's timer wheel.
+        let idle_timer = tokio::time::sleep_until(idle_deadline);
+        tokio::pin!(idle_timer);
         let shared = Arc::clone(&self.shared);
         let shutdown = self.ctx.shutdown.clone();
         loop {
@@ -497,7 +502,11 @@ where
                 // Only while frames are being read: with every request slot
                 // taken the server is the one behind, and the client's next
                 // frames wait unread in the socket.
-                () = tokio::time::sleep_until(idle_deadline), if can_read => {
+                () = &mut idle_timer, if can_read => {
+                    if idle_deadline > tokio::time::Instant::now() {
+                        idle_timer.as_mut().reset(idle_deadline);
+                        continue;
+                    }
                     return Err(Close::with(ErrorCode::IdleTimeout, "idle_timeout", "no frame within the idle deadline"));
                 }
                 () = shutdown.cancelled() => {
