@@ -407,9 +407,10 @@ mod tests {
         }
     }
 
-    /// An index on node `me`, and a lease of another node that holds
-    /// user 7's connection.
-    async fn index_and_other() -> (Arc<PresenceIndex<SimKv>>, NodeLease) {
+    /// An index whose cached entry says another node (its id returned)
+    /// holds user 7, past its age, while storage says the user has left
+    /// and the notice of it was lost.
+    async fn old_entry_of_a_departure() -> (Arc<PresenceIndex<SimKv>>, u64) {
         let store = ChatStore::new(
             SimKv::new(SimOptions::faulty(7)),
             StoreConfig::for_cluster(),
@@ -433,27 +434,20 @@ mod tests {
         };
         let registry = Arc::new(Registry::new(limits, Arc::new(Metrics::new())));
         store.set_presence(&other, &[(7, true)]).await.unwrap();
-        let index = Arc::new(PresenceIndex::new(store, me, registry, peers));
-        (index, other)
+        let index = Arc::new(PresenceIndex::new(store.clone(), me, registry, peers));
+        assert_eq!(index.peers_of(7).await.unwrap(), vec![other.node_id]);
+        store.set_presence(&other, &[(7, false)]).await.unwrap();
+        index.age(7);
+        (index, other.node_id)
     }
 
     #[tokio::test]
     async fn an_old_entry_answers_at_once_and_is_read_again_behind_the_delivery() {
-        let (index, other) = index_and_other().await;
-        assert_eq!(index.peers_of(7).await.unwrap(), vec![other.node_id]);
-
-        // The user leaves the other node, and the notice of it is lost.
-        index
-            .store
-            .set_presence(&other, &[(7, false)])
-            .await
-            .unwrap();
-        assert_eq!(index.cached_peers_of(7), Some(vec![other.node_id]));
-        index.age(7);
+        let (index, other) = old_entry_of_a_departure().await;
 
         // Past its age the entry still answers, with no wait for storage,
         // and is read again beside the caller.
-        assert_eq!(index.cached_peers_of(7), Some(vec![other.node_id]));
+        assert_eq!(index.cached_peers_of(7), Some(vec![other]));
         assert!(index.refreshing.contains(&7), "no read started");
         tokio::time::timeout(Duration::from_secs(5), async {
             while index.refreshing.contains(&7) {
@@ -467,14 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_old_entry_no_background_read_can_take_is_read_in_front() {
-        let (index, other) = index_and_other().await;
-        assert_eq!(index.peers_of(7).await.unwrap(), vec![other.node_id]);
-        index
-            .store
-            .set_presence(&other, &[(7, false)])
-            .await
-            .unwrap();
-        index.age(7);
+        let (index, _) = old_entry_of_a_departure().await;
         for user in 1000..1000 + MAX_REFRESHES as u64 {
             index.refreshing.insert(user);
         }
