@@ -556,6 +556,10 @@ impl<K: Kv> ChatStore<K> {
             begin = keys::key_after(last);
             for (user, _) in &page {
                 total += self.trim_inbox(*user, older_than_ms).await?;
+                // An embedded read does not wait: without this the sweep
+                // would hold its runtime worker, and the connections on
+                // it, for the whole pass.
+                tokio::task::yield_now().await;
             }
             if page.len() < 500 {
                 return Ok(total);
@@ -574,6 +578,24 @@ impl<K: Kv> ChatStore<K> {
         let prefix = keys::inbox_of(user);
         let end = keys::prefix_end(&prefix);
         let floor_key = keys::inbox_floor(user);
+        // Entries are in commit order, so the first says whether any is
+        // old enough: a sweep that finds nothing to remove reads one entry
+        // per user, not a chunk.
+        let oldest = transact!(&self.kv, |txn| {
+            let rows = txn
+                .get_range(RangeRead::new(&prefix, &end).limit(1).snapshot(true))
+                .await?;
+            rows.first()
+                .map(|kv| {
+                    parse_inbox_value(&kv.value)
+                        .map(|(_, _, sent_at)| sent_at)
+                        .ok_or(StoreError::Corrupt("inbox"))
+                })
+                .transpose()
+        })?;
+        if oldest.is_none_or(|sent_at| sent_at >= older_than_ms) {
+            return Ok(0);
+        }
         let mut total = 0;
         loop {
             // Chunks keep each transaction small and short.

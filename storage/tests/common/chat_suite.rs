@@ -597,6 +597,8 @@ pub async fn trimmed_cursor_expires<K: Kv>(store: ChatStore<K>) {
     assert_eq!(inbox.len(), 4);
     let removed = store.trim_inbox(b, 250).await.expect("trim");
     assert_eq!(removed, 2);
+    // What is left is all newer: a second pass removes nothing.
+    assert_eq!(store.trim_inbox(b, 250).await.expect("trim again"), 0);
     assert!(matches!(
         store.sync(b, Some(inbox[0].0), 10).await,
         Err(StoreError::CursorExpired)
