@@ -525,7 +525,7 @@ async fn users_on_two_nodes_get_each_others_commits_without_reading_their_inboxe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_leaves_another_node_is_offline_at_once() {
-    // Presence cached for a user expires only after half a minute: what
+    // Presence cached for a user is read again only after 15–30 s: what
     // makes Bob offline on node a is node b's word over the link when he
     // leaves. Offline, a message to him is marked for a push.
     let (store, nodes) = two_linked_nodes().await;

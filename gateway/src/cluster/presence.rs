@@ -238,32 +238,45 @@ impl<K: Kv> PresenceIndex<K> {
     }
 
     /// The live peers holding `user`'s connections if the cache knows
-    /// them. An entry past its age still answers while a background read
-    /// of it runs; when none can start, it is as if not cached.
+    /// them ([`PresenceIndex::cached`]).
     pub fn cached_peers_of(self: &Arc<Self>, user: u64) -> Option<Vec<u64>> {
+        self.cached(user).map(|entries| self.live(&entries))
+    }
+
+    /// `user`'s cached entries. One past its age still answers while a
+    /// background read of it runs; when none can start, it is as if not
+    /// cached.
+    fn cached(self: &Arc<Self>, user: u64) -> Option<Entries> {
         let cached = self.cache.get(&user)?;
         if cached.stale_at <= Instant::now() && !self.refresh(user) {
             return None;
         }
-        Some(self.live(&cached.entries))
+        Some(cached.entries)
     }
 
     /// Reads `user`'s entry again off the caller's path; returns whether a
-    /// read of it is running (it may have been before), which it is not
-    /// when [`MAX_REFRESHES`] are.
+    /// read of it is running, which it is not when [`MAX_REFRESHES`] are
+    /// and it was not among them.
     fn refresh(self: &Arc<Self>, user: u64) -> bool {
         if self.refreshing.contains(&user) {
             return true;
         }
-        if self.refreshing.len() >= MAX_REFRESHES || !self.refreshing.insert(user) {
-            // Full, or another lookup started this read a moment ago.
-            return self.refreshing.contains(&user);
+        // Outside a runtime there is nowhere to read in the background.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if self.refreshing.len() >= MAX_REFRESHES {
+            return false;
+        }
+        if !self.refreshing.insert(user) {
+            // Another lookup started this read a moment ago.
+            return true;
         }
         let refreshing = Refreshing {
             index: Arc::clone(self),
             user,
         };
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(e) = refreshing.index.read(user).await {
                 // The old entry stays; the next lookup past its age tries
                 // again.
@@ -311,11 +324,11 @@ impl<K: Kv> PresenceIndex<K> {
     }
 
     /// Whether the cache knows `user` to be connected to a live peer (the
-    /// router's question, which must not wait for storage).
-    pub fn cached_elsewhere(&self, user: u64) -> bool {
-        self.cache.get(&user).is_some_and(|cached| {
-            cached
-                .entries
+    /// router's question, which must not wait for storage). An old entry
+    /// counts as [`PresenceIndex::cached_peers_of`] counts it.
+    pub fn cached_elsewhere(self: &Arc<Self>, user: u64) -> bool {
+        self.cached(user).is_some_and(|entries| {
+            entries
                 .iter()
                 .any(|&(node, epoch)| self.is_live_peer(node, epoch))
         })
@@ -449,6 +462,10 @@ mod tests {
         // and is read again beside the caller.
         assert_eq!(index.cached_peers_of(7), Some(vec![other]));
         assert!(index.refreshing.contains(&7), "no read started");
+        assert!(
+            index.cached_elsewhere(7),
+            "online by the old entry meanwhile"
+        );
         tokio::time::timeout(Duration::from_secs(5), async {
             while index.refreshing.contains(&7) {
                 tokio::task::yield_now().await;
@@ -457,6 +474,7 @@ mod tests {
         .await
         .expect("the background read never ended");
         assert_eq!(index.cached_peers_of(7), Some(Vec::new()));
+        assert!(!index.cached_elsewhere(7));
     }
 
     #[tokio::test]
@@ -467,6 +485,10 @@ mod tests {
         }
 
         assert_eq!(index.cached_peers_of(7), None);
+        assert!(
+            !index.cached_elsewhere(7),
+            "an old entry no read can refresh does not make the user online"
+        );
         assert_eq!(index.peers_of(7).await.unwrap(), Vec::<u64>::new());
     }
 }
