@@ -259,21 +259,30 @@ impl Connection {
     }
 
     async fn serve(&mut self) -> Result<(), ClientError> {
+        // One timer for the connection's life. Traffic pushes the heartbeat
+        // back on every frame; the timer is moved only when it has fired or
+        // must fire sooner, not on every turn of the loop.
+        let timer = sleep_until(Instant::now() + NO_TIMER);
+        tokio::pin!(timer);
         loop {
             while let Some(frame) = self.codec.decode_message(&mut self.read_buffer)? {
                 self.dispatch(frame)?;
             }
             shrink_idle(&mut self.read_buffer);
-            let wake_at = self.heartbeat(Instant::now())?;
+            // Without heartbeats, a deadline that never comes in practice.
+            let wake_at = self
+                .heartbeat(Instant::now())?
+                .unwrap_or_else(|| Instant::now() + NO_TIMER);
+            if timer.is_elapsed() || wake_at < timer.deadline() {
+                timer.as_mut().reset(wake_at);
+            }
             reserve_read(&mut self.read_buffer);
             let can_take = self.write_buffer.len() < WRITE_BUFFER_HIGH;
-            // Without heartbeats, a timer that never fires in practice.
-            let timer = sleep_until(wake_at.unwrap_or_else(|| Instant::now() + NO_TIMER));
             let wake = tokio::select! {
                 read = self.reader.read_buf(&mut self.read_buffer) => Wake::Read(read),
                 output = write_some(&mut self.writer, &mut self.write_buffer), if !self.write_buffer.is_empty() || self.needs_flush => output,
                 frame = self.outbound.recv(), if can_take => Wake::Outbound(frame),
-                () = timer => Wake::Timer,
+                () = &mut timer => Wake::Timer,
                 () = self.shutdown.cancelled() => Wake::Shutdown,
             };
             match wake {

@@ -383,6 +383,33 @@ async fn heartbeats_also_flow_while_the_client_only_sends_unanswered_acks() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn traffic_both_ways_needs_no_ping_for_heartbeats_on_end() {
+    let listener = Listener::bind().await;
+    let (client, mut deliveries, mut peer) =
+        connect(&listener, config(&listener.addr), welcome(42, 1000)).await;
+    let start = Instant::now();
+    let span = Duration::from_millis(3500);
+    // Every 400 ms the server delivers and the client acknowledges, for
+    // three heartbeats and more: each heartbeat deadline passes with fresh
+    // traffic behind it, so none calls for a ping.
+    let mut next = 0;
+    while start.elapsed() < span {
+        peer.send(0, server_frame::Kind::Deliver(deliver(next)))
+            .await;
+        let Some(Event::Deliver { cursor, .. }) = deliveries.recv().await else {
+            panic!("a delivery");
+        };
+        client.ack(&cursor).await.expect("ack queued");
+        let (_, kind) = peer.recv_kind().await;
+        assert!(matches!(kind, client_frame::Kind::Ack(_)), "{kind:?}");
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(next >= 8, "{next}");
+    assert!(!client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_times_out_but_the_connection_lives_on() {
     let listener = Listener::bind().await;
     let mut config = config(&listener.addr);

@@ -14,13 +14,13 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::{BufMut as _, Bytes, BytesMut};
-use futures::stream::{FuturesUnordered, StreamExt as _};
 use hanmadi_client::{
     Client, ClientError, Deliveries, ErrorCode, Event, ReconnectingHandle, Target,
 };
 use hanmadi_proto::SendAck;
 use rand::seq::SliceRandom as _;
 use rand::SeedableRng as _;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -151,7 +151,7 @@ impl Load {
         let pacers: Vec<JoinHandle<()>> = (0..PACERS)
             .map(|part| {
                 let load = Arc::clone(self);
-                tokio::spawn(async move { load.pacer(part, rate, start, duration).await })
+                tokio::spawn(load.pacer(part, rate, start, duration))
             })
             .collect();
         for p in pacers {
@@ -159,7 +159,7 @@ impl Load {
         }
     }
 
-    async fn pacer(&self, part: usize, rate: f64, start: Instant, duration: Duration) {
+    async fn pacer(self: Arc<Self>, part: usize, rate: f64, start: Instant, duration: Duration) {
         let mut routes: Vec<Route> = self
             .routes
             .iter()
@@ -173,9 +173,9 @@ impl Load {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ part as u64);
         routes.shuffle(&mut rng);
         let interval = Duration::from_secs_f64(PACERS as f64 / rate);
-        let cap = (self.in_flight / PACERS).max(1);
+        let cap = (self.in_flight / PACERS).clamp(1, Semaphore::MAX_PERMITS);
+        let permits = Arc::new(Semaphore::new(cap));
         let end = start + duration;
-        let mut in_flight = FuturesUnordered::new();
         let mut k: u64 = 0;
         let mut next_route = 0usize;
         loop {
@@ -183,34 +183,40 @@ impl Load {
             if due >= end {
                 break;
             }
-            let now = Instant::now();
-            if due <= now && in_flight.len() < cap {
-                let route = routes[next_route];
-                next_route = (next_route + 1) % routes.len();
-                let due_us = crate::stats::micros(due - self.stats.epoch);
-                in_flight.push(self.send(route, due_us));
-                k += 1;
-                continue;
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
             }
-            if due <= now {
-                // Due but over the cap: wait for an ack; the send keeps its
-                // due time.
-                self.stats.held.fetch_add(1, Ordering::Relaxed);
-                if in_flight.next().await.is_none() {
-                    continue;
+            // Over the cap, the send waits for an ack and keeps its due time.
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    self.stats.held.fetch_add(1, Ordering::Relaxed);
+                    match Arc::clone(&permits).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    }
                 }
-                continue;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(due) => {}
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            }
+            };
+            let route = routes[next_route];
+            next_route = (next_route + 1) % routes.len();
+            let due_us = crate::stats::micros(due - self.stats.epoch);
+            // Each send is a task of its own: an ack wakes only its send,
+            // and sends complete on every worker of the runtime.
+            let send = Arc::clone(&self).send(route, due_us);
+            tokio::spawn(async move {
+                send.await;
+                drop(permit);
+            });
+            k += 1;
         }
-        while in_flight.next().await.is_some() {}
+        // Every permit back: every send of this pacer has ended (and
+        // dropped its handle on the load before its permit).
+        let all = u32::try_from(cap).unwrap_or(u32::MAX);
+        let _ = permits.acquire_many(all).await;
     }
 
     /// One send and the bookkeeping of its outcome.
-    fn send(&self, route: Route, due_us: u64) -> impl std::future::Future<Output = ()> + '_ {
+    fn send(self: Arc<Self>, route: Route, due_us: u64) -> impl std::future::Future<Output = ()> {
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut id = BytesMut::with_capacity(12);
         id.put_u32(self.run);
