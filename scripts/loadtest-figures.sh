@@ -10,7 +10,9 @@
 # SOAK_DURATION set its rate and length, SOAK_CACHE_MB the node's
 # --store-cache-mb; it also writes soak-memory.csv, the node's RSS and its
 # store's cache and memtables every 10 s). HANMADI_NODE_ARGS: more flags
-# for every node (e.g. "--commit-linger-us 0"), split on spaces.
+# for every node (e.g. "--commit-linger-us 0"), split on spaces;
+# HANMADI_LOADTEST_ARGS the same for every run of the tool (e.g. "--workers
+# 1", which leaves the node more of a two-core machine).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-target/loadtest-figures}"
@@ -68,8 +70,9 @@ lt() {
   local name="$1"
   shift
   echo "== $name: hanmadi-loadtest $*"
+  # shellcheck disable=SC2086 # HANMADI_LOADTEST_ARGS is split on purpose
   "$bin/hanmadi-loadtest" "$@" --http "$url" --secret "$secret" --server-pid "$server_pid" \
-    --ca "$data/cert.pem" --tls-name localhost --quiet --json "$out/$name.json" || true
+    --ca "$data/cert.pem" --tls-name localhost --quiet --json "$out/$name.json" ${HANMADI_LOADTEST_ARGS:-} || true
 }
 
 for figure in "${figures[@]}"; do

@@ -15,6 +15,11 @@ pub struct Cli {
     /// The traffic to make.
     #[command(subcommand)]
     pub scenario: Scenario,
+    /// Runtime worker threads (default: one per core). On the machine of
+    /// the node under test, 1 leaves more of the cores to the node: one
+    /// worker never wakes another to hand it a send, an ack or a delivery.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
 }
 
 /// The scenarios.

@@ -48,10 +48,11 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     tracing_subscriber_init();
     let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = cli.workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hanmadi-loadtest: starting the runtime: {e}");

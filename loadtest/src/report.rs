@@ -112,6 +112,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Nodes the connections were spread over.
     pub endpoints: usize,
+    /// The tool's runtime worker threads (`--workers`).
+    pub tool_workers: usize,
 }
 
 /// The server's usage over the measured window.
@@ -218,7 +220,10 @@ impl Report {
             row(
                 &mut t,
                 "loadtest CPU",
-                format!("{:.2} s", self.loadtest_cpu_seconds),
+                format!(
+                    "{:.2} s on {} worker(s)",
+                    self.loadtest_cpu_seconds, c.tool_workers
+                ),
             );
             return t;
         }
@@ -293,7 +298,10 @@ impl Report {
         row(
             &mut t,
             "loadtest CPU",
-            format!("{:.2} s", self.loadtest_cpu_seconds),
+            format!(
+                "{:.2} s on {} worker(s)",
+                self.loadtest_cpu_seconds, c.tool_workers
+            ),
         );
         for (k, v) in &self.extra {
             row(&mut t, k, v.to_string());

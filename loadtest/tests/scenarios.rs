@@ -219,9 +219,19 @@ async fn sends_over_the_in_flight_cap_wait_for_acks_and_are_all_answered() {
     let node = start().await;
     // One send in flight per pacer, due every millisecond: most sends fall
     // due while the one before still waits for its fsync.
-    let args = ["--connections", "10", "--rate", "2000", "--in-flight", "2"];
+    let args = [
+        "--connections",
+        "10",
+        "--rate",
+        "2000",
+        "--in-flight",
+        "2",
+        "--workers",
+        "1",
+    ];
     let (code, report) = short_run(&node, "direct", &args).await;
     assert_clean(code, &report);
+    assert_eq!(report["config"]["tool_workers"], 1, "{report}");
     assert!(n(&report, "held_by_in_flight_cap") > 0.0, "{report}");
     assert_eq!(n(&report, "acked"), n(&report, "sent"), "{report}");
     assert_eq!(n(&report, "delivered"), n(&report, "expected"), "{report}");

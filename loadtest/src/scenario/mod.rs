@@ -70,6 +70,7 @@ fn run_config(common: &Common, connections: usize, endpoints: usize) -> RunConfi
         in_flight: common.in_flight,
         seed: common.seed,
         endpoints,
+        tool_workers: tokio::runtime::Handle::current().metrics().num_workers(),
     }
 }
 
