@@ -10,7 +10,8 @@
 #   FIGURES=cross scripts/cluster-figures.sh # three nodes at 1,000/s only
 #   FIGURES=saturate scripts/cluster-figures.sh # one and three nodes, 20,000/s offered
 #
-# HANMADI_NODE_ARGS adds options to every node (e.g. --max-send-wait-ms 0).
+# HANMADI_NODE_ARGS adds options to every node (e.g. --max-send-wait-ms 0),
+# HANMADI_LOADTEST_ARGS to every run of the tool (e.g. --workers 1).
 #
 # Needs target/fdb/release/hanmadi (scripts/build-fdb.sh) and
 # target/release/hanmadi-loadtest (cargo build --release).
@@ -108,7 +109,9 @@ run() {
   local t0 c0 x0 s0 r0 t1 c1 x1 s1 r1
   t0=$(node_ticks)
   read -r c0 x0 s0 r0 < <(fdb_counts)
-  "$loadtest" "$@" "${reach[@]}" "$url" --secret "$secret" --quiet --json "$out/$name.json" || true
+  # shellcheck disable=SC2086 # HANMADI_LOADTEST_ARGS is split into options
+  "$loadtest" "$@" "${reach[@]}" "$url" --secret "$secret" --quiet --json "$out/$name.json" \
+    ${HANMADI_LOADTEST_ARGS:-} || true
   t1=$(node_ticks)
   read -r c1 x1 s1 r1 < <(fdb_counts)
   python3 - "$out/$name.json" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((c1 - c0))" "$((x1 - x0))" \
