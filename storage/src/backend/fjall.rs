@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use crate::backend::{Backend, Snapshot, Write};
 use crate::kv::{KeyValue, KvError};
 
+mod priority;
 mod reaper;
 
 /// The one keyspace every key lives in.
@@ -57,6 +58,11 @@ pub struct FjallOptions {
     /// Budget of all journal files, in bytes (at least 64 MiB). Past it,
     /// fjall flushes memtables so old journals can be dropped.
     pub max_journaling_size: u64,
+    /// Nice value of the store's background threads (flushes, compactions,
+    /// freeing flushed memtables), so their bursts yield the CPU to the
+    /// commit path; see [`priority`]. A thread already at a higher value
+    /// keeps it; `0` leaves them as the process runs.
+    pub background_nice: i32,
 }
 
 impl Default for FjallOptions {
@@ -65,6 +71,7 @@ impl Default for FjallOptions {
             cache_size: 256 * 1024 * 1024,
             max_memtable_size: 64 * 1024 * 1024,
             max_journaling_size: 512 * 1024 * 1024,
+            background_nice: priority::DEFAULT_NICE,
         }
     }
 }
@@ -178,7 +185,10 @@ impl FjallBackend {
                     .manual_journal_persist(true)
             })
             .map_err(KvError::engine)?;
-        let reaper = reaper::Reaper::start(keyspace.clone()).map_err(KvError::engine)?;
+        // fjall starts its worker pool when the database opens.
+        priority::lower_threads_named("fjall:worker", options.background_nice);
+        let reaper = reaper::Reaper::start(keyspace.clone(), options.background_nice)
+            .map_err(KvError::engine)?;
         Ok(Self {
             db,
             keyspace,

@@ -32,12 +32,16 @@ pub(super) struct Reaper {
 }
 
 impl Reaper {
-    /// Starts reaping the memtables of `keyspace`.
-    pub(super) fn start(keyspace: Keyspace) -> std::io::Result<Self> {
+    /// Starts reaping the memtables of `keyspace`, on a thread at nice
+    /// value `nice` (see [`super::priority`]).
+    pub(super) fn start(keyspace: Keyspace, nice: i32) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("hanmadi-reaper".into())
-            .spawn(move || run(&keyspace, &stopped))?;
+            .spawn(move || {
+                super::priority::lower_this_thread(nice);
+                run(&keyspace, &stopped);
+            })?;
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
