@@ -157,13 +157,21 @@ async fn flood_past_the_rate_limit() {
     still_serving(&node, 1).await;
 }
 
-#[tokio::test]
-async fn idle_connection_is_closed() {
-    let node = start_with_conn(ConnConfig {
-        idle_timeout: Duration::from_millis(300),
+/// The idle deadline of the idle-connection tests: short, so they end fast.
+const IDLE: Duration = Duration::from_millis(300);
+
+/// A node that closes connections idle for [`IDLE`].
+async fn start_idle() -> common::Node {
+    start_with_conn(ConnConfig {
+        idle_timeout: IDLE,
         ..ConnConfig::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed() {
+    let node = start_idle().await;
     let token = node.user(1).await;
     let mut raw = Raw::connect(&node).await;
     raw.hello(&token).await;
@@ -179,11 +187,7 @@ async fn idle_connection_is_closed() {
 /// deadline after it stops.
 #[tokio::test]
 async fn a_connection_that_keeps_sending_is_not_idle() {
-    let node = start_with_conn(ConnConfig {
-        idle_timeout: Duration::from_millis(300),
-        ..ConnConfig::default()
-    })
-    .await;
+    let node = start_idle().await;
     let token = node.user(1).await;
     let mut raw = Raw::logged_in(&node, &token).await;
     let started = tokio::time::Instant::now();
@@ -200,7 +204,7 @@ async fn a_connection_that_keeps_sending_is_not_idle() {
             "{reply:?}"
         );
     }
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(started.elapsed() >= 3 * IDLE);
     let reply = raw.recv().await.expect("an error frame");
     assert_eq!(error_code(&reply), Some(ErrorCode::IdleTimeout));
 }
@@ -281,7 +285,7 @@ async fn large_pages_cost_the_rate_limit_by_their_size() {
 async fn a_connection_the_server_is_slow_to_answer_is_not_idle() {
     let node = start(ServerOptions {
         conn: ConnConfig {
-            idle_timeout: Duration::from_millis(300),
+            idle_timeout: IDLE,
             max_in_flight: 1,
             ..ConnConfig::default()
         },
