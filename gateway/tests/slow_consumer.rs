@@ -1,8 +1,8 @@
 //! A recipient that stops reading while ten others chat, against a real
 //! node: it is closed with the slow-consumer code, its queue stays bounded
-//! meanwhile, and every other member receives every message. The test
-//! asserts on what the server did, not on timings, so a busy machine
-//! cannot fail it.
+//! meanwhile, and every other member receives every message. The tests
+//! assert on what the server did, not on timings, so a busy machine
+//! cannot fail them.
 
 #[allow(dead_code)]
 mod common;
@@ -145,4 +145,87 @@ async fn slow_consumer_is_closed_and_others_get_everything() {
     for t in drains {
         t.abort();
     }
+}
+
+/// A reader that stops reading while its queue still has room: the socket
+/// write that stalls is given up after the write timeout and the
+/// connection closed, though the slow-consumer limit was never reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
+    const QUEUE_LIMIT: usize = 64 << 20;
+    let node = common::start(ServerOptions {
+        registry: hanmadi_gateway::registry::RegistryLimits {
+            outbound_bytes: QUEUE_LIMIT,
+            ..ServerOptions::default().registry
+        },
+        conn: hanmadi_gateway::conn::ConnConfig {
+            rate_per_sec: 100_000,
+            rate_burst: 100_000,
+            write_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    node.user(1).await;
+    node.user(2).await;
+    let (sender, _deliveries) = node.connect(1, "d", common::Transport::Tcp).await;
+    let stalled_sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    stalled_sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stalled = common::Raw::from_stream(
+        stalled_sock
+            .connect(node.server.tcp_addr().expect("tcp"))
+            .await
+            .expect("connect"),
+    );
+    common::assert_welcome(&stalled.hello(&node.token(2)).await);
+    let held = |node: &common::Node| {
+        let conns = node.server.registry().all();
+        let mine: Vec<_> = conns.iter().filter(|c| c.user == 2).collect();
+        (
+            !mine.is_empty(),
+            mine.iter().map(|c| c.queued_bytes()).sum::<usize>(),
+        )
+    };
+
+    // 16 KiB bodies until the socket's buffers are full and a write waits;
+    // a few MiB on loopback.
+    let body = "x".repeat(16 * 1024);
+    let mut closed = false;
+    for _ in 0..2_000 {
+        sender
+            .send(Target::User(2), body.clone())
+            .await
+            .expect("send");
+        let (open, queued) = held(&node);
+        assert!(queued < QUEUE_LIMIT, "the queue never overflows: {queued}");
+        if !open {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        // Everything is sent; the stalled write now runs out its time.
+        let gone = async {
+            while held(&node).0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        closed = tokio::time::timeout(Duration::from_secs(10), gone)
+            .await
+            .is_ok();
+    }
+    assert!(closed, "the stalled connection was closed");
+    // The close is quiet: deliveries, then the end of the stream, and no
+    // error frame spliced into them.
+    let mut last = None;
+    while let Some(f) = stalled.recv().await {
+        last = Some(f);
+    }
+    assert_eq!(last.as_ref().and_then(common::error_code), None);
+    // The sender's connection is untouched.
+    sender
+        .send(Target::User(1), "still here")
+        .await
+        .expect("the sender still sends");
 }

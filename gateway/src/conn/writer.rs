@@ -2,6 +2,8 @@
 //! pulls of the inbox, with cursors that only move forward.
 
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -9,6 +11,7 @@ use hanmadi_proto::{ErrorCode, SharedMessage};
 use hanmadi_storage::chat::Cursor;
 use hanmadi_storage::kv::Kv;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::reply::Close;
 use super::Connection;
@@ -177,6 +180,11 @@ fn keep_unwritten(drained: &mut Vec<Outbound>, last_cursor: &mut Option<Cursor>)
 /// write calls. `frame_lens` are the lengths of the whole frames the slices
 /// hold, in order.
 ///
+/// A write the socket takes at once arms no timer: registering one can wake
+/// the runtime's parked I/O driver (an eventfd write and a thread switch),
+/// which, once per write, cost the node more than the write itself. Only a
+/// write that waits gets the deadline, counted from its first wait.
+///
 /// A write stalled on a full socket gives up once the outbound queue
 /// overflows too (that reader is a slow consumer), but only at a frame
 /// boundary, so the close reason that follows is not spliced into a frame.
@@ -199,23 +207,31 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(
     let mut writes = 0;
     let mut written = 0usize;
     let mut give_up = false;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = None;
     while !slices.is_empty() {
         if give_up && at_frame_boundary(written) {
             return Err(Close::slow_consumer());
         }
-        let result = loop {
-            tokio::select! {
-                r = stream.write_vectored(slices) => break r,
-                () = shared.wake.notified(), if !give_up => {
-                    if shared.is_slow() {
-                        give_up = true;
-                        if at_frame_boundary(written) {
-                            return Err(Close::slow_consumer());
+        let result = match poll_once(|cx| Pin::new(&mut *stream).poll_write_vectored(cx, slices))
+            .await
+        {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                loop {
+                    tokio::select! {
+                        r = stream.write_vectored(slices) => break r,
+                        () = shared.wake.notified(), if !give_up => {
+                            if shared.is_slow() {
+                                give_up = true;
+                                if at_frame_boundary(written) {
+                                    return Err(Close::slow_consumer());
+                                }
+                            }
                         }
+                        () = tokio::time::sleep_until(deadline) => return Err(Close::quiet("write_timeout")),
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => return Err(Close::quiet("write_timeout")),
             }
         };
         let n = match result {
@@ -226,12 +242,26 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(
         written += n;
         IoSlice::advance_slices(&mut slices, n);
     }
-    // TLS and WebSocket layers may hold the tail of what was written.
-    tokio::select! {
-        r = stream.flush() => r.map_err(|_| Close::quiet("write_error"))?,
-        () = tokio::time::sleep_until(deadline) => return Err(Close::quiet("write_timeout")),
-    }
+    // TLS and WebSocket layers may hold the tail of what was written; a
+    // plain socket's flush is done at once.
+    let flushed = match poll_once(|cx| Pin::new(&mut *stream).poll_flush(cx)).await {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout);
+            tokio::select! {
+                r = stream.flush() => r,
+                () = tokio::time::sleep_until(deadline) => return Err(Close::quiet("write_timeout")),
+            }
+        }
+    };
+    flushed.map_err(|_| Close::quiet("write_error"))?;
     Ok(writes)
+}
+
+/// Polls `poll` once and answers what it gave, `Pending` included (the
+/// waker it registered stays registered for the next poll).
+async fn poll_once<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await
 }
 
 #[cfg(test)]
