@@ -82,19 +82,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_opened_store_runs_its_workers_lower() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let _store =
-            super::super::FjallBackend::open(dir.path(), super::super::FjallOptions::default())
-                .expect("open");
-        let workers = threads_named("fjall:worker");
-        assert!(!workers.is_empty());
-        for tid in workers {
-            assert!(nice_of(tid) >= Some(DEFAULT_NICE), "{tid}");
-        }
-    }
-
-    #[test]
     fn a_named_thread_is_lowered_and_the_caller_is_not() {
         let (ready, wait) = std::sync::mpsc::channel();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();

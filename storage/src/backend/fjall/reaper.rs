@@ -36,12 +36,16 @@ impl Reaper {
     /// value `nice` (see [`super::priority`]).
     pub(super) fn start(keyspace: Keyspace, nice: i32) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel();
+        let (lowered, is_lowered) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("hanmadi-reaper".into())
             .spawn(move || {
                 super::priority::lower_this_thread(nice);
+                let _ = lowered.send(());
                 run(&keyspace, &stopped);
             })?;
+        // Once the store is open, all of its background threads run lower.
+        let _ = is_lowered.recv();
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
