@@ -273,6 +273,11 @@ async fn run<K: Kv>(
         )));
         committing = Some(committed);
         linger.started = Instant::now();
+        // tokio runs a task spawned from a worker next on that worker, and
+        // no other worker may take it meanwhile: without this yield the
+        // commit would wait until the next batch's planning awaits, and
+        // the two stages would take turns instead of overlapping.
+        tokio::task::yield_now().await;
     }
     // Queued sends are committed and answered before the task ends (each
     // batch's task ends after the one before it has delivered).
