@@ -274,10 +274,13 @@ async fn run<K: Kv>(
         committing = Some(committed);
         linger.started = Instant::now();
         // tokio runs a task spawned from a worker next on that worker, and
-        // no other worker may take it meanwhile: without this yield the
-        // commit would wait until the next batch's planning awaits, and
-        // the two stages would take turns instead of overlapping.
-        tokio::task::yield_now().await;
+        // no other worker may take it meanwhile: when sends are waiting,
+        // the commit would wait until the next batch's planning awaits,
+        // and the two stages would take turns instead of overlapping.
+        // With none waiting, the wait for the next send yields anyway.
+        if !rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
     }
     // Queued sends are committed and answered before the task ends (each
     // batch's task ends after the one before it has delivered).
