@@ -28,6 +28,7 @@
 //! | `--fdb-cluster-file` | `HANMADI_FDB_CLUSTER_FILE` | `fdb_cluster_file` | FoundationDB's default | cluster file for `--store fdb` |
 //! | `--store-cache-mb` | `HANMADI_STORE_CACHE_MB` | `store_cache_mb` | `256` | with the embedded store: its block cache, in MiB (most of the node's memory once warm) |
 //! | `--store-memtable-mb` | `HANMADI_STORE_MEMTABLE_MB` | `store_memtable_mb` | `64` | with the embedded store: the size at which its memtable is flushed to disk, in MiB; smaller uses less memory and flushes more often |
+//! | `--store-background-nice` | `HANMADI_STORE_BACKGROUND_NICE` | `store_background_nice` | `19` | with the embedded store: the nice value (0–19) of its flush, compaction and memory-freeing threads; 19 keeps their bursts off the commit path, and under sustained saturation lets memtables that wait for their flush take up to about 1 GiB; 0 runs them at the node's priority |
 //! | `--node-id` | `HANMADI_NODE_ID` | `node_id` | `0` | node number in message ids, 0 to 1023 (embedded store; a cluster node takes its id from a lease) |
 //! | `--lease-expiry-ms` | `HANMADI_LEASE_EXPIRY_MS` | `lease_expiry_ms` | `10000` | with `--store fdb`: a node id whose lease is not renewed for this long may be taken by another node (renewed every fifth of it) |
 //! | `--cluster-link` | `HANMADI_CLUSTER_LINK` | `cluster_link` | `0.0.0.0:7090` | with `--store fdb`: where the node-to-node link listens; other nodes dial it at `hostname` (or this address when it names one) |
@@ -237,6 +238,10 @@ pub struct Config {
     /// The embedded store's memtable size, in MiB [default: 64].
     #[arg(long, value_name = "MIB")]
     pub store_memtable_mb: u64,
+    /// The nice value of the embedded store's background threads, 0 to 19
+    /// [default: 19].
+    #[arg(long, value_name = "NICE")]
+    pub store_background_nice: i32,
     /// Node number in message ids [default: 0].
     #[arg(long)]
     pub node_id: u16,
@@ -417,6 +422,8 @@ impl Default for Config {
             store_memtable_mb: hanmadi_storage::backend::fjall::FjallOptions::default()
                 .max_memtable_size
                 >> 20,
+            store_background_nice: hanmadi_storage::backend::fjall::FjallOptions::default()
+                .background_nice,
             node_id: server.router.node,
             hostname: machine_hostname(),
             max_frame_bytes: conn.max_frame,
@@ -904,6 +911,9 @@ impl Config {
         if !(1..=1024).contains(&self.store_memtable_mb) {
             return invalid("store_memtable_mb", "must be between 1 and 1024");
         }
+        if !(0..=19).contains(&self.store_background_nice) {
+            return invalid("store_background_nice", "must be between 0 and 19");
+        }
         if self.lease_expiry_ms < Duration::from_millis(500) {
             return invalid("lease_expiry_ms", "must be at least 500");
         }
@@ -1220,6 +1230,23 @@ mod tests {
         // Variables that name no setting (the test suites' own) are ignored.
         let e = env(&[("HANMADI_PYTHON", "/usr/bin/python3")]);
         assert!(Config::from_sources(&serve(&[]), &e, None).is_ok());
+    }
+
+    #[test]
+    fn the_store_background_nice_is_a_nice_value() {
+        let nice = |v: &str| {
+            Config::from_sources(
+                &serve(&[]),
+                &env(&[("HANMADI_STORE_BACKGROUND_NICE", v)]),
+                None,
+            )
+            .map(|c| c.store_background_nice)
+        };
+        assert_eq!(nice("0").unwrap(), 0);
+        assert_eq!(nice("19").unwrap(), 19);
+        let err = nice("20").unwrap_err().to_string();
+        assert!(err.contains("store_background_nice"), "{err}");
+        assert!(nice("-1").is_err());
     }
 
     #[test]

@@ -79,6 +79,7 @@ fn serve(config: Config) -> Result<(), String> {
             let options = FjallOptions {
                 cache_size: config.store_cache_mb << 20,
                 max_memtable_size: config.store_memtable_mb << 20,
+                background_nice: config.store_background_nice,
                 ..FjallOptions::default()
             };
             let backend = FjallBackend::open(&path, options)
