@@ -2,15 +2,15 @@
 
 use std::path::Path;
 
-/// The node's allocator (see the `hanmadi` binary), so that benchmarks
-/// of the node's paths pay what the node pays for each allocation.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
+
+/// The node's allocator (see the `hanmadi` binary), so that benchmarks
+/// of the node's paths pay what the node pays for each allocation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The runtime every benchmark uses: two workers, as many as the benchmark
 /// machine has cores.

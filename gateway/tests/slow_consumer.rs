@@ -29,6 +29,20 @@ async fn chat(clients: &[Client], group: u64, rounds: usize, body: &str) -> usiz
     rounds * clients.len()
 }
 
+/// `user` on a raw socket with a tiny receive buffer that reads its
+/// `Welcome` and nothing more.
+async fn not_reading(node: &common::Node, user: u64) -> common::Raw {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut raw = common::Raw::from_stream(
+        sock.connect(node.server.tcp_addr().expect("tcp"))
+            .await
+            .expect("connect"),
+    );
+    common::assert_welcome(&raw.hello(&node.token(user)).await);
+    raw
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_and_others_get_everything() {
     let node = common::start(ServerOptions {
@@ -78,18 +92,7 @@ async fn slow_consumer_is_closed_and_others_get_everything() {
     let body = "x".repeat(1000);
     let mut sent = chat(&clients, group, 20, &body).await;
 
-    // The slow member: a raw socket with a tiny receive buffer that reads
-    // its Welcome and nothing more.
-    let slow_sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    slow_sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut slow = common::Raw::from_stream(
-        slow_sock
-            .connect(node.server.tcp_addr().expect("tcp"))
-            .await
-            .expect("connect"),
-    );
-    let w = slow.hello(&node.token(11)).await;
-    common::assert_welcome(&w);
+    let mut slow = not_reading(&node, 11).await;
 
     let mut closed_slow = false;
     for _ in 0..30 {
@@ -170,15 +173,7 @@ async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
     node.user(1).await;
     node.user(2).await;
     let (sender, _deliveries) = node.connect(1, "d", common::Transport::Tcp).await;
-    let stalled_sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    stalled_sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut stalled = common::Raw::from_stream(
-        stalled_sock
-            .connect(node.server.tcp_addr().expect("tcp"))
-            .await
-            .expect("connect"),
-    );
-    common::assert_welcome(&stalled.hello(&node.token(2)).await);
+    let mut stalled = not_reading(&node, 2).await;
     let held = |node: &common::Node| {
         let conns = node.server.registry().all();
         let mine: Vec<_> = conns.iter().filter(|c| c.user == 2).collect();
