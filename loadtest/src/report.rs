@@ -217,14 +217,7 @@ impl Report {
             for (k, v) in &self.extra {
                 row(&mut t, k, v.to_string());
             }
-            row(
-                &mut t,
-                "loadtest CPU",
-                format!(
-                    "{:.2} s on {} worker(s)",
-                    self.loadtest_cpu_seconds, c.tool_workers
-                ),
-            );
+            row(&mut t, "loadtest CPU", self.loadtest_cpu());
             return t;
         }
         row(
@@ -295,14 +288,7 @@ impl Report {
                 ),
             );
         }
-        row(
-            &mut t,
-            "loadtest CPU",
-            format!(
-                "{:.2} s on {} worker(s)",
-                self.loadtest_cpu_seconds, c.tool_workers
-            ),
-        );
+        row(&mut t, "loadtest CPU", self.loadtest_cpu());
         for (k, v) in &self.extra {
             row(&mut t, k, v.to_string());
         }
@@ -336,6 +322,14 @@ impl Report {
             }
         );
         t
+    }
+
+    /// The tool's own CPU time, and on how many workers.
+    fn loadtest_cpu(&self) -> String {
+        format!(
+            "{:.2} s on {} worker(s)",
+            self.loadtest_cpu_seconds, self.config.tool_workers
+        )
     }
 
     /// Writes `--json`.
