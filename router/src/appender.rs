@@ -47,6 +47,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admission::{Admission, Ticket};
 use crate::fanout::{Delivery, DeliverySink};
+use crate::fatal::AbortOnPanic;
 use crate::presence::Presence;
 use crate::RouterError;
 
@@ -187,6 +188,7 @@ async fn run<K: Kv>(
     mut rx: mpsc::Receiver<Job>,
     config: AppenderConfig,
 ) {
+    let _fatal = AbortOnPanic("appender");
     let max_batch = config.max_batch.max(1);
     let online = move |u: u64| presence.is_online(u);
     let stage = Arc::new(Stage {
@@ -414,6 +416,9 @@ impl<K: Kv> Stage<K> {
         delivered_before: Option<oneshot::Receiver<()>>,
         delivered: oneshot::Sender<()>,
     ) {
+        // Unwinding past the store's commit would skip this batch's live
+        // deliveries while the next batch's go out.
+        let _fatal = AbortOnPanic("appender's commit task");
         let n = replies.len();
         let started = std::time::Instant::now();
         let results = self

@@ -27,6 +27,7 @@ pub mod conversations;
 pub mod devices;
 mod error;
 pub mod fanout;
+mod fatal;
 pub mod groups;
 pub mod ids;
 pub mod page_budget;

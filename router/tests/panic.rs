@@ -1,0 +1,100 @@
+//! A panic in the single-writer appender ends the node instead of leaving
+//! it serving with a batch's live deliveries skipped: the child process
+//! (this test binary, re-run with `--ignored --exact panicking_child`)
+//! stores a message, its delivery sink panics, and the process must die of
+//! SIGABRT with the message durable.
+
+#[allow(dead_code)]
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{inbox, open_store, text, users};
+use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig, Target};
+
+const BODY: &str = "delivered by a sink that panics";
+
+/// A sink with a bug: it panics on the first delivery.
+struct PanickingSink;
+
+impl DeliverySink for PanickingSink {
+    fn deliver(&self, _: &Delivery<'_>) {
+        panic!("a bug in the delivery sink");
+    }
+
+    fn notify(&self, _: u64) {}
+}
+
+#[test]
+#[ignore = "run by a_panic_after_the_commit_aborts_with_the_message_stored as a child process"]
+fn panicking_child() {
+    let Ok(dir) = std::env::var("HANMADI_ROUTER_PANIC_DIR") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let store = open_store(std::path::Path::new(&dir));
+        users(&store, &[1, 2]).await;
+        let (router, _task) = Router::start(
+            store,
+            Arc::new(LocalPresence::new()),
+            Arc::new(PanickingSink),
+            RouterConfig::default(),
+        );
+        // The answer never comes: the commit task aborts the process
+        // between the commit and the deliveries.
+        let outcome = router.send(1, text("m1", Target::User(2), BODY)).await;
+        println!("ANSWERED {outcome:?}");
+    });
+}
+
+#[test]
+fn a_panic_after_the_commit_aborts_with_the_message_stored() {
+    // SIGABRT's number on Linux.
+    const SIGABRT: i32 = 6;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "panicking_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HANMADI_ROUTER_PANIC_DIR", dir.path())
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGABRT),
+        "the child aborts ({:?}); stdout: {stdout}; stderr: {stderr}",
+        out.status
+    );
+    assert!(!stdout.contains("ANSWERED"), "no answer: {stdout}");
+    assert!(stderr.contains("a bug in the delivery sink"), "{stderr}");
+
+    // Restarted, the store has the message: ending the process lost
+    // nothing the commit had stored.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let entries = rt.block_on(async {
+        let store = open_store(dir.path());
+        inbox(&store, 2, None).await
+    });
+    assert_eq!(
+        entries.len(),
+        1,
+        "the message was committed before the panic"
+    );
+    assert_eq!(entries[0].1.body, BODY);
+}
