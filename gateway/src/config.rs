@@ -36,7 +36,7 @@
 //! | `--hostname` | `HANMADI_HOSTNAME` | `hostname` | the machine's hostname | name clients reach this node by, and its TLS name, in discovery |
 //! | `--max-frame-bytes` | `HANMADI_MAX_FRAME_BYTES` | `max_frame_bytes` | `65536` | largest protocol frame; a larger one closes the connection |
 //! | `--max-body-bytes` | `HANMADI_MAX_BODY_BYTES` | `max_body_bytes` | `16384` | largest message body |
-//! | `--handshake-timeout-ms` | `HANMADI_HANDSHAKE_TIMEOUT_MS` | `handshake_timeout_ms` | `5000` | time from accept to a valid `Hello`, TLS included |
+//! | `--handshake-timeout-ms` | `HANMADI_HANDSHAKE_TIMEOUT_MS` | `handshake_timeout_ms` | `5000` | time from accept to a valid `Hello`; on TLS the TLS handshake has a deadline of this length first, and `Hello` this long after it |
 //! | `--heartbeat-ms` | `HANMADI_HEARTBEAT_MS` | `heartbeat_ms` | `30000` | how often clients are told to ping |
 //! | `--idle-timeout-ms` | `HANMADI_IDLE_TIMEOUT_MS` | `idle_timeout_ms` | 2.5 × `heartbeat_ms` (`75000`) | a connection silent this long is closed |
 //! | `--write-timeout-ms` | `HANMADI_WRITE_TIMEOUT_MS` | `write_timeout_ms` | `10000` | longest a socket write may stall before the connection is closed |
@@ -255,7 +255,8 @@ pub struct Config {
     /// Largest message body [default: 16384].
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: usize,
-    /// Time from accept to a valid Hello [default: 5000].
+    /// Time from accept to a valid Hello; on TLS, the TLS handshake's
+    /// deadline, then Hello's from its end [default: 5000].
     #[arg(long, value_name = "MS", value_parser = parse_millis)]
     #[serde(deserialize_with = "millis")]
     pub handshake_timeout_ms: Duration,

@@ -45,7 +45,8 @@ use reply::{error_frame, error_frame_after, Close, Pending, Reply, STORE_FAILED}
 pub struct ConnConfig {
     /// Largest frame accepted, and the most a reply may take.
     pub max_frame: usize,
-    /// Time from accept to a valid `Hello` (including TLS).
+    /// Time from accept to a valid `Hello` (on TLS, from the end of the
+    /// TLS handshake, which has a deadline of the same length).
     pub handshake_timeout: Duration,
     /// How often clients should ping (sent in `Welcome`).
     pub heartbeat: Duration,
