@@ -10,11 +10,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{open_store, text, users};
+use common::{child, child_command, open_store, text, users};
 use hanmadi_proto::pb;
 use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::ConversationId;
@@ -22,20 +22,17 @@ use hanmadi_router::{LocalPresence, NoDelivery, Router, RouterConfig, Target};
 
 const USERS: u64 = 8;
 const ACKS_BEFORE_KILL: usize = 2000;
+/// Where the parent tells the child its data directory.
+const DIR_VAR: &str = "HANMADI_ROUTER_CRASH_DIR";
 
 #[test]
 #[ignore = "run by kill_9_keeps_every_acknowledged_send as a child process"]
 fn router_child() {
-    let Ok(dir) = std::env::var("HANMADI_ROUTER_CRASH_DIR") else {
+    let Some((dir, rt)) = child(DIR_VAR) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     rt.block_on(async move {
-        let store = open_store(std::path::Path::new(&dir));
+        let store = open_store(&dir);
         let ids: Vec<u64> = (1..=USERS).collect();
         users(&store, &ids).await;
         let (router, _task) = Router::start(
@@ -81,15 +78,7 @@ fn router_child() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_keeps_every_acknowledged_send() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "router_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HANMADI_ROUTER_CRASH_DIR", dir.path())
+    let mut child = child_command("router_child", DIR_VAR, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

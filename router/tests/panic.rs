@@ -8,13 +8,14 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 use std::sync::Arc;
 
-use common::{inbox, open_store, text, users};
+use common::{child, child_command, inbox, open_store, text, users};
 use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig, Target};
 
 const BODY: &str = "delivered by a sink that panics";
+/// Where the parent tells the child its data directory.
+const DIR_VAR: &str = "HANMADI_ROUTER_PANIC_DIR";
 
 /// A sink with a bug: it panics on the first delivery.
 struct PanickingSink;
@@ -30,16 +31,11 @@ impl DeliverySink for PanickingSink {
 #[test]
 #[ignore = "run by a_panic_after_the_commit_aborts_with_the_message_stored as a child process"]
 fn panicking_child() {
-    let Ok(dir) = std::env::var("HANMADI_ROUTER_PANIC_DIR") else {
+    let Some((dir, rt)) = child(DIR_VAR) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     rt.block_on(async move {
-        let store = open_store(std::path::Path::new(&dir));
+        let store = open_store(&dir);
         users(&store, &[1, 2]).await;
         let (router, _task) = Router::start(
             store,
@@ -59,15 +55,7 @@ fn a_panic_after_the_commit_aborts_with_the_message_stored() {
     // SIGABRT's number on Linux.
     const SIGABRT: i32 = 6;
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "panicking_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HANMADI_ROUTER_PANIC_DIR", dir.path())
+    let out = child_command("panicking_child", DIR_VAR, dir.path())
         .output()
         .expect("run child");
     let stdout = String::from_utf8_lossy(&out.stdout);

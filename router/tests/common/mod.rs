@@ -135,3 +135,32 @@ pub async fn inbox(store: &Store, user: u64, after: Option<Cursor>) -> Vec<(Curs
         }
     }
 }
+
+/// This test binary, set to run only the ignored test `name` as a child
+/// process, with the data directory `dir` in the environment variable
+/// `var` (which the child reads through [`child`]).
+pub fn child_command(name: &str, var: &str, dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args([
+            "--ignored",
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(var, dir);
+    command
+}
+
+/// In a child process started by [`child_command`]: its data directory
+/// and a runtime to run it on; `None` when the test runs by itself.
+pub fn child(var: &str) -> Option<(std::path::PathBuf, tokio::runtime::Runtime)> {
+    let dir = std::env::var_os(var)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    Some((dir.into(), rt))
+}
