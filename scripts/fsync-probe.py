@@ -24,10 +24,12 @@ figures of the reference machine. Files are removed.
 import argparse
 import ctypes
 import os
+import sys
 import threading
 import time
 
-JOURNAL_BYTES = 64 << 20
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from journal import open_journal  # noqa: E402
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
@@ -65,21 +67,6 @@ def flusher(directory, mib, every, step, stop):
         os.close(fd)
         os.unlink(path)
         i += 1
-
-
-def open_journal(path, kind):
-    if kind == "append":
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-    if kind == "zeroed":
-        chunk = b"\0" * (1 << 20)
-        for _ in range(JOURNAL_BYTES >> 20):
-            os.write(fd, chunk)
-    else:
-        os.ftruncate(fd, JOURNAL_BYTES)
-    os.fsync(fd)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
 
 
 def main():

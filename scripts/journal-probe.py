@@ -15,20 +15,8 @@ import os
 import sys
 import time
 
-SIZE = 64 << 20
-
-
-def journal(path, zeroed):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-    if zeroed:
-        chunk = b"\0" * (1 << 20)
-        for _ in range(SIZE >> 20):
-            os.write(fd, chunk)
-    else:
-        os.ftruncate(fd, SIZE)
-    os.fsync(fd)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from journal import open_journal  # noqa: E402
 
 
 def main():
@@ -43,7 +31,10 @@ def main():
         ("zeroed, fdatasync", True, os.fdatasync),
     ]
     paths = [os.path.join(directory, f"probe-journal-{i}") for i in range(len(kinds))]
-    fds = [journal(p, zeroed) for p, (_, zeroed, _) in zip(paths, kinds)]
+    fds = [
+        open_journal(p, "zeroed" if zeroed else "sparse")
+        for p, (_, zeroed, _) in zip(paths, kinds)
+    ]
     latency = [[] for _ in kinds]
     cpu = [0.0 for _ in kinds]
     entry = b"x" * 6000
