@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, cursor, deliver, error, welcome, within, Listener, Peer};
+use common::{config, cursor, deliver, error, welcome, within, Listener, Peer, Refused};
 use hanmadi_client::{
     ClientError, Endpoints, ErrorAction, ErrorCode, ReconnectOptions, ReconnectingClient, Target,
 };
@@ -401,18 +401,19 @@ async fn gives_up_after_the_allowed_attempts() {
 
 #[tokio::test]
 async fn the_first_attempt_is_not_retried() {
-    let listener = Listener::bind().await;
-    let addr = listener.addr.clone();
-    drop(listener);
-    let started = within(ReconnectingClient::start(config(&addr), fast_options())).await;
+    let refused = Refused::bind();
+    let started = within(ReconnectingClient::start(
+        config(&refused.addr),
+        fast_options(),
+    ))
+    .await;
     assert!(matches!(started, Err(ClientError::Io(_))), "{started:?}");
 }
 
 #[tokio::test]
 async fn endpoints_are_taken_in_turn() {
-    let down = Listener::bind().await;
+    let down = Refused::bind();
     let down_addr = down.addr.clone();
-    drop(down);
     let chat = FakeChat::start().await;
     chat.commit(1);
     let options = ReconnectOptions {

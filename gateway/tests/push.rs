@@ -452,7 +452,7 @@ async fn a_request_that_times_out_is_retried_with_the_same_key() {
     let (node, http, a) = sender_bob_and_carol(&receiver, push, bob, carol).await;
     send(&a, bob, "slow gateway").await;
     let attempts = receiver.wait_for_user(bob, 2, WAIT).await;
-    assert_eq!(attempts[0].key, attempts[1].key);
+    assert_eq!(attempts[0].key, attempts[1].key, "{attempts:#?}");
     assert_eq!(attempts[1].status, 200);
     assert!(attempts[1].at - attempts[0].at >= Duration::from_millis(500));
     barrier(&a, &receiver, carol).await;
@@ -508,11 +508,13 @@ async fn a_400_is_dropped_at_once_and_counted_and_previews_can_be_off() {
 /// return; with the default cap it would wait up to 5 minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_30_seconds_gets_the_push_when_it_is_back() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    // Bound but not listening: connections to it are refused, and no other
+    // test's receiver can be given its port meanwhile (this node would push
+    // to that one).
+    let down = tokio::net::TcpSocket::new_v4().expect("socket");
+    down.bind("127.0.0.1:0".parse().expect("address"))
         .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let addr = down.local_addr().expect("addr");
     let node = common::start(options(
         format!("http://{addr}/push"),
         PushConfig {
@@ -536,7 +538,7 @@ async fn a_receiver_down_for_30_seconds_gets_the_push_when_it_is_back() {
         "retried {retried} times while the receiver was down"
     );
     let back = Instant::now();
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let listener = down.listen(1024).expect("listen");
     let receiver = Receiver::serve(listener, Box::new(|_, _| 200), Duration::ZERO);
     let pushes = receiver.wait_for_user(2, 1, WAIT).await;
     assert!(

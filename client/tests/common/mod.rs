@@ -50,6 +50,28 @@ impl Listener {
     }
 }
 
+/// An address that refuses connections: a socket bound to it and never
+/// listening. Unlike a listener that was bound and dropped, its port
+/// cannot be handed to another test's listener while this one holds it.
+pub struct Refused {
+    _socket: tokio::net::TcpSocket,
+    pub addr: String,
+}
+
+impl Refused {
+    pub fn bind() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let addr = socket.local_addr().expect("local addr").to_string();
+        Self {
+            _socket: socket,
+            addr,
+        }
+    }
+}
+
 /// The server's end of one connection.
 pub struct Peer<S> {
     pub framed: Framed<S, ServerCodec>,
