@@ -132,6 +132,7 @@ pub struct Server<K: Kv> {
     tls_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
+    link_addr: Option<SocketAddr>,
     drain_timeout: Duration,
     lease_lost: CancellationToken,
     links: Option<Arc<Links>>,
@@ -236,6 +237,7 @@ impl<K: Kv> Server<K> {
         }
         let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
         let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
+        let link_addr = listeners.link.as_ref().and_then(|l| l.local_addr().ok());
         let https_addr = listeners
             .https
             .as_ref()
@@ -387,6 +389,7 @@ impl<K: Kv> Server<K> {
             tls_addr,
             http_addr,
             https_addr,
+            link_addr,
             drain_timeout: options.drain_timeout,
             lease_lost,
             links,
@@ -402,6 +405,11 @@ impl<K: Kv> Server<K> {
     /// In a cluster: the node-to-node links.
     pub fn links(&self) -> Option<&Arc<Links>> {
         self.links.as_ref()
+    }
+
+    /// The bound address of the node-to-node link (a cluster node).
+    pub fn link_addr(&self) -> Option<SocketAddr> {
+        self.link_addr
     }
 
     /// The bound TCP address.

@@ -3,7 +3,7 @@
 //! discovery lists the live nodes, a drained node gives its id up, a node
 //! whose id is taken stops; messages, long-polls and account deletions
 //! reach users on every node, over the node-to-node link or, when it loses
-//! them, through the change feed.
+//! them, through the change feed; strangers on the link's port are closed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -485,6 +485,72 @@ async fn two_linked_nodes() -> (ChatStore<SimKv>, Vec<Server<SimKv>>) {
         .await
         .expect("nodes not linked");
     (store, nodes)
+}
+
+/// Strangers on the node-to-node port: bytes that are no hello, a length
+/// past the link's frame limit, a hello whose proof was made without the
+/// cluster's secret, and silence. Each is closed (silence at the handshake
+/// deadline, 5 s), none counts as a link, and the two nodes stay linked:
+/// a message between them still arrives live, with the change feed's
+/// backstop a minute away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_link_closes_strangers_and_stays_up_between_peers() {
+    use hanmadi_gateway::cluster::link::{LinkHello, LinkProof};
+    use prost::Message as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+    let (store, nodes) = two_linked_nodes().await;
+    let link = nodes[0].link_addr().unwrap();
+    let hello = LinkHello {
+        node_id: 4242,
+        epoch: 1,
+        nonce: vec![7; 32],
+    }
+    .encode_to_vec();
+    let forged = [
+        frame(&hello),
+        frame(&LinkProof { mac: vec![0; 32] }.encode_to_vec()),
+    ]
+    .concat();
+    let strangers = [
+        ("no hello", frame(b"\xff\xff\xff")),
+        ("too long", [&u32::MAX.to_be_bytes()[..], b"xx"].concat()),
+        ("forged proof", forged),
+        ("silence", Vec::new()),
+    ];
+    let closed = strangers.into_iter().map(|(what, bytes)| async move {
+        let mut stream = tokio::net::TcpStream::connect(link).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        // The node's own hello (and, to a forger, its proof) come first;
+        // then the end of the stream, or a reset.
+        let mut seen = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open after 10 s"));
+        if let Err(e) = end {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e}");
+        }
+    });
+    futures::future::join_all(closed).await;
+    for n in &nodes {
+        assert_eq!(n.links().unwrap().open_to().len(), 1, "only the peer");
+    }
+
+    users(&store, [111, 112]).await;
+    let (alice, _alice_in) = connect(&nodes[0], 111, "phone").await;
+    let (_bob, mut bob_in) = connect(&nodes[1], 112, "phone").await;
+    alice
+        .send(hanmadi_client::Target::User(112), "after the strangers")
+        .await
+        .unwrap();
+    let got = texts(&mut bob_in, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].body, "after the strangers");
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
