@@ -98,7 +98,16 @@ mod tests {
         let before = nice_of(0).expect("readable");
         lower_threads_named("hanmadi-nice", before + 3);
         let tid = libc::id_t::try_from(tid).expect("positive tid");
-        assert_eq!(nice_of(tid), Some(before + 3));
+        // Says what the scan saw when it fails (it failed once in CI and
+        // never since).
+        let seen = || {
+            let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"));
+            format!(
+                "thread {tid} named {comm:?}, the scan finds {:?}",
+                threads_named("hanmadi-nice")
+            )
+        };
+        assert_eq!(nice_of(tid), Some(before + 3), "{}", seen());
         assert_eq!(nice_of(0), Some(before));
         // Never back up: a lower value would need privilege, and the
         // operator may have set the higher one.
