@@ -149,7 +149,18 @@ impl<K: Kv> std::fmt::Debug for Server<K> {
 
 impl<K: Kv> Server<K> {
     /// Starts serving `listeners` over `store` on the current runtime.
+    ///
+    /// # Panics
+    ///
+    /// When `store` is split by conversation (configured for a cluster)
+    /// and `options` has no cluster: its conversations commit side by side
+    /// and deliver out of commit order, which only the cluster's delivery
+    /// puts back in order; one node's connections would skip entries.
     pub fn start(store: ChatStore<K>, listeners: Listeners, mut options: ServerOptions) -> Self {
+        assert!(
+            options.cluster.is_some() || !store.config().split_by_conversation,
+            "a store split by conversation needs ServerOptions::cluster"
+        );
         let store = match &options.cluster {
             Some((lease, _)) => {
                 // Node ids are 10 bits; a lease never names a larger one.
@@ -165,6 +176,8 @@ impl<K: Kv> Server<K> {
         });
         let registry = Arc::new(Registry::new(options.registry, Arc::clone(&metrics)));
         let peers = Arc::new(Peers::default());
+        // Set by the change feed's reader once it has its start (cluster).
+        let feed_started = Arc::new(tokio::sync::SetOnce::new());
         // In a cluster every commit notifies and connections pull
         // (`cluster::delivery`); on one node frames go straight out.
         let cluster = options.cluster.map(|(lease, timing)| {
@@ -219,6 +232,7 @@ impl<K: Kv> Server<K> {
             config: options.conn,
             shutdown: shutdown.clone(),
             presence: cluster.as_ref().map(|c| Arc::clone(&c.3)),
+            feed_started: cluster.as_ref().map(|_| Arc::clone(&feed_started)),
         });
         if let Some(retention) = options.retention {
             tracker.spawn(retention_sweeps(
@@ -310,6 +324,7 @@ impl<K: Kv> Server<K> {
                 store,
                 apply,
                 options.cluster_backstop,
+                feed_started,
                 shutdown.clone(),
             ));
             links = Some(cluster_links);

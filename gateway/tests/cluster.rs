@@ -113,6 +113,15 @@ async fn until_discovery(server: &Server<SimKv>, want: &[(u64, &str)]) {
     }
 }
 
+/// A store configured for a cluster commits its conversations side by
+/// side; only a cluster node's delivery keeps each connection's entries in
+/// order, so a server without one refuses to start on it.
+#[tokio::test]
+#[should_panic(expected = "a store split by conversation needs ServerOptions::cluster")]
+async fn a_cluster_store_without_cluster_options_is_refused() {
+    let _ = Server::start(store(22), Listeners::default(), ServerOptions::default());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_take_distinct_ids_and_discovery_lists_the_live_ones() {
     let store = store(1);

@@ -52,9 +52,15 @@ impl<'a> Delivery<'a> {
     }
 }
 
-/// Where committed messages go: the gateway's connection registry on one
-/// node. Called by the appender, in commit order, from one task at a time;
-/// implementations must not block (queue, or close a slow connection).
+/// Where committed messages go: the gateway's connection registry.
+/// Implementations must not block (queue, or close a slow connection).
+///
+/// The single-writer appender calls it in commit order, from one task at a
+/// time. A store split by conversation (a cluster) commits conversations
+/// side by side, and their deliveries may reach the sink out of commit
+/// order: a sink for such a store must place each by the entry its commit
+/// proved to come before it ([`Delivery::chained`]), as the cluster's
+/// does.
 pub trait DeliverySink: Send + Sync + 'static {
     /// Delivers a committed message to every live device of its recipients.
     fn deliver(&self, delivery: &Delivery<'_>);

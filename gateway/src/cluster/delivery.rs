@@ -216,8 +216,10 @@ pub async fn run_notifier<K: Kv>(
                 let until = &mut users.entry(user).or_default().until;
                 *until = Some(until.map_or(notice.until, |u| u.max(notice.until)));
             }
-            // In commit order: notices arrive in it, and a notice holds
-            // one message.
+            // In the order the notices arrive: commit order within a
+            // conversation, not across conversations, whose committers run
+            // side by side. Each names the entry before it, so a receiving
+            // connection writes one out of line as a pull, never a gap.
             for (user, cursor, before) in notice.chained {
                 let message = notice.message.clone();
                 users
@@ -420,16 +422,23 @@ impl<K: Kv> Apply<K> {
 
 /// Reads the change feed every `every` from where it stood at start, and
 /// acts on each entry, until `shutdown`; drops entries read more than
-/// [`FEED_KEEP`] ago.
+/// [`FEED_KEEP`] ago. Sets `started` once it knows where it starts:
+/// connections wait for it before reading their inbox heads, or an entry
+/// committed between a head and a late start would be neither told (its
+/// notification lost) nor read again by the feed.
 pub async fn run_feed<K: Kv>(
     store: ChatStore<K>,
     apply: Arc<Apply<K>>,
     every: Duration,
+    started: Arc<tokio::sync::SetOnce<()>>,
     shutdown: CancellationToken,
 ) {
     let mut position = loop {
         match store.feed_head().await {
-            Ok(head) => break head,
+            Ok(head) => {
+                let _ = started.set(());
+                break head;
+            }
             Err(e) => tracing::warn!(error = %e, "reading the change feed's head failed"),
         }
         tokio::select! {

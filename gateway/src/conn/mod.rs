@@ -97,6 +97,11 @@ pub struct ConnContext<K: Kv> {
     /// In a cluster: the presence index, where a connection is announced
     /// before its `Welcome`.
     pub presence: Option<Arc<crate::cluster::presence::PresenceIndex<K>>>,
+    /// In a cluster: set once the change feed's reader knows where it
+    /// starts. A connection reads its inbox head only after, so the feed,
+    /// the backstop for lost notifications, covers every entry past that
+    /// head.
+    pub feed_started: Option<Arc<tokio::sync::SetOnce<()>>>,
 }
 
 impl<K: Kv> std::fmt::Debug for ConnContext<K> {
@@ -203,6 +208,16 @@ where
         Some(index) => Some(Box::pin(index.announce(user)).await),
         None => None,
     };
+    if let Some(started) = &ctx.feed_started {
+        if tokio::time::timeout(ctx.config.handshake_timeout, started.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the change feed has not started; refusing a connection");
+            let close = Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED);
+            return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
+        }
+    }
     // Where live delivery starts: read before registering, so a message
     // committed in between is older than the Welcome (the client syncs it)
     // rather than filtered out of the live stream.
