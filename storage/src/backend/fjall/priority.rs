@@ -98,8 +98,8 @@ mod tests {
         let before = nice_of(0).expect("readable");
         lower_threads_named("hanmadi-nice", before + 3);
         let tid = libc::id_t::try_from(tid).expect("positive tid");
-        // Says what the scan saw when it fails (it failed once in CI and
-        // never since).
+        // Should the scan ever miss the thread, the failure says what the
+        // thread was called and what the scan found instead.
         let seen = || {
             let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"));
             format!(
