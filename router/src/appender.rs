@@ -47,7 +47,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admission::{Admission, Ticket};
 use crate::fanout::{Delivery, DeliverySink};
-use crate::fatal::AbortOnPanic;
+use crate::fatal::{guarded, AbortOnPanic};
 use crate::presence::Presence;
 use crate::RouterError;
 
@@ -129,7 +129,7 @@ impl Appender {
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let admission = Admission::new(config.max_wait, config.admit_in_flight);
-        let task = tokio::spawn(run(store, ids, presence, sink, rx, config));
+        let task = tokio::spawn(guarded(run(store, ids, presence, sink, rx, config)));
         (Self { tx, admission }, task)
     }
 
@@ -266,13 +266,13 @@ async fn run<K: Kv>(
             .await;
         let (committed_tx, committed) = oneshot::channel();
         let (delivered_tx, delivered) = oneshot::channel();
-        last_task = Some(tokio::spawn(Arc::clone(&stage).commit(
+        last_task = Some(tokio::spawn(guarded(Arc::clone(&stage).commit(
             prepared,
             replies,
             committed_tx,
             delivered_before.replace(delivered),
             delivered_tx,
-        )));
+        ))));
         committing = Some(committed);
         linger.started = Instant::now();
         // tokio runs a task spawned from a worker next on that worker, and

@@ -2,7 +2,8 @@
 //! it serving with a batch's live deliveries skipped: the child process
 //! (this test binary, re-run with `--ignored --exact panicking_child`)
 //! stores a message, its delivery sink panics, and the process must die of
-//! SIGABRT with the message durable.
+//! SIGABRT with the message durable. A panic anywhere else does not: a
+//! failing check in a program that runs a router ends as that panic.
 
 #[allow(dead_code)]
 mod common;
@@ -17,6 +18,11 @@ const BODY: &str = "delivered by a sink that panics";
 /// Where the parent tells the child its data directory.
 const DIR_VAR: &str = "HANMADI_ROUTER_PANIC_DIR";
 
+/// Where the parent tells the child of the second test its data directory.
+const FAILING_DIR_VAR: &str = "HANMADI_ROUTER_FAILING_DIR";
+/// What that child's failing check says.
+const FAILED_CHECK: &str = "a failing check beside a running router";
+
 /// A sink with a bug: it panics on the first delivery.
 struct PanickingSink;
 
@@ -24,6 +30,15 @@ impl DeliverySink for PanickingSink {
     fn deliver(&self, _: &Delivery<'_>) {
         panic!("a bug in the delivery sink");
     }
+
+    fn notify(&self, _: u64) {}
+}
+
+/// A sink that delivers nowhere.
+struct NoSink;
+
+impl DeliverySink for NoSink {
+    fn deliver(&self, _: &Delivery<'_>) {}
 
     fn notify(&self, _: u64) {}
 }
@@ -85,4 +100,54 @@ fn a_panic_after_the_commit_aborts_with_the_message_stored() {
         "the message was committed before the panic"
     );
     assert_eq!(entries[0].1.body, BODY);
+}
+
+#[test]
+#[ignore = "run by a_panic_outside_the_appender_stays_a_panic as a child process"]
+fn failing_child() {
+    let Some((dir, _)) = child(FAILING_DIR_VAR) else {
+        return;
+    };
+    // A current-thread runtime, as `#[tokio::test]` builds: unwinding out
+    // of `block_on` drops it, and with it the appender's tasks, on the
+    // panicking thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let store = open_store(&dir);
+        users(&store, &[1, 2]).await;
+        let (router, _task) = Router::start(
+            store,
+            Arc::new(LocalPresence::new()),
+            Arc::new(NoSink),
+            RouterConfig::default(),
+        );
+        router
+            .send(1, text("m1", Target::User(2), BODY))
+            .await
+            .expect("sent");
+        panic!("{FAILED_CHECK}");
+    });
+}
+
+#[test]
+fn a_panic_outside_the_appender_stays_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = child_command("failing_child", FAILING_DIR_VAR, dir.path())
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The test harness's exit status for a failed test; an abort would be
+    // a signal instead.
+    assert_eq!(
+        out.status.code(),
+        Some(101),
+        "the child fails its test ({:?}); stdout: {stdout}; stderr: {stderr}",
+        out.status
+    );
+    assert!(stderr.contains(FAILED_CHECK), "{stderr}");
+    assert!(!stderr.contains("aborting the node"), "{stderr}");
 }
