@@ -208,15 +208,8 @@ where
         Some(index) => Some(Box::pin(index.announce(user)).await),
         None => None,
     };
-    if let Some(started) = &ctx.feed_started {
-        if tokio::time::timeout(ctx.config.handshake_timeout, started.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the change feed has not started; refusing a connection");
-            let close = Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED);
-            return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
-        }
+    if let Err(close) = feed_started(&ctx).await {
+        return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
     }
     // Where live delivery starts: read before registering, so a message
     // committed in between is older than the Welcome (the client syncs it)
@@ -355,6 +348,22 @@ async fn authenticate<K: Kv>(ctx: &ConnContext<K>, token: &str) -> Result<u64, C
                 Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED)
             }
         })
+}
+
+/// In a cluster: waits until the change feed's reader knows where it
+/// starts, so that the inbox head read next is covered by the feed.
+async fn feed_started<K: Kv>(ctx: &ConnContext<K>) -> Result<(), Close> {
+    let Some(started) = &ctx.feed_started else {
+        return Ok(());
+    };
+    tokio::select! {
+        _ = started.wait() => Ok(()),
+        () = ctx.shutdown.cancelled() => Err(Close::draining()),
+        () = tokio::time::sleep(ctx.config.handshake_timeout) => {
+            tracing::warn!("the change feed has not started; refusing a connection");
+            Err(Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED))
+        }
+    }
 }
 
 /// Reads one frame, `None` at a clean end of stream.

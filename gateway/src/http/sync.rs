@@ -130,6 +130,16 @@ pub(super) async fn sync<K: Kv>(
     };
     let waiter = state.ctx.registry.wait_for_commit(me);
     drop(announced);
+    // In a cluster, the change feed wakes this poll for a commit whose
+    // notification was lost, if it committed after where the feed's
+    // reader started: read the inbox only once that start is known.
+    if let Some(started) = &state.ctx.feed_started {
+        tokio::select! {
+            _ = started.wait() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = state.ctx.shutdown.cancelled() => {}
+        }
+    }
     loop {
         let mut commit = pin!(waiter.notified());
         commit.as_mut().enable();
