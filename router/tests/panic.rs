@@ -11,7 +11,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 
-use common::{child, child_command, inbox, open_store, text, users};
+use common::{child, child_command, inbox, open_store, text, users, Engine};
 use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig, Target};
 
 const BODY: &str = "delivered by a sink that panics";
@@ -43,6 +43,22 @@ impl DeliverySink for NoSink {
     fn notify(&self, _: u64) {}
 }
 
+/// A router over the store in `dir`, with users 1 and 2, delivering to
+/// `sink`.
+async fn start_router(
+    dir: &std::path::Path,
+    sink: Arc<dyn DeliverySink>,
+) -> (Router<Engine>, tokio::task::JoinHandle<()>) {
+    let store = open_store(dir);
+    users(&store, &[1, 2]).await;
+    Router::start(
+        store,
+        Arc::new(LocalPresence::new()),
+        sink,
+        RouterConfig::default(),
+    )
+}
+
 #[test]
 #[ignore = "run by a_panic_after_the_commit_aborts_with_the_message_stored as a child process"]
 fn panicking_child() {
@@ -50,14 +66,7 @@ fn panicking_child() {
         return;
     };
     rt.block_on(async move {
-        let store = open_store(&dir);
-        users(&store, &[1, 2]).await;
-        let (router, _task) = Router::start(
-            store,
-            Arc::new(LocalPresence::new()),
-            Arc::new(PanickingSink),
-            RouterConfig::default(),
-        );
+        let (router, _task) = start_router(&dir, Arc::new(PanickingSink)).await;
         // The answer never comes: the commit task aborts the process
         // between the commit and the deliveries.
         let outcome = router.send(1, text("m1", Target::User(2), BODY)).await;
@@ -116,14 +125,7 @@ fn failing_child() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let store = open_store(&dir);
-        users(&store, &[1, 2]).await;
-        let (router, _task) = Router::start(
-            store,
-            Arc::new(LocalPresence::new()),
-            Arc::new(NoSink),
-            RouterConfig::default(),
-        );
+        let (router, _task) = start_router(&dir, Arc::new(NoSink)).await;
         router
             .send(1, text("m1", Target::User(2), BODY))
             .await

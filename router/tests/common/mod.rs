@@ -15,7 +15,9 @@ use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::{ChatStore, StoreConfig};
 use parking_lot::Mutex;
 
-pub type Store = ChatStore<EmbeddedKv<FjallBackend>>;
+/// The engine the tests' stores run on.
+pub type Engine = EmbeddedKv<FjallBackend>;
+pub type Store = ChatStore<Engine>;
 
 /// One delivery as the sink saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +76,7 @@ pub fn open_store(dir: &std::path::Path) -> Store {
 pub struct Harness {
     /// Keeps the store's directory alive.
     pub _dir: tempfile::TempDir,
-    pub router: Arc<Router<EmbeddedKv<FjallBackend>>>,
+    pub router: Arc<Router<Engine>>,
     pub sink: Arc<RecordingSink>,
     pub presence: Arc<LocalPresence>,
 }
