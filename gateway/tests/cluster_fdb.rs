@@ -64,6 +64,11 @@ mod on_fdb {
 
     impl Node {
         fn start(cluster: &str, backstop_ms: u64) -> Self {
+            Self::start_with(cluster, backstop_ms, SECRET)
+        }
+
+        /// A node whose tokens and node-link proofs use `secret`.
+        fn start_with(cluster: &str, backstop_ms: u64, secret: &str) -> Self {
             let data = tempfile::tempdir().unwrap();
             let (lease, backstop) = (LEASE_MS.to_string(), backstop_ms.to_string());
             let serve = Serve::start(
@@ -74,7 +79,7 @@ mod on_fdb {
                     "--fdb-cluster-file",
                     cluster,
                     "--secret",
-                    SECRET,
+                    secret,
                     "--hostname",
                     "127.0.0.1",
                     "--tcp",
@@ -123,6 +128,11 @@ mod on_fdb {
         }
 
         async fn links(&self) -> u64 {
+            self.metric("hanmadi_cluster_links").await
+        }
+
+        /// The sum of a metric's series on this node's `/metrics`.
+        async fn metric(&self, name: &str) -> u64 {
             let text = reqwest::get(self.url("/metrics"))
                 .await
                 .unwrap()
@@ -130,8 +140,12 @@ mod on_fdb {
                 .await
                 .unwrap();
             text.lines()
-                .find_map(|l| l.strip_prefix("hanmadi_cluster_links "))
-                .map_or(0, |v| v.trim().parse().unwrap())
+                .filter_map(|l| {
+                    let (series, value) = l.rsplit_once(' ')?;
+                    let series_name = series.split('{').next()?;
+                    (series_name == name).then(|| value.trim().parse::<f64>().ok())?
+                })
+                .sum::<f64>() as u64
         }
     }
 
@@ -213,7 +227,11 @@ mod on_fdb {
     }
 
     fn token(user: u64) -> String {
-        TokenIssuer::new(SECRET.as_bytes()).issue(user, now_ms(), Duration::from_secs(3600))
+        token_with(SECRET, user)
+    }
+
+    fn token_with(secret: &str, user: u64) -> String {
+        TokenIssuer::new(secret.as_bytes()).issue(user, now_ms(), Duration::from_secs(3600))
     }
 
     fn config(node: &Node, user: u64, device: &str) -> ClientConfig {
@@ -222,6 +240,29 @@ mod on_fdb {
 
     async fn connect(node: &Node, user: u64, device: &str) -> (Client, Deliveries) {
         Client::connect(config(node, user, device)).await.unwrap()
+    }
+
+    /// A reconnecting client of `user`, first on `first`, that asks
+    /// `discovery`'s node where to go on every reconnect.
+    async fn reconnecting(first: &Node, discovery: &Node, user: u64) -> ReconnectingClient {
+        let endpoints = Endpoints::discovery(DiscoveryOptions {
+            url: format!("http://{}", discovery.http),
+            region: None,
+            transport: hanmadi_client::Transport::Tcp,
+            tls: None,
+            timeout: Duration::from_secs(2),
+        });
+        ReconnectingClient::start(
+            config(first, user, "phone"),
+            ReconnectOptions {
+                endpoints: Some(endpoints),
+                initial_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(200),
+                ..ReconnectOptions::default()
+            },
+        )
+        .await
+        .unwrap()
     }
 
     /// A fresh prefix for account names, so runs never share accounts.
@@ -352,6 +393,123 @@ mod on_fdb {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_moved_between_nodes_fifty_times_gets_exactly_its_inbox() {
+        const MESSAGES: usize = 5000;
+        const MOVES: usize = 50;
+        // Send loops per sender, so the run takes seconds.
+        const LOOPS: usize = 4;
+        let Some(cluster) = cluster_file() else {
+            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+            return;
+        };
+        let _turn = TURN.lock().await;
+        let nodes: Vec<Node> = (0..3).map(|_| Node::start(&cluster, 1000)).collect();
+        until_linked(&nodes.iter().collect::<Vec<_>>()).await;
+        until_discovery_lists(&nodes.iter().collect::<Vec<_>>()).await;
+        let users = provision(&nodes[0], &prefix("seam"), 3).await;
+        let reader = users[2];
+        let mut inbox_client = reconnecting(&nodes[2], &nodes[0], reader).await;
+        let (mut sends, mut echoes) = (Vec::new(), Vec::new());
+        for (n, &sender) in users[..2].iter().enumerate() {
+            let (client, deliveries) = connect(&nodes[n], sender, "d").await;
+            for l in 0..LOOPS {
+                let (client, tag) = (client.clone(), format!("{n}.{l}."));
+                sends.push(tokio::spawn(async move {
+                    for i in 0..MESSAGES / 2 / LOOPS {
+                        client
+                            .send(Target::User(reader), format!("{tag}{i}"))
+                            .await
+                            .unwrap();
+                    }
+                }));
+            }
+            // The sender's own copies, read so its connection keeps up.
+            echoes.push(tokio::spawn(async move {
+                let mut deliveries = deliveries;
+                while deliveries.recv().await.is_some() {}
+            }));
+        }
+        let closes_before: Vec<u64> =
+            futures::future::join_all(nodes.iter().map(|n| n.metric("hanmadi_closes_total"))).await;
+        let mut received = Vec::new();
+        let mut moves = 0;
+        while received.len() < MESSAGES {
+            let r = tokio::time::timeout(Duration::from_secs(20), inbox_client.next())
+                .await
+                .expect("progress within 20 s")
+                .expect("stream open")
+                .expect("no final error");
+            received.push((r.message.message_id, r.cursor.clone()));
+            if received.len() % (MESSAGES / MOVES - 1) == 0 && moves < MOVES {
+                if let Some(c) = inbox_client.client() {
+                    c.close().await;
+                    moves += 1;
+                }
+            }
+        }
+        for s in sends {
+            s.await.unwrap();
+        }
+        for e in echoes {
+            e.abort();
+        }
+        assert_eq!(moves, MOVES);
+        // Discovery hands each reconnect the next node in turn, so every
+        // node served the reader and saw some of its moves.
+        for (n, before) in nodes.iter().zip(closes_before) {
+            let closes = n.metric("hanmadi_closes_total").await - before;
+            assert!(closes > 0, "node {} never served the reader", n.tcp);
+        }
+        let want = inbox(&nodes[1], reader).await;
+        assert_eq!(received.len(), want.len());
+        assert!(received == want, "what it handed over equals the inbox");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lost_link_notifications_arrive_through_the_change_feed() {
+        const BACKSTOP_MS: u64 = 300;
+        const OTHER_SECRET: &str = "another cluster's secret, also 32 bytes or more";
+        let Some(cluster) = cluster_file() else {
+            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+            return;
+        };
+        let _turn = TURN.lock().await;
+        // Nodes with different secrets refuse each other's node links, so
+        // every notification between them is lost; they share the store,
+        // its presence index and its change feed.
+        let nodes = [
+            Node::start_with(&cluster, BACKSTOP_MS, SECRET),
+            Node::start_with(&cluster, BACKSTOP_MS, OTHER_SECRET),
+        ];
+        until_discovery_lists(&nodes.iter().collect::<Vec<_>>()).await;
+        let users = provision(&nodes[0], &prefix("lost"), 2).await;
+        let (alice, _alice_in) = connect(&nodes[0], users[0], "phone").await;
+        let (_bob, mut bob_in) = Client::connect(ClientConfig::new(
+            nodes[1].tcp.clone(),
+            token_with(OTHER_SECRET, users[1]),
+            "phone",
+        ))
+        .await
+        .unwrap();
+        let bound = Duration::from_millis(BACKSTOP_MS * 10);
+        for i in 0..10 {
+            let sent = Instant::now();
+            alice
+                .send(Target::User(users[1]), format!("{i}"))
+                .await
+                .unwrap();
+            // Within the backstop plus the feed's read and the pull, with
+            // room for a loaded machine.
+            let got = texts(&mut bob_in, 1, bound).await;
+            assert_eq!(got[0].body, format!("{i}"));
+            assert!(sent.elapsed() < bound, "{i} took {:?}", sent.elapsed());
+        }
+        for n in &nodes {
+            assert_eq!(n.links().await, 0, "no link carried anything");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kill_9_of_a_node_under_load_loses_nothing() {
         const PER_SENDER: usize = 600;
         let Some(cluster) = cluster_file() else {
@@ -368,25 +526,7 @@ mod on_fdb {
         // Readers start on every node and find another through discovery.
         let mut inboxes = Vec::new();
         for (i, &r) in readers.iter().enumerate() {
-            let endpoints = Endpoints::discovery(DiscoveryOptions {
-                url: format!("http://{}", nodes[0].http),
-                region: None,
-                transport: hanmadi_client::Transport::Tcp,
-                tls: None,
-                timeout: Duration::from_secs(2),
-            });
-            let inbox = ReconnectingClient::start(
-                config(&nodes[i % 3], r, "phone"),
-                ReconnectOptions {
-                    endpoints: Some(endpoints),
-                    initial_backoff: Duration::from_millis(20),
-                    max_backoff: Duration::from_millis(200),
-                    ..ReconnectOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-            inboxes.push(inbox);
+            inboxes.push(reconnecting(&nodes[i % 3], &nodes[0], r).await);
         }
         let mut tasks = Vec::new();
         for (s, &sender) in senders.iter().enumerate() {
