@@ -111,6 +111,11 @@ fn serve_fdb(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<(), S
         .as_ref()
         .map(|p| p.display().to_string());
     let kv = FdbKv::open(cluster.as_deref()).map_err(|e| format!("opening FoundationDB: {e}"))?;
+    // A transaction older than 5 s can no longer commit (FoundationDB's
+    // window), so waiting longer only holds a sender's answer back while
+    // the cluster is unreachable.
+    kv.set_transaction_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| format!("configuring FoundationDB: {e}"))?;
     let store = ChatStore::new(kv, StoreConfig::for_cluster());
     let result = runtime.block_on(run(store, config, true, None));
     hanmadi_storage::fdb::stop_network();

@@ -43,6 +43,7 @@
 //! |---|---|
 //! | `not_committed` (1020) | [`KvError::Conflict`] |
 //! | `commit_unknown_result` (1021) | [`KvError::CommitUnknownResult`] |
+//! | `transaction_timed_out` (1031) | [`KvError::TimedOut`]; from a commit that wrote, [`KvError::CommitUnknownResult`] (it may have landed) |
 //! | `transaction_too_old` (1007) | [`KvError::TransactionTooOld`] |
 //! | `transaction_too_large` (2101) | [`KvError::TransactionTooLarge`] |
 //! | `key_too_large` (2102), `value_too_large` (2103) | [`KvError::TooLarge`] |
@@ -59,11 +60,12 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use foundationdb::api::{FdbApiBuilder, NetworkAutoStop};
 use foundationdb::future::FdbValues;
-use foundationdb::options::{MutationType, StreamingMode};
+use foundationdb::options::{DatabaseOption, MutationType, StreamingMode};
 use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
 
 use crate::kv::{
@@ -76,6 +78,7 @@ mod code {
     pub const TRANSACTION_TOO_OLD: i32 = 1007;
     pub const NOT_COMMITTED: i32 = 1020;
     pub const COMMIT_UNKNOWN_RESULT: i32 = 1021;
+    pub const TRANSACTION_TIMED_OUT: i32 = 1031;
     pub const TRANSACTION_TOO_LARGE: i32 = 2101;
     pub const KEY_TOO_LARGE: i32 = 2102;
     pub const VALUE_TOO_LARGE: i32 = 2103;
@@ -182,9 +185,8 @@ impl FdbKv {
     /// the module docs).
     ///
     /// Opening does not contact the cluster: an unreachable cluster shows up
-    /// as reads and commits that wait for it. Set
-    /// `DatabaseOption::TransactionTimeout` through [`FdbKv::database`] to
-    /// bound that wait.
+    /// as reads and commits that wait for it, until
+    /// [`FdbKv::set_transaction_timeout`] bounds the wait.
     ///
     /// # Errors
     ///
@@ -208,6 +210,22 @@ impl FdbKv {
     /// The underlying database handle, for FoundationDB options.
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// Bounds every transaction begun from now on to `timeout` from its
+    /// start, waits for an unreachable cluster included. A read past it
+    /// fails with [`KvError::TimedOut`] (FoundationDB does not retry
+    /// `transaction_timed_out`), and a commit that wrote with
+    /// [`KvError::CommitUnknownResult`]: it may have landed.
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Engine`] when the client library refuses the option.
+    pub fn set_transaction_timeout(&self, timeout: Duration) -> Result<(), KvError> {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        self.db
+            .set_option(DatabaseOption::TransactionTimeout(ms))
+            .map_err(KvError::engine)
     }
 }
 
@@ -466,7 +484,11 @@ impl KvTxn for FdbTxn {
         self.tr
             .commit()
             .await
-            .map_err(|e| kv_error(FdbError::from(e), &sizes))?;
+            .map_err(|e| match FdbError::from(e) {
+                // The commit was on its way when the time ran out.
+                e if e.code() == code::TRANSACTION_TIMED_OUT => KvError::CommitUnknownResult,
+                e => kv_error(e, &sizes),
+            })?;
         let stamp = match stamp.await {
             Ok(stamp) => stamp,
             // FoundationDB dropped every mutation (clears of keys over the
@@ -551,6 +573,7 @@ fn kv_error(e: FdbError, sizes: &Sizes) -> KvError {
         code::NOT_COMMITTED => KvError::Conflict,
         code::COMMIT_UNKNOWN_RESULT => KvError::CommitUnknownResult,
         code::TRANSACTION_TOO_OLD => KvError::TransactionTooOld,
+        code::TRANSACTION_TIMED_OUT => KvError::TimedOut,
         code::TRANSACTION_TOO_LARGE => KvError::TransactionTooLarge {
             size: sizes.mutation_bytes,
         },
@@ -631,6 +654,7 @@ mod tests {
         let e = map(1039);
         assert!(matches!(e, KvError::Unavailable(_)) && e.maybe_committed());
         // transaction_timed_out: not retryable.
-        assert!(matches!(map(1031), KvError::Engine(_)));
+        let e = map(1031);
+        assert!(matches!(e, KvError::TimedOut) && !e.is_retryable());
     }
 }

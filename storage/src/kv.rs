@@ -178,6 +178,11 @@ pub enum KvError {
     /// The engine failed in a way that may pass (a cluster recovering).
     #[error("storage engine temporarily unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The transaction ran out of the time the engine gives it, waiting
+    /// for a cluster it cannot reach. Not retried in place (the next
+    /// attempt would wait as long), but the operation may succeed later.
+    #[error("storage engine did not answer in time")]
+    TimedOut,
 }
 
 impl KvError {

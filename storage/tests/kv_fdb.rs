@@ -190,3 +190,49 @@ async fn stop_network_child() {
         println!("network stopped");
     }
 }
+
+/// With a transaction timeout, an unreachable cluster fails reads and
+/// commits within it instead of holding them forever; a commit that timed
+/// out may have landed, so it reports an unknown result. Needs only the
+/// client library: the cluster file names an address nothing listens on.
+#[tokio::test]
+async fn an_unreachable_cluster_fails_within_the_transaction_timeout() {
+    #[cfg(feature = "foundationdb")]
+    {
+        use std::time::{Duration, Instant};
+
+        use hanmadi_storage::fdb::FdbKv;
+        use hanmadi_storage::kv::{Kv, KvError, KvTxn};
+
+        const TIMEOUT: Duration = Duration::from_millis(300);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fdb.cluster");
+        // A port from a listener just closed: refused, and nobody's.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        std::fs::write(&path, format!("unreachable:test@127.0.0.1:{port}\n"))
+            .expect("write the cluster file");
+        let kv = FdbKv::open(path.to_str()).expect("opening does not contact the cluster");
+        kv.set_transaction_timeout(TIMEOUT).expect("timeout option");
+
+        let started = Instant::now();
+        let read = kv.begin().expect("begin").get(b"k", false).await;
+        assert!(matches!(read, Err(KvError::TimedOut)), "{read:?}");
+        let mut txn = kv.begin().expect("begin");
+        txn.set(b"k", b"v");
+        let commit = txn.commit().await;
+        assert!(
+            matches!(commit, Err(KvError::CommitUnknownResult)),
+            "{commit:?}"
+        );
+        assert!(
+            started.elapsed() < TIMEOUT * 10,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    #[cfg(not(feature = "foundationdb"))]
+    skip("skipped: built without the foundationdb feature");
+}

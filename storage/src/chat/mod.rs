@@ -101,7 +101,9 @@ impl StoreError {
     /// Whether the operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Kv(e) => e.is_retryable(),
+            // A timed-out transaction is not retried in place, but the
+            // cluster may answer later.
+            StoreError::Kv(e) => e.is_retryable() || matches!(e, KvError::TimedOut),
             // Retrying is always safe: the dedup entry answers it.
             StoreError::MaybeStored { .. } => true,
             _ => false,
