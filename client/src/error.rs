@@ -22,9 +22,15 @@ pub struct ServerError {
     pub code: i32,
     /// The server's explanation, for logs; not for parsing.
     pub message: String,
-    /// For retry codes, the least wait the server asks for before retrying.
+    /// For retry codes, the least wait the server asks for before retrying,
+    /// up to [`MAX_RETRY_AFTER`].
     pub retry_after: Option<Duration>,
 }
+
+/// The longest wait a server's `retry_after_ms` can impose. The field holds
+/// up to 49 days; a wait past this one comes from a broken server, and
+/// would hold every retry and resync of the client that long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl ServerError {
     /// The code, when this build knows it.
@@ -45,8 +51,9 @@ impl From<pb::Error> for ServerError {
         Self {
             code: error.code,
             message: error.message,
-            retry_after: (error.retry_after_ms > 0)
-                .then(|| Duration::from_millis(u64::from(error.retry_after_ms))),
+            retry_after: (error.retry_after_ms > 0).then(|| {
+                Duration::from_millis(u64::from(error.retry_after_ms)).min(MAX_RETRY_AFTER)
+            }),
         }
     }
 }
@@ -277,6 +284,12 @@ mod tests {
         assert_eq!(closed.retry_after(), Some(Duration::from_millis(250)));
         assert_eq!(closed.server_error().map(|e| e.code), Some(1777));
         assert!(closed.to_string().contains("1777 UNKNOWN: later"));
+        let forever = ServerError::from(pb::Error {
+            code: ErrorCode::RateLimited as i32,
+            message: String::new(),
+            retry_after_ms: u32::MAX,
+        });
+        assert_eq!(forever.retry_after, Some(MAX_RETRY_AFTER));
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub use config::{
     DEFAULT_EVENT_CAPACITY, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use discovery::{DiscoveryOptions, Transport};
-pub use error::{ClientError, ServerError};
+pub use error::{ClientError, ServerError, MAX_RETRY_AFTER};
 pub use hanmadi_proto::websocket::Encoding;
 pub use hanmadi_proto::{pb, ConversationId, ErrorAction, ErrorCode};
 pub use reconnect::{

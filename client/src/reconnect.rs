@@ -620,6 +620,7 @@ impl Supervisor {
         let mut after = self.seam.begin_sync();
         let mut page: PageFuture = fetch_page(client.clone(), after.clone(), limit, None);
         let mut syncing = true;
+        let mut stalled = false;
         let mut ready = Vec::new();
         loop {
             let wake = tokio::select! {
@@ -642,9 +643,9 @@ impl Supervisor {
                         self.backoff.reset();
                     }
                     SyncStep::Stalled => {
-                        return Outcome::End(Some(ClientError::Protocol(String::from(
-                            "Sync answered has_more without moving past its cursor",
-                        ))))
+                        // What the page admitted before the stall is handed
+                        // out first: the position already counts it.
+                        stalled = true;
                     }
                 },
                 Wake::Page(Err(error)) if error.action() == ErrorAction::Retry => {
@@ -672,6 +673,11 @@ impl Supervisor {
                 if !handed {
                     return Outcome::End(None);
                 }
+            }
+            if stalled {
+                return Outcome::End(Some(ClientError::Protocol(String::from(
+                    "Sync answered has_more without moving past its cursor",
+                ))));
             }
         }
     }

@@ -31,6 +31,12 @@ struct State {
     reject_tokens: bool,
     /// Answer every `Sync` after a non-empty cursor with `CURSOR_EXPIRED`.
     expire_cursors: bool,
+    /// Answer every `Sync` with the next entry not yet answered, a `next`
+    /// fixed at entry 4's cursor, and more to come: a broken server whose
+    /// second page no longer moves the sync on.
+    stall_at_entry_4: bool,
+    /// Entries answered so far in that mode.
+    stall_answered: usize,
     /// On connect, push the newest this-many entries live although the
     /// client will sync them too, as a server catching up may.
     overlap: usize,
@@ -194,6 +200,14 @@ fn answer(state: &watch::Sender<State>, kind: client_frame::Kind) -> Answer {
             client_frame::Kind::Sync(sync) => {
                 if state.expire_cursors && !sync.after.is_empty() {
                     Answer::Reply(error(ErrorCode::CursorExpired, "trimmed"))
+                } else if state.stall_at_entry_4 {
+                    let entry = state.entries[state.stall_answered].clone();
+                    state.stall_answered += 1;
+                    Answer::Reply(server_frame::Kind::SyncBatch(pb::SyncBatch {
+                        messages: vec![entry],
+                        next: cursor(4),
+                        has_more: true,
+                    }))
                 } else {
                     let start = state
                         .entries
@@ -366,6 +380,24 @@ async fn a_give_up_error_while_reconnecting_ends_the_stream() {
         "{error:?}"
     );
     assert_eq!(error.action(), ErrorAction::GiveUp);
+}
+
+/// A sync whose `next` stops moving ends the helper with a protocol
+/// error, but what its pages brought first is handed out: the helper's
+/// position already counts it, and a restart from that position would
+/// never see it again.
+#[tokio::test]
+async fn a_stalled_sync_hands_out_what_it_brought_before_ending() {
+    let chat = FakeChat::start().await;
+    chat.update(|state| state.stall_at_entry_4 = true);
+    chat.commit(6);
+    let mut client = chat.client(fast_options()).await;
+    // Page one: entry 0, next skipping ahead to entry 4; page two: entry
+    // 1, next still at entry 4.
+    assert_eq!(take(&mut client, 2).await, ids(0..2));
+    let error = final_error(&mut client).await;
+    assert!(matches!(error, ClientError::Protocol(_)), "{error:?}");
+    assert_eq!(client.last_cursor(), &cursor(1));
 }
 
 #[tokio::test]
