@@ -47,7 +47,7 @@
 //! | `--max-conns-per-ip` | `HANMADI_MAX_CONNS_PER_IP` | `max_conns_per_ip` | `1000` | live connections per remote address on this node |
 //! | `--outbound-queue-bytes` | `HANMADI_OUTBOUND_QUEUE_BYTES` | `outbound_queue_bytes` | `1048576` | per-connection outbound backlog before it is closed as a slow consumer |
 //! | `--max-connections` | `HANMADI_MAX_CONNECTIONS` | `max_connections` | `100000` | capacity this node advertises to discovery |
-//! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups |
+//! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups (at most 5000) |
 //! | `--page-bytes-per-sec` | `HANMADI_PAGE_BYTES_PER_SEC` | `page_bytes_per_sec` | `67108864` (64 MiB) | message bytes per second that `Sync` and `History` pages of all clients together may read; a page waits when they are spent |
 //! | `--commit-linger-us` | `HANMADI_COMMIT_LINGER_US` | `commit_linger_us` | `1000` | with the embedded store, while sends arrive at 2 or more per linger: commits start at most this far apart, so each fsync carries more messages (less CPU per message, up to this much more latency); `0` commits every batch at once |
 //! | `--max-send-wait-ms` | `HANMADI_MAX_SEND_WAIT_MS` | `max_send_wait_ms` | `1000` | when no send has been acknowledged within this for 100 ms (or none at all for this long), HTTP sends past the first 1,024 in flight (socket sends counted) are refused with `503 SERVER_BUSY` rather than queued; socket sends wait, as they do for a full queue; `0` refuses only when the queue is full |
@@ -104,6 +104,10 @@ pub const MIN_SECRET_LEN: usize = 32;
 
 /// Name of the generated token secret inside the data directory.
 pub const SECRET_FILE: &str = "secret";
+
+/// The largest `max_group_members` a node accepts: a group message commits
+/// in one transaction, which stays under FoundationDB's 1 MB guidance.
+pub const MAX_GROUP_MEMBERS: u32 = 5000;
 
 /// The `hanmadi` command line.
 #[derive(Debug, Parser)]
@@ -310,7 +314,7 @@ pub struct Config {
     /// Capacity advertised to discovery [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_connections: u64,
-    /// Size cap of new groups [default: 1000].
+    /// Size cap of new groups, at most 5000 [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_group_members: u32,
     /// Message bytes per second all Sync and History pages together may
@@ -980,6 +984,13 @@ impl Config {
             // A client that pings on schedule would still be cut off.
             return invalid("idle_timeout_ms", "must be above heartbeat_ms");
         }
+        if self.max_group_members > MAX_GROUP_MEMBERS {
+            // A group message commits in one transaction, about 200 bytes
+            // per member: a larger group would pass FoundationDB's 1 MB
+            // guidance, and by 50,000 members the 10 MB limit of both
+            // stores, failing every message sent to it.
+            return invalid("max_group_members", "must be at most 5000");
+        }
         for (setting, value) in [
             ("rate_per_sec", u64::from(self.rate_per_sec)),
             ("rate_burst", u64::from(self.rate_burst)),
@@ -1634,6 +1645,7 @@ mod tests {
         bad(&["--max-frame-bytes", "5000000000"], "max_frame_bytes");
         bad(&["--outbound-queue-bytes", "1000"], "outbound_queue_bytes");
         bad(&["--heartbeat-ms", "0"], "heartbeat_ms");
+        bad(&["--max-group-members", "5001"], "max_group_members");
         bad(
             &["--heartbeat-ms", "1000", "--idle-timeout-ms", "1000"],
             "idle_timeout_ms",
