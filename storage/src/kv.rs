@@ -200,6 +200,12 @@ impl KvError {
         )
     }
 
+    /// Whether the operation may succeed if tried again later: the
+    /// retryable errors, and a timeout, which is not retried in place.
+    pub fn may_succeed_later(&self) -> bool {
+        self.is_retryable() || matches!(self, KvError::TimedOut)
+    }
+
     /// Whether the failed commit may nevertheless have been applied.
     pub fn maybe_committed(&self) -> bool {
         matches!(

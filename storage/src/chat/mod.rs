@@ -101,9 +101,7 @@ impl StoreError {
     /// Whether the operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            // A timed-out transaction is not retried in place, but the
-            // cluster may answer later.
-            StoreError::Kv(e) => e.is_retryable() || matches!(e, KvError::TimedOut),
+            StoreError::Kv(e) => e.may_succeed_later(),
             // Retrying is always safe: the dedup entry answers it.
             StoreError::MaybeStored { .. } => true,
             _ => false,

@@ -419,9 +419,10 @@ impl<K: Kv> ChatStore<K> {
                 if let Err(e) = retry.backoff(err).await {
                     // Each message gets its own copy of the error, keeping
                     // whether trying again later may help (retries ran out
-                    // on a conflict or an unknown result) or not.
+                    // on a conflict or an unknown result, or the cluster
+                    // did not answer in time) or not.
                     let msg = e.to_string();
-                    let retryable = e.is_retryable();
+                    let retryable = e.may_succeed_later();
                     let end = end.max(1);
                     for s in slots[start..start + end].iter_mut() {
                         if s.outcome.is_some() {
