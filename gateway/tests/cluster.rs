@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod moving;
+
 use std::time::Duration;
 
 use hanmadi_gateway::cluster::LeaseTiming;
@@ -891,26 +893,10 @@ async fn a_client_moved_between_nodes_fifty_times_gets_exactly_its_inbox() {
         })
     };
     let senders = [send(a_sender, "a"), send(b_sender, "b")];
-    let mut received = Vec::new();
-    let mut moves = 0;
-    while received.len() < MESSAGES {
-        let r = tokio::time::timeout(Duration::from_secs(20), inbox.next())
-            .await
-            .expect("progress within 20 s")
-            .expect("stream open")
-            .expect("no final error");
-        received.push((r.message.message_id, r.cursor.clone()));
-        if received.len() % 35 == 0 && moves < 50 {
-            if let Some(c) = inbox.client() {
-                c.close().await;
-                moves += 1;
-            }
-        }
-    }
+    let received = moving::read_while_moving(&mut inbox, MESSAGES, 50).await;
     for s in senders {
         s.await.unwrap();
     }
-    assert!(moves >= 50, "moved only {moves} times");
     let mut want = Vec::new();
     let mut after = None;
     loop {

@@ -1,6 +1,7 @@
 //! A cluster of real `hanmadi serve --store fdb` processes on loopback over
-//! one FoundationDB cluster: delivery across nodes, `kill -9` of a node
-//! under load, and fencing of a node paused past its lease.
+//! one FoundationDB cluster: delivery across nodes, a reader moved between
+//! nodes, notifications lost with the links, `kill -9` of a node under
+//! load, and fencing of a node paused past its lease.
 //!
 //! Needs the `foundationdb` feature and `FDB_CLUSTER_FILE` naming a running
 //! cluster (`scripts/with-fdb.sh` and `.ci/run` provide both); without
@@ -11,6 +12,8 @@
 
 #[cfg(feature = "foundationdb")]
 mod binary;
+#[cfg(feature = "foundationdb")]
+mod moving;
 
 #[cfg(not(feature = "foundationdb"))]
 #[test]
@@ -45,6 +48,16 @@ mod on_fdb {
             return None;
         }
         Some(file)
+    }
+
+    /// The cluster file and this test's turn on the cluster; `None`, once
+    /// the test has said it skipped, when no cluster is configured.
+    async fn cluster_turn() -> Option<(String, tokio::sync::MutexGuard<'static, ()>)> {
+        let Some(file) = cluster_file() else {
+            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+            return None;
+        };
+        Some((file, TURN.lock().await))
     }
 
     fn now_ms() -> u64 {
@@ -139,11 +152,14 @@ mod on_fdb {
                 .text()
                 .await
                 .unwrap();
+            // `name value` or `name{labels} value`, one line per series.
             text.lines()
                 .filter_map(|l| {
                     let (series, value) = l.rsplit_once(' ')?;
-                    let series_name = series.split('{').next()?;
-                    (series_name == name).then(|| value.trim().parse::<f64>().ok())?
+                    if series.split('{').next() != Some(name) {
+                        return None;
+                    }
+                    value.trim().parse::<f64>().ok()
                 })
                 .sum::<f64>() as u64
         }
@@ -310,11 +326,9 @@ mod on_fdb {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_processes_deliver_across_nodes() {
-        let Some(cluster) = cluster_file() else {
-            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+        let Some((cluster, _turn)) = cluster_turn().await else {
             return;
         };
-        let _turn = TURN.lock().await;
         // The feed's backstop is a minute away: what arrives within the
         // test's seconds came over the links.
         let nodes: Vec<Node> = (0..3).map(|_| Node::start(&cluster, 60_000)).collect();
@@ -398,11 +412,9 @@ mod on_fdb {
         const MOVES: usize = 50;
         // Send loops per sender, so the run takes seconds.
         const LOOPS: usize = 4;
-        let Some(cluster) = cluster_file() else {
-            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+        let Some((cluster, _turn)) = cluster_turn().await else {
             return;
         };
-        let _turn = TURN.lock().await;
         let nodes: Vec<Node> = (0..3).map(|_| Node::start(&cluster, 1000)).collect();
         until_linked(&nodes.iter().collect::<Vec<_>>()).await;
         until_discovery_lists(&nodes.iter().collect::<Vec<_>>()).await;
@@ -431,29 +443,13 @@ mod on_fdb {
         }
         let closes_before: Vec<u64> =
             futures::future::join_all(nodes.iter().map(|n| n.metric("hanmadi_closes_total"))).await;
-        let mut received = Vec::new();
-        let mut moves = 0;
-        while received.len() < MESSAGES {
-            let r = tokio::time::timeout(Duration::from_secs(20), inbox_client.next())
-                .await
-                .expect("progress within 20 s")
-                .expect("stream open")
-                .expect("no final error");
-            received.push((r.message.message_id, r.cursor.clone()));
-            if received.len() % (MESSAGES / MOVES - 1) == 0 && moves < MOVES {
-                if let Some(c) = inbox_client.client() {
-                    c.close().await;
-                    moves += 1;
-                }
-            }
-        }
+        let received = super::moving::read_while_moving(&mut inbox_client, MESSAGES, MOVES).await;
         for s in sends {
             s.await.unwrap();
         }
         for e in echoes {
             e.abort();
         }
-        assert_eq!(moves, MOVES);
         // Discovery hands each reconnect the next node in turn, so every
         // node served the reader and saw some of its moves.
         for (n, before) in nodes.iter().zip(closes_before) {
@@ -469,11 +465,9 @@ mod on_fdb {
     async fn lost_link_notifications_arrive_through_the_change_feed() {
         const BACKSTOP_MS: u64 = 300;
         const OTHER_SECRET: &str = "another cluster's secret, also 32 bytes or more";
-        let Some(cluster) = cluster_file() else {
-            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+        let Some((cluster, _turn)) = cluster_turn().await else {
             return;
         };
-        let _turn = TURN.lock().await;
         // Nodes with different secrets refuse each other's node links, so
         // every notification between them is lost; they share the store,
         // its presence index and its change feed.
@@ -505,18 +499,16 @@ mod on_fdb {
             assert!(sent.elapsed() < bound, "{i} took {:?}", sent.elapsed());
         }
         for n in &nodes {
-            assert_eq!(n.links().await, 0, "no link carried anything");
+            assert_eq!(n.links().await, 0, "no link between the nodes is open");
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kill_9_of_a_node_under_load_loses_nothing() {
         const PER_SENDER: usize = 600;
-        let Some(cluster) = cluster_file() else {
-            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+        let Some((cluster, _turn)) = cluster_turn().await else {
             return;
         };
-        let _turn = TURN.lock().await;
         let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&cluster, 1000)).collect();
         until_linked(&nodes.iter().collect::<Vec<_>>()).await;
         until_discovery_lists(&nodes.iter().collect::<Vec<_>>()).await;
@@ -602,11 +594,9 @@ mod on_fdb {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_paused_node_whose_id_was_taken_commits_nothing() {
-        let Some(cluster) = cluster_file() else {
-            println!("skipped: no FoundationDB cluster (FDB_CLUSTER_FILE is not set)");
+        let Some((cluster, _turn)) = cluster_turn().await else {
             return;
         };
-        let _turn = TURN.lock().await;
         let paused = Node::start(&cluster, 1000);
         let paused_id = paused.node_id().await;
         let users = provision(&paused, &prefix("fence"), 2).await;

@@ -3,9 +3,12 @@
 //! Runs when the crate is built with feature `foundationdb` and
 //! `FDB_CLUSTER_FILE` names an existing cluster file; otherwise every test
 //! says it skipped and passes. Each test works under its own key prefix (test
-//! name, process id, start time), so runs can share a cluster.
+//! name, process id, start time), so runs can share a cluster. One more
+//! test needs only the client library: an unreachable cluster and the
+//! transaction timeout.
 
-// This binary uses only the KV suite of the shared helpers.
+// This binary uses the KV suite of the shared helpers, and the chat
+// suite's message builder for the unreachable cluster's send.
 #[cfg(feature = "foundationdb")]
 #[allow(dead_code)]
 mod common;

@@ -104,6 +104,23 @@ pub struct ConnContext<K: Kv> {
     pub feed_started: Option<Arc<tokio::sync::SetOnce<()>>>,
 }
 
+impl<K: Kv> ConnContext<K> {
+    /// In a cluster, waits until the change feed's reader knows where it
+    /// starts: an inbox read after that is covered by the feed, the
+    /// backstop for lost notifications. `false` when the node stops or
+    /// `deadline` passes first; at once `true` on one node.
+    pub(crate) async fn feed_started(&self, deadline: tokio::time::Instant) -> bool {
+        let Some(started) = &self.feed_started else {
+            return true;
+        };
+        tokio::select! {
+            _ = started.wait() => true,
+            () = self.shutdown.cancelled() => false,
+            () = tokio::time::sleep_until(deadline) => false,
+        }
+    }
+}
+
 impl<K: Kv> std::fmt::Debug for ConnContext<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnContext")
@@ -208,7 +225,14 @@ where
         Some(index) => Some(Box::pin(index.announce(user)).await),
         None => None,
     };
-    if let Err(close) = feed_started(&ctx).await {
+    let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
+    if !ctx.feed_started(deadline).await {
+        let close = if ctx.shutdown.is_cancelled() {
+            Close::draining()
+        } else {
+            tracing::warn!("the change feed has not started; refusing a connection");
+            Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED)
+        };
         return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
     }
     // Where live delivery starts: read before registering, so a message
@@ -348,22 +372,6 @@ async fn authenticate<K: Kv>(ctx: &ConnContext<K>, token: &str) -> Result<u64, C
                 Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED)
             }
         })
-}
-
-/// In a cluster: waits until the change feed's reader knows where it
-/// starts, so that the inbox head read next is covered by the feed.
-async fn feed_started<K: Kv>(ctx: &ConnContext<K>) -> Result<(), Close> {
-    let Some(started) = &ctx.feed_started else {
-        return Ok(());
-    };
-    tokio::select! {
-        _ = started.wait() => Ok(()),
-        () = ctx.shutdown.cancelled() => Err(Close::draining()),
-        () = tokio::time::sleep(ctx.config.handshake_timeout) => {
-            tracing::warn!("the change feed has not started; refusing a connection");
-            Err(Close::with(ErrorCode::Unavailable, "store_error", STORE_FAILED))
-        }
-    }
 }
 
 /// Reads one frame, `None` at a clean end of stream.

@@ -130,16 +130,11 @@ pub(super) async fn sync<K: Kv>(
     };
     let waiter = state.ctx.registry.wait_for_commit(me);
     drop(announced);
-    // In a cluster, the change feed wakes this poll for a commit whose
-    // notification was lost, if it committed after where the feed's
-    // reader started: read the inbox only once that start is known.
-    if let Some(started) = &state.ctx.feed_started {
-        tokio::select! {
-            _ = started.wait() => {}
-            () = tokio::time::sleep_until(deadline) => {}
-            () = state.ctx.shutdown.cancelled() => {}
-        }
-    }
+    // The change feed wakes this poll for a commit whose notification was
+    // lost only if it committed after where the feed's reader started:
+    // read the inbox once that start is known. Should the wait end first,
+    // the read below still answers with what is stored.
+    state.ctx.feed_started(deadline).await;
     loop {
         let mut commit = pin!(waiter.notified());
         commit.as_mut().enable();

@@ -155,14 +155,19 @@ pub fn child_command(name: &str, var: &str, dir: &std::path::Path) -> std::proce
     command
 }
 
-/// In a child process started by [`child_command`]: its data directory
-/// and a runtime to run it on; `None` when the test runs by itself.
+/// In a child process started by [`child_command`]: its data directory;
+/// `None` when the test runs by itself.
+pub fn child_dir(var: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(var).map(Into::into)
+}
+
+/// As [`child_dir`], with a multi-thread runtime to run the child on.
 pub fn child(var: &str) -> Option<(std::path::PathBuf, tokio::runtime::Runtime)> {
-    let dir = std::env::var_os(var)?;
+    let dir = child_dir(var)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    Some((dir.into(), rt))
+    Some((dir, rt))
 }
