@@ -1,5 +1,6 @@
-//! The embedded storage engines (fjall and redb) under Hanmadi's message
-//! workload, both through the `Backend` trait, on a real disk with fsync on.
+//! The embedded storage engines (fjall and redb, and RocksDB when built with
+//! the `rocksdb` feature) under Hanmadi's message workload, each through the
+//! `Backend` trait, on a real disk with fsync on.
 //!
 //! Per engine, on a store pre-filled with [`PREFILL_MESSAGES`] messages:
 //!
@@ -477,6 +478,17 @@ fn engines(c: &mut Criterion) {
             Err(e) => panic!("redb: {e}"),
         };
         bench_engine(c, "redb", backend, dir.path());
+    }
+    #[cfg(feature = "rocksdb")]
+    {
+        use hanmadi_storage::backend::rocksdb::{RocksdbBackend, RocksdbOptions};
+        let dir = tempdir("rocksdb");
+        let backend = match RocksdbBackend::open(&dir.path().join("db"), RocksdbOptions::default())
+        {
+            Ok(backend) => backend,
+            Err(e) => panic!("rocksdb: {e}"),
+        };
+        bench_engine(c, "rocksdb", backend, dir.path());
     }
 }
 

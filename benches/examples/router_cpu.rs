@@ -3,8 +3,9 @@
 //! CPU time per message. CPU time is the steadier figure on a shared
 //! machine: other processes stretch the wall clock, not the work done.
 //!
-//! `cargo run --release -p hanmadi-benches --example router_cpu -- IN_FLIGHT MESSAGES`
-//! (defaults: 512 in flight, 200,000 messages).
+//! `cargo run --release -p hanmadi-benches --example router_cpu -- IN_FLIGHT MESSAGES [ENGINE]`
+//! (defaults: 512 in flight, 200,000 messages, `fjall`). `ENGINE` `rocksdb`
+//! runs the same on RocksDB and needs `--features rocksdb`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use hanmadi_proto::SharedMessage;
 use hanmadi_router::{
     Delivery, DeliverySink, LocalPresence, Router, RouterConfig, SendRequest, Target,
 };
+use hanmadi_storage::kv::Kv;
+use hanmadi_storage::ChatStore;
 
 const USERS: u64 = 10_000;
 
@@ -59,51 +62,66 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let in_flight: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(512);
     let messages: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let engine = args.next().unwrap_or_else(|| "fjall".into());
     let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    rt.block_on(async {
-        let store = hanmadi_benches::open_store(dir.path());
-        hanmadi_benches::create_users(&store, USERS).await;
-        let presence = Arc::new(LocalPresence::new());
-        for u in 1..=USERS {
-            presence.connect(u);
-        }
-        let sink = Arc::new(FrameSink::default());
-        let (router, _task) = Router::start(store, presence, sink.clone(), RouterConfig::default());
-        let router = Arc::new(router);
-        let per = messages.div_ceil(in_flight);
-        let cpu0 = cpu_seconds();
-        let t0 = Instant::now();
-        let mut tasks = Vec::new();
-        for s in 0..in_flight {
-            let router = Arc::clone(&router);
-            tasks.push(tokio::spawn(async move {
-                for i in 0..per {
-                    let n = s * 1_000_000_000 + i;
-                    let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    let a = 1 + x % USERS;
-                    let b = 1 + (a + (x >> 32) % (USERS - 1)) % USERS;
-                    let req = SendRequest {
-                        client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
-                        to: Target::User(b),
-                        body: "x".repeat(100),
-                    };
-                    router.send(a, req).await.expect("send");
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("sender");
-        }
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu0;
-        let sent = per * in_flight;
-        println!(
-            "{sent} messages, {in_flight} in flight: {:.0} acked/s, {:.1} µs CPU per message ({:.2} cores), {} deliveries",
-            sent as f64 / wall,
-            cpu * 1e6 / sent as f64,
-            cpu / wall,
-            sink.frames.load(Ordering::Relaxed),
-        );
-    });
+    match engine.as_str() {
+        "fjall" => rt.block_on(run(
+            hanmadi_benches::open_store(dir.path()),
+            in_flight,
+            messages,
+        )),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => rt.block_on(run(
+            hanmadi_benches::open_rocksdb_store(dir.path()),
+            in_flight,
+            messages,
+        )),
+        other => panic!("unknown engine {other:?}: fjall, or rocksdb with --features rocksdb"),
+    }
+}
+
+async fn run<K: Kv>(store: ChatStore<K>, in_flight: u64, messages: u64) {
+    hanmadi_benches::create_users(&store, USERS).await;
+    let presence = Arc::new(LocalPresence::new());
+    for u in 1..=USERS {
+        presence.connect(u);
+    }
+    let sink = Arc::new(FrameSink::default());
+    let (router, _task) = Router::start(store, presence, sink.clone(), RouterConfig::default());
+    let router = Arc::new(router);
+    let per = messages.div_ceil(in_flight);
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..in_flight {
+        let router = Arc::clone(&router);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                let n = s * 1_000_000_000 + i;
+                let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let a = 1 + x % USERS;
+                let b = 1 + (a + (x >> 32) % (USERS - 1)) % USERS;
+                let req = SendRequest {
+                    client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
+                    to: Target::User(b),
+                    body: "x".repeat(100),
+                };
+                router.send(a, req).await.expect("send");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let sent = per * in_flight;
+    println!(
+        "{sent} messages, {in_flight} in flight: {:.0} acked/s, {:.1} µs CPU per message ({:.2} cores), {} deliveries",
+        sent as f64 / wall,
+        cpu * 1e6 / sent as f64,
+        cpu / wall,
+        sink.frames.load(Ordering::Relaxed),
+    );
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
+use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreConfig};
 
 /// The node's allocator (see the `hanmadi` binary), so that benchmarks
@@ -38,13 +39,29 @@ pub fn open_store(dir: &Path) -> ChatStore<EmbeddedKv<FjallBackend>> {
     ChatStore::new(kv, StoreConfig::single_node())
 }
 
+/// The same store on RocksDB instead of fjall, for comparing the engines
+/// (`docs/STORAGE.md`).
+///
+/// # Panics
+///
+/// When the store cannot be opened.
+#[cfg(feature = "rocksdb")]
+pub fn open_rocksdb_store(
+    dir: &Path,
+) -> ChatStore<EmbeddedKv<hanmadi_storage::backend::rocksdb::RocksdbBackend>> {
+    use hanmadi_storage::backend::rocksdb::{RocksdbBackend, RocksdbOptions};
+    let backend = RocksdbBackend::open(dir, RocksdbOptions::default()).expect("open rocksdb");
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
+    ChatStore::new(kv, StoreConfig::single_node())
+}
+
 /// Creates users `1..=n` (named `u<id>`), 256 sign-ups at a time so the
 /// engine groups their commits.
 ///
 /// # Panics
 ///
 /// When a sign-up fails.
-pub async fn create_users(store: &ChatStore<EmbeddedKv<FjallBackend>>, n: u64) {
+pub async fn create_users<K: Kv>(store: &ChatStore<K>, n: u64) {
     let users: Vec<u64> = (1..=n).collect();
     for chunk in users.chunks(256) {
         let tasks: Vec<_> = chunk

@@ -24,7 +24,7 @@
 //! | `--key` | `HANMADI_KEY` | `key` | none | PEM private key for `cert` |
 //! | `--region` | `HANMADI_REGION` | `region` | `local` | region this node serves; discovery ranks same-region nodes first |
 //! | `--secret` | `HANMADI_SECRET` | `secret` | contents of `<data_dir>/secret`, created on first start | token secret (HMAC and HS256 JWT key), at least 32 bytes; every node of a cluster needs the same one |
-//! | `--store` | `HANMADI_STORE` | `store` | `embedded` | storage engine: `embedded` or `fdb` |
+//! | `--store` | `HANMADI_STORE` | `store` | `embedded` | storage engine: `embedded`, `fdb`, or `rocksdb` (the embedded store on RocksDB, for comparing engines; needs a build with the `rocksdb` feature) |
 //! | `--fdb-cluster-file` | `HANMADI_FDB_CLUSTER_FILE` | `fdb_cluster_file` | FoundationDB's default | cluster file for `--store fdb` |
 //! | `--store-cache-mb` | `HANMADI_STORE_CACHE_MB` | `store_cache_mb` | `256` | with the embedded store: its block cache, in MiB (most of the node's memory once warm) |
 //! | `--store-memtable-mb` | `HANMADI_STORE_MEMTABLE_MB` | `store_memtable_mb` | `64` | with the embedded store: the size at which its memtable is flushed to disk, in MiB; smaller uses less memory and flushes more often |
@@ -555,6 +555,9 @@ pub enum StoreKind {
     Embedded,
     /// A FoundationDB cluster shared by every node.
     Fdb,
+    /// The embedded store on RocksDB instead of fjall, for comparing the two
+    /// engines; needs a build with the `rocksdb` feature (docs/STORAGE.md).
+    Rocksdb,
 }
 
 impl FromStr for StoreKind {
@@ -564,7 +567,10 @@ impl FromStr for StoreKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "embedded" => Ok(Self::Embedded),
             "fdb" => Ok(Self::Fdb),
-            _ => Err(format!("unknown store {s:?}: expected embedded or fdb")),
+            "rocksdb" => Ok(Self::Rocksdb),
+            _ => Err(format!(
+                "unknown store {s:?}: expected embedded, fdb or rocksdb"
+            )),
         }
     }
 }
@@ -574,6 +580,7 @@ impl fmt::Display for StoreKind {
         f.write_str(match self {
             Self::Embedded => "embedded",
             Self::Fdb => "fdb",
+            Self::Rocksdb => "rocksdb",
         })
     }
 }

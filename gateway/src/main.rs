@@ -100,7 +100,35 @@ fn serve(config: Config) -> Result<(), String> {
             ))
         }
         StoreKind::Fdb => serve_fdb(&runtime, &config),
+        StoreKind::Rocksdb => serve_rocksdb(&runtime, &config),
     }
+}
+
+#[cfg(feature = "rocksdb")]
+fn serve_rocksdb(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<(), String> {
+    use hanmadi_storage::backend::rocksdb::{RocksdbBackend, RocksdbOptions};
+    let path = config.data_dir.join("store-rocksdb");
+    let options = RocksdbOptions {
+        cache_size: usize::try_from(config.store_cache_mb << 20).unwrap_or(usize::MAX),
+        max_memtable_size: usize::try_from(config.store_memtable_mb << 20).unwrap_or(usize::MAX),
+        background_low_priority: config.store_background_nice > 0,
+        ..RocksdbOptions::default()
+    };
+    let backend = RocksdbBackend::open(&path, options)
+        .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
+        .map_err(|e| format!("starting the store: {e}"))?;
+    runtime.block_on(run(
+        ChatStore::new(kv, StoreConfig::single_node()),
+        config,
+        false,
+        None,
+    ))
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn serve_rocksdb(_: &tokio::runtime::Runtime, _: &Config) -> Result<(), String> {
+    Err("this hanmadi was built without RocksDB support (feature `rocksdb`)".into())
 }
 
 #[cfg(feature = "foundationdb")]

@@ -233,3 +233,34 @@ async fn sigterm_under_load_drains() {
     let acked = acks.lock().clone();
     check_persisted(dir.path(), &acked).await;
 }
+
+/// A store this build was compiled without is refused at start, naming the
+/// feature that carries it, before the node listens anywhere.
+#[test]
+fn a_store_left_out_of_the_build_is_refused_by_name() {
+    let mut missing = Vec::new();
+    if cfg!(not(feature = "rocksdb")) {
+        missing.push(("rocksdb", "feature `rocksdb`"));
+    }
+    if cfg!(not(feature = "foundationdb")) {
+        missing.push(("fdb", "feature `foundationdb`"));
+    }
+    for (store, feature) in missing {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(env!("CARGO_BIN_EXE_hanmadi"))
+            .args(["serve", "--store", store, "--secret", SECRET])
+            .args(["--tcp", "127.0.0.1:0", "--tls", "off"])
+            .args(["--http", "127.0.0.1:0", "--https", "off"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("run hanmadi");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--store {store} started: {stderr}");
+        assert!(stderr.contains(feature), "--store {store}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "--store {store} listened before refusing"
+        );
+    }
+}

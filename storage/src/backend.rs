@@ -12,6 +12,8 @@ use crate::kv::{KeyValue, KvError};
 pub(crate) mod conformance;
 pub mod fjall;
 pub mod redb;
+#[cfg(feature = "rocksdb")]
+pub mod rocksdb;
 
 /// One resolved mutation: atomic operations and versionstamps are already
 /// applied by the time a backend sees it.
