@@ -110,14 +110,23 @@ impl<K: Kv> ConnContext<K> {
     /// backstop for lost notifications. `false` when the node stops or
     /// `deadline` passes first; at once `true` on one node.
     pub(crate) async fn feed_started(&self, deadline: tokio::time::Instant) -> bool {
-        let Some(started) = &self.feed_started else {
-            return true;
-        };
-        tokio::select! {
-            _ = started.wait() => true,
-            () = self.shutdown.cancelled() => false,
-            () = tokio::time::sleep_until(deadline) => false,
+        match &self.feed_started {
+            Some(started) => wait_for_feed(started, &self.shutdown, deadline).await,
+            None => true,
         }
+    }
+}
+
+/// Whether `started` is set before the node stops and before `deadline`.
+async fn wait_for_feed(
+    started: &tokio::sync::SetOnce<()>,
+    shutdown: &CancellationToken,
+    deadline: tokio::time::Instant,
+) -> bool {
+    tokio::select! {
+        _ = started.wait() => true,
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep_until(deadline) => false,
     }
 }
 
@@ -562,6 +571,53 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::SetOnce;
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    /// A handshake waiting for the change feed's start goes on once it
+    /// starts, and gives up, without waiting out its deadline, when the
+    /// node stops first.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_the_feed_ends_at_its_start_or_at_shutdown() {
+        let hour = Instant::now() + Duration::from_secs(3600);
+        let started = Arc::new(SetOnce::new());
+        let shutdown = CancellationToken::new();
+        let waiter = {
+            let (started, shutdown) = (Arc::clone(&started), shutdown.clone());
+            tokio::spawn(async move { super::wait_for_feed(&started, &shutdown, hour).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "it returned before the feed started");
+        started.set(()).expect("set once");
+        assert!(waiter.await.expect("waiter"), "the started feed was missed");
+
+        let unstarted = SetOnce::new();
+        let at = Instant::now();
+        let stopper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                shutdown.cancel();
+            })
+        };
+        assert!(!super::wait_for_feed(&unstarted, &shutdown, hour).await);
+        assert_eq!(
+            at.elapsed(),
+            Duration::from_millis(50),
+            "it outwaited the shutdown"
+        );
+        stopper.await.expect("stopper");
+
+        let at = Instant::now();
+        let soon = at + Duration::from_millis(20);
+        assert!(!super::wait_for_feed(&unstarted, &CancellationToken::new(), soon).await);
+        assert_eq!(at.elapsed(), Duration::from_millis(20));
+    }
+
     /// Every idle connection holds its task's future: keep it small (the
     /// handshake and write paths are boxed for this).
     #[test]
