@@ -70,3 +70,75 @@ embedded_tests!(
     reads_at_a_known_commit => suite::reads_at_a_known_commit,
     chained_deliveries_name_the_entry_before => suite::chained_deliveries_name_the_entry_before,
 );
+
+/// A single writer learns a conversation's head from its last stored
+/// message: reopened with nothing in memory, it goes on after the last id
+/// of a conversation that has messages, and starts a new one from nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_single_writer_continues_after_each_conversations_last_message() {
+    use bytes::Bytes;
+    use hanmadi_proto::pb::MessageKind;
+    use hanmadi_proto::ConversationId;
+    use hanmadi_storage::chat::{IdSource, NewMessage};
+
+    fn message(conversation: ConversationId, sender: u64, n: u64) -> NewMessage {
+        NewMessage {
+            conversation,
+            sender,
+            client_msg_id: Bytes::from(format!("m-{n}")),
+            sent_at: n,
+            kind: MessageKind::Text,
+            body: format!("message {n}"),
+            membership: None,
+        }
+    }
+    async fn append_one(
+        store: &ChatStore<EmbeddedKv<FjallBackend>>,
+        ids: &suite::TestIds,
+        m: NewMessage,
+    ) -> u64 {
+        store
+            .append(vec![m], ids, &|_| true)
+            .await
+            .pop()
+            .expect("an outcome")
+            .expect("appended")
+            .message_id
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || {
+        let backend = FjallBackend::open(dir.path(), FjallOptions::default()).expect("open");
+        let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
+        ChatStore::new(kv, StoreConfig::single_node())
+    };
+    let talked = ConversationId::direct(3, 7);
+    let last = {
+        let store = open();
+        // Ids from far above where the reopened store's source starts, so
+        // only the stored head can carry the next id past them.
+        let ids = suite::TestIds::default();
+        ids.next_id(1_000_000);
+        let mut last = 0;
+        for n in 0..5 {
+            last = append_one(&store, &ids, message(talked, 3, n)).await;
+        }
+        last
+    };
+    let store = open();
+    let ids = suite::TestIds::default();
+    let next = append_one(&store, &ids, message(talked, 7, 10)).await;
+    assert!(
+        next > last,
+        "id {next} after {last} in a known conversation"
+    );
+    let new = ConversationId::direct(3, 8);
+    let first = append_one(&store, &ids, message(new, 3, 11)).await;
+    assert!(first > 0);
+    let history = store.history(new, None, 0, 10).await.expect("history");
+    assert_eq!(
+        history.messages.len(),
+        1,
+        "a new conversation holds its one message"
+    );
+}

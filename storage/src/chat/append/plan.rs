@@ -384,6 +384,24 @@ impl<K: Kv> ChatStore<K> {
         if let Some(h) = self.heads.get(conv) {
             return Ok(h);
         }
+        // A direct conversation's first message writes its `direct` keys in
+        // the same transaction, and nothing removes them: without them it
+        // has no message. The point read is answered by the engine's
+        // filters; the reverse range read it spares a new conversation
+        // walks every level of the store.
+        if let ConversationId::Direct {
+            user_low,
+            user_high,
+        } = conv
+        {
+            if txn
+                .get(&keys::direct(user_low, user_high), true)
+                .await?
+                .is_none()
+            {
+                return Ok(0);
+            }
+        }
         last_message_id(txn, conv).await
     }
 
