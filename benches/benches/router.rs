@@ -10,14 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hanmadi_proto::SharedMessage;
-use hanmadi_router::{
-    Delivery, DeliverySink, LocalPresence, Router, RouterConfig, SendRequest, Target,
-};
+use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig, Target};
 
-const USERS: u64 = 10_000;
+use hanmadi_benches::{pair, request, USERS};
 
 /// Builds each recipient's `Deliver` frame, as the gateway would before
 /// queueing it, and counts them.
@@ -72,21 +69,6 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 /// sends its pair of users.
 fn next_seq() -> u64 {
     SEQ.fetch_add(1, Ordering::Relaxed)
-}
-
-fn request(n: u64, to: Target) -> SendRequest {
-    SendRequest {
-        client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
-        to,
-        body: "x".repeat(100),
-    }
-}
-
-fn pair(n: u64) -> (u64, u64) {
-    let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let a = 1 + x % USERS;
-    let b = 1 + (a + (x >> 32) % (USERS - 1)) % USERS;
-    (a, b)
 }
 
 fn sends(c: &mut Criterion) {

@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hanmadi_router::{LocalPresence, NoDelivery, Router, RouterConfig, SendRequest, Target};
+use hanmadi_router::{LocalPresence, NoDelivery, Router, RouterConfig, Target};
 
-const USERS: u64 = 10_000;
+use hanmadi_benches::{pair, request, USERS};
 /// Sends are issued by this many tasks, each on its own schedule.
 const SENDERS: u64 = 64;
 
@@ -46,15 +45,12 @@ fn main() {
                 for i in 0..per_sender {
                     ticker.tick().await;
                     let n = s * 1_000_000 + i;
-                    let a = 1 + (n * 7919) % USERS;
-                    let b = 1 + (a + 1 + n % (USERS - 1)) % USERS;
-                    let req = SendRequest {
-                        client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
-                        to: Target::User(b),
-                        body: "x".repeat(100),
-                    };
+                    let (a, b) = pair(n);
                     let t0 = Instant::now();
-                    router.send(a, req).await.expect("send");
+                    router
+                        .send(a, request(n, Target::User(b)))
+                        .await
+                        .expect("send");
                     lat.push(t0.elapsed());
                 }
                 lat

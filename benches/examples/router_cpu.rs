@@ -11,15 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use hanmadi_proto::SharedMessage;
-use hanmadi_router::{
-    Delivery, DeliverySink, LocalPresence, Router, RouterConfig, SendRequest, Target,
-};
+use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig, Target};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
 
-const USERS: u64 = 10_000;
+use hanmadi_benches::{pair, request, USERS};
 
 /// Builds every recipient's `Deliver` frame, as the gateway does.
 #[derive(Debug, Default)]
@@ -99,15 +96,11 @@ async fn run<K: Kv>(store: ChatStore<K>, in_flight: u64, messages: u64) {
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
                 let n = s * 1_000_000_000 + i;
-                let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let a = 1 + x % USERS;
-                let b = 1 + (a + (x >> 32) % (USERS - 1)) % USERS;
-                let req = SendRequest {
-                    client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
-                    to: Target::User(b),
-                    body: "x".repeat(100),
-                };
-                router.send(a, req).await.expect("send");
+                let (a, b) = pair(n);
+                router
+                    .send(a, request(n, Target::User(b)))
+                    .await
+                    .expect("send");
             }
         }));
     }

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
+use hanmadi_router::{SendRequest, Target};
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
@@ -12,6 +14,28 @@ use hanmadi_storage::{ChatStore, StoreConfig};
 /// of the node's paths pay what the node pays for each allocation.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Users the router benchmarks create and send between.
+pub const USERS: u64 = 10_000;
+
+/// The `n`-th sender and recipient of the router benchmarks: two different
+/// users of `1..=USERS`, spread at random, so nearly every message of a
+/// run opens a conversation of its own.
+pub fn pair(n: u64) -> (u64, u64) {
+    let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let a = 1 + x % USERS;
+    let b = 1 + (a + (x >> 32) % (USERS - 1)) % USERS;
+    (a, b)
+}
+
+/// A send of 100 bytes to `to`, its `client_msg_id` made from `n`.
+pub fn request(n: u64, to: Target) -> SendRequest {
+    SendRequest {
+        client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
+        to,
+        body: "x".repeat(100),
+    }
+}
 
 /// The runtime every benchmark uses: two workers, as many as the benchmark
 /// machine has cores.
