@@ -539,12 +539,9 @@ mod on_fdb {
                     let mut got = Vec::new();
                     let want = 2 * PER_SENDER / 6;
                     while got.len() < want {
-                        let r = tokio::time::timeout(Duration::from_secs(30), inbox.next())
-                            .await
-                            .expect("progress")
-                            .expect("open")
-                            .expect("no final error");
-                        got.push((r.message.message_id, r.cursor.clone()));
+                        got.push(
+                            super::moving::next_entry(&mut inbox, Duration::from_secs(30)).await,
+                        );
                     }
                     got
                 })

@@ -4,6 +4,8 @@
 
 #[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
+mod moving;
 
 use std::time::Duration;
 
@@ -212,12 +214,7 @@ async fn reconnects_hand_over_exactly_the_inbox(transport: Transport) {
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut next_drop = 20usize;
     while received.len() < MESSAGES {
-        let r = tokio::time::timeout(Duration::from_secs(20), inbox.next())
-            .await
-            .expect("progress within 20 s")
-            .expect("stream open")
-            .expect("no final error");
-        received.push((r.message.message_id, r.cursor.clone()));
+        received.push(moving::next_entry(&mut inbox, Duration::from_secs(20)).await);
         if received.len() >= next_drop && drops < 100 {
             if let Some(c) = inbox.client() {
                 c.close().await;

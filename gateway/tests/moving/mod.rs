@@ -1,4 +1,4 @@
-//! The reading side of the seam checks in `cluster.rs` and
+//! The reading side of the seam checks in `e2e.rs`, `cluster.rs` and
 //! `cluster_fdb.rs`: a reconnecting reader whose connection is closed at
 //! intervals while it reads, so every stretch of its inbox comes over a
 //! different connection.
@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hanmadi_client::ReconnectingClient;
+
+/// The next message `inbox` hands its user, as `(message id, cursor)`.
+/// Fails the test past `within`, or when the stream ends or fails.
+pub async fn next_entry(inbox: &mut ReconnectingClient, within: Duration) -> (u64, Bytes) {
+    let r = tokio::time::timeout(within, inbox.next())
+        .await
+        .unwrap_or_else(|_| panic!("no progress within {within:?}"))
+        .expect("stream open")
+        .expect("no final error");
+    (r.message.message_id, r.cursor)
+}
 
 /// Reads `total` messages from `inbox` as `(message id, cursor)`, closing
 /// its connection `moves` times at even intervals; a close waits for the
@@ -21,12 +32,7 @@ pub async fn read_while_moving(
     let mut received = Vec::with_capacity(total);
     let mut moved = 0;
     while received.len() < total {
-        let r = tokio::time::timeout(Duration::from_secs(20), inbox.next())
-            .await
-            .expect("progress within 20 s")
-            .expect("stream open")
-            .expect("no final error");
-        received.push((r.message.message_id, r.cursor.clone()));
+        received.push(next_entry(inbox, Duration::from_secs(20)).await);
         if moved < moves && received.len() >= (moved + 1) * every {
             if let Some(c) = inbox.client() {
                 c.close().await;
