@@ -9,6 +9,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::Arc;
 
 use common::{child, child_command, child_dir, inbox, open_store, text, users, Engine};
@@ -59,6 +60,19 @@ async fn start_router(
     )
 }
 
+/// Runs the child test `name` to its end, on a fresh data directory
+/// (returned, so the parent can read it after): its exit status, standard
+/// output and standard error.
+fn run_child(name: &str, var: &str) -> (tempfile::TempDir, ExitStatus, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = child_command(name, var, dir.path())
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (dir, out.status, stdout, stderr)
+}
+
 #[test]
 #[ignore = "run by a_panic_after_the_commit_aborts_with_the_message_stored as a child process"]
 fn panicking_child() {
@@ -78,17 +92,11 @@ fn panicking_child() {
 fn a_panic_after_the_commit_aborts_with_the_message_stored() {
     // SIGABRT's number on Linux.
     const SIGABRT: i32 = 6;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = child_command("panicking_child", DIR_VAR, dir.path())
-        .output()
-        .expect("run child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (dir, status, stdout, stderr) = run_child("panicking_child", DIR_VAR);
     assert_eq!(
-        out.status.signal(),
+        status.signal(),
         Some(SIGABRT),
-        "the child aborts ({:?}); stdout: {stdout}; stderr: {stderr}",
-        out.status
+        "the child aborts ({status:?}); stdout: {stdout}; stderr: {stderr}"
     );
     assert!(!stdout.contains("ANSWERED"), "no answer: {stdout}");
     assert!(stderr.contains("a bug in the delivery sink"), "{stderr}");
@@ -136,19 +144,13 @@ fn failing_child() {
 
 #[test]
 fn a_panic_outside_the_appender_stays_a_panic() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = child_command("failing_child", FAILING_DIR_VAR, dir.path())
-        .output()
-        .expect("run child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_dir, status, stdout, stderr) = run_child("failing_child", FAILING_DIR_VAR);
     // The test harness's exit status for a failed test; an abort would be
     // a signal instead.
     assert_eq!(
-        out.status.code(),
+        status.code(),
         Some(101),
-        "the child fails its test ({:?}); stdout: {stdout}; stderr: {stderr}",
-        out.status
+        "the child fails its test ({status:?}); stdout: {stdout}; stderr: {stderr}"
     );
     assert!(stderr.contains(FAILED_CHECK), "{stderr}");
     assert!(!stderr.contains("aborting the node"), "{stderr}");
