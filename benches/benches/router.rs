@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use hanmadi_proto::SharedMessage;
 use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig, Target};
 
-use hanmadi_benches::{pair, request, USERS};
+use hanmadi_benches::{next_seq, request, send_direct, USERS};
 
 /// Builds each recipient's `Deliver` frame, as the gateway would before
 /// queueing it, and counts them.
@@ -63,14 +63,6 @@ fn start(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<R>, Arc<Co
     })
 }
 
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// The next send's sequence number: its `client_msg_id`, and for 1:1
-/// sends its pair of users.
-fn next_seq() -> u64 {
-    SEQ.fetch_add(1, Ordering::Relaxed)
-}
-
 fn sends(c: &mut Criterion) {
     let rt = hanmadi_benches::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,23 +81,7 @@ fn sends(c: &mut Criterion) {
                     rt.block_on(async {
                         let per = iters.div_ceil(k);
                         let start = Instant::now();
-                        let mut tasks = Vec::new();
-                        for _ in 0..k {
-                            let router = Arc::clone(&router);
-                            tasks.push(tokio::spawn(async move {
-                                for _ in 0..per {
-                                    let n = next_seq();
-                                    let (a, b) = pair(n);
-                                    router
-                                        .send(a, request(n, Target::User(b)))
-                                        .await
-                                        .expect("send");
-                                }
-                            }));
-                        }
-                        for t in tasks {
-                            t.await.expect("sender");
-                        }
+                        send_direct(&router, k, per).await;
                         // Report the time per message actually sent.
                         start.elapsed().mul_f64(iters as f64 / (per * k) as f64)
                     })

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hanmadi_proto::SharedMessage;
-use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig, Target};
+use hanmadi_router::{Delivery, DeliverySink, LocalPresence, Router, RouterConfig};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::ChatStore;
 
-use hanmadi_benches::{pair, request, USERS};
+use hanmadi_benches::USERS;
 
 /// Builds every recipient's `Deliver` frame, as the gateway does.
 #[derive(Debug, Default)]
@@ -90,23 +90,7 @@ async fn run<K: Kv>(store: ChatStore<K>, in_flight: u64, messages: u64) {
     let per = messages.div_ceil(in_flight);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for s in 0..in_flight {
-        let router = Arc::clone(&router);
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per {
-                let n = s * 1_000_000_000 + i;
-                let (a, b) = pair(n);
-                router
-                    .send(a, request(n, Target::User(b)))
-                    .await
-                    .expect("send");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("sender");
-    }
+    hanmadi_benches::send_direct(&router, in_flight, per).await;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let sent = per * in_flight;

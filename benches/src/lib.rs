@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use hanmadi_router::{SendRequest, Target};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hanmadi_router::{Router, SendRequest, Target};
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
@@ -34,6 +37,40 @@ pub fn request(n: u64, to: Target) -> SendRequest {
         client_msg_id: Bytes::from(n.to_be_bytes().to_vec()),
         to,
         body: "x".repeat(100),
+    }
+}
+
+/// A number no earlier call in this process returned: each send's
+/// `client_msg_id`, so that none is taken for a retry of another.
+pub fn next_seq() -> u64 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Sends `senders × per` 1:1 messages through `router` between the pairs
+/// of [`pair`], `senders` tasks each sending one message after another,
+/// and returns once every one is acknowledged.
+///
+/// # Panics
+///
+/// When a send fails.
+pub async fn send_direct<K: Kv>(router: &Arc<Router<K>>, senders: u64, per: u64) {
+    let mut tasks = Vec::with_capacity(usize::try_from(senders).unwrap_or(0));
+    for _ in 0..senders {
+        let router = Arc::clone(router);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                let n = next_seq();
+                let (a, b) = pair(n);
+                router
+                    .send(a, request(n, Target::User(b)))
+                    .await
+                    .expect("send");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
     }
 }
 
