@@ -14,7 +14,7 @@ use super::values::{dedup_value, inbox_value, parse_dedup_value};
 use super::{IdSource, MembershipChange, Slot};
 use crate::chat::groups::members_in;
 use crate::chat::records::{GroupRecord, Role};
-use crate::chat::{be_u64, keys, ChatStore, StoreError};
+use crate::chat::{be_u64, decode, keys, ChatStore, StoreError};
 use crate::kv::{Kv, KvError, KvTxn, RangeRead};
 
 /// A message's dedup key and stored entry, read ahead of planning.
@@ -91,7 +91,10 @@ impl<K: Kv> ChatStore<K> {
         // this one, as a rule), and the commit would fail for nothing. The
         // embedded engine reads when a read is issued, and `join4` issues
         // them in order.
-        let (fence, blocks, dedups, tails) = futures::future::join4(
+        // A cluster's planning reads (heads, group records and members)
+        // join them, so a message costs one round trip of reads, not one
+        // per key its planning would come to.
+        let (fence, blocks, dedups, tails, conversations) = futures::future::join5(
             self.check_fence(&txn),
             read_blocks(&txn, slots),
             self.read_dedups(&txn, slots),
@@ -99,6 +102,12 @@ impl<K: Kv> ChatStore<K> {
                 match chain {
                     true => read_tails(&txn, slots, online).await,
                     false => Ok(HashMap::new()),
+                }
+            },
+            async {
+                match self.config.single_writer {
+                    false => read_conversations(&txn, slots).await,
+                    true => Ok(AttemptState::default()),
                 }
             },
         )
@@ -127,7 +136,7 @@ impl<K: Kv> ChatStore<K> {
         let mut st = AttemptState {
             blocks: blocks.map_err(|e| (1, e))?,
             tails: tails.map_err(|e| (1, e))?,
-            ..AttemptState::default()
+            ..conversations.map_err(|e| (1, e))?
         };
         let mut planned: Vec<Planned> = Vec::with_capacity(slots.len());
         let mut dedups = dedups.map_err(|e| (1, e))?;
@@ -520,6 +529,68 @@ async fn read_blocks<T: KvTxn>(
         futures::future::try_join_all(pairs.iter().map(|&(a, b)| blocked_either(txn, a, b)))
             .await?;
     Ok(pairs.into_iter().zip(blocked).collect())
+}
+
+/// What planning would read of each conversation still to plan, read at
+/// once with conflicts, for an engine where each read is a round trip: its
+/// head, and a group's record and members. A value that does not decode is
+/// left out, so planning reads it again and fails only its own messages.
+async fn read_conversations<T: KvTxn>(txn: &T, slots: &[Slot]) -> Result<AttemptState, KvError> {
+    let mut convs: Vec<ConversationId> = slots
+        .iter()
+        .filter(|s| s.outcome.is_none())
+        .map(|s| s.msg.conversation)
+        .collect();
+    convs.sort_unstable();
+    convs.dedup();
+    let groups: Vec<u64> = convs
+        .iter()
+        .filter_map(|c| match c {
+            ConversationId::Group(g) => Some(*g),
+            ConversationId::Direct { .. } => None,
+        })
+        .collect();
+    let head_keys: Vec<Vec<u8>> = convs.iter().map(|&c| keys::head(c)).collect();
+    let group_keys: Vec<Vec<u8>> = groups.iter().map(|&g| keys::group(g)).collect();
+    let (heads, records, members) = futures::future::join3(
+        futures::future::try_join_all(head_keys.iter().map(|k| txn.get(k, false))),
+        futures::future::try_join_all(group_keys.iter().map(|k| txn.get(k, false))),
+        futures::future::join_all(groups.iter().map(|&g| members_in(txn, g, false))),
+    )
+    .await;
+    let mut st = AttemptState::default();
+    for (conv, head) in convs.into_iter().zip(heads?) {
+        match head {
+            None => {
+                st.heads.insert(conv, 0);
+            }
+            Some(v) => {
+                if let Ok(h) = be_u64(&v, "heads") {
+                    st.heads.insert(conv, h);
+                }
+            }
+        }
+    }
+    for ((&group, record), members) in groups.iter().zip(records?).zip(members) {
+        match record
+            .map(|v| decode::<GroupRecord>(&v, "groups"))
+            .transpose()
+        {
+            Ok(record) => {
+                st.group_records.insert(group, record);
+            }
+            Err(_) => continue,
+        }
+        match members {
+            Ok(m) => {
+                let roles = m.into_iter().map(|(u, r)| (u, r.role())).collect();
+                st.members.insert(group, roles);
+            }
+            Err(StoreError::Kv(e)) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(st)
 }
 
 /// Whether either user blocked the other, read in `txn` with conflicts.
