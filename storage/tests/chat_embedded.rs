@@ -69,6 +69,7 @@ embedded_tests!(
     change_feed => suite::change_feed,
     reads_at_a_known_commit => suite::reads_at_a_known_commit,
     chained_deliveries_name_the_entry_before => suite::chained_deliveries_name_the_entry_before,
+    chained_group_deliveries_name_the_entry_before => suite::chained_group_deliveries_name_the_entry_before,
 );
 
 /// A single writer learns a conversation's head from its last stored

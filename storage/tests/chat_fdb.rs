@@ -61,4 +61,5 @@ chat_fdb_tests!(
     change_feed => common::chat_suite::change_feed,
     reads_at_a_known_commit => common::chat_suite::reads_at_a_known_commit,
     chained_deliveries_name_the_entry_before => common::chat_suite::chained_deliveries_name_the_entry_before,
+    chained_group_deliveries_name_the_entry_before => common::chat_suite::chained_group_deliveries_name_the_entry_before,
 );

@@ -141,6 +141,17 @@ async fn chained_deliveries_name_the_entry_before() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_group_deliveries_name_the_entry_before() {
+    suite::chained_group_deliveries_name_the_entry_before(healthy()).await;
+    for seed in 0..3 {
+        suite::chained_group_deliveries_name_the_entry_before(
+            faulty(seed, StoreConfig::for_cluster()).1,
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn blocks() {
     suite::blocks(healthy()).await;

@@ -21,7 +21,9 @@ mod recent;
 pub mod records;
 mod users;
 
-pub use append::{Appended, Before, IdSource, MembershipChange, NewMessage, PreparedAppend};
+pub use append::{
+    Appended, Before, IdSource, MembershipChange, NewMessage, PreparedAppend, CHAINED_MEMBERS_MAX,
+};
 pub use feed::FeedPosition;
 pub use inbox::{Cursor, HistoryPage, SyncBatch, SyncEntry, HISTORY_CHUNK, MAX_RECEIPTS_PER_TXN};
 pub use keys::CURSOR_LEN;
@@ -200,9 +202,8 @@ pub struct ChatStore<K: Kv> {
     fence: Option<NodeLease>,
     /// Messages committed lately (`config.recent_message_bytes`).
     recent: Option<recent::RecentMessages>,
-    /// Conversations whose chained appends conflicted lately
-    /// (`config.chain_deliveries`).
-    unchained: Option<append::Unchained>,
+    /// What chained appends remember (`config.chain_deliveries`).
+    chaining: Option<append::Chaining>,
 }
 
 impl<K: Kv> ChatStore<K> {
@@ -216,7 +217,7 @@ impl<K: Kv> ChatStore<K> {
             fence: None,
             recent: (config.recent_message_bytes > 0)
                 .then(|| recent::RecentMessages::new(config.recent_message_bytes)),
-            unchained: config.chain_deliveries.then(append::Unchained::new),
+            chaining: config.chain_deliveries.then(append::Chaining::new),
         }
     }
 

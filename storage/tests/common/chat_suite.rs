@@ -12,6 +12,7 @@ use hanmadi_proto::prost::Message as _;
 use hanmadi_proto::ConversationId;
 use hanmadi_storage::chat::{
     Appended, Before, Cursor, FeedEvent, IdSource, MembershipChange, NewMessage, Role, UserRecord,
+    CHAINED_MEMBERS_MAX,
 };
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreError};
@@ -1443,9 +1444,27 @@ pub async fn chained_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>
         .expect("append");
         outs.push(out);
     }
+    let chained = check_chain(&store, &outs).await;
+    assert!(chained > 0, "no append proved the entry before its own");
+    // Only a live connection uses the entry: nobody's is read for users
+    // without one.
+    let s = base + 200;
+    let out = append_one(
+        &store,
+        &ids,
+        text(ConversationId::direct(r, s), s, "one", "offline"),
+    )
+    .await
+    .expect("append");
+    assert!(out.before.is_empty(), "{:?}", out.before);
+}
+
+/// Checks every entry `outs` name as the one before theirs against the
+/// recipients' inboxes; returns how many they named.
+async fn check_chain<K: Kv>(store: &ChatStore<K>, outs: &[Appended]) -> usize {
     let mut inboxes: HashMap<u64, Vec<Cursor>> = HashMap::new();
     let mut chained = 0;
-    for out in &outs {
+    for out in outs {
         for (i, &user) in out.recipients.iter().enumerate() {
             // Found committed after an unknown result: its cursors, and
             // what came before, are not known.
@@ -1453,7 +1472,7 @@ pub async fn chained_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>
                 continue;
             };
             if let std::collections::hash_map::Entry::Vacant(slot) = inboxes.entry(user) {
-                let inbox = read_inbox(&store, user, None).await;
+                let inbox = read_inbox(store, user, None).await;
                 slot.insert(inbox.into_iter().map(|(c, _)| c).collect());
             }
             let inbox = &inboxes[&user];
@@ -1472,18 +1491,89 @@ pub async fn chained_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>
             chained += 1;
         }
     }
-    assert!(chained > 0, "no append proved the entry before its own");
-    // Only a live connection uses the entry: nobody's is read for users
-    // without one.
-    let s = base + 200;
-    let out = append_one(
-        &store,
-        &ids,
-        text(ConversationId::direct(r, s), s, "one", "offline"),
-    )
-    .await
-    .expect("append");
-    assert!(out.before.is_empty(), "{:?}", out.before);
+    chained
+}
+
+/// The same for group messages: an append reads the inboxes of the members
+/// the group's last append found, while direct conversations commit into
+/// the same inboxes; a group larger than [`CHAINED_MEMBERS_MAX`] leaves
+/// every recipient to read their inbox.
+pub async fn chained_group_deliveries_name_the_entry_before<K: Kv>(store: ChatStore<K>) {
+    let store = ChatStore::new(
+        store.kv().clone(),
+        hanmadi_storage::StoreConfig::for_cluster(),
+    );
+    let base = fresh_base();
+    let ids = TestIds::default();
+    let members: Vec<u64> = (1..=5).map(|i| base + i).collect();
+    let (busy, quiet) = (base + 100, base + 200);
+    create_group(&store, &ids, busy, members[0], &members[1..]).await;
+    create_group(&store, &ids, quiet, members[0], &members[1..]).await;
+    let mut outs: Vec<Appended> = Vec::new();
+    // Group messages one after another, direct ones into the same inboxes
+    // beside them.
+    for round in 0..4 {
+        let group = async {
+            let mut outs = Vec::new();
+            for &s in &members {
+                let msg = text(
+                    ConversationId::Group(busy),
+                    s,
+                    &format!("g{round}"),
+                    "to all",
+                );
+                outs.push(append_online(&store, &ids, msg).await);
+            }
+            outs
+        };
+        let direct = futures::future::join_all(members.iter().map(|&m| {
+            let s = m + 50;
+            let msg = text(
+                ConversationId::direct(m, s),
+                s,
+                &format!("d{round}"),
+                "aside",
+            );
+            append_online(&store, &ids, msg)
+        }));
+        let (group, direct) = futures::future::join(group, direct).await;
+        for out in group.into_iter().chain(direct) {
+            outs.push(out.expect("append"));
+        }
+    }
+    check_chain(&store, &outs).await;
+    // A group nothing else writes beside.
+    let mut quiet_outs = Vec::new();
+    for &s in members.iter().cycle().take(8) {
+        let msg = text(ConversationId::Group(quiet), s, &format!("q{s}"), "alone");
+        let out = append_online(&store, &ids, msg).await.expect("append");
+        quiet_outs.push(out);
+    }
+    assert!(
+        check_chain(&store, &quiet_outs).await > 0,
+        "no group append proved the entry before its own"
+    );
+    // One member over the limit: nobody's inbox is read.
+    let crowd: Vec<u64> = (1..=CHAINED_MEMBERS_MAX as u64)
+        .map(|i| base + 1000 + i)
+        .collect();
+    let large = base + 300;
+    create_group(&store, &ids, large, members[0], &crowd).await;
+    for round in 0..2 {
+        let msg = text(
+            ConversationId::Group(large),
+            members[0],
+            &format!("l{round}"),
+            "to the crowd",
+        );
+        let out = append_online(&store, &ids, msg).await.expect("append");
+        assert_eq!(out.recipients.len(), CHAINED_MEMBERS_MAX + 1);
+        assert!(
+            (0..out.recipients.len()).all(|i| out.before(i) == Before::Unknown),
+            "a group of {} members read its members' inboxes",
+            out.recipients.len()
+        );
+    }
 }
 
 /// Appends one message with everyone online and returns its outcome.

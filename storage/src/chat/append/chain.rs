@@ -11,6 +11,12 @@
 //! connection whose last written cursor is that entry writes the message at
 //! once; any other reads its inbox as before.
 //!
+//! A group message's recipients are known only once its transaction has
+//! read the membership, so its append reads the inboxes of the members the
+//! group's previous append found (a group of at most
+//! [`CHAINED_MEMBERS_MAX`] members). A stale list is safe: a recipient it
+//! misses reads their inbox, and a user it names who left only adds a read.
+//!
 //! Only users with a live connection are read. The reads cost a conflict
 //! whenever another conversation's commit lands in a recipient's inbox
 //! while this transaction is open. The retry of a
@@ -19,6 +25,7 @@
 //! once costs pulls, not repeated aborts.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hanmadi_proto::ConversationId;
@@ -34,6 +41,12 @@ use crate::kv::{KvError, KvTxn, RangeRead};
 const UNCHAINED_FOR: Duration = Duration::from_secs(10);
 /// Most conversations remembered as unchained.
 const UNCHAINED_MAX: u64 = 100_000;
+/// The largest group whose appends read its members' inboxes: past it,
+/// each append would read (and risk conflicts on) too many inboxes, and
+/// the recipients read their own.
+pub const CHAINED_MEMBERS_MAX: usize = 128;
+/// Most members remembered over all groups.
+const MEMBERS_REMEMBERED_MAX: u64 = 1_000_000;
 
 /// The inbox entry right before a recipient's new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,56 +79,88 @@ impl Tail {
     }
 }
 
-/// Conversations whose chained appends conflicted lately.
+/// What a cluster's chained appends remember: the conversations whose
+/// chained appends conflicted lately, and each group's members as its last
+/// append read them.
 #[derive(Clone)]
-pub(crate) struct Unchained {
-    cache: Cache<ConversationId, ()>,
+pub(crate) struct Chaining {
+    unchained: Cache<ConversationId, ()>,
+    members: Cache<u64, Arc<[u64]>>,
 }
 
-impl std::fmt::Debug for Unchained {
+impl std::fmt::Debug for Chaining {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Unchained")
-            .field("conversations", &self.cache.entry_count())
+        f.debug_struct("Chaining")
+            .field("unchained", &self.unchained.entry_count())
+            .field("groups", &self.members.entry_count())
             .finish()
     }
 }
 
-impl Unchained {
+impl Chaining {
     pub(crate) fn new() -> Self {
         Self {
-            cache: Cache::builder()
+            unchained: Cache::builder()
                 .max_capacity(UNCHAINED_MAX)
                 .time_to_live(UNCHAINED_FOR)
+                .build(),
+            members: Cache::builder()
+                .max_capacity(MEMBERS_REMEMBERED_MAX)
+                .weigher(|_, m: &Arc<[u64]>| u32::try_from(m.len()).unwrap_or(u32::MAX).max(1))
                 .build(),
         }
     }
 
     /// Whether `conv` may read its recipients' inboxes.
     pub(super) fn allows(&self, conv: ConversationId) -> bool {
-        !self.cache.contains_key(&conv)
+        !self.unchained.contains_key(&conv)
     }
 
     /// Leaves `conv` unchained for a while.
     pub(super) fn conflicted(&self, conv: ConversationId) {
-        self.cache.insert(conv, ());
+        self.unchained.insert(conv, ());
+    }
+
+    /// Remembers the members an attempt read of `group`, whose inboxes the
+    /// group's next append reads; a group too large to chain is forgotten.
+    pub(super) fn read_members(
+        &self,
+        group: u64,
+        members: impl ExactSizeIterator<Item = u64> + Clone,
+    ) {
+        if members.len() > CHAINED_MEMBERS_MAX {
+            self.members.invalidate(&group);
+            return;
+        }
+        match self.members.get(&group) {
+            Some(known) if known.iter().copied().eq(members.clone()) => {}
+            _ => self.members.insert(group, members.collect()),
+        }
     }
 }
 
-/// The newest inbox entry of every recipient of the direct conversations
-/// among the messages still to plan who is `online` (only a live
-/// connection uses it), read with conflict ranges.
+/// The newest inbox entry of every recipient of the messages still to plan
+/// who is `online` (only a live connection uses it), read with conflict
+/// ranges: both users of a direct conversation, and the members `chaining`
+/// remembers of a group.
 pub(super) async fn read_tails<T: KvTxn>(
     txn: &T,
     slots: &[Slot],
     online: &(dyn Fn(u64) -> bool + Sync),
+    chaining: Option<&Chaining>,
 ) -> Result<HashMap<u64, Tail>, KvError> {
+    let mut users: Vec<u64> = direct_pairs(slots).flat_map(|(a, b)| [a, b]).collect();
+    if let Some(chaining) = chaining {
+        for group in groups_of(slots) {
+            if let Some(members) = chaining.members.get(&group) {
+                users.extend_from_slice(&members);
+            }
+        }
+    }
     // Skipping the offline also spares a sender without a connection (a
     // bot sending to many users at once) a conflict between every two of
     // its conversations, which would all read its inbox.
-    let mut users: Vec<u64> = direct_pairs(slots)
-        .flat_map(|(a, b)| [a, b])
-        .filter(|&u| online(u))
-        .collect();
+    users.retain(|&u| online(u));
     users.sort_unstable();
     users.dedup();
     let tails = futures::future::try_join_all(users.iter().map(|&u| newest_entry(txn, u))).await?;
@@ -125,6 +170,17 @@ pub(super) async fn read_tails<T: KvTxn>(
         .zip(tails)
         .filter_map(|(u, t)| Some((u, Tail::Committed(t?))))
         .collect())
+}
+
+/// The groups of the messages still to plan.
+fn groups_of(slots: &[Slot]) -> impl Iterator<Item = u64> + '_ {
+    slots
+        .iter()
+        .filter(|s| s.outcome.is_none())
+        .filter_map(|s| match s.msg.conversation {
+            ConversationId::Group(g) => Some(g),
+            ConversationId::Direct { .. } => None,
+        })
 }
 
 /// `user`'s newest inbox entry (`Some(None)`: the inbox is empty; `None`:

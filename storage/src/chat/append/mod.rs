@@ -24,8 +24,8 @@ use hanmadi_proto::ConversationId;
 use super::records::Role;
 use super::{keys, ChatStore, StoreError};
 use crate::kv::{Kv, KvError, KvTxn, Retry, Versionstamp};
-pub use chain::Before;
-pub(crate) use chain::Unchained;
+pub(crate) use chain::Chaining;
+pub use chain::{Before, CHAINED_MEMBERS_MAX};
 pub(crate) use plan::last_message_id;
 use plan::{Attempt, Planned};
 use values::parse_dedup_value;
@@ -312,8 +312,8 @@ impl<K: Kv> ChatStore<K> {
                 groups.push((idx, part));
             }
             let runs = groups.into_iter().map(|(idx, mut part)| async move {
-                let chain = match (&self.unchained, part.first()) {
-                    (Some(unchained), Some(s)) => unchained.allows(s.msg.conversation),
+                let chain = match (&self.chaining, part.first()) {
+                    (Some(chaining), Some(s)) => chaining.allows(s.msg.conversation),
                     _ => false,
                 };
                 self.append_run(&mut part, ids, online, None, chain).await;
@@ -397,8 +397,8 @@ impl<K: Kv> ChatStore<K> {
                     // The inbox reads may be what conflicted: the retry
                     // and the conversation's next appends go without them.
                     chain = false;
-                    if let (Some(unchained), Some(s)) = (&self.unchained, slots.first()) {
-                        unchained.conflicted(s.msg.conversation);
+                    if let (Some(chaining), Some(s)) = (&self.chaining, slots.first()) {
+                        chaining.conflicted(s.msg.conversation);
                     }
                 }
                 // Heads this attempt planned may not have committed.

@@ -100,7 +100,7 @@ impl<K: Kv> ChatStore<K> {
             self.read_dedups(&txn, slots),
             async {
                 match chain {
-                    true => read_tails(&txn, slots, online).await,
+                    true => read_tails(&txn, slots, online, self.chaining.as_ref()).await,
                     false => Ok(HashMap::new()),
                 }
             },
@@ -163,6 +163,11 @@ impl<K: Kv> ChatStore<K> {
         }
         if self.config.single_writer {
             self.heads.extend(st.heads.iter().map(|(&c, &h)| (c, h)));
+        }
+        if let Some(chaining) = &self.chaining {
+            for (&group, members) in &st.members {
+                chaining.read_members(group, members.iter().map(|&(u, _)| u));
+            }
         }
         Ok((end, planned, txn))
     }
