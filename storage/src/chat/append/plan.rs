@@ -89,7 +89,7 @@ impl<K: Kv> ChatStore<K> {
         // read is checked. A checked read after snapshot reads finds the
         // view stale whenever a commit landed in between (the batch before
         // this one, as a rule), and the commit would fail for nothing. The
-        // embedded engine reads when a read is issued, and `join4` issues
+        // embedded engine reads when a read is issued, and `join5` issues
         // them in order.
         // A cluster's planning reads (heads, group records and members)
         // join them, so a message costs one round trip of reads, not one
