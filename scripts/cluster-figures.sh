@@ -9,6 +9,7 @@
 #   FIGURES=one scripts/cluster-figures.sh   # one node only
 #   FIGURES=cross scripts/cluster-figures.sh # three nodes at 1,000/s only
 #   FIGURES=saturate scripts/cluster-figures.sh # one and three nodes, 20,000/s offered
+#   FIGURES=group scripts/cluster-figures.sh # 50-member groups, one node and three
 #
 # HANMADI_NODE_ARGS adds options to every node (e.g. --max-send-wait-ms 0),
 # HANMADI_LOADTEST_ARGS to every run of the tool (e.g. --workers 1).
@@ -146,6 +147,16 @@ if [[ "${FIGURES:-all}" == saturate ]]; then
   for n in 1 3; do
     start_nodes "$n"
     run "fdb-$n-node-saturate" direct --connections 1000 --rate 20000 --duration 15s --warmup 3s --drain 90s
+  done
+  exit 0
+fi
+# FIGURES=group: 20 groups of 50 members at 100 messages/s (5,000
+# deliveries/s), on one node and then spread over three.
+if [[ "${FIGURES:-all}" == group ]]; then
+  for n in 1 3; do
+    start_nodes "$n"
+    run "fdb-$n-node-group" group --groups 20 --members 50 --connections 1000 --rate 100 \
+      --duration 20s --warmup 3s
   done
   exit 0
 fi
