@@ -1549,6 +1549,39 @@ pub async fn chained_group_deliveries_name_the_entry_before<K: Kv>(store: ChatSt
         let out = append_online(&store, &ids, msg).await.expect("append");
         quiet_outs.push(out);
     }
+    // One batch (one attempt, as a rule) that adds a user, then removes a
+    // member, with messages between: whoever is named before an entry
+    // still holds the entry before it.
+    let newcomer = base + 6;
+    let gconv = ConversationId::Group(quiet);
+    let change = |cmid: &str, kind: MessageKind, c: MembershipChange| NewMessage {
+        kind,
+        membership: Some(c),
+        ..text(gconv, members[0], cmid, "")
+    };
+    let batch = vec![
+        text(gconv, members[1], "b1", "before"),
+        change(
+            "add",
+            MessageKind::MembersAdded,
+            MembershipChange::Add {
+                users: vec![newcomer],
+                role: Role::Member,
+            },
+        ),
+        text(gconv, newcomer, "b2", "joined"),
+        change(
+            "remove",
+            MessageKind::MembersRemoved,
+            MembershipChange::Remove {
+                users: vec![members[4]],
+            },
+        ),
+        text(gconv, members[2], "b3", "after"),
+    ];
+    for out in store.append(batch, &ids, &|_| true).await {
+        quiet_outs.push(out.expect("append"));
+    }
     assert!(
         check_chain(&store, &quiet_outs).await > 0,
         "no group append proved the entry before its own"

@@ -106,7 +106,8 @@ impl Chaining {
                 .build(),
             members: Cache::builder()
                 .max_capacity(MEMBERS_REMEMBERED_MAX)
-                .weigher(|_, m: &Arc<[u64]>| u32::try_from(m.len()).unwrap_or(u32::MAX).max(1))
+                // A group's entry costs more than its members.
+                .weigher(|_, m: &Arc<[u64]>| u32::try_from(m.len() + 1).unwrap_or(u32::MAX))
                 .build(),
         }
     }
@@ -151,18 +152,21 @@ pub(super) async fn read_tails<T: KvTxn>(
 ) -> Result<HashMap<u64, Tail>, KvError> {
     let mut users: Vec<u64> = direct_pairs(slots).flat_map(|(a, b)| [a, b]).collect();
     if let Some(chaining) = chaining {
-        for group in groups_of(slots) {
+        let mut groups: Vec<u64> = groups_of(slots).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups {
             if let Some(members) = chaining.members.get(&group) {
                 users.extend_from_slice(&members);
             }
         }
     }
+    users.sort_unstable();
+    users.dedup();
     // Skipping the offline also spares a sender without a connection (a
     // bot sending to many users at once) a conflict between every two of
     // its conversations, which would all read its inbox.
     users.retain(|&u| online(u));
-    users.sort_unstable();
-    users.dedup();
     let tails = futures::future::try_join_all(users.iter().map(|&u| newest_entry(txn, u))).await?;
     // An entry whose key holds no cursor leaves its user unchained.
     Ok(users

@@ -93,7 +93,9 @@ impl<K: Kv> ChatStore<K> {
         // them in order.
         // A cluster's planning reads (heads, group records and members)
         // join them, so a message costs one round trip of reads, not one
-        // per key its planning would come to.
+        // per key its planning would come to. An attempt there holds one
+        // conversation; one that spans many would read ahead for messages
+        // the next transaction takes.
         let (fence, blocks, dedups, tails, conversations) = futures::future::join5(
             self.check_fence(&txn),
             read_blocks(&txn, slots),
@@ -105,9 +107,9 @@ impl<K: Kv> ChatStore<K> {
                 }
             },
             async {
-                match self.config.single_writer {
-                    false => read_conversations(&txn, slots).await,
-                    true => Ok(AttemptState::default()),
+                match self.config.split_by_conversation {
+                    true => read_conversations(&txn, slots).await,
+                    false => Ok(AttemptState::default()),
                 }
             },
         )
