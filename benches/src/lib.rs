@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use hanmadi_router::{Router, SendRequest, Target};
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::backend::Backend;
 use hanmadi_storage::chat::UserRecord;
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::kv::Kv;
@@ -95,7 +96,11 @@ pub fn runtime() -> tokio::runtime::Runtime {
 ///
 /// When the store cannot be opened (a benchmark cannot go on without it).
 pub fn open_store(dir: &Path) -> ChatStore<EmbeddedKv<FjallBackend>> {
-    let backend = FjallBackend::open(dir, FjallOptions::default()).expect("open fjall");
+    store_on(FjallBackend::open(dir, FjallOptions::default()).expect("open fjall"))
+}
+
+/// One node's chat store over `backend`, fsync on.
+fn store_on<B: Backend>(backend: B) -> ChatStore<EmbeddedKv<B>> {
     let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
     ChatStore::new(kv, StoreConfig::single_node())
 }
@@ -111,9 +116,7 @@ pub fn open_rocksdb_store(
     dir: &Path,
 ) -> ChatStore<EmbeddedKv<hanmadi_storage::backend::rocksdb::RocksdbBackend>> {
     use hanmadi_storage::backend::rocksdb::{RocksdbBackend, RocksdbOptions};
-    let backend = RocksdbBackend::open(dir, RocksdbOptions::default()).expect("open rocksdb");
-    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default()).expect("engine");
-    ChatStore::new(kv, StoreConfig::single_node())
+    store_on(RocksdbBackend::open(dir, RocksdbOptions::default()).expect("open rocksdb"))
 }
 
 /// Creates users `1..=n` (named `u<id>`), 256 sign-ups at a time so the

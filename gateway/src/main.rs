@@ -15,6 +15,7 @@ use hanmadi_gateway::registry::RegistryLimits;
 use hanmadi_gateway::{tls, Listeners, Server, ServerOptions};
 use hanmadi_router::RouterConfig;
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
+use hanmadi_storage::backend::Backend;
 use hanmadi_storage::embedded::{EmbeddedKv, EmbeddedOptions};
 use hanmadi_storage::kv::Kv;
 use hanmadi_storage::{ChatStore, StoreConfig};
@@ -90,18 +91,28 @@ fn serve(config: Config) -> Result<(), String> {
                 cache_capacity_bytes: memory.cache_capacity(),
                 write_buffer_bytes: memory.write_buffer_bytes(),
             });
-            let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
-                .map_err(|e| format!("starting the store: {e}"))?;
-            runtime.block_on(run(
-                ChatStore::new(kv, StoreConfig::single_node()),
-                &config,
-                false,
-                Some(probe),
-            ))
+            serve_embedded(&runtime, &config, backend, Some(probe))
         }
         StoreKind::Fdb => serve_fdb(&runtime, &config),
         StoreKind::Rocksdb => serve_rocksdb(&runtime, &config),
     }
+}
+
+/// Serves on one node's embedded store over `backend`.
+fn serve_embedded<B: Backend>(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    backend: B,
+    probe: Option<StoreMemoryProbe>,
+) -> Result<(), String> {
+    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
+        .map_err(|e| format!("starting the store: {e}"))?;
+    runtime.block_on(run(
+        ChatStore::new(kv, StoreConfig::single_node()),
+        config,
+        false,
+        probe,
+    ))
 }
 
 #[cfg(feature = "rocksdb")]
@@ -116,14 +127,7 @@ fn serve_rocksdb(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<(
     };
     let backend = RocksdbBackend::open(&path, options)
         .map_err(|e| format!("opening the store in {}: {e}", path.display()))?;
-    let kv = EmbeddedKv::with_backend(backend, EmbeddedOptions::default())
-        .map_err(|e| format!("starting the store: {e}"))?;
-    runtime.block_on(run(
-        ChatStore::new(kv, StoreConfig::single_node()),
-        config,
-        false,
-        None,
-    ))
+    serve_embedded(runtime, config, backend, None)
 }
 
 #[cfg(not(feature = "rocksdb"))]
