@@ -18,6 +18,9 @@ pub struct Cli {
     /// Runtime worker threads (default: one per core). On the machine of
     /// the node under test, 1 leaves more of the cores to the node: one
     /// worker never wakes another to hand it a send, an ack or a delivery.
+    /// Near that worker's limit, though, its own queue adds to the
+    /// latencies reported (sends fired late count from their due time),
+    /// so tails are measured with the default.
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 }
