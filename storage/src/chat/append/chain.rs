@@ -31,7 +31,7 @@ use std::time::Duration;
 use hanmadi_proto::ConversationId;
 use moka::sync::Cache;
 
-use super::plan::direct_pairs;
+use super::plan::{direct_pairs, groups_to_plan};
 use super::Slot;
 use crate::chat::{keys, Cursor};
 use crate::kv::{KvError, KvTxn, RangeRead};
@@ -124,7 +124,7 @@ impl Chaining {
 
     /// Remembers the members an attempt read of `group`, whose inboxes the
     /// group's next append reads; a group too large to chain is forgotten.
-    pub(super) fn read_members(
+    pub(super) fn remember_members(
         &self,
         group: u64,
         members: impl ExactSizeIterator<Item = u64> + Clone,
@@ -152,10 +152,7 @@ pub(super) async fn read_tails<T: KvTxn>(
 ) -> Result<HashMap<u64, Tail>, KvError> {
     let mut users: Vec<u64> = direct_pairs(slots).flat_map(|(a, b)| [a, b]).collect();
     if let Some(chaining) = chaining {
-        let mut groups: Vec<u64> = groups_of(slots).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        for group in groups {
+        for group in groups_to_plan(slots) {
             if let Some(members) = chaining.members.get(&group) {
                 users.extend_from_slice(&members);
             }
@@ -174,17 +171,6 @@ pub(super) async fn read_tails<T: KvTxn>(
         .zip(tails)
         .filter_map(|(u, t)| Some((u, Tail::Committed(t?))))
         .collect())
-}
-
-/// The groups of the messages still to plan.
-fn groups_of(slots: &[Slot]) -> impl Iterator<Item = u64> + '_ {
-    slots
-        .iter()
-        .filter(|s| s.outcome.is_none())
-        .filter_map(|s| match s.msg.conversation {
-            ConversationId::Group(g) => Some(g),
-            ConversationId::Direct { .. } => None,
-        })
 }
 
 /// `user`'s newest inbox entry (`Some(None)`: the inbox is empty; `None`:

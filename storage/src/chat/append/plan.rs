@@ -168,7 +168,7 @@ impl<K: Kv> ChatStore<K> {
         }
         if let Some(chaining) = &self.chaining {
             for (&group, members) in &st.members {
-                chaining.read_members(group, members.iter().map(|&(u, _)| u));
+                chaining.remember_members(group, members.iter().map(|&(u, _)| u));
             }
         }
         Ok((end, planned, txn))
@@ -522,6 +522,21 @@ pub(super) fn direct_pairs(slots: &[Slot]) -> impl Iterator<Item = (u64, u64)> +
         })
 }
 
+/// The groups among the messages still to plan, each once.
+pub(super) fn groups_to_plan(slots: &[Slot]) -> Vec<u64> {
+    let mut groups: Vec<u64> = slots
+        .iter()
+        .filter(|s| s.outcome.is_none())
+        .filter_map(|s| match s.msg.conversation {
+            ConversationId::Group(g) => Some(g),
+            ConversationId::Direct { .. } => None,
+        })
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
 /// Whether either user blocked the other, for every direct pair of the
 /// messages still to plan (a self-conversation has no block), read in `txn`
 /// with conflicts, each pair once.
@@ -550,13 +565,7 @@ async fn read_conversations<T: KvTxn>(txn: &T, slots: &[Slot]) -> Result<Attempt
         .collect();
     convs.sort_unstable();
     convs.dedup();
-    let groups: Vec<u64> = convs
-        .iter()
-        .filter_map(|c| match c {
-            ConversationId::Group(g) => Some(*g),
-            ConversationId::Direct { .. } => None,
-        })
-        .collect();
+    let groups = groups_to_plan(slots);
     let head_keys: Vec<Vec<u8>> = convs.iter().map(|&c| keys::head(c)).collect();
     let group_keys: Vec<Vec<u8>> = groups.iter().map(|&g| keys::group(g)).collect();
     let (heads, records, members) = futures::future::join3(
