@@ -1,11 +1,10 @@
 //! Shared helpers for Hanmadi benchmarks and measurement examples.
 
 use std::path::Path;
-
-use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hanmadi_router::{Router, SendRequest, Target};
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::backend::Backend;
