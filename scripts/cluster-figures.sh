@@ -36,6 +36,12 @@ stop_nodes() {
   return 0
 }
 trap 'stop_nodes; fdb_stop_cluster; rm -rf "$work"' EXIT
+# What this host charges for a wake-up, a socket call and an fsync, kept
+# beside the figures it explains (built by `cargo build --release
+# --example host_costs`).
+if [[ -x target/release/examples/host_costs ]]; then
+  target/release/examples/host_costs "$work" | tee "$out/host-costs.txt"
+fi
 fdb_start_cluster
 
 # Starts N nodes on fresh ports; sets `url` to the first one's HTTP API.

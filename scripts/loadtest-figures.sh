@@ -12,7 +12,9 @@
 # store's cache and memtables every 10 s). HANMADI_NODE_ARGS: more flags
 # for every node (e.g. "--commit-linger-us 0"), split on spaces;
 # HANMADI_LOADTEST_ARGS the same for every run of the tool (e.g. "--workers
-# 1", which leaves the node more of a two-core machine).
+# 1", which leaves the node more of a two-core machine). OUT/host-costs.txt
+# gets what the host charges for a wake-up, a socket call and an fsync
+# (`host_costs` of hanmadi-benches).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-target/loadtest-figures}"
@@ -23,7 +25,7 @@ mkdir -p "$out"
 
 # HANMADI_BIN_DIR: binaries built earlier (skips the build).
 bin="${HANMADI_BIN_DIR:-target/release}"
-[[ -n "${HANMADI_BIN_DIR:-}" ]] || cargo build --release --bin hanmadi --bin hanmadi-loadtest
+[[ -n "${HANMADI_BIN_DIR:-}" ]] || cargo build --release --bin hanmadi --bin hanmadi-loadtest --example host_costs
 secret="loadtest figures secret, not for production use"
 data="$(mktemp -d)"
 server_pid=""
@@ -34,6 +36,12 @@ stop_node() {
   server_pid=""
 }
 trap 'stop_node; rm -rf "$data"' EXIT
+
+# What this host charges for a wake-up, a socket call and an fsync on the
+# store's disk, kept beside the figures it explains.
+if [[ -x "$bin/examples/host_costs" ]]; then
+  "$bin/examples/host_costs" "$data" | tee "$out/host-costs.txt"
+fi
 
 # One node per figure, on fresh ports, so each starts from the same state.
 start_node() {
