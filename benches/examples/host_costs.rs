@@ -1,9 +1,9 @@
 //! What this host charges for the operations a message is made of: a
 //! system call, a small loopback socket write and read, a thread's
 //! wake-up (busy and after an idle spell), and an append with its fsync.
-//! On a virtual machine these differ from bare metal by several times, and
-//! at moderate load they are most of a message's CPU (docs/PERFORMANCE.md,
-//! "What a host charges for a wake-up").
+//! They differ widely from host to host, and at moderate load they are most
+//! of a message's CPU (docs/PERFORMANCE.md, "What a host charges for a
+//! wake-up").
 //!
 //! `cargo run --release -p hanmadi-benches --example host_costs -- [DIR]`
 //! (the fsync probe writes a scratch file in `DIR`, by default the
@@ -103,8 +103,8 @@ fn main() -> std::io::Result<()> {
     report("100 bytes over loopback TCP, written and read", socket);
 
     // Each round trip wakes the echo thread and then this one: per wake-up
-    // is half of it.
-    // Both threads' CPU counts: the echo thread lives until both are done.
+    // is half of it, on both threads' CPU (the echo thread lives until
+    // both rounds are measured).
     let (to_echo, from_echo, echo) = echo_thread();
     let rounds = 20_000;
     let cpu = process_cpu_us();
