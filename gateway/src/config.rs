@@ -34,8 +34,8 @@
 //! | `--cluster-link` | `HANMADI_CLUSTER_LINK` | `cluster_link` | `0.0.0.0:7090` | with `--store fdb`: where the node-to-node link listens; other nodes dial it at `hostname` (or this address when it names one) |
 //! | `--cluster-backstop-ms` | `HANMADI_CLUSTER_BACKSTOP_MS` | `cluster_backstop_ms` | `1000` | with `--store fdb`: how often the node reads the change feed, the bound on a delivery whose link notification was lost |
 //! | `--hostname` | `HANMADI_HOSTNAME` | `hostname` | the machine's hostname | name clients reach this node by, and its TLS name, in discovery |
-//! | `--max-frame-bytes` | `HANMADI_MAX_FRAME_BYTES` | `max_frame_bytes` | `65536` | largest protocol frame; a larger one closes the connection |
-//! | `--max-body-bytes` | `HANMADI_MAX_BODY_BYTES` | `max_body_bytes` | `16384` | largest message body |
+//! | `--max-frame-bytes` | `HANMADI_MAX_FRAME_BYTES` | `max_frame_bytes` | `65536` | largest protocol frame; a larger one closes the connection. The node's own frames stay within it: it must hold `max_body_bytes` plus 512, and a list of `max_group_members` at 10 bytes each plus 512 |
+//! | `--max-body-bytes` | `HANMADI_MAX_BODY_BYTES` | `max_body_bytes` | `16384` | largest message body, at most `max_frame_bytes` − 512 |
 //! | `--handshake-timeout-ms` | `HANMADI_HANDSHAKE_TIMEOUT_MS` | `handshake_timeout_ms` | `5000` | time from accept to a valid `Hello`; on TLS the TLS handshake has a deadline of this length first, and `Hello` this long after it |
 //! | `--heartbeat-ms` | `HANMADI_HEARTBEAT_MS` | `heartbeat_ms` | `30000` | how often clients are told to ping |
 //! | `--idle-timeout-ms` | `HANMADI_IDLE_TIMEOUT_MS` | `idle_timeout_ms` | 2.5 × `heartbeat_ms` (`75000`) | a connection silent this long is closed |
@@ -108,6 +108,16 @@ pub const SECRET_FILE: &str = "secret";
 /// The largest `max_group_members` a node accepts: a group message commits
 /// in one transaction, which stays under FoundationDB's 1 MB guidance.
 pub const MAX_GROUP_MEMBERS: u32 = 5000;
+
+/// Bytes of `max_frame_bytes` kept for what travels around a message's
+/// body or member list in the largest frame that carries one message (a
+/// `Deliver`, or a one-entry sync or history page): ids, the
+/// `client_msg_id` (up to 64 bytes), the cursor, field keys and lengths,
+/// about 220 bytes at most.
+pub const FRAME_ENVELOPE: usize = 512;
+
+/// Most bytes one member takes in a membership event's list (a varint).
+const BYTES_PER_MEMBER: usize = 10;
 
 /// The `hanmadi` command line.
 #[derive(Debug, Parser)]
@@ -945,12 +955,13 @@ impl Config {
         if self.max_frame_bytes < 1024 || u32::try_from(self.max_frame_bytes).is_err() {
             return invalid("max_frame_bytes", "must be between 1024 and 4294967295");
         }
-        if self.max_body_bytes == 0 || self.max_body_bytes >= self.max_frame_bytes {
-            // A body travels inside a frame with its envelope, so a body as
-            // large as a frame could never be sent.
+        if self.max_body_bytes == 0 || self.max_body_bytes + FRAME_ENVELOPE > self.max_frame_bytes {
+            // A body travels inside a frame with its envelope, and the node
+            // never sends a frame past the limit it announces: a message it
+            // could not deliver whole would stop its recipients' sync there.
             return invalid(
                 "max_body_bytes",
-                "must be above 0 and below max_frame_bytes",
+                "must be above 0 and leave 512 bytes of max_frame_bytes for the envelope",
             );
         }
         if self.outbound_queue_bytes < self.max_frame_bytes {
@@ -997,6 +1008,16 @@ impl Config {
             // guidance, and by 50,000 members the 10 MB limit of both
             // stores, failing every message sent to it.
             return invalid("max_group_members", "must be at most 5000");
+        }
+        if self.max_group_members as usize * BYTES_PER_MEMBER + FRAME_ENVELOPE
+            > self.max_frame_bytes
+        {
+            // A group's creation is a message listing every member: it must
+            // fit one frame like any other.
+            return invalid(
+                "max_group_members",
+                "must let a list of every member (10 bytes each) fit max_frame_bytes with its envelope",
+            );
         }
         for (setting, value) in [
             ("rate_per_sec", u64::from(self.rate_per_sec)),
@@ -1647,6 +1668,11 @@ mod tests {
         bad(&["--cert", "c.pem"], "cert");
         bad(&["--key", "k.pem"], "key");
         bad(&["--max-body-bytes", "65536"], "max_body_bytes");
+        bad(&["--max-body-bytes", "65025"], "max_body_bytes");
+        bad(
+            &["--max-frame-bytes", "8192", "--max-body-bytes", "4096"],
+            "max_group_members",
+        );
         bad(&["--max-body-bytes", "0"], "max_body_bytes");
         bad(&["--max-frame-bytes", "100"], "max_frame_bytes");
         bad(&["--max-frame-bytes", "5000000000"], "max_frame_bytes");

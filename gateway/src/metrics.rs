@@ -62,6 +62,10 @@ pub struct Metrics {
     push_peak: std::sync::atomic::AtomicI64,
     /// Open node-to-node links (a cluster node).
     pub cluster_links: Gauge,
+    /// Connections to the node-to-node port refused: a failed handshake
+    /// (no proof of the cluster's secret, a relayed one, a deadline), or
+    /// too many handshakes in progress.
+    pub cluster_links_refused: Counter,
     /// Events queued to node-to-node links.
     pub cluster_events_sent: Counter,
     /// Events dropped for want of an open link or room in its queue (the
@@ -121,6 +125,7 @@ impl Metrics {
             push_in_flight_peak: Gauge::default(),
             push_peak: std::sync::atomic::AtomicI64::new(0),
             cluster_links: Gauge::default(),
+            cluster_links_refused: Counter::default(),
             cluster_events_sent: Counter::default(),
             cluster_events_dropped: Counter::default(),
             process_rss: Gauge::default(),
@@ -196,6 +201,11 @@ impl Metrics {
             "cluster_links",
             "Open node-to-node links",
             m.cluster_links.clone(),
+        );
+        r.register(
+            "cluster_links_refused",
+            "Connections to the node-to-node port refused",
+            m.cluster_links_refused.clone(),
         );
         r.register(
             "cluster_events_sent",

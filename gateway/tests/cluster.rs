@@ -558,6 +558,7 @@ async fn the_node_link_closes_strangers_and_stays_up_between_peers() {
         }
     });
     futures::future::join_all(closed).await;
+    assert_eq!(nodes[0].metrics().cluster_links_refused.get(), 4);
     for n in &nodes {
         assert_eq!(n.links().unwrap().open_to().len(), 1, "only the peer");
     }
@@ -571,6 +572,75 @@ async fn the_node_link_closes_strangers_and_stays_up_between_peers() {
         .unwrap();
     let got = texts(&mut bob_in, 1, Duration::from_secs(5)).await;
     assert_eq!(got[0].body, "after the strangers");
+    shutdown_all(nodes).await;
+}
+
+/// Handshakes in progress on the link port are capped: with 64 silent
+/// strangers waiting out their 5 s deadline, a 65th is closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_link_caps_handshakes_in_progress() {
+    use tokio::io::AsyncReadExt as _;
+
+    let (_store, nodes) = two_linked_nodes().await;
+    let link = nodes[0].link_addr().unwrap();
+    let before = nodes[0].metrics().cluster_links_refused.get();
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(tokio::net::TcpStream::connect(link).await.unwrap());
+    }
+    let mut last = tokio::net::TcpStream::connect(link).await.unwrap();
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(4), last.read_to_end(&mut seen))
+        .await
+        .expect("the 65th handshake still open");
+    if let Err(e) = ended {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    assert!(seen.is_empty(), "refused before the node's hello");
+    // Only the 65th so far: the 64 are within their deadline.
+    assert_eq!(nodes[0].metrics().cluster_links_refused.get(), before + 1);
+    drop(silent);
+    shutdown_all(nodes).await;
+}
+
+/// A stranger without the secret connects to both nodes' link ports and
+/// relays each node's bytes to the other: each node's hello and proof
+/// reach the other as if from a dialer. Both refuse (a proof names its
+/// sender's role, and both sent an acceptor's), so the stranger never
+/// stands for either node, and the real link between them stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_relaying_two_nodes_handshakes_is_refused_by_both() {
+    let (store, nodes) = two_linked_nodes().await;
+    let refused = |n: &Server<SimKv>| n.metrics().cluster_links_refused.get();
+    let refused_before: Vec<u64> = nodes.iter().map(refused).collect();
+    let mut to_a = tokio::net::TcpStream::connect(nodes[0].link_addr().unwrap())
+        .await
+        .unwrap();
+    let mut to_b = tokio::net::TcpStream::connect(nodes[1].link_addr().unwrap())
+        .await
+        .unwrap();
+    let relayed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::copy_bidirectional(&mut to_a, &mut to_b),
+    )
+    .await
+    .expect("a relayed handshake still open after 10 s");
+    // Ended by the nodes' closes (or resets); each counted its refusal
+    // before it closed.
+    drop(relayed);
+    for (n, before) in nodes.iter().zip(refused_before) {
+        assert_eq!(refused(n), before + 1, "the relayed handshake refused");
+        assert_eq!(n.links().unwrap().open_to().len(), 1, "only the peer");
+    }
+    users(&store, [113, 114]).await;
+    let (alice, _alice_in) = connect(&nodes[0], 113, "phone").await;
+    let (_bob, mut bob_in) = connect(&nodes[1], 114, "phone").await;
+    alice
+        .send(hanmadi_client::Target::User(114), "after the relay")
+        .await
+        .unwrap();
+    let got = texts(&mut bob_in, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].body, "after the relay");
     shutdown_all(nodes).await;
 }
 

@@ -8,8 +8,14 @@
 //! protobuf message. The node with the lower id dials; the other accepts.
 //! Both prove they hold the cluster's shared secret before anything else
 //! is read: each sends a [`LinkHello`] with a fresh nonce, then a
-//! [`LinkProof`], an HMAC-SHA256 over its own hello and the other's nonce,
-//! so a proof can be neither forged without the secret nor replayed.
+//! [`LinkProof`], an HMAC-SHA256 over its role (dialer or acceptor), its
+//! own hello and the other's, so a proof can be neither forged without the
+//! secret, nor replayed, nor relayed between two nodes that both accepted
+//! a stranger's connection. Every later frame carries a tag, an HMAC under
+//! a key of that link and direction over the frame's number and bytes: a
+//! frame that was injected, altered, replayed or reordered closes the
+//! link. Until the handshake ends, frames are small and handshakes in
+//! progress are capped, so strangers hold little of a node.
 //! Outbound events wait in a bounded queue per link; when it is full they
 //! are dropped and counted, never waited for.
 
@@ -26,7 +32,7 @@ use hmac::{Hmac, Mac as _};
 use prost::Message;
 use sha2::Sha256;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,7 +58,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two dials of a peer that cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// What a proof's HMAC covers first, so it serves no other purpose.
-const PROOF_LABEL: &[u8] = b"hanmadi node link v1";
+const PROOF_LABEL: &[u8] = b"hanmadi node link v2";
+/// What a frame key's HMAC covers first.
+const FRAME_KEY_LABEL: &[u8] = b"hanmadi node link v2 frames";
+/// Largest frame before the handshake ends: a hello or a proof.
+const HANDSHAKE_FRAME: usize = 256;
+/// Handshakes of accepted connections in progress at once; a connection
+/// past them is closed at once.
+const MAX_HANDSHAKES: usize = 64;
+/// Bytes of the tag after each frame.
+const TAG_LEN: usize = 16;
 
 /// The first frame each side sends.
 #[derive(Clone, PartialEq, Message)]
@@ -69,7 +84,8 @@ pub struct LinkHello {
 }
 
 /// The second frame: HMAC-SHA256, keyed with the shared secret, over
-/// [`PROOF_LABEL`], the sender's encoded hello and the receiver's nonce.
+/// [`PROOF_LABEL`], the sender's role, its encoded hello and the
+/// receiver's.
 #[derive(Clone, PartialEq, Message)]
 pub struct LinkProof {
     /// The HMAC.
@@ -119,6 +135,75 @@ pub struct LinkDelivery {
 /// What a node does with an event from a peer.
 pub type EventHandler = Arc<dyn Fn(LinkEvent) + Send + Sync>;
 
+/// Which end of a link a node is: the proofs and frame keys of the two
+/// differ, so neither end's can stand for the other's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Dialer,
+    Acceptor,
+}
+
+impl Role {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Role::Dialer => b"dialer",
+            Role::Acceptor => b"acceptor",
+        }
+    }
+
+    fn other(self) -> Role {
+        match self {
+            Role::Dialer => Role::Acceptor,
+            Role::Acceptor => Role::Dialer,
+        }
+    }
+}
+
+/// One direction of an authenticated link: its key and the number of the
+/// next frame.
+struct FrameTags {
+    key: HmacSha256,
+    next: u64,
+}
+
+impl FrameTags {
+    /// The tag of `frame` as the next frame of this direction.
+    fn tag(&self, frame: &[u8]) -> HmacSha256 {
+        let mut mac = self.key.clone();
+        mac.update(&self.next.to_be_bytes());
+        mac.update(frame);
+        mac
+    }
+
+    /// `frame` with its tag after it.
+    fn seal(&mut self, frame: &[u8]) -> Bytes {
+        let tag = self.tag(frame).finalize().into_bytes();
+        self.next += 1;
+        let mut sealed = Vec::with_capacity(frame.len() + TAG_LEN);
+        sealed.extend_from_slice(frame);
+        sealed.extend_from_slice(&tag[..TAG_LEN]);
+        Bytes::from(sealed)
+    }
+
+    /// The frame `sealed` carries, if its tag is the next one expected.
+    fn open<'a>(&mut self, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let body_len = sealed.len().checked_sub(TAG_LEN)?;
+        let (frame, tag) = sealed.split_at(body_len);
+        self.tag(frame).verify_truncated_left(tag).ok()?;
+        self.next += 1;
+        Some(frame)
+    }
+}
+
+/// A link that passed its handshake: the socket, the peer's node id, and
+/// the tags of each direction.
+struct Authenticated {
+    framed: Framed<TcpStream, FrameCodec>,
+    node: u64,
+    outbound: FrameTags,
+    inbound: FrameTags,
+}
+
 struct Open {
     /// Tells one link from its successor to the same peer.
     id: u64,
@@ -150,6 +235,8 @@ pub struct Links {
     open: DashMap<u64, Open>,
     dialing: DashMap<u64, ()>,
     next_id: AtomicU64,
+    /// Handshakes of accepted connections in progress.
+    handshakes: Arc<Semaphore>,
     muted: AtomicBool,
     metrics: Arc<Metrics>,
     handler: OnceLock<EventHandler>,
@@ -186,6 +273,7 @@ impl Links {
             open: DashMap::new(),
             dialing: DashMap::new(),
             next_id: AtomicU64::new(1),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             muted: AtomicBool::new(false),
             metrics,
             handler: OnceLock::new(),
@@ -323,10 +411,17 @@ impl Links {
                 },
                 () = shutdown.cancelled() => return,
             };
+            let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+                self.metrics.cluster_links_refused.inc();
+                tracing::warn!("refused a node link: too many handshakes in progress");
+                continue;
+            };
             let (links, shutdown) = (Arc::clone(&self), shutdown.clone());
             tracker.spawn(async move {
-                match links.handshake(stream, None).await {
-                    Ok((framed, node)) => links.run(framed, node, shutdown).await,
+                let authenticated = links.handshake(stream, Role::Acceptor, None).await;
+                drop(permit);
+                match authenticated {
+                    Ok(link) => links.run(link, shutdown).await,
                     Err(e) => tracing::warn!(error = %e, "refused a node link"),
                 }
             });
@@ -346,13 +441,13 @@ impl Links {
                 .map_err(|_| "timed out".to_owned())
                 .and_then(|r| r.map_err(|e| e.to_string()));
             let outcome = match dialed {
-                Ok(stream) => self.handshake(stream, Some(node)).await,
+                Ok(stream) => self.handshake(stream, Role::Dialer, Some(node)).await,
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok((framed, node)) => {
+                Ok(link) => {
                     backoff = Duration::from_millis(50);
-                    Arc::clone(&self).run(framed, node, shutdown.clone()).await;
+                    Arc::clone(&self).run(link, shutdown.clone()).await;
                 }
                 Err(e) => tracing::debug!(node, link = %peer.link, error = %e, "node link failed"),
             }
@@ -366,24 +461,46 @@ impl Links {
         self.dialing.remove(&node);
     }
 
-    fn proof(&self, hello: &[u8], nonce: &[u8]) -> HmacSha256 {
+    /// The secret's HMAC over `label`, then each part with its length.
+    fn keyed(&self, label: &[u8], parts: &[&[u8]]) -> HmacSha256 {
         let mut mac = self.mac.clone();
-        mac.update(PROOF_LABEL);
-        mac.update(&(hello.len() as u64).to_be_bytes());
-        mac.update(hello);
-        mac.update(nonce);
+        mac.update(label);
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
         mac
     }
 
-    /// Both sides prove they hold the secret; returns the peer's node id,
-    /// which must be `expect` when given.
+    /// What the end in `role` that sent `hello` proves to the end that
+    /// sent `theirs`.
+    fn proof(&self, role: Role, hello: &[u8], theirs: &[u8]) -> HmacSha256 {
+        self.keyed(PROOF_LABEL, &[role.label(), hello, theirs])
+    }
+
+    /// The tags of the frames the end in `role` sends on the link of these
+    /// hellos.
+    fn frame_tags(&self, role: Role, dialer: &[u8], acceptor: &[u8]) -> FrameTags {
+        let key = self
+            .keyed(FRAME_KEY_LABEL, &[role.label(), dialer, acceptor])
+            .finalize()
+            .into_bytes();
+        FrameTags {
+            key: HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+            next: 0,
+        }
+    }
+
+    /// Both sides prove they hold the secret; returns the link with the
+    /// peer's node id, which must be `expect` when given.
     async fn handshake(
         &self,
         stream: TcpStream,
+        role: Role,
         expect: Option<u64>,
-    ) -> Result<(Framed<TcpStream, FrameCodec>, u64), String> {
+    ) -> Result<Authenticated, String> {
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, FrameCodec::new(MAX_LINK_FRAME));
+        let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_FRAME));
         let exchange = async {
             let nonce: [u8; 32] = rand::random();
             let hello = LinkHello {
@@ -402,7 +519,7 @@ impl Links {
                 return Err("short nonce".to_owned());
             }
             let mac = self
-                .proof(&hello, &peer.nonce)
+                .proof(role, &hello, &theirs)
                 .finalize()
                 .into_bytes()
                 .to_vec();
@@ -412,28 +529,50 @@ impl Links {
                 .map_err(|e| e.to_string())?;
             let proof = LinkProof::decode(next_frame(&mut framed).await?.as_ref())
                 .map_err(|e| e.to_string())?;
-            self.proof(&theirs, &nonce)
+            self.proof(role.other(), &theirs, &hello)
                 .verify_slice(&proof.mac)
                 .map_err(|_| "the peer does not hold the cluster's secret".to_owned())?;
             if peer.node_id == self.me || expect.is_some_and(|n| n != peer.node_id) {
                 return Err(format!("unexpected peer node {}", peer.node_id));
             }
-            Ok(peer.node_id)
+            let (dialer, acceptor) = match role {
+                Role::Dialer => (&hello[..], &theirs[..]),
+                Role::Acceptor => (&theirs[..], &hello[..]),
+            };
+            Ok((
+                peer.node_id,
+                self.frame_tags(role, dialer, acceptor),
+                self.frame_tags(role.other(), dialer, acceptor),
+            ))
         };
-        let node = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
             .await
-            .map_err(|_| "handshake timed out".to_owned())??;
-        Ok((framed, node))
+            .map_err(|_| "handshake timed out".to_owned())
+            .and_then(|r| r);
+        if outcome.is_err() && role == Role::Acceptor {
+            // Counted before the socket closes, so whoever sees the close
+            // sees the count.
+            self.metrics.cluster_links_refused.inc();
+        }
+        let (node, outbound, inbound) = outcome?;
+        *framed.codec_mut() = FrameCodec::new(MAX_LINK_FRAME + TAG_LEN);
+        Ok(Authenticated {
+            framed,
+            node,
+            outbound,
+            inbound,
+        })
     }
 
     /// Serves an authenticated link until it fails, `shutdown`, or a newer
     /// link to the same peer replaces it.
-    async fn run(
-        self: Arc<Self>,
-        framed: Framed<TcpStream, FrameCodec>,
-        node: u64,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(self: Arc<Self>, link: Authenticated, shutdown: CancellationToken) {
+        let Authenticated {
+            framed,
+            node,
+            mut outbound,
+            mut inbound,
+        } = link;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -456,7 +595,7 @@ impl Links {
                     // Counted until the socket's buffer has taken it, so
                     // that frames held here while the peer stalls count too.
                     let len = frame.len();
-                    sink.feed(frame).await?;
+                    sink.feed(outbound.seal(&frame)).await?;
                     queued.fetch_sub(len, Ordering::Relaxed);
                 }
                 sink.flush().await?;
@@ -465,7 +604,14 @@ impl Links {
         };
         let read = async {
             while let Some(frame) = stream.next().await {
-                let event = LinkEvent::decode(frame?.as_ref())?;
+                let frame = frame?;
+                let Some(event) = inbound.open(&frame) else {
+                    return Err(hanmadi_proto::CodecError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "a frame whose tag does not hold",
+                    )));
+                };
+                let event = LinkEvent::decode(event)?;
                 if let Some(handler) = &handler {
                     handler(event);
                 }
@@ -493,5 +639,46 @@ async fn next_frame(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<Bytes,
         Some(Ok(frame)) => Ok(frame),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("closed during the handshake".to_owned()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::{FrameTags, HmacSha256, Role, TAG_LEN};
+    use hmac::Mac as _;
+
+    fn tags(role: Role) -> FrameTags {
+        let mut mac = HmacSha256::new_from_slice(b"secret").unwrap();
+        mac.update(role.label());
+        FrameTags {
+            key: HmacSha256::new_from_slice(&mac.finalize().into_bytes()).unwrap(),
+            next: 0,
+        }
+    }
+
+    #[test]
+    fn a_frame_opens_once_in_order_unaltered_and_only_in_its_direction() {
+        let mut out = tags(Role::Dialer);
+        let first = out.seal(b"first");
+        let second = out.seal(b"second");
+        assert_eq!(first.len(), 5 + TAG_LEN);
+
+        // Reordered: frame 0 is expected first.
+        assert_eq!(tags(Role::Dialer).open(&second), None);
+        // Altered.
+        let mut altered = first.to_vec();
+        altered[0] ^= 1;
+        assert_eq!(tags(Role::Dialer).open(&altered), None);
+        // Too short to hold a tag.
+        assert_eq!(tags(Role::Dialer).open(&first[..TAG_LEN - 1]), None);
+        // Under the other direction's key.
+        assert_eq!(tags(Role::Acceptor).open(&first), None);
+
+        let mut inbound = tags(Role::Dialer);
+        assert_eq!(inbound.open(&first), Some(&b"first"[..]));
+        // Replayed: frame 1 is expected now.
+        assert_eq!(inbound.open(&first), None);
+        assert_eq!(inbound.open(&second), Some(&b"second"[..]));
     }
 }
