@@ -173,6 +173,43 @@ async fn malformed_json_closes_with_malformed_frame() {
     error_then_closed(&mut ws, ErrorCode::MalformedFrame).await;
 }
 
+/// WebSocket frames that break the framing rules, written raw after a
+/// valid `Hello`: each is a malformed frame, answered with
+/// `MALFORMED_FRAME` and a close, not a bare close.
+#[tokio::test]
+async fn broken_websocket_framing_closes_with_malformed_frame() {
+    use tokio::io::AsyncWriteExt as _;
+
+    // A client frame: FIN and `first` (opcode and reserved bits), masked
+    // with a zero key, so the payload goes as it is.
+    fn raw(first: u8, payload: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(payload.len()).expect("short payload");
+        [&[first, 0x80 | len, 0, 0, 0, 0][..], payload].concat()
+    }
+    let cases = [
+        ("invalid UTF-8 in a text message", raw(0x81, b"{\xff\xfe}")),
+        ("a reserved bit set", raw(0xC2, b"x")),
+        ("an unknown data opcode", raw(0x83, b"x")),
+        ("a continuation with nothing to continue", raw(0x80, b"x")),
+        // Unmasked: the mask bit clear.
+        ("an unmasked frame", vec![0x82, 1, b'x']),
+    ];
+    let (node, token, _) = node_and_logged_in().await;
+    for (what, bytes) in cases {
+        let mut ws = logged_in(&node, &token).await;
+        ws.get_mut().write_all(&bytes).await.expect(what);
+        let (reply, _) = recv(&mut ws)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no error"));
+        assert_eq!(
+            error_code(&reply),
+            Some(ErrorCode::MalformedFrame),
+            "{what}"
+        );
+        assert_closed(&mut ws).await;
+    }
+}
+
 #[tokio::test]
 async fn oversized_messages_close_with_frame_too_large() {
     let node = start(ServerOptions::default()).await;

@@ -168,6 +168,12 @@ where
                 // Pings are answered by the WebSocket layer itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Err(tungstenite::Error::Capacity(_))) => self.stage_too_large(),
+                // Broken WebSocket framing is a malformed frame, answered
+                // and struck as one; a peer that just went away is not.
+                Some(Err(tungstenite::Error::Utf8(_))) => self.stage(Bytes::from_static(MALFORMED)),
+                Some(Err(tungstenite::Error::Protocol(e))) if is_broken_framing(&e) => {
+                    self.stage(Bytes::from_static(MALFORMED));
+                }
                 Some(Err(
                     tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
                 )) => return Poll::Ready(Ok(false)),
@@ -224,6 +230,24 @@ fn whole_frame(buf: &[u8]) -> Option<usize> {
     let prefix: [u8; LENGTH_PREFIX_LEN] = buf.get(..LENGTH_PREFIX_LEN)?.try_into().ok()?;
     let len = u32::from_be_bytes(prefix) as usize;
     (buf.len() >= LENGTH_PREFIX_LEN + len).then_some(len)
+}
+
+/// Whether `e` is the peer breaking WebSocket's framing rules, rather than
+/// the connection ending or a closing handshake going wrong.
+fn is_broken_framing(e: &tungstenite::error::ProtocolError) -> bool {
+    use tungstenite::error::ProtocolError as P;
+    matches!(
+        e,
+        P::NonZeroReservedBits
+            | P::UnmaskedFrameFromClient
+            | P::FragmentedControlFrame
+            | P::ControlFrameTooBig
+            | P::UnknownControlFrameType(_)
+            | P::UnknownDataFrameType(_)
+            | P::UnexpectedContinueFrame
+            | P::ExpectedFragment(_)
+            | P::InvalidOpcode(_)
+    )
 }
 
 fn ws_error(e: tungstenite::Error) -> io::Error {
