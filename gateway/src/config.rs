@@ -44,7 +44,7 @@
 //! | `--rate-per-sec` | `HANMADI_RATE_PER_SEC` | `rate_per_sec` | `100` | frames per second one connection may send, on average |
 //! | `--rate-burst` | `HANMADI_RATE_BURST` | `rate_burst` | `200` | frames one connection may send in a burst |
 //! | `--max-conns-per-user` | `HANMADI_MAX_CONNS_PER_USER` | `max_conns_per_user` | `16` | live connections per user on this node |
-//! | `--max-conns-per-ip` | `HANMADI_MAX_CONNS_PER_IP` | `max_conns_per_ip` | `1000` | live connections per remote address on this node |
+//! | `--max-conns-per-ip` | `HANMADI_MAX_CONNS_PER_IP` | `max_conns_per_ip` | `1000` | live connections per remote address on this node (an IPv6 address counts with its whole /64) |
 //! | `--outbound-queue-bytes` | `HANMADI_OUTBOUND_QUEUE_BYTES` | `outbound_queue_bytes` | `1048576` | per-connection outbound backlog before it is closed as a slow consumer |
 //! | `--max-connections` | `HANMADI_MAX_CONNECTIONS` | `max_connections` | `100000` | capacity this node advertises to discovery |
 //! | `--max-group-members` | `HANMADI_MAX_GROUP_MEMBERS` | `max_group_members` | `1000` | size cap of new groups (at most 5000) |
@@ -54,7 +54,7 @@
 //! | `--workers` | `HANMADI_WORKERS` | `workers` | the number of cores | threads that run connections, the HTTP API and the router; with the embedded store on a machine of few cores, one fewer than the cores leaves one to the commit thread: less CPU per message at moderate load, a lower peak (docs/PERFORMANCE.md, "Runtime threads") |
 //! | `--max-password-hashes` | `HANMADI_MAX_PASSWORD_HASHES` | `max_password_hashes` | the number of cores | password hashes (sign-up, log-in) running at once |
 //! | `--http-header-timeout-ms` | `HANMADI_HTTP_HEADER_TIMEOUT_MS` | `http_header_timeout_ms` | `30000` | an HTTP request's headers must arrive within this; an idle keep-alive connection is closed after it |
-//! | `--http-rate-per-sec` | `HANMADI_HTTP_RATE_PER_SEC` | `http_rate_per_sec` | `100` | HTTP API requests per second one remote address may make, on average; more are answered `429` |
+//! | `--http-rate-per-sec` | `HANMADI_HTTP_RATE_PER_SEC` | `http_rate_per_sec` | `100` | HTTP API requests per second one remote address (IPv6: one /64) may make, on average; more are answered `429` |
 //! | `--http-rate-burst` | `HANMADI_HTTP_RATE_BURST` | `http_rate_burst` | `200` | HTTP API requests one remote address may make at once |
 //! | `--http-request-timeout-ms` | `HANMADI_HTTP_REQUEST_TIMEOUT_MS` | `http_request_timeout_ms` | `10000` | longest an HTTP API request may take before it is answered `503` (a long-poll sync gets its wait on top) |
 //! | `--token-ttl-secs` | `HANMADI_TOKEN_TTL_SECS` | `token_ttl_secs` | `604800` (7 days) | lifetime of tokens issued at log-in |

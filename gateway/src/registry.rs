@@ -36,6 +36,20 @@ use crate::rate::SharedBucket;
 /// rate limit) is one, and they fade at [`STRIKES_FADE_PER_SEC`].
 pub const STRIKE_LIMIT: f64 = 20.0;
 
+/// The address the per-address limits count `ip` under: an IPv4 address
+/// (also when mapped into IPv6) as it is, and an IPv6 address by its /64
+/// prefix, since one subscriber usually holds a whole /64 and could spread
+/// its sockets, strikes and requests over it.
+pub fn limited_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 /// Strikes an address is forgiven per second.
 pub const STRIKES_FADE_PER_SEC: f64 = 1.0;
 
@@ -452,6 +466,7 @@ impl Registry {
     /// [`RegisterError::Struck`] while the address has passed
     /// [`STRIKE_LIMIT`].
     pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<IpPermit, RegisterError> {
+        let ip = limited_address(ip);
         let now = Instant::now();
         if self.ips.len() >= self.sweep_at.load(Ordering::Relaxed) {
             // Struck addresses outlive their connections; forget those
@@ -493,6 +508,7 @@ impl Registry {
     /// address's limit like a connection, and against [`TARPIT_MAX`].
     /// `None` when either is full (the socket is reset at once).
     pub fn tarpit(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let ip = limited_address(ip);
         if self.tarpitted.fetch_add(1, Ordering::Relaxed) >= TARPIT_MAX {
             self.tarpitted.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -513,6 +529,7 @@ impl Registry {
     /// Counts a strike against `ip`, one of whose connections the node
     /// closed for abuse; the address is remembered while it holds strikes.
     pub fn strike(&self, ip: IpAddr) {
+        let ip = limited_address(ip);
         let now = Instant::now();
         let mut address = self.ips.entry(ip).or_insert_with(Address::new);
         address.strikes = (address.strikes_at(now) + 1.0).min(STRIKES_MAX);
@@ -773,6 +790,27 @@ impl DeliverySink for Registry {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn ipv6_addresses_are_limited_by_their_64_prefix() {
+        use super::limited_address;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(limited_address(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(limited_address(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            limited_address(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            limited_address(ip("2001:db8:1:2::1")),
+            limited_address(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            limited_address(ip("2001:db8:1:2::1")),
+            limited_address(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(limited_address(ip("::1")), ip("::"));
+    }
+
     use std::sync::Arc;
 
     use hanmadi_proto::SharedMessage;

@@ -110,7 +110,7 @@ pub async fn rate_limit(
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .map(|ConnectInfo(addr)| crate::registry::limited_address(addr.ip()));
     if let (false, Some(ip)) = (exempt, peer) {
         if let Err(wait) = limiter.check(ip) {
             let mut response = ApiError::new(
