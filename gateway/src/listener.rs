@@ -125,10 +125,13 @@ pub(crate) async fn tls_handshake(
     timeout: Duration,
     metrics: &Metrics,
 ) -> Option<TlsStream<TcpStream>> {
-    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+    // Fallible: a failed handshake hands the socket back, so the close is
+    // counted before the socket closes.
+    match tokio::time::timeout(timeout, acceptor.accept(socket).into_fallible()).await {
         Ok(Ok(stream)) => Some(stream),
-        Ok(Err(_)) => {
+        Ok(Err((_, socket))) => {
             metrics.closed("tls_handshake_failed");
+            drop(socket);
             None
         }
         Err(_) => {

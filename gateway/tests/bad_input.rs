@@ -495,3 +495,121 @@ async fn a_users_connections_share_one_allowance_of_sends() {
         "{acked_again} of 3 sends through after a reconnect"
     );
 }
+
+#[tokio::test]
+async fn a_first_frame_other_than_hello_is_refused() {
+    let node = start(ServerOptions::default()).await;
+    node.user(1).await;
+    let mut raw = Raw::connect(&node).await;
+    raw.send(&pb::ClientFrame {
+        req_id: 7,
+        kind: Some(client_frame::Kind::Ping(pb::Ping::default())),
+    })
+    .await;
+    error_then_closed(&mut raw, ErrorCode::Unauthenticated).await;
+    still_serving(&node, 1).await;
+}
+
+#[tokio::test]
+async fn a_hello_with_an_empty_or_long_device_id_is_refused() {
+    let node = start(ServerOptions::default()).await;
+    let token = node.user(1).await;
+    for device_id in [String::new(), "d".repeat(65)] {
+        let mut raw = Raw::connect(&node).await;
+        raw.send(&pb::ClientFrame {
+            req_id: 3,
+            kind: Some(client_frame::Kind::Hello(pb::Hello {
+                token: token.clone(),
+                device_id: device_id.clone(),
+            })),
+        })
+        .await;
+        let reply = raw.recv().await.expect("an error frame");
+        assert_eq!(
+            error_code(&reply),
+            Some(ErrorCode::InvalidArgument),
+            "{device_id:?}: {reply:?}"
+        );
+        assert_eq!(reply.req_id, 3, "answers the Hello");
+        assert_closed(&mut raw).await;
+    }
+    still_serving(&node, 1).await;
+}
+
+/// A stream that ends inside a frame (half its payload, then the client's
+/// half-close) is closed without a reply: nothing can be answered.
+#[tokio::test]
+async fn a_stream_that_ends_inside_a_frame_is_closed_quietly() {
+    let node = start(ServerOptions::default()).await;
+    let token = node.user(1).await;
+    let mut raw = Raw::logged_in(&node, &token).await;
+    raw.stream
+        .write_all(&[0, 0, 0, 10, 0x08, 0x01])
+        .await
+        .expect("write");
+    raw.stream.shutdown().await.expect("half-close");
+    assert_closed(&mut raw).await;
+    still_serving(&node, 1).await;
+}
+
+/// Closes of `reason` the node has counted.
+fn closes(node: &common::Node, reason: &'static str) -> u64 {
+    node.server
+        .metrics()
+        .closes
+        .get_or_create(&hanmadi_gateway::metrics::ReasonLabel { reason })
+        .get()
+}
+
+/// Reads until the node closes the socket (a reset counts too).
+async fn until_closed(stream: &mut tokio::net::TcpStream, what: &str) {
+    let mut seen = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after 10 s"));
+    if let Err(e) = end {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e}");
+    }
+}
+
+/// On the TLS port: a plaintext `Hello` fails the TLS handshake and is
+/// closed, a socket that starts no handshake is closed at the handshake
+/// deadline, and TLS clients are served throughout.
+#[tokio::test]
+async fn plaintext_and_silence_on_the_tls_port_are_closed() {
+    let node = start_with_conn(ConnConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..ConnConfig::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    let tls = node.server.tls_addr().expect("tls listener");
+    let mut plain = tokio::net::TcpStream::connect(tls).await.expect("connect");
+    let mut hello = bytes::BytesMut::new();
+    hanmadi_proto::ClientCodec::new(hanmadi_proto::DEFAULT_MAX_FRAME)
+        .encode_message(
+            &pb::ClientFrame {
+                req_id: 1,
+                kind: Some(client_frame::Kind::Hello(pb::Hello {
+                    token,
+                    device_id: "plain".into(),
+                })),
+            },
+            &mut hello,
+        )
+        .expect("encode");
+    // The node may close before all of it is written.
+    let _ = plain.write_all(&hello).await;
+    until_closed(&mut plain, "plaintext").await;
+    assert_eq!(closes(&node, "tls_handshake_failed"), 1);
+
+    let mut silent = tokio::net::TcpStream::connect(tls).await.expect("connect");
+    until_closed(&mut silent, "silence").await;
+    assert_eq!(closes(&node, "handshake_timeout"), 1);
+
+    let (client, _events) = node.connect(1, "tls", common::Transport::Tls).await;
+    client
+        .send(hanmadi_client::Target::User(1), "over TLS")
+        .await
+        .expect("a TLS client is served");
+}

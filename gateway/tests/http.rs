@@ -172,3 +172,80 @@ async fn a_request_past_its_deadline_is_answered_503_in_the_error_shape() {
     let body: serde_json::Value = r.json().await.expect("error body");
     assert_eq!(body["error"]["code"], 1002, "{body}");
 }
+
+/// Writes `head` and `body` (the node may answer and close before all of
+/// it is written) and reads the node's answer to the end; returns its
+/// status line's code, or `None` when it closed without one.
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("the node answers or closes within 10 s");
+    if read.is_err() && raw.is_empty() {
+        return None;
+    }
+    String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+}
+
+/// A chunked body past the 64 KiB request limit, with no `Content-Length`
+/// to refuse it by: `413` once the limit is passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_chunked_body_is_refused_with_413() {
+    let node = common::start(ServerOptions::default()).await;
+    let addr = node.server.http_addr().expect("http listener");
+    let head = "POST /v1/users HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+    let body = format!("{}0\r\n\r\n", chunk.repeat(10));
+    assert_eq!(raw_exchange(addr, head, body.as_bytes()).await, Some(413));
+}
+
+/// A request whose body stops coming: answered `503` at the request
+/// deadline, not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_coming_is_answered_at_the_deadline() {
+    let node = common::start(ServerOptions {
+        http_requests: RequestLimits {
+            deadline: std::time::Duration::from_millis(300),
+            ..RequestLimits::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let addr = node.server.http_addr().expect("http listener");
+    let head = "POST /v1/users HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\nConnection: close\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(b"{\"username\": ").await.expect("write");
+    let mut raw = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_string(&mut raw),
+    )
+    .await
+    .expect("answered within 10 s")
+    .expect("read");
+    assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+}
+
+/// Headers past what the node parses: refused (`431`) or closed, never
+/// held, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let node = common::start(ServerOptions::default()).await;
+    let addr = node.server.http_addr().expect("http listener");
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "x".repeat(1 << 20)
+    );
+    let status = raw_exchange(addr, &head, b"").await;
+    assert!(matches!(status, None | Some(431)), "{status:?}");
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+}

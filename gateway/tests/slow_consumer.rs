@@ -224,3 +224,97 @@ async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
         .await
         .expect("the sender still sends");
 }
+
+/// The same over WebSocket, whose writes go through the WebSocket layer's
+/// own buffer: a recipient that stops reading is closed with the
+/// slow-consumer code once its queue overflows, and its queue stays
+/// bounded meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_stops_reading_is_closed_as_a_slow_consumer() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use hanmadi_proto::prost::Message as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const QUEUE_LIMIT: usize = 64 * 1024;
+    let node = common::start(ServerOptions {
+        registry: hanmadi_gateway::registry::RegistryLimits {
+            outbound_bytes: QUEUE_LIMIT,
+            ..ServerOptions::default().registry
+        },
+        conn: hanmadi_gateway::conn::ConnConfig {
+            rate_per_sec: 100_000,
+            rate_burst: 100_000,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    node.user(1).await;
+    node.user(2).await;
+    let (sender, _deliveries) = node.connect(1, "d", common::Transport::Tcp).await;
+    let addr = node.server.http_addr().expect("http listener");
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = sock.connect(addr).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+        .await
+        .expect("upgrade");
+    let hello = pb::ClientFrame {
+        req_id: 1,
+        kind: Some(pb::client_frame::Kind::Hello(pb::Hello {
+            token: node.token(2),
+            device_id: "ws".into(),
+        })),
+    };
+    ws.send(Message::Binary(hello.encode_to_vec().into()))
+        .await
+        .expect("hello");
+    let frame = |m: Message| match m {
+        Message::Binary(b) => Some(pb::ServerFrame::decode(b).expect("protobuf")),
+        _ => None,
+    };
+    let welcome = ws.next().await.expect("a reply").expect("welcome");
+    common::assert_welcome(&frame(welcome).expect("a binary frame"));
+    let held = |node: &common::Node| {
+        let conns = node.server.registry().all();
+        let mine: Vec<_> = conns.iter().filter(|c| c.user == 2).collect();
+        (
+            !mine.is_empty(),
+            mine.iter().map(|c| c.queued_bytes()).sum::<usize>(),
+        )
+    };
+
+    let body = "x".repeat(16 * 1024);
+    let mut closed = false;
+    for _ in 0..2_000 {
+        sender
+            .send(Target::User(2), body.clone())
+            .await
+            .expect("send");
+        let (open, queued) = held(&node);
+        assert!(
+            queued <= QUEUE_LIMIT + 32 * 1024,
+            "the queue stays bounded: {queued}"
+        );
+        if !open {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow WebSocket was closed");
+    // Deliveries, then the close reason.
+    let mut last = None;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Some(f) = frame(m) {
+            last = Some(f);
+        }
+    }
+    assert_eq!(
+        last.as_ref().and_then(common::error_code),
+        Some(pb::ErrorCode::SlowConsumer)
+    );
+    sender
+        .send(Target::User(1), "still here")
+        .await
+        .expect("the sender still sends");
+}

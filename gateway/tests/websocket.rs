@@ -285,3 +285,47 @@ async fn a_client_close_is_answered_with_a_close() {
         "the server answers the close: {reply:?}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed_with_idle_timeout() {
+    let node = start_with_conn(ConnConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ConnConfig::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    let mut ws = logged_in(&node, &token).await;
+    error_then_closed(&mut ws, ErrorCode::IdleTimeout).await;
+}
+
+/// 500 pings back to back over WebSocket: the burst is answered, then
+/// the node refuses with `RATE_LIMITED` and finally closes.
+#[tokio::test]
+async fn a_websocket_flood_past_the_rate_limit_is_refused_then_closed() {
+    let node = start_with_conn(ConnConfig {
+        rate_per_sec: 20,
+        rate_burst: 20,
+        ..ConnConfig::default()
+    })
+    .await;
+    let token = node.user(1).await;
+    let mut ws = logged_in(&node, &token).await;
+    let pings = (0..500u64).map(|i| {
+        Ok(Message::text(
+            serde_json::json!({"req_id": (100 + i).to_string(), "ping": {}}).to_string(),
+        ))
+    });
+    // The server may close while the pings are still being written.
+    let _ = ws.send_all(&mut futures::stream::iter(pings)).await;
+    let (mut pongs, mut limited) = (0, 0);
+    while let Some((f, _)) = recv(&mut ws).await {
+        match (&f.kind, error_code(&f)) {
+            (Some(server_frame::Kind::Pong(_)), _) => pongs += 1,
+            (_, Some(ErrorCode::RateLimited)) => limited += 1,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!((20..500).contains(&pongs), "pongs: {pongs}");
+    assert!(limited > 0);
+    logged_in(&node, &token).await;
+}
