@@ -116,8 +116,11 @@ impl Claims {
 
 /// Why a token was refused.
 ///
-/// The messages are for logs; clients get only [`AuthError::error_code`], so
-/// a forger learns nothing about which check failed.
+/// Clients get [`AuthError::error_code`] and the message, which tells the
+/// developer minting tokens what to fix (an algorithm, a lifetime). A
+/// token without the secret's signature gets no further than the shape,
+/// the algorithm its own header names, and the signature, whose check takes
+/// the same time however wrong it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// Not a token of either kind: wrong shape, bad base64 or JSON, a missing

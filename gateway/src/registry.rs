@@ -50,6 +50,9 @@ pub fn limited_address(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Outbound slots an emptied queue keeps; more are given back.
+const IDLE_QUEUE_CAPACITY: usize = 64;
+
 /// Strikes an address is forgiven per second.
 pub const STRIKES_FADE_PER_SEC: f64 = 1.0;
 
@@ -189,6 +192,11 @@ impl ConnShared {
         let mut q = self.queue.lock();
         let n = q.len().min(max);
         out.extend(q.drain(..n));
+        // A burst must not leave a connection that lives for weeks holding
+        // the queue's largest size.
+        if q.is_empty() && q.capacity() > IDLE_QUEUE_CAPACITY {
+            q.shrink_to(IDLE_QUEUE_CAPACITY);
+        }
     }
 
     /// Drops everything queued (the connection is closing and unregistered;

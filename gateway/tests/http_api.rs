@@ -1083,10 +1083,8 @@ async fn the_admin_token_provisions_accounts_without_passwords() {
     assert_eq!(users.len(), 2);
     assert!(users.iter().all(|u| u["created"] == true), "{first}");
     assert_eq!(users[1]["username"], "bot-2");
-    // Repeating the call changes nothing and answers the same ids; a taken
-    // username keeps its account.
-    let again =
-        json!({"users": [{"username": "bot-1"}, {"username": "bot-2"}, {"username": "carol"}]});
+    // Repeating the call changes nothing and answers the same ids.
+    let again = json!({"users": [{"username": "bot-1"}, {"username": "bot-2"}]});
     let second = api
         .post(path, &admin, again)
         .await
@@ -1096,7 +1094,18 @@ async fn the_admin_token_provisions_accounts_without_passwords() {
         assert_eq!(second["users"][i]["user_id"], first["users"][i]["user_id"]);
         assert_eq!(second["users"][i]["created"], false);
     }
-    assert_eq!(second["users"][2]["created"], false);
+    // A username someone signed up for with a password is theirs: the
+    // batch is refused, and stores nothing.
+    let taken = json!({"users": [{"username": "bot-3"}, {"username": "carol"}]});
+    api.post(path, &admin, taken)
+        .await
+        .expect(409, Some(ErrorCode::AlreadyExists));
+    let third = api
+        .post(path, &admin, json!({"users": [{"username": "bot-3"}]}))
+        .await
+        .expect(200, None)
+        .clone();
+    assert_eq!(third["users"][0]["created"], true, "{third}");
 
     // The account has no password; the application's JWT lets it in.
     let bot = id_of(&first["users"][1]["user_id"]);

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::Backend;
 use crate::kv::{Kv, KvError, KvTxn, Versionstamp};
-use crate::occ::{forward_txn_ops, CommitRequest, Core, Limits, Txn};
+use crate::occ::{forward_txn_ops, CommitRequest, Core, Handoff, Limits, Txn};
 
 /// Most commits resolved and written together in one backend batch.
 const MAX_GROUP: usize = 1024;
@@ -143,8 +143,13 @@ impl<B: Backend> KvTxn for EmbeddedTxn<B> {
             if req.is_read_only() {
                 return Ok(core.finish_read_only(req));
             }
+            // Cancelled while it waits for room in the queue, the commit
+            // releases its read version (the handoff's drop).
+            let handoff = Handoff::new(core, req);
+            let room = commits.reserve().await.map_err(|_| closed())?;
+            let (_, req) = handoff.hand_over();
             let (tx, rx) = oneshot::channel();
-            commits.send((req, tx)).await.map_err(|_| closed())?;
+            room.send((req, tx));
             rx.await.map_err(|_| closed())?
         }
     }

@@ -188,13 +188,17 @@ impl KvTxn for SimTxn {
         let shared = self.shared;
         let txn = self.txn;
         async move {
-            let (core, req) = txn.into_request()?;
+            let (mut core, mut req) = txn.into_request()?;
             if req.is_read_only() {
                 return Ok(core.finish_read_only(req));
             }
             let (fate, delay) = shared.draw();
             if delay {
+                // Cancelled at this turn, the commit releases its read
+                // version (the handoff's drop).
+                let handoff = crate::occ::Handoff::new(core, req);
                 tokio::task::yield_now().await;
+                (core, req) = handoff.hand_over();
             }
             let counts = &shared.counts;
             match fate {

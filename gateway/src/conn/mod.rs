@@ -262,12 +262,16 @@ where
             return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
         }
     };
+    let registered = Registered {
+        registry: Arc::clone(&ctx.registry),
+        shared: Arc::clone(&shared),
+    };
     drop(announced);
     // Deleting an account revokes the connections registered at that
     // moment; one checked before the deletion but registered after it is
     // caught here, since a deletion that this read misses revokes it.
     if let Err(close) = Box::pin(authenticate(&ctx, &hello.token)).await {
-        ctx.registry.unregister(&shared);
+        drop(registered);
         return Box::pin(goodbye(&ctx, peer, &mut stream, &codec, req_id, close)).await;
     }
     tracing::debug!(user, %peer, "connection authenticated");
@@ -298,7 +302,7 @@ where
         Ok(()) => conn.serve_frames().await,
         Err(close) => Err(close),
     };
-    ctx.registry.unregister(&shared);
+    drop(registered);
     match reason {
         Ok(()) => {
             // The peer closed: complete the close (a WebSocket answers the
@@ -321,6 +325,20 @@ where
             Box::pin(linger_close(&mut conn.stream)).await;
             reason
         }
+    }
+}
+
+/// A connection's place in the registry, given up when dropped: however
+/// its task ends, a panic included, the connection stops counting as
+/// online and its queue stops taking deliveries.
+struct Registered {
+    registry: Arc<Registry>,
+    shared: Arc<ConnShared>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.unregister(&self.shared);
     }
 }
 

@@ -154,7 +154,7 @@ pub(crate) async fn run<K: Kv>(
     let mut tasks = JoinSet::new();
     let mut from = DueFrom::default();
     let mut last_full_scan = Instant::now();
-    tracing::info!(webhook = %shared.url, "push worker started");
+    tracing::info!(webhook = %without_secrets(&shared.url), "push worker started");
     loop {
         let free = permits.available_permits();
         let mut caught_up = true;
@@ -314,9 +314,27 @@ async fn send<K: Kv>(shared: &Shared<K>, job: PushJob) {
     }
 }
 
+/// `url` without what may be a secret: the user and password (sent as
+/// Basic authentication) and the query.
+fn without_secrets(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.to_string()
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_logged_webhook_shows_no_credentials_or_query() {
+        let url =
+            reqwest::Url::parse("http://hook:s3cret@push.internal:8080/send?key=abc").unwrap();
+        assert_eq!(without_secrets(&url), "http://push.internal:8080/send");
+    }
 
     #[test]
     fn statuses() {

@@ -43,18 +43,21 @@ impl<K: Kv> ChatStore<K> {
     }
 
     /// Makes sure each of `users` exists, in one transaction: a username
-    /// that is free gets the record under its caller-chosen id; a taken one
-    /// keeps its account. Answers each username's id and whether this call
-    /// created it (a retry after an unknown commit result counts its own
-    /// accounts as created). Operators provision accounts this way, with
-    /// no password: such users authenticate with JWTs an application mints.
+    /// that is free gets the record under its caller-chosen id; one taken
+    /// by a provisioned account (no password) keeps it. Answers each
+    /// username's id and whether this call created it (a retry after an
+    /// unknown commit result counts its own accounts as created). Operators
+    /// provision accounts this way, with no password: such users
+    /// authenticate with JWTs an application mints.
     ///
     /// The caller bounds the batch so the transaction stays small (each
     /// user is two keys of well under a kilobyte).
     ///
     /// # Errors
     ///
-    /// [`StoreError::Invalid`] for an empty username or a repeated id, or a
+    /// [`StoreError::Invalid`] for an empty username or a repeated id;
+    /// [`StoreError::UsernameTaken`] when a username belongs to an account
+    /// someone signed up for with a password (nothing is stored then); a
     /// storage failure.
     pub async fn ensure_users(
         &self,
@@ -79,6 +82,18 @@ impl<K: Kv> ChatStore<K> {
             for ((user_id, _), (name_key, user_key, value)) in users.iter().zip(&encoded) {
                 if let Some(owner) = txn.get(name_key, false).await? {
                     let owner = super::be_u64(&owner, "usernames")?;
+                    // An account with a password is whoever signed up for
+                    // it: answering its id would have the application mint
+                    // tokens for the user it means into a stranger's
+                    // account.
+                    if let Some(record) = txn.get(&keys::user(owner), false).await? {
+                        if !decode::<UserRecord>(&record, "users")?
+                            .password_hash
+                            .is_empty()
+                        {
+                            return Err(StoreError::UsernameTaken);
+                        }
+                    }
                     out.push((owner, owner == *user_id));
                     continue;
                 }

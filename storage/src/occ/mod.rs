@@ -183,6 +183,12 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Live read versions, counted once per transaction holding one.
+    #[cfg(test)]
+    fn live_readers(&self) -> usize {
+        self.resolver.lock().readers.values().sum()
+    }
+
     /// Commits a read-only request without touching the backend.
     pub fn finish_read_only(&self, req: CommitRequest) -> Versionstamp {
         let stamp = req.read_only_stamp(self.version());
@@ -190,5 +196,69 @@ impl<B: Backend> Core<B> {
             self.release_reader(rv);
         }
         stamp
+    }
+}
+
+/// A commit request on its way to the resolver. Dropped before it gets
+/// there (its commit future was cancelled while it waited for room or a
+/// turn), it releases the read version it registered: a reader that never
+/// finishes would make the resolver keep every later write set, for good.
+#[derive(Debug)]
+pub struct Handoff<B: Backend> {
+    core: Arc<Core<B>>,
+    req: Option<CommitRequest>,
+}
+
+impl<B: Backend> Handoff<B> {
+    /// Holds `req` of `core` until [`Handoff::hand_over`].
+    pub fn new(core: Arc<Core<B>>, req: CommitRequest) -> Self {
+        Self {
+            core,
+            req: Some(req),
+        }
+    }
+
+    /// The core and the request, now the caller's to finish.
+    pub fn hand_over(mut self) -> (Arc<Core<B>>, CommitRequest) {
+        let req = self.req.take().expect("a handoff is handed over once");
+        (Arc::clone(&self.core), req)
+    }
+}
+
+impl<B: Backend> Drop for Handoff<B> {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take() {
+            self.core.abandon(req);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::{Core, Handoff, Limits};
+    use crate::memory::MemoryBackend;
+
+    #[test]
+    fn a_request_dropped_on_its_way_releases_its_read_version() {
+        let core = Core::open(MemoryBackend::new(), Limits::default()).unwrap();
+        let mut txn = core.begin();
+        // A conflict-checked read registers the transaction as a reader.
+        assert_eq!(txn.get_now(b"k", false).unwrap(), None);
+        txn.set_now(b"k", b"v");
+        assert_eq!(core.live_readers(), 1);
+        let (core2, req) = txn.into_request().unwrap();
+        drop(Handoff::new(core2, req));
+        assert_eq!(core.live_readers(), 0);
+
+        // Handed over, the request is the resolver's to finish.
+        let mut txn = core.begin();
+        assert_eq!(txn.get_now(b"k", false).unwrap(), None);
+        txn.set_now(b"k", b"v");
+        let (core2, req) = txn.into_request().unwrap();
+        let (core2, req) = Handoff::new(core2, req).hand_over();
+        assert_eq!(core.live_readers(), 1);
+        core2.commit_group(vec![req], false).pop().unwrap().unwrap();
+        assert_eq!(core.live_readers(), 0);
     }
 }
