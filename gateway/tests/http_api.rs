@@ -1296,3 +1296,32 @@ async fn the_admin_token_check_takes_the_admin_token_only() {
 }
 
 const ADMIN_TOKEN_CHECK: &str = "/v1/admin/token";
+
+/// Log-ins are paced per username, whatever addresses they come from:
+/// five at once, then six a minute; past that `429 RATE_LIMITED` before
+/// any password is checked. Other usernames are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_ins_as_one_username_are_paced() {
+    let (_node, api) = setup().await;
+    api.user("dave").await;
+    api.user("erin").await;
+    let log_in = |name: &str, password: &str| {
+        api.post_public(
+            "/v1/sessions",
+            json!({"username": name, "password": password}),
+        )
+    };
+    // `api.user` logged in once already.
+    for _ in 0..4 {
+        log_in("dave", "wrong guess")
+            .await
+            .expect(401, Some(ErrorCode::Unauthenticated));
+    }
+    log_in("DAVE", "wrong guess")
+        .await
+        .expect(429, Some(ErrorCode::RateLimited));
+    log_in("dave", "correct horse")
+        .await
+        .expect(429, Some(ErrorCode::RateLimited));
+    log_in("erin", "correct horse").await.expect(200, None);
+}

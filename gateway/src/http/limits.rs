@@ -9,6 +9,11 @@
 //! map without end. `/healthz` and `/metrics` are not limited: load
 //! balancers and scrapers poll them from one address by design.
 //!
+//! Log-ins are paced per username as well, from whatever addresses they
+//! come ([`LOGIN_BURST`] at once, then [`LOGIN_PER_MINUTE`]): one account's
+//! password cannot be guessed faster by spreading the guesses over many
+//! addresses, and each refused attempt costs no password hash.
+//!
 //! The deadline bounds how long a handler may run (storage stalls, a queue
 //! for password hashing): past it the request is answered `503
 //! SERVER_BUSY` with `Retry-After` and the handler is dropped. A long-poll
@@ -55,13 +60,23 @@ impl Default for RequestLimits {
     }
 }
 
-/// The shared state of the two layers.
+/// Log-in attempts one username may take at once.
+pub const LOGIN_BURST: u32 = 5;
+
+/// Log-in attempts one username may take per minute after its burst.
+pub const LOGIN_PER_MINUTE: u32 = 6;
+
+/// The shared state of the two layers, and the pace of log-ins.
 #[derive(Debug)]
 pub struct RequestLimiter {
     limits: RequestLimits,
     buckets: DefaultKeyedRateLimiter<IpAddr>,
     /// Requests seen, to schedule sweeps of idle buckets.
     requests: AtomicU64,
+    /// Log-in attempts per username (lowercased, as usernames compare).
+    logins: DefaultKeyedRateLimiter<String>,
+    /// Log-in attempts seen, to schedule sweeps of idle buckets.
+    login_attempts: AtomicU64,
 }
 
 impl RequestLimiter {
@@ -70,11 +85,27 @@ impl RequestLimiter {
     pub fn new(limits: RequestLimits) -> Self {
         let rate = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+        let per_minute = NonZeroU32::new(LOGIN_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+        let login_burst = NonZeroU32::new(LOGIN_BURST).unwrap_or(NonZeroU32::MIN);
         Self {
             limits,
             buckets: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             requests: AtomicU64::new(0),
+            logins: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(login_burst)),
+            login_attempts: AtomicU64::new(0),
         }
+    }
+
+    /// Takes one log-in attempt from `username`'s bucket, or says how long
+    /// until one is free.
+    pub fn log_in_attempt(&self, username: &str) -> Result<(), Duration> {
+        if self.login_attempts.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.logins.retain_recent();
+            self.logins.shrink_to_fit();
+        }
+        self.logins
+            .check_key(&username.to_lowercase())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     /// Takes one request from `ip`'s bucket, or says how long until one is

@@ -186,6 +186,7 @@ pub(super) async fn sign_up<K: Kv>(
     responses(
         (status = 200, description = "Logged in", body = Session),
         (status = 401, description = "Wrong username or password (`UNAUTHENTICATED`)", body = ErrorBody),
+        (status = 429, description = "Too many log-ins as this username: 5 at once, then 6 a minute (`RATE_LIMITED`)", body = ErrorBody),
         (status = 503, description = "Too many password hashes at once", body = ErrorBody),
     ))]
 pub(super) async fn log_in<K: Kv>(
@@ -197,7 +198,18 @@ pub(super) async fn log_in<K: Kv>(
         return Err(wrong());
     }
     let account = match check_username(&req.username) {
-        Ok(()) => state.ctx.router.password_account(&req.username).await?,
+        Ok(()) => {
+            if let Err(wait) = state.limiter.log_in_attempt(&req.username) {
+                return Err(ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "too many log-ins as this user; try again in {} s",
+                        wait.as_secs() + 1
+                    ),
+                ));
+            }
+            state.ctx.router.password_account(&req.username).await?
+        }
         Err(_) => None,
     };
     let (user_id, stored) = account.unzip();
