@@ -31,7 +31,8 @@
 //! (`hanmadi admin-token` prints it), and changing the secret changes it.
 //!
 //! Revocation is the caller's: an account keeps a "tokens valid after"
-//! instant (set when it is deleted or logs out everywhere), and
+//! instant (set when it is deleted or logs out everywhere, `DELETE
+//! /v1/sessions`), and
 //! [`Claims::issued_before`] / [`Claims::check_not_revoked`] compare with it.
 
 use std::time::Duration;

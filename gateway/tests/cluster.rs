@@ -900,28 +900,35 @@ async fn a_long_poll_on_one_node_wakes_for_a_commit_through_another() {
     shutdown_all(nodes).await;
 }
 
+/// Waits until `deliveries` says its connection closed.
+async fn closed_within_5s(deliveries: &mut hanmadi_client::Deliveries, what: &str) {
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match deliveries.recv().await {
+                Some(hanmadi_client::Event::Closed { .. }) | None => return,
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: a socket stayed open");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_an_account_closes_its_sockets_on_every_node() {
+async fn deleting_or_logging_out_an_account_closes_its_sockets_on_every_node() {
     let (store, nodes) = three_linked(24, Duration::from_secs(60)).await;
-    users(&store, [501]).await;
+    users(&store, [501, 502]).await;
     let (_b, mut on_b) = connect(&nodes[1], 501, "phone").await;
     let (_c, mut on_c) = connect(&nodes[2], 501, "laptop").await;
     nodes[0].router().delete_user(501).await.unwrap();
-    for deliveries in [&mut on_b, &mut on_c] {
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match deliveries.recv().await {
-                    Some(hanmadi_client::Event::Closed { .. }) | None => return,
-                    Some(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(
-            closed.is_ok(),
-            "a socket of the deleted account stayed open"
-        );
-    }
+    closed_within_5s(&mut on_b, "deleted").await;
+    closed_within_5s(&mut on_c, "deleted").await;
+    // Logging out everywhere through one node closes them the same way.
+    let (_b, mut on_b) = connect(&nodes[1], 502, "phone").await;
+    let (_c, mut on_c) = connect(&nodes[2], 502, "laptop").await;
+    nodes[0].router().revoke_tokens(502).await.unwrap();
+    closed_within_5s(&mut on_b, "logged out").await;
+    closed_within_5s(&mut on_c, "logged out").await;
     shutdown_all(nodes).await;
 }
 

@@ -354,6 +354,7 @@ async fn every_authenticated_route_refuses_bad_tokens() {
         (Method::GET, "/v1/users/me".into()),
         (Method::PATCH, "/v1/users/me".into()),
         (Method::DELETE, "/v1/users/me".into()),
+        (Method::DELETE, "/v1/sessions".into()),
         (Method::GET, format!("/v1/users/{bob}")),
         (Method::GET, "/v1/users/by-name/bob".into()),
         (Method::PUT, format!("/v1/users/me/blocks/{bob}")),
@@ -1324,4 +1325,50 @@ async fn log_ins_as_one_username_are_paced() {
         .await
         .expect(429, Some(ErrorCode::RateLimited));
     log_in("erin", "correct horse").await.expect(200, None);
+}
+
+/// `DELETE /v1/sessions` logs out everywhere: every token issued before
+/// it (log-in tokens and the application's JWTs) is refused, the
+/// account's sockets close with `TOKEN_INVALID`, and a new log-in works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_everywhere_voids_every_earlier_token_and_socket() {
+    let (node, api) = setup().await;
+    let (id, first) = api.user("frank").await;
+    let second = api
+        .post_public(
+            "/v1/sessions",
+            json!({"username": "frank", "password": "correct horse"}),
+        )
+        .await
+        .expect(200, None)["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let jwt = node.jwt(id);
+    let mut socket = common::Raw::logged_in(&node, &second).await;
+
+    api.delete("/v1/sessions", &first).await.expect(204, None);
+    for token in [&first, &second, &jwt] {
+        api.get("/v1/users/me", token)
+            .await
+            .expect(401, Some(ErrorCode::TokenInvalid));
+    }
+    let reply = socket.recv().await.expect("an error frame");
+    assert_eq!(common::error_code(&reply), Some(ErrorCode::TokenInvalid));
+    assert!(socket.recv().await.is_none(), "the socket is closed");
+
+    let fresh = api
+        .post_public(
+            "/v1/sessions",
+            json!({"username": "frank", "password": "correct horse"}),
+        )
+        .await
+        .expect(200, None)["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(
+        api.get_ok("/v1/users/me", &fresh).await["username"],
+        "frank"
+    );
 }

@@ -603,6 +603,23 @@ impl<K: Kv> Router<K> {
         Ok(result?)
     }
 
+    /// Voids every token `user` holds now: sessions and application JWTs
+    /// alike must be issued again. The caller closes the user's sockets on
+    /// this node; other nodes close theirs on the change.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::NotFound`] for an unknown or deleted user; a storage
+    /// failure.
+    pub async fn revoke_tokens(&self, user: u64) -> Result<(), RouterError> {
+        let result = self.store.revoke_tokens(user, self.now_ms()).await;
+        self.sink.changed(&FeedEvent {
+            accounts: vec![user],
+            ..FeedEvent::default()
+        });
+        Ok(result?)
+    }
+
     /// Acts on a change committed through another node of the cluster:
     /// forgets what the authorization caches hold of it.
     pub fn forget(&self, change: &FeedEvent) {

@@ -517,7 +517,7 @@ where
                 return Err(Close::with(
                     ErrorCode::TokenInvalid,
                     "revoked",
-                    "the account was deleted",
+                    "the account's tokens were revoked, or the account deleted",
                 ));
             }
             let can_read = inflight.len() < self.ctx.config.max_in_flight;

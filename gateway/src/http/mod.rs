@@ -100,7 +100,7 @@ fn api<K: Kv>() -> OpenApiRouter<HttpState<K>> {
         .routes(routes!(users::sign_up))
         .routes(routes!(admin::provision_users))
         .routes(routes!(admin::check_token))
-        .routes(routes!(users::log_in))
+        .routes(routes!(users::log_in, users::log_out_everywhere))
         .routes(routes!(users::get_me, users::patch_me, users::delete_me))
         .routes(routes!(users::get_user))
         .routes(routes!(users::find_user))

@@ -279,6 +279,20 @@ pub(super) async fn delete_me<K: Kv>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Logs out everywhere: every token of the caller's account issued until
+/// now stops working, its sockets on every node close with
+/// `TOKEN_INVALID`, and the next log-in gets a fresh token.
+#[utoipa::path(delete, path = "/v1/sessions", tag = "users", security(("bearer" = [])),
+    responses((status = 204, description = "Every earlier token is void")))]
+pub(super) async fn log_out_everywhere<K: Kv>(
+    State(state): State<HttpState<K>>,
+    Caller(me): Caller,
+) -> Result<StatusCode, ApiError> {
+    state.ctx.router.revoke_tokens(me).await?;
+    state.ctx.registry.revoke_user(me);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Another user's profile.
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Id, Path, description = "The user's id")),

@@ -205,6 +205,36 @@ impl<K: Kv> ChatStore<K> {
         })
     }
 
+    /// Voids every token of `user_id` issued before `now_ms` ("log out
+    /// everywhere"); tokens issued from then on work.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] for an unknown or deleted user.
+    pub async fn revoke_tokens(&self, user_id: u64, now_ms: u64) -> Result<(), StoreError> {
+        let key = keys::user(user_id);
+        transact!(&self.kv, |txn| {
+            let Some(v) = txn.get(&key, false).await? else {
+                return Err(StoreError::NotFound("user"));
+            };
+            let mut rec = decode::<UserRecord>(&v, "users")?;
+            if rec.deleted {
+                return Err(StoreError::NotFound("user"));
+            }
+            rec.tokens_valid_after = rec.tokens_valid_after.max(now_ms);
+            txn.set(&key, &rec.encode_to_vec());
+            if self.config.change_feed {
+                // Other nodes close the account's sockets, as on deletion.
+                let event = crate::chat::FeedEvent {
+                    accounts: vec![user_id],
+                    ..Default::default()
+                };
+                crate::chat::feed::write(&mut txn, event);
+            }
+            Ok(())
+        })
+    }
+
     /// Blocks (or unblocks) `other` for `user`.
     ///
     /// # Errors
