@@ -125,13 +125,17 @@ impl Api {
         let body = json!({"username": name, "password": "correct horse"});
         let r = self.post_public("/v1/users", body).await;
         let id = id_of(&r.expect(201, None)["user_id"]);
+        (id, self.log_in(name).await)
+    }
+
+    /// Logs `name` in with the password [`Api::user`] gave it: a new token.
+    async fn log_in(&self, name: &str) -> String {
         let body = json!({"username": name, "password": "correct horse"});
         let r = self.post_public("/v1/sessions", body).await;
-        let token = r.expect(200, None)["token"]
+        r.expect(200, None)["token"]
             .as_str()
             .expect("token")
-            .to_owned();
-        (id, token)
+            .to_owned()
     }
 
     /// Creates the group `name` with `members` as `token`'s user: its id.
@@ -1334,16 +1338,7 @@ async fn log_ins_as_one_username_are_paced() {
 async fn logging_out_everywhere_voids_every_earlier_token_and_socket() {
     let (node, api) = setup().await;
     let (id, first) = api.user("frank").await;
-    let second = api
-        .post_public(
-            "/v1/sessions",
-            json!({"username": "frank", "password": "correct horse"}),
-        )
-        .await
-        .expect(200, None)["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let second = api.log_in("frank").await;
     let jwt = node.jwt(id);
     let mut socket = common::Raw::logged_in(&node, &second).await;
 
@@ -1357,16 +1352,7 @@ async fn logging_out_everywhere_voids_every_earlier_token_and_socket() {
     assert_eq!(common::error_code(&reply), Some(ErrorCode::TokenInvalid));
     assert!(socket.recv().await.is_none(), "the socket is closed");
 
-    let fresh = api
-        .post_public(
-            "/v1/sessions",
-            json!({"username": "frank", "password": "correct horse"}),
-        )
-        .await
-        .expect(200, None)["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let fresh = api.log_in("frank").await;
     assert_eq!(
         api.get_ok("/v1/users/me", &fresh).await["username"],
         "frank"

@@ -43,6 +43,17 @@ async fn not_reading(node: &common::Node, user: u64) -> common::Raw {
     raw
 }
 
+/// Whether `user` still has a connection on `node`, and the bytes queued
+/// to its connections.
+fn held(node: &common::Node, user: u64) -> (bool, usize) {
+    let conns = node.server.registry().all();
+    let mine: Vec<_> = conns.iter().filter(|c| c.user == user).collect();
+    (
+        !mine.is_empty(),
+        mine.iter().map(|c| c.queued_bytes()).sum::<usize>(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_and_others_get_everything() {
     let node = common::start(ServerOptions {
@@ -174,15 +185,6 @@ async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
     node.user(2).await;
     let (sender, _deliveries) = node.connect(1, "d", common::Transport::Tcp).await;
     let mut stalled = not_reading(&node, 2).await;
-    let held = |node: &common::Node| {
-        let conns = node.server.registry().all();
-        let mine: Vec<_> = conns.iter().filter(|c| c.user == 2).collect();
-        (
-            !mine.is_empty(),
-            mine.iter().map(|c| c.queued_bytes()).sum::<usize>(),
-        )
-    };
-
     // 16 KiB bodies until the socket's buffers are full and a write waits;
     // a few MiB on loopback.
     let body = "x".repeat(16 * 1024);
@@ -192,7 +194,7 @@ async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
             .send(Target::User(2), body.clone())
             .await
             .expect("send");
-        let (open, queued) = held(&node);
+        let (open, queued) = held(&node, 2);
         assert!(queued < QUEUE_LIMIT, "the queue never overflows: {queued}");
         if !open {
             closed = true;
@@ -202,7 +204,7 @@ async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
     if !closed {
         // Everything is sent; the stalled write now runs out its time.
         let gone = async {
-            while held(&node).0 {
+            while held(&node, 2).0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -275,15 +277,6 @@ async fn a_websocket_that_stops_reading_is_closed_as_a_slow_consumer() {
     };
     let welcome = ws.next().await.expect("a reply").expect("welcome");
     common::assert_welcome(&frame(welcome).expect("a binary frame"));
-    let held = |node: &common::Node| {
-        let conns = node.server.registry().all();
-        let mine: Vec<_> = conns.iter().filter(|c| c.user == 2).collect();
-        (
-            !mine.is_empty(),
-            mine.iter().map(|c| c.queued_bytes()).sum::<usize>(),
-        )
-    };
-
     let body = "x".repeat(16 * 1024);
     let mut closed = false;
     for _ in 0..2_000 {
@@ -291,7 +284,7 @@ async fn a_websocket_that_stops_reading_is_closed_as_a_slow_consumer() {
             .send(Target::User(2), body.clone())
             .await
             .expect("send");
-        let (open, queued) = held(&node);
+        let (open, queued) = held(&node, 2);
         assert!(
             queued <= QUEUE_LIMIT + 32 * 1024,
             "the queue stays bounded: {queued}"

@@ -314,17 +314,38 @@ async fn accounts_are_shown_changed_and_logged_in_against_while_live() {
     );
     assert_eq!(changed.status_text, "away");
 
-    // Provisioned accounts have no password: no password log-in.
+    // A username someone signed up for with a password is not handed to
+    // provisioning, and the batch stores nothing.
+    assert!(matches!(
+        f.router
+            .provision_accounts(vec![
+                ("bob".into(), String::new()),
+                ("ann".into(), String::new()),
+            ])
+            .await,
+        Err(RouterError::UsernameTaken)
+    ));
+    assert!(
+        matches!(
+            f.router.account_by_name("bob").await,
+            Err(RouterError::NotFound("user"))
+        ),
+        "nothing stored"
+    );
+    // Provisioned accounts have no password: no password log-in; a
+    // repeated batch answers the same account.
     let provisioned = f
         .router
-        .provision_accounts(vec![
-            ("bob".into(), String::new()),
-            ("ann".into(), String::new()),
-        ])
+        .provision_accounts(vec![("bob".into(), String::new())])
         .await
         .expect("provision");
     assert!(provisioned[0].1, "bob is new");
-    assert_eq!(provisioned[1], (ann, false), "ann keeps her account");
+    let again = f
+        .router
+        .provision_accounts(vec![("bob".into(), String::new())])
+        .await
+        .expect("provision again");
+    assert_eq!(again[0], (provisioned[0].0, false), "bob keeps his account");
     assert_eq!(
         f.router.password_account("bob").await.expect("log-in read"),
         None

@@ -194,13 +194,7 @@ impl<K: Kv> ChatStore<K> {
             rec.password_hash.clear();
             rec.tokens_valid_after = now_ms;
             txn.set(&key, &rec.encode_to_vec());
-            if self.config.change_feed {
-                let event = crate::chat::FeedEvent {
-                    accounts: vec![user_id],
-                    ..Default::default()
-                };
-                crate::chat::feed::write(&mut txn, event);
-            }
+            self.account_changed(&mut txn, user_id);
             Ok(())
         })
     }
@@ -223,16 +217,22 @@ impl<K: Kv> ChatStore<K> {
             }
             rec.tokens_valid_after = rec.tokens_valid_after.max(now_ms);
             txn.set(&key, &rec.encode_to_vec());
-            if self.config.change_feed {
-                // Other nodes close the account's sockets, as on deletion.
-                let event = crate::chat::FeedEvent {
-                    accounts: vec![user_id],
-                    ..Default::default()
-                };
-                crate::chat::feed::write(&mut txn, event);
-            }
+            self.account_changed(&mut txn, user_id);
             Ok(())
         })
+    }
+
+    /// Tells the cluster, through the change feed, that `user_id`'s tokens
+    /// were voided: other nodes drop what they cached of the account and
+    /// close its sockets.
+    fn account_changed(&self, txn: &mut K::Txn, user_id: u64) {
+        if self.config.change_feed {
+            let event = crate::chat::FeedEvent {
+                accounts: vec![user_id],
+                ..Default::default()
+            };
+            crate::chat::feed::write(txn, event);
+        }
     }
 
     /// Blocks (or unblocks) `other` for `user`.
