@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+use hanmadi_benches::thread_cpu;
 use hanmadi_storage::backend::fjall::{FjallBackend, FjallOptions};
 use hanmadi_storage::backend::redb::{RedbBackend, RedbOptions};
 use hanmadi_storage::backend::{Backend, Snapshot, Write};
@@ -258,13 +259,6 @@ fn percentiles(name: &str, mut samples: Vec<Duration>) {
         at(0.99),
         at(1.0),
     );
-}
-
-/// CPU time this thread has used, from Linux's schedstat; `None` elsewhere.
-fn thread_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let nanos = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(nanos))
 }
 
 /// Durable 512-message commits, timed on the wall clock and on the writing

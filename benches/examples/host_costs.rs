@@ -11,35 +11,25 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// CPU time a thread has run, in microseconds, from the scheduler's
-/// nanosecond counter (`/proc/.../schedstat`).
-fn cpu_us(schedstat: &Path) -> f64 {
-    std::fs::read_to_string(schedstat)
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |ns| ns / 1e3)
+use hanmadi_benches::{live_threads_cpu, thread_cpu};
+
+/// Microseconds of a CPU time reading (0 where there is none).
+fn us(cpu: Option<Duration>) -> f64 {
+    cpu.map_or(0.0, |d| d.as_secs_f64() * 1e6)
 }
 
-/// CPU time of every live thread of this process, in microseconds. A
-/// thread that ends takes its time with it: measure across live threads.
+/// CPU time of every live thread of this process, in microseconds.
 fn process_cpu_us() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .flatten()
-        .map(|t| cpu_us(&t.path().join("schedstat")))
-        .sum()
+    us(live_threads_cpu())
 }
 
 /// CPU time of the calling thread, in microseconds.
 fn thread_cpu_us() -> f64 {
-    cpu_us(Path::new("/proc/thread-self/schedstat"))
+    us(thread_cpu())
 }
 
 /// Runs `op` `n` times on this thread alone; answers wall and CPU

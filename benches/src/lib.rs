@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hanmadi_router::{Router, SendRequest, Target};
@@ -144,4 +145,30 @@ pub async fn create_users<K: Kv>(store: &ChatStore<K>, n: u64) {
             t.await.expect("sign-up task");
         }
     }
+}
+
+/// CPU time the calling thread has used, from Linux's schedstat; `None`
+/// elsewhere.
+pub fn thread_cpu() -> Option<Duration> {
+    schedstat_cpu(Path::new("/proc/thread-self/schedstat"))
+}
+
+/// CPU time the live threads of this process have used, from Linux's
+/// schedstat; `None` elsewhere. A thread that ends takes its time with
+/// it: measure across threads that live throughout.
+pub fn live_threads_cpu() -> Option<Duration> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|t| schedstat_cpu(&t.path().join("schedstat")))
+            .sum(),
+    )
+}
+
+/// The first field of a schedstat file: nanoseconds on a CPU.
+fn schedstat_cpu(path: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let nanos = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
 }
