@@ -66,64 +66,81 @@ pub const LOGIN_BURST: u32 = 5;
 /// Log-in attempts one username may take per minute after its burst.
 pub const LOGIN_PER_MINUTE: u32 = 6;
 
+/// A token bucket per key whose idle buckets are dropped every
+/// [`PRUNE_EVERY`] checks, so keys a client chooses (addresses, usernames)
+/// cannot grow the map without end.
+#[derive(Debug)]
+struct Paced<K: Clone + Eq + std::hash::Hash> {
+    buckets: DefaultKeyedRateLimiter<K>,
+    /// Checks made, to schedule the sweeps.
+    checks: AtomicU64,
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Paced<K> {
+    fn new(quota: Quota) -> Self {
+        Self {
+            buckets: RateLimiter::keyed(quota),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one token from `key`'s bucket, or says how long until one is
+    /// free.
+    fn check(&self, key: &K) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.buckets.retain_recent();
+            self.buckets.shrink_to_fit();
+        }
+        self.buckets
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
 /// The shared state of the two layers, and the pace of log-ins.
 #[derive(Debug)]
 pub struct RequestLimiter {
     limits: RequestLimits,
-    buckets: DefaultKeyedRateLimiter<IpAddr>,
-    /// Requests seen, to schedule sweeps of idle buckets.
-    requests: AtomicU64,
+    /// Requests per remote address.
+    requests: Paced<IpAddr>,
     /// Log-in attempts per username (lowercased, as usernames compare).
-    logins: DefaultKeyedRateLimiter<String>,
-    /// Log-in attempts seen, to schedule sweeps of idle buckets.
-    login_attempts: AtomicU64,
+    logins: Paced<String>,
 }
 
 impl RequestLimiter {
     /// A limiter for `limits`; zero rates count as one.
     #[must_use]
     pub fn new(limits: RequestLimits) -> Self {
-        let rate = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
-        let per_minute = NonZeroU32::new(LOGIN_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
-        let login_burst = NonZeroU32::new(LOGIN_BURST).unwrap_or(NonZeroU32::MIN);
+        let at_least_one = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         Self {
             limits,
-            buckets: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
-            requests: AtomicU64::new(0),
-            logins: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(login_burst)),
-            login_attempts: AtomicU64::new(0),
+            requests: Paced::new(
+                Quota::per_second(at_least_one(limits.rate_per_sec))
+                    .allow_burst(at_least_one(limits.burst)),
+            ),
+            logins: Paced::new(
+                Quota::per_minute(at_least_one(LOGIN_PER_MINUTE))
+                    .allow_burst(at_least_one(LOGIN_BURST)),
+            ),
         }
     }
 
     /// Takes one log-in attempt from `username`'s bucket, or says how long
     /// until one is free.
     pub fn log_in_attempt(&self, username: &str) -> Result<(), Duration> {
-        if self.login_attempts.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.logins.retain_recent();
-            self.logins.shrink_to_fit();
-        }
-        self.logins
-            .check_key(&username.to_lowercase())
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.logins.check(&username.to_lowercase())
     }
 
     /// Takes one request from `ip`'s bucket, or says how long until one is
     /// free.
     fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        if self.requests.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.buckets.retain_recent();
-            self.buckets.shrink_to_fit();
-        }
-        self.buckets
-            .check_key(&ip)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.requests.check(&ip)
     }
 
     /// Addresses that currently have a bucket.
     #[must_use]
     pub fn tracked_addresses(&self) -> usize {
-        self.buckets.len()
+        self.requests.buckets.len()
     }
 }
 
