@@ -198,8 +198,21 @@ impl FrameCodec {
     /// [`CodecError::FrameTooLarge`] when `payload` exceeds the maximum;
     /// `dst` is left untouched.
     pub fn encode_payload(&self, payload: &[u8], dst: &mut BytesMut) -> Result<(), CodecError> {
-        self.put_prefix(payload.len(), dst)?;
-        dst.extend_from_slice(payload);
+        self.encode_parts(&[payload], dst)
+    }
+
+    /// Writes one frame whose payload is `parts` one after the other, behind
+    /// one length prefix, without joining them first.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::FrameTooLarge`] when the parts together exceed the
+    /// maximum; `dst` is left untouched.
+    pub fn encode_parts(&self, parts: &[&[u8]], dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.put_prefix(parts.iter().map(|p| p.len()).sum(), dst)?;
+        for part in parts {
+            dst.extend_from_slice(part);
+        }
         Ok(())
     }
 

@@ -23,17 +23,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use futures::{SinkExt as _, StreamExt as _};
-use hanmadi_proto::FrameCodec;
+use hanmadi_proto::{CodecError, FrameCodec};
 use hanmadi_storage::chat::FeedEvent;
 use hmac::{Hmac, Mac as _};
 use prost::Message;
 use sha2::Sha256;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -175,14 +175,13 @@ impl FrameTags {
         mac
     }
 
-    /// `frame` with its tag after it.
-    fn seal(&mut self, frame: &[u8]) -> Bytes {
-        let tag = self.tag(frame).finalize().into_bytes();
+    /// `frame` with the tag that goes after it.
+    fn seal(&mut self, frame: Bytes) -> Sealed {
+        let mac = self.tag(&frame).finalize().into_bytes();
         self.next += 1;
-        let mut sealed = Vec::with_capacity(frame.len() + TAG_LEN);
-        sealed.extend_from_slice(frame);
-        sealed.extend_from_slice(&tag[..TAG_LEN]);
-        Bytes::from(sealed)
+        let mut tag = [0; TAG_LEN];
+        tag.copy_from_slice(&mac[..TAG_LEN]);
+        Sealed { frame, tag }
     }
 
     /// The frame `sealed` carries, if its tag is the next one expected.
@@ -195,10 +194,46 @@ impl FrameTags {
     }
 }
 
+/// A link frame and the tag written right after it, in the same frame.
+struct Sealed {
+    frame: Bytes,
+    tag: [u8; TAG_LEN],
+}
+
+/// The link's framing, the client protocol's: a sealed frame goes out
+/// behind one prefix without being joined to its tag first (the frame of
+/// a broadcast is shared by every link, each with its own tag).
+struct LinkCodec(FrameCodec);
+
+impl Decoder for LinkCodec {
+    type Item = Bytes;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        self.0.decode_frame(src)
+    }
+}
+
+impl Encoder<Bytes> for LinkCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.0.encode_payload(&frame, dst)
+    }
+}
+
+impl Encoder<Sealed> for LinkCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, sealed: Sealed, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.0.encode_parts(&[&sealed.frame, &sealed.tag], dst)
+    }
+}
+
 /// A link that passed its handshake: the socket, the peer's node id, and
 /// the tags of each direction.
 struct Authenticated {
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<TcpStream, LinkCodec>,
     node: u64,
     outbound: FrameTags,
     inbound: FrameTags,
@@ -500,7 +535,7 @@ impl Links {
         expect: Option<u64>,
     ) -> Result<Authenticated, String> {
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_FRAME));
+        let mut framed = Framed::new(stream, LinkCodec(FrameCodec::new(HANDSHAKE_FRAME)));
         let exchange = async {
             let nonce: [u8; 32] = rand::random();
             let hello = LinkHello {
@@ -555,7 +590,7 @@ impl Links {
             self.metrics.cluster_links_refused.inc();
         }
         let (node, outbound, inbound) = outcome?;
-        *framed.codec_mut() = FrameCodec::new(MAX_LINK_FRAME + TAG_LEN);
+        *framed.codec_mut() = LinkCodec(FrameCodec::new(MAX_LINK_FRAME + TAG_LEN));
         Ok(Authenticated {
             framed,
             node,
@@ -595,7 +630,7 @@ impl Links {
                     // Counted until the socket's buffer has taken it, so
                     // that frames held here while the peer stalls count too.
                     let len = frame.len();
-                    sink.feed(outbound.seal(&frame)).await?;
+                    sink.feed(outbound.seal(frame)).await?;
                     queued.fetch_sub(len, Ordering::Relaxed);
                 }
                 sink.flush().await?;
@@ -634,7 +669,7 @@ impl Links {
     }
 }
 
-async fn next_frame(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<Bytes, String> {
+async fn next_frame(framed: &mut Framed<TcpStream, LinkCodec>) -> Result<Bytes, String> {
     match framed.next().await {
         Some(Ok(frame)) => Ok(frame),
         Some(Err(e)) => Err(e.to_string()),
@@ -645,8 +680,10 @@ async fn next_frame(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<Bytes,
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{FrameTags, HmacSha256, Role, TAG_LEN};
+    use bytes::Bytes;
     use hmac::Mac as _;
+
+    use super::{FrameTags, HmacSha256, Role, TAG_LEN};
 
     fn tags(role: Role) -> FrameTags {
         let mut mac = HmacSha256::new_from_slice(b"secret").unwrap();
@@ -657,11 +694,17 @@ mod tests {
         }
     }
 
+    /// What `out` puts on the wire for `frame`: the frame, then its tag.
+    fn sealed(out: &mut FrameTags, frame: &'static [u8]) -> Vec<u8> {
+        let s = out.seal(Bytes::from_static(frame));
+        [&s.frame[..], &s.tag].concat()
+    }
+
     #[test]
     fn a_frame_opens_once_in_order_unaltered_and_only_in_its_direction() {
         let mut out = tags(Role::Dialer);
-        let first = out.seal(b"first");
-        let second = out.seal(b"second");
+        let first = sealed(&mut out, b"first");
+        let second = sealed(&mut out, b"second");
         assert_eq!(first.len(), 5 + TAG_LEN);
 
         // Reordered: frame 0 is expected first.
