@@ -145,9 +145,9 @@ impl<B: Backend> KvTxn for EmbeddedTxn<B> {
             }
             // Cancelled while it waits for room in the queue, the commit
             // releases its read version (the handoff's drop).
-            let handoff = Handoff::new(core, req);
+            let handoff = Handoff::new(&core, req);
             let room = commits.reserve().await.map_err(|_| closed())?;
-            let (_, req) = handoff.hand_over();
+            let req = handoff.hand_over();
             let (tx, rx) = oneshot::channel();
             room.send((req, tx));
             rx.await.map_err(|_| closed())?

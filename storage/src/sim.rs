@@ -188,7 +188,7 @@ impl KvTxn for SimTxn {
         let shared = self.shared;
         let txn = self.txn;
         async move {
-            let (mut core, mut req) = txn.into_request()?;
+            let (core, mut req) = txn.into_request()?;
             if req.is_read_only() {
                 return Ok(core.finish_read_only(req));
             }
@@ -196,9 +196,9 @@ impl KvTxn for SimTxn {
             if delay {
                 // Cancelled at this turn, the commit releases its read
                 // version (the handoff's drop).
-                let handoff = crate::occ::Handoff::new(core, req);
+                let handoff = crate::occ::Handoff::new(&core, req);
                 tokio::task::yield_now().await;
-                (core, req) = handoff.hand_over();
+                req = handoff.hand_over();
             }
             let counts = &shared.counts;
             match fate {

@@ -204,28 +204,27 @@ impl<B: Backend> Core<B> {
 /// turn), it releases the read version it registered: a reader that never
 /// finishes would make the resolver keep every later write set, for good.
 #[derive(Debug)]
-pub struct Handoff<B: Backend> {
-    core: Arc<Core<B>>,
+pub struct Handoff<'a, B: Backend> {
+    core: &'a Core<B>,
     req: Option<CommitRequest>,
 }
 
-impl<B: Backend> Handoff<B> {
+impl<'a, B: Backend> Handoff<'a, B> {
     /// Holds `req` of `core` until [`Handoff::hand_over`].
-    pub fn new(core: Arc<Core<B>>, req: CommitRequest) -> Self {
+    pub fn new(core: &'a Core<B>, req: CommitRequest) -> Self {
         Self {
             core,
             req: Some(req),
         }
     }
 
-    /// The core and the request, now the caller's to finish.
-    pub fn hand_over(mut self) -> (Arc<Core<B>>, CommitRequest) {
-        let req = self.req.take().expect("a handoff is handed over once");
-        (Arc::clone(&self.core), req)
+    /// The request, now the caller's to finish.
+    pub fn hand_over(mut self) -> CommitRequest {
+        self.req.take().expect("a handoff is handed over once")
     }
 }
 
-impl<B: Backend> Drop for Handoff<B> {
+impl<B: Backend> Drop for Handoff<'_, B> {
     fn drop(&mut self) {
         if let Some(req) = self.req.take() {
             self.core.abandon(req);
@@ -247,18 +246,18 @@ mod tests {
         assert_eq!(txn.get_now(b"k", false).unwrap(), None);
         txn.set_now(b"k", b"v");
         assert_eq!(core.live_readers(), 1);
-        let (core2, req) = txn.into_request().unwrap();
-        drop(Handoff::new(core2, req));
+        let (_, req) = txn.into_request().unwrap();
+        drop(Handoff::new(&core, req));
         assert_eq!(core.live_readers(), 0);
 
         // Handed over, the request is the resolver's to finish.
         let mut txn = core.begin();
         assert_eq!(txn.get_now(b"k", false).unwrap(), None);
         txn.set_now(b"k", b"v");
-        let (core2, req) = txn.into_request().unwrap();
-        let (core2, req) = Handoff::new(core2, req).hand_over();
+        let (_, req) = txn.into_request().unwrap();
+        let req = Handoff::new(&core, req).hand_over();
         assert_eq!(core.live_readers(), 1);
-        core2.commit_group(vec![req], false).pop().unwrap().unwrap();
+        core.commit_group(vec![req], false).pop().unwrap().unwrap();
         assert_eq!(core.live_readers(), 0);
     }
 }
