@@ -2,11 +2,17 @@
 //! and remove them. Each change commits with the system message that
 //! announces it in the group's conversation.
 
+use futures::{StreamExt, TryStreamExt};
 use hanmadi_proto::pb::MessageKind;
 use hanmadi_storage::chat::{GroupRecord, MemberRecord, MembershipChange, Role};
 use hanmadi_storage::kv::Kv;
 
 use crate::{Router, RouterError, SendAck};
+
+/// Account reads in flight while checking a list of new members: each is
+/// one round trip to the store (on FoundationDB, a read version and a
+/// read), so a large group's are overlapped rather than paid in turn.
+const LIVE_CHECKS_AT_ONCE: usize = 16;
 
 /// A group with every member, as a member sees it.
 #[derive(Clone, Debug)]
@@ -65,10 +71,15 @@ impl<K: Kv> Router<K> {
         if users.len() > max as usize {
             return Err(RouterError::GroupFull { max });
         }
-        for &user in users {
-            self.authz.check_live(user).await?;
-        }
-        Ok(())
+        let checks: Vec<_> = users
+            .iter()
+            .map(|&user| self.authz.check_live(user))
+            .collect();
+        futures::stream::iter(checks)
+            .buffer_unordered(LIVE_CHECKS_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
     }
 
     /// Whether `actor` may add and remove members of `group` (its owner or
