@@ -355,20 +355,35 @@ mod on_fdb {
 
         // A 50-member group over the three nodes, five senders.
         let members = &users[10..60];
-        let created: Value = reqwest::Client::new()
-            .post(nodes[0].url("/v1/groups"))
-            .bearer_auth(token(members[0]))
-            .json(&json!({
-                "name": "spread",
-                "members": members[1..].iter().map(u64::to_string).collect::<Vec<_>>(),
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
+        let creating = Instant::now();
+        let mut refusals = 0;
+        let created: Value = loop {
+            let response = reqwest::Client::new()
+                .post(nodes[0].url("/v1/groups"))
+                .bearer_auth(token(members[0]))
+                .json(&json!({
+                    "name": "spread",
+                    "members": members[1..].iter().map(u64::to_string).collect::<Vec<_>>(),
+                }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            // A loaded machine may answer 503, which a client retries.
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && refusals < 3 {
+                refusals += 1;
+                println!("creating the group answered {status}: {body}; trying again");
+                continue;
+            }
+            break body;
+        };
+        let group: u64 = created["group_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{created} after {:?}", creating.elapsed()))
+            .parse()
             .unwrap();
-        let group: u64 = created["group_id"].as_str().unwrap().parse().unwrap();
+        println!("a 50-member group created in {:?}", creating.elapsed());
         let mut clients = Vec::new();
         let mut streams = Vec::new();
         for (i, &m) in members.iter().enumerate() {
