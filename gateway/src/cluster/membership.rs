@@ -83,6 +83,9 @@ pub fn spawn_renewals<K, F>(
         // The lease was written when `join` committed, at the latest now.
         let mut valid_until = Instant::now() + timing.expiry;
         let mut tick = tokio::time::interval(timing.renew_every);
+        // After a slow renewal, the next one waits a full period rather
+        // than following at once to catch up.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -90,8 +93,12 @@ pub fn spawn_renewals<K, F>(
             }
             let attempt = Instant::now();
             let record = describe();
-            let renewal = tokio::time::timeout(
-                timing.renew_every,
+            // A slow renewal may take until the lease would lapse: giving
+            // up on it sooner and trying again gains nothing, and a node
+            // whose store answers slowly should not stop while its lease
+            // still holds.
+            let renewal = tokio::time::timeout_at(
+                valid_until,
                 store.renew_node(&lease, &record, crate::now_ms(), timing.expiry),
             )
             .await;

@@ -1157,6 +1157,27 @@ pub async fn node_leases<K: Kv>(store: ChatStore<K>) {
     assert_eq!(d.epoch, c.epoch + 1);
     lost(store.check_lease(&c).await);
 
+    // Nodes starting at once each take an id of their own.
+    let starting = futures::future::join_all((0..6).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .acquire_node(&record(&format!("s{i}")), later, EXPIRY)
+                .await
+                .expect("take")
+        }
+    }))
+    .await;
+    let mut taken: Vec<u64> = starting.iter().map(|l| l.node_id).collect();
+    // b's lease has lapsed by now; d's holds.
+    taken.push(d.node_id);
+    taken.sort_unstable();
+    taken.dedup();
+    assert_eq!(taken.len(), 7, "no live id is taken twice: {starting:?}");
+    for lease in &starting {
+        store.release_node(lease).await.expect("release");
+    }
+
     // Leases of this far future would stay live for real nodes sharing the
     // cluster (listed by discovery, their ids never free): give them up.
     store.release_node(&b).await.expect("release");
