@@ -218,32 +218,40 @@ mod on_fdb {
         }
     }
 
+    /// POSTs `body` to `url` and answers the JSON reply. A loaded machine
+    /// may answer 503, which a client retries after its Retry-After.
+    async fn post(url: &str, bearer: &str, body: Value) -> Value {
+        for _ in 0..10 {
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(bearer)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let reply: Value = response.json().await.unwrap();
+            if status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                return reply;
+            }
+            println!("POST {url} answered {status}: {reply}; trying again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        panic!("POST {url} answered 503 ten times");
+    }
+
     /// Accounts named `{prefix}{i}`, through the admin route.
     async fn provision(node: &Node, prefix: &str, n: usize) -> Vec<u64> {
         let admin = TokenIssuer::new(SECRET.as_bytes()).admin_token();
         let users: Vec<Value> = (0..n)
             .map(|i| json!({ "username": format!("{prefix}{i}") }))
             .collect();
-        let mut refusals = 0;
-        let body: Value = loop {
-            let response = reqwest::Client::new()
-                .post(node.url("/v1/admin/users:batch"))
-                .bearer_auth(&admin)
-                .json(&json!({ "users": users }))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let body: Value = response.json().await.unwrap();
-            // Provisioning is idempotent: a 503 is retried as a client would.
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && refusals < 10 {
-                refusals += 1;
-                println!("provisioning answered {status}: {body}; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            break body;
-        };
+        let body = post(
+            &node.url("/v1/admin/users:batch"),
+            &admin,
+            json!({ "users": users }),
+        )
+        .await;
         body["users"]
             .as_array()
             .unwrap_or_else(|| panic!("{body}"))
@@ -366,30 +374,15 @@ mod on_fdb {
         // A 50-member group over the three nodes, five senders.
         let members = &users[10..60];
         let creating = Instant::now();
-        let mut refusals = 0;
-        let created: Value = loop {
-            let response = reqwest::Client::new()
-                .post(nodes[0].url("/v1/groups"))
-                .bearer_auth(token(members[0]))
-                .json(&json!({
-                    "name": "spread",
-                    "members": members[1..].iter().map(u64::to_string).collect::<Vec<_>>(),
-                }))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let body: Value = response.json().await.unwrap();
-            // A loaded machine may answer 503, which a client retries
-            // after its Retry-After.
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && refusals < 10 {
-                refusals += 1;
-                println!("creating the group answered {status}: {body}; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            break body;
-        };
+        let created = post(
+            &nodes[0].url("/v1/groups"),
+            &token(members[0]),
+            json!({
+                "name": "spread",
+                "members": members[1..].iter().map(u64::to_string).collect::<Vec<_>>(),
+            }),
+        )
+        .await;
         let group: u64 = created["group_id"]
             .as_str()
             .unwrap_or_else(|| panic!("{created} after {:?}", creating.elapsed()))
