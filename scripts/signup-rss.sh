@@ -5,8 +5,9 @@
 #
 # Starts the node on a fresh data directory with its HTTP listener on a free
 # port of 127.0.0.1, signs up N users (default 1000) with CONCURRENCY
-# requests in flight (default 8), then prints VmRSS and VmHWM of the node
-# before and after. BINARY defaults to target/debug/hanmadi (argon2 is built
+# requests in flight (default 8) from as many loopback addresses (a node
+# hashes one password at a time per address), then prints VmRSS and VmHWM
+# of the node before and after. BINARY defaults to target/debug/hanmadi (argon2 is built
 # optimized even there, see Cargo.toml).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,8 +34,11 @@ done
 rss() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$pid/status"; }
 echo "before: VmRSS $(rss VmRSS) kB, VmHWM $(rss VmHWM) kB"
 start=$SECONDS
-seq "$n" | xargs -P "$concurrency" -I{} curl -sf -o /dev/null -X POST \
-  -H 'content-type: application/json' \
-  -d '{"username":"rss{}","password":"correct horse battery staple"}' \
-  "http://$addr/v1/users"
+export addr concurrency
+seq "$n" | xargs -P "$concurrency" -I{} sh -c 'curl -sf -o /dev/null -X POST \
+  --interface "127.0.0.$(({} % concurrency + 1))" \
+  -H "content-type: application/json" \
+  -d "{\"username\":\"rss{}\",\"password\":\"correct horse battery staple\"}" \
+  "http://$addr/v1/users"'
+
 echo "after $n sign-ups in $((SECONDS - start)) s: VmRSS $(rss VmRSS) kB, VmHWM $(rss VmHWM) kB"

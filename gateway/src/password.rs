@@ -10,6 +10,12 @@
 //! - **Two budgets.** Sign-ups may hold at most half of the permits, so a
 //!   flood of sign-ups (anyone can send them) leaves log-ins of existing
 //!   users room to run. Log-ins may use every permit.
+//! - **One at a time per address.** A remote address (IPv6: its /64) has
+//!   at most [`HASHES_PER_ADDRESS`] hashes running or waiting for a permit;
+//!   its further requests wait their turn behind them, within the same
+//!   wait. A flood from one address (up to its HTTP request rate, which
+//!   could ask for more hashes a second than the cores can run) then holds
+//!   one permit, and requests from other addresses take the rest in turn.
 //! - **A fixed pool of threads.** Hashes run on `concurrent` threads of
 //!   their own, not on tokio's blocking pool. glibc gives each thread that
 //!   allocates an arena of its own and keeps freed memory there; with hashes
@@ -22,14 +28,17 @@
 //!   deliveries. Log-ins then wait for a core the chat path leaves, which
 //!   is the right way round.
 
+use std::net::IpAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
+use dashmap::DashMap;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Niceness of the hashing threads: the scheduler gives a thread at 10
 /// about a tenth of the share of one at the default 0 when both want a
@@ -52,6 +61,9 @@ pub enum PasswordError {
 /// seconds the client is better told the node is busy.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
+/// Hashes one remote address may have running or waiting for a permit.
+pub const HASHES_PER_ADDRESS: usize = 1;
+
 /// A unit of hashing work for the pool.
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -67,6 +79,27 @@ pub struct Passwords {
     wait: Duration,
     /// Feeds the hashing threads; they end when it is dropped.
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Each remote address's turns, while it has a request hashing or
+    /// waiting.
+    turns: Arc<DashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// A remote address's turn at hashing; when the address has no other
+/// request hashing or waiting, dropping it forgets the address.
+struct Turn {
+    turns: Arc<DashMap<IpAddr, Arc<Semaphore>>>,
+    address: IpAddr,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.permit = None;
+        // Under the map's shard lock, where a new request of this address
+        // would take its clone: a count of one is the map's own.
+        self.turns
+            .remove_if(&self.address, |_, turn| Arc::strong_count(turn) == 1);
+    }
 }
 
 /// Lowers the calling thread's priority to [`HASH_NICENESS`]; where that
@@ -121,6 +154,7 @@ impl Passwords {
             sign_up_permits: Arc::new(Semaphore::new((concurrent / 2).max(1))),
             wait,
             jobs: Mutex::new(jobs),
+            turns: Arc::default(),
         }
     }
 
@@ -131,13 +165,19 @@ impl Passwords {
     }
 
     /// Hashes `password` into an argon2id PHC string with a fresh salt,
-    /// for a sign-up: within the sign-up budget.
+    /// for a sign-up from `from` (a remote address, when there is one):
+    /// within the sign-up budget, in the address's turn.
     ///
     /// # Errors
     ///
     /// [`PasswordError::Busy`] when no permit comes within the wait.
-    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        let deadline = tokio::time::Instant::now() + self.wait;
+    pub async fn hash(
+        &self,
+        password: String,
+        from: Option<IpAddr>,
+    ) -> Result<String, PasswordError> {
+        let deadline = Instant::now() + self.wait;
+        let turn = self.turn(from, deadline).await?;
         let sign_up =
             tokio::time::timeout_at(deadline, Arc::clone(&self.sign_up_permits).acquire_owned())
                 .await
@@ -153,13 +193,15 @@ impl Passwords {
             })
             .await;
         drop(sign_up);
+        drop(turn);
         out?
     }
 
     /// Whether `password` matches the stored PHC string `stored`, for a
-    /// log-in. With no stored hash (an unknown user) it still spends one
-    /// hash and answers false, so response time does not tell which
-    /// usernames exist.
+    /// log-in from `from` (a remote address, when there is one), in the
+    /// address's turn. With no stored hash (an unknown user) it still
+    /// spends one hash and answers false, so response time does not tell
+    /// which usernames exist.
     ///
     /// # Errors
     ///
@@ -168,8 +210,10 @@ impl Passwords {
         &self,
         password: String,
         stored: Option<String>,
+        from: Option<IpAddr>,
     ) -> Result<bool, PasswordError> {
-        let deadline = tokio::time::Instant::now() + self.wait;
+        let deadline = Instant::now() + self.wait;
+        let _turn = self.turn(from, deadline).await?;
         self.run(deadline, move || {
             let argon2 = Argon2::default();
             match stored {
@@ -186,10 +230,49 @@ impl Passwords {
         .await
     }
 
+    /// Waits until `from` has a turn at hashing, by `deadline`; a request
+    /// from no address (an in-process caller) needs none.
+    async fn turn(
+        &self,
+        from: Option<IpAddr>,
+        deadline: Instant,
+    ) -> Result<Option<Turn>, PasswordError> {
+        let Some(address) = from else {
+            return Ok(None);
+        };
+        let turns = Arc::clone(
+            &self
+                .turns
+                .entry(address)
+                .or_insert_with(|| Arc::new(Semaphore::new(HASHES_PER_ADDRESS))),
+        );
+        // Made before the wait, so a request refused as busy forgets the
+        // address too when it was the last.
+        let mut turn = Turn {
+            turns: Arc::clone(&self.turns),
+            address,
+            permit: None,
+        };
+        turn.permit = Some(
+            tokio::time::timeout_at(deadline, turns.acquire_owned())
+                .await
+                .map_err(|_| PasswordError::Busy)?
+                // The semaphore is never closed.
+                .map_err(|_| PasswordError::Busy)?,
+        );
+        Ok(Some(turn))
+    }
+
+    /// Addresses with a request hashing or waiting.
+    #[must_use]
+    pub fn addresses_in_turn(&self) -> usize {
+        self.turns.len()
+    }
+
     /// Takes a permit by `deadline`, then runs `work` on a hashing thread.
     async fn run<T: Send + 'static>(
         &self,
-        deadline: tokio::time::Instant,
+        deadline: Instant,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
         let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
@@ -244,17 +327,17 @@ mod tests {
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_fail() {
         let p = Passwords::new(2, Duration::from_secs(5));
-        let phc = p.hash("correct horse".into()).await.expect("hash");
+        let phc = p.hash("correct horse".into(), None).await.expect("hash");
         assert!(phc.starts_with("$argon2id$"), "{phc}");
         assert!(p
-            .verify("correct horse".into(), Some(phc.clone()))
+            .verify("correct horse".into(), Some(phc.clone()), None)
             .await
             .expect("verify"));
         assert!(!p
-            .verify("wrong horse".into(), Some(phc))
+            .verify("wrong horse".into(), Some(phc), None)
             .await
             .expect("verify"));
-        assert!(!p.verify("anything".into(), None).await.expect("verify"));
+        assert!(!p.verify("anything".into(), None, None).await.expect("verify"));
     }
 
     #[tokio::test]
@@ -271,11 +354,11 @@ mod tests {
             .expect("permit");
         // Another sign-up waits for the sign-up budget and is refused ...
         assert!(matches!(
-            p.hash("password".into()).await,
+            p.hash("password".into(), None).await,
             Err(PasswordError::Busy)
         ));
         // ... while a log-in takes the permit the budget left free.
-        assert!(!p.verify("password".into(), None).await.expect("verify"));
+        assert!(!p.verify("password".into(), None, None).await.expect("verify"));
     }
 
     #[tokio::test]
@@ -284,7 +367,7 @@ mod tests {
         let sign_ups: Vec<_> = (0..8)
             .map(|i| {
                 let p = Arc::clone(&p);
-                tokio::spawn(async move { p.hash(format!("password {i}")).await })
+                tokio::spawn(async move { p.hash(format!("password {i}"), None).await })
             })
             .collect();
         // Once the flood holds the whole sign-up budget, half of the
@@ -307,8 +390,38 @@ mod tests {
             .await
             .expect("permit");
         assert!(matches!(
-            p.hash("password".into()).await,
+            p.hash("password".into(), None).await,
             Err(PasswordError::Busy)
         ));
+    }
+
+    #[tokio::test]
+    async fn one_address_waits_its_turn_while_others_hash() {
+        let p = Arc::new(Passwords::new(2, Duration::from_millis(300)));
+        let flooding: IpAddr = [10, 0, 0, 1].into();
+        // A request of the flooding address is hashing or waiting ...
+        let turn = p
+            .turn(Some(flooding), Instant::now() + Duration::from_secs(1))
+            .await
+            .expect("a turn");
+        // ... so its next one waits behind it and is refused ...
+        assert!(matches!(
+            p.verify("password".into(), None, Some(flooding)).await,
+            Err(PasswordError::Busy)
+        ));
+        // ... while another address, and an in-process caller, hash.
+        let other: IpAddr = [10, 0, 0, 2].into();
+        assert!(!p
+            .verify("password".into(), None, Some(other))
+            .await
+            .expect("verify"));
+        assert!(p.hash("password".into(), None).await.is_ok());
+        assert_eq!(p.addresses_in_turn(), 1, "only the flooding address");
+        drop(turn);
+        assert!(!p
+            .verify("password".into(), None, Some(flooding))
+            .await
+            .expect("verify"));
+        assert_eq!(p.addresses_in_turn(), 0, "addresses are forgotten");
     }
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use hanmadi_gateway::http::limits::RequestLimits;
+use hanmadi_gateway::password::DEFAULT_WAIT;
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb::ErrorCode;
 use hanmadi_router::{Presence, RouterConfig};
@@ -1329,6 +1331,92 @@ async fn log_ins_as_one_username_are_paced() {
         .await
         .expect(429, Some(ErrorCode::RateLimited));
     log_in("erin", "correct horse").await.expect(200, None);
+}
+
+/// A flood of log-ins from one address, more than the node can hash
+/// within a request's wait, leaves another address its turn: that
+/// address's log-in is answered at once, not after the flood's requests
+/// queued before it (or refused as busy behind them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_in_flood_from_one_address_leaves_others_their_turn() {
+    let node = common::start(ServerOptions {
+        max_password_hashes: 1,
+        http_requests: RequestLimits {
+            rate_per_sec: 100_000,
+            burst: 100_000,
+            ..RequestLimits::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let api = Api::new(&node);
+    api.user("gina").await;
+    let started = Instant::now();
+    api.post_public(
+        "/v1/sessions",
+        json!({"username": "gina", "password": "wrong guess"}),
+    )
+    .await
+    .expect(401, Some(ErrorCode::Unauthenticated));
+    let per_hash = started.elapsed().max(Duration::from_millis(1));
+    // Enough log-ins in flight at all times to take twice the wait to
+    // hash one at a time, each sent again as soon as it is answered.
+    let flooders = ((2 * DEFAULT_WAIT.as_millis() / per_hash.as_millis().max(1)) as usize).min(900);
+    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let flood: Vec<_> = (0..flooders)
+        .map(|i| {
+            let api = Api {
+                http: api.http.clone(),
+                base: api.base.clone(),
+            };
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                loop {
+                    let r = api
+                        .post_public(
+                            "/v1/sessions",
+                            json!({"username": format!("nobody{i}"), "password": "a guess"}),
+                        )
+                        .await;
+                    if answered.send(r.status).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Twenty answers in, every flooder has its log-in queued.
+    let mut statuses = Vec::new();
+    while statuses.len() < 20 {
+        statuses.push(answers.recv().await.expect("the flood runs"));
+    }
+    let elsewhere = Api {
+        http: reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .expect("client"),
+        base: api.base.clone(),
+    };
+    let asked = Instant::now();
+    elsewhere.log_in("gina").await;
+    // Behind the flood it would wait until the log-ins queued before it
+    // were hashed or had expired: the whole wait.
+    assert!(
+        asked.elapsed() < DEFAULT_WAIT / 2,
+        "answered after {:?}, behind {flooders} log-ins ({per_hash:?} a hash)",
+        asked.elapsed()
+    );
+    for f in flood {
+        f.abort();
+    }
+    while let Ok(status) = answers.try_recv() {
+        statuses.push(status);
+    }
+    // The flood itself: each answered in its turn or refused as busy.
+    assert!(
+        statuses.iter().all(|s| [401, 503].contains(s)),
+        "{statuses:?}"
+    );
 }
 
 /// `DELETE /v1/sessions` logs out everywhere: every token issued before

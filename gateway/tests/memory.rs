@@ -67,12 +67,19 @@ async fn rss_stays_bounded_over_many_sign_ups() {
     let pid = node.pid();
     let addr = node.listening("http");
 
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    // Four addresses: a node hashes one password at a time per address,
+    // and the four hashing threads should all be busy.
+    let clients: Vec<reqwest::Client> = (1..=4u8)
+        .map(|host| {
+            reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 0, host]))
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client")
+        })
+        .collect();
     let sign_up = |i: usize| {
-        let client = client.clone();
+        let client = clients[i % clients.len()].clone();
         let url = format!("http://{addr}/v1/users");
         async move {
             let r = client

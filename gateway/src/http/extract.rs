@@ -1,13 +1,17 @@
 //! Request extractors whose refusals come out in the API's error shape,
-//! and [`Id`], a 64-bit id as JSON carries it.
+//! the request's remote address ([`Peer`]), and [`Id`], a 64-bit id as
+//! JSON carries it.
 //!
 //! axum's own `Json`, `Path` and `Query` answer a bad request with plain
 //! text; these wrap them and turn the rejection into an [`ApiError`].
 
+use std::convert::Infallible;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::http::request::Parts;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -15,6 +19,22 @@ use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
 use super::error::ApiError;
+
+/// The remote address a request came from, keyed as the per-address
+/// limits key it (an IPv6 address by its /64); `None` for a request without
+/// one (the router called in-process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(
+            |ConnectInfo(addr)| crate::registry::limited_address(addr.ip()),
+        )))
+    }
+}
 
 /// A JSON request body; malformed JSON is `400`, an oversized body `413`.
 #[derive(Debug, FromRequest)]

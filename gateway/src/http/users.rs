@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_text, ApiJson, ApiPath, Id};
+use super::extract::{check_text, ApiJson, ApiPath, Id, Peer};
 use super::{now_ms, HttpState};
 
 /// Usernames are 1 to this many characters of `[A-Za-z0-9_.-]`.
@@ -152,6 +152,7 @@ fn check_avatar_url(url: &str) -> Result<(), ApiError> {
     ))]
 pub(super) async fn sign_up<K: Kv>(
     State(state): State<HttpState<K>>,
+    Peer(from): Peer,
     ApiJson(req): ApiJson<SignUp>,
 ) -> Result<(StatusCode, Json<SignedUp>), ApiError> {
     check_username(&req.username)?;
@@ -161,7 +162,7 @@ pub(super) async fn sign_up<K: Kv>(
     // Checked before hashing so a taken name costs no hash; creating the
     // account checks again, atomically.
     state.ctx.router.check_username_free(&req.username).await?;
-    let password_hash = state.passwords.hash(req.password).await?;
+    let password_hash = state.passwords.hash(req.password, from).await?;
     let username = req.username.clone();
     let user_id = state
         .ctx
@@ -191,6 +192,7 @@ pub(super) async fn sign_up<K: Kv>(
     ))]
 pub(super) async fn log_in<K: Kv>(
     State(state): State<HttpState<K>>,
+    Peer(from): Peer,
     ApiJson(req): ApiJson<LogIn>,
 ) -> Result<Json<Session>, ApiError> {
     let wrong = || ApiError::new(ErrorCode::Unauthenticated, "wrong username or password");
@@ -214,7 +216,7 @@ pub(super) async fn log_in<K: Kv>(
     };
     let (user_id, stored) = account.unzip();
     // An unknown user still costs one hash: timing does not tell.
-    let matches = state.passwords.verify(req.password, stored).await?;
+    let matches = state.passwords.verify(req.password, stored, from).await?;
     let Some(user_id) = user_id.filter(|_| matches) else {
         return Err(wrong());
     };
