@@ -709,7 +709,9 @@ async fn a_user_who_leaves_another_node_is_offline_at_once() {
         let due = store.due_pushes(from, u64::MAX / 2, 0, 1000).await.unwrap();
         due.iter().any(|d| d.user == 132)
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    // The departure crosses the link at once; the rest is room for a
+    // loaded machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut i = 0;
     while !marked(store.clone()).await {
         assert!(
@@ -844,9 +846,9 @@ async fn lost_link_notifications_arrive_through_the_change_feed() {
             .unwrap();
         // Within the backstop plus the feed read and the pull, with room
         // for a loaded machine.
-        let got = texts(&mut bob_in, 1, BACKSTOP * 10).await;
+        let got = texts(&mut bob_in, 1, BACKSTOP * 25).await;
         assert_eq!(got[0].body, format!("{i}"));
-        assert!(sent.elapsed() < BACKSTOP * 10);
+        assert!(sent.elapsed() < BACKSTOP * 25);
     }
     let (_, dropped) = nodes[0].links().unwrap().counts();
     assert!(dropped > 0, "the link carried nothing");
