@@ -2,7 +2,7 @@
 //! (DESIGN §7).
 //!
 //! A hash takes tens of milliseconds of CPU and ~19 MiB of memory by design,
-//! so three things bound it:
+//! so these bound it:
 //!
 //! - **Permits.** At most `concurrent` hashes run at once; a request waits a
 //!   short while for its turn and is then refused as busy rather than left
@@ -337,7 +337,10 @@ mod tests {
             .verify("wrong horse".into(), Some(phc), None)
             .await
             .expect("verify"));
-        assert!(!p.verify("anything".into(), None, None).await.expect("verify"));
+        assert!(!p
+            .verify("anything".into(), None, None)
+            .await
+            .expect("verify"));
     }
 
     #[tokio::test]
@@ -358,7 +361,10 @@ mod tests {
             Err(PasswordError::Busy)
         ));
         // ... while a log-in takes the permit the budget left free.
-        assert!(!p.verify("password".into(), None, None).await.expect("verify"));
+        assert!(!p
+            .verify("password".into(), None, None)
+            .await
+            .expect("verify"));
     }
 
     #[tokio::test]
