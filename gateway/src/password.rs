@@ -184,17 +184,13 @@ impl Passwords {
                 .map_err(|_| PasswordError::Busy)?
                 // The semaphore is never closed.
                 .map_err(|_| PasswordError::Busy)?;
-        let out = self
-            .run(deadline, move || {
-                Argon2::default()
-                    .hash_password(password.as_bytes())
-                    .map(|h| h.to_string())
-                    .map_err(|e| PasswordError::Failed(e.to_string()))
-            })
-            .await;
-        drop(sign_up);
-        drop(turn);
-        out?
+        self.run(deadline, (turn, sign_up), move || {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| PasswordError::Failed(e.to_string()))
+        })
+        .await?
     }
 
     /// Whether `password` matches the stored PHC string `stored`, for a
@@ -213,8 +209,8 @@ impl Passwords {
         from: Option<IpAddr>,
     ) -> Result<bool, PasswordError> {
         let deadline = Instant::now() + self.wait;
-        let _turn = self.turn(from, deadline).await?;
-        self.run(deadline, move || {
+        let turn = self.turn(from, deadline).await?;
+        self.run(deadline, turn, move || {
             let argon2 = Argon2::default();
             match stored {
                 Some(phc) => argon2
@@ -269,10 +265,12 @@ impl Passwords {
         self.turns.len()
     }
 
-    /// Takes a permit by `deadline`, then runs `work` on a hashing thread.
+    /// Takes a permit by `deadline`, then runs `work` on a hashing thread,
+    /// holding `held` (the request's turn and budget) until it is done.
     async fn run<T: Send + 'static>(
         &self,
         deadline: Instant,
+        held: impl Send + 'static,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
         let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
@@ -280,11 +278,16 @@ impl Passwords {
             .map_err(|_| PasswordError::Busy)?
             .map_err(|_| PasswordError::Busy)?;
         let (answer, answered) = oneshot::channel();
+        // The permit, turn and budget go with the job: a request dropped
+        // while its hash runs (the client hung up, the deadline passed)
+        // must not free them for the next request while the hash still
+        // holds a core.
         let job: Job = Box::new(move || {
             let out = work();
             // Released before answering, so a caller that saw the answer
-            // sees the permit back.
+            // sees them back.
             drop(permit);
+            drop(held);
             let _ = answer.send(out);
         });
         self.jobs
@@ -312,7 +315,7 @@ mod tests {
         // SAFETY: neither call takes a pointer; the thread id names the
         // hashing thread the closure runs on.
         let niceness = p
-            .run(deadline, || unsafe {
+            .run(deadline, (), || unsafe {
                 libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
             })
             .await
@@ -429,5 +432,40 @@ mod tests {
             .await
             .expect("verify"));
         assert_eq!(p.addresses_in_turn(), 0, "addresses are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_keeps_its_turn_until_its_hash_ends() {
+        let p = Arc::new(Passwords::new(1, Duration::from_secs(5)));
+        let from: IpAddr = [10, 0, 0, 3].into();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let turn = p.turn(Some(from), deadline).await.expect("a turn");
+        let (finish, finished) = mpsc::channel::<()>();
+        let request = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move {
+                p.run(deadline, turn, move || {
+                    let _ = finished.recv();
+                })
+                .await
+            }
+        });
+        while p.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // The client hangs up while its hash runs.
+        request.abort();
+        assert!(request.await.is_err(), "cancelled");
+        assert_eq!(p.addresses_in_turn(), 1, "the hash still holds the turn");
+        assert_eq!(p.permits.available_permits(), 0);
+        finish.send(()).unwrap();
+        // The hashing thread gives both back.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while p.addresses_in_turn() > 0 || p.permits.available_permits() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("turn and permit given back");
     }
 }
