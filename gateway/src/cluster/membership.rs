@@ -83,8 +83,8 @@ pub fn spawn_renewals<K, F>(
         // The lease was written when `join` committed, at the latest now.
         let mut valid_until = Instant::now() + timing.expiry;
         let mut tick = tokio::time::interval(timing.renew_every);
-        // After a slow renewal, the next one waits a full period rather
-        // than following at once to catch up.
+        // After a slow renewal, one renewal follows at once, not one for
+        // every period it missed.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -92,13 +92,13 @@ impl<K: Kv> ChatStore<K> {
             given => given,
         };
         transact!(&self.kv, |txn| {
-            // Every registration as a snapshot: renewals of other ids,
-            // several a second in a large cluster, must not abort a take.
-            // The chosen id's own registration and epoch are read with
-            // conflict checks below.
-            let rows = txn
-                .get_range(RangeRead::new(&begin, &end).snapshot(true))
-                .await?;
+            // A conflict-checked read of every registration: two nodes
+            // taking ids at once conflict, and the loser picks again. (A
+            // snapshot read would spare takes the renewals of other ids,
+            // but a take retried after an unknown commit result could then
+            // miss its first attempt's registration landing meanwhile and
+            // take a second id.)
+            let rows = txn.get_range(RangeRead::new(&begin, &end)).await?;
             let mut held = vec![None; NODE_IDS as usize];
             for row in &rows {
                 let id = super::trailing_id(&row.key, begin.len(), "nodes")?;
@@ -124,9 +124,6 @@ impl<K: Kv> ChatStore<K> {
                 return Err(StoreError::NoFreeNodeId(NODE_IDS));
             };
             let previous = held[node_id as usize].take();
-            // Two nodes taking this id at once, or its holder renewing
-            // after all, conflict here: the loser picks again.
-            txn.get(&keys::node(node_id), false).await?;
             let epoch_key = keys::node_epoch(node_id);
             let epoch = match txn.get(&epoch_key, false).await? {
                 Some(v) => be_u64(&v, "node epochs")? + 1,
