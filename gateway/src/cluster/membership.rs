@@ -89,6 +89,9 @@ pub fn spawn_renewals<K, F>(
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                // Renewals that failed fast leave the lapse to be noticed
+                // here, when it happens, not at the next tick.
+                () = tokio::time::sleep_until(valid_until) => {}
                 () = shutdown.cancelled() => break,
             }
             let attempt = Instant::now();
@@ -125,4 +128,53 @@ pub fn spawn_renewals<K, F>(
             tracing::warn!(error = %e, "could not release the node id");
         }
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hanmadi_storage::sim::{Faults, SimKv, SimOptions};
+    use hanmadi_storage::StoreConfig;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_whose_renewals_keep_failing_stops_when_its_lease_would_lapse() {
+        let store = ChatStore::new(
+            SimKv::new(SimOptions::healthy()),
+            StoreConfig::for_cluster(),
+        );
+        let timing = LeaseTiming {
+            expiry: Duration::from_secs(2),
+            renew_every: Duration::from_millis(400),
+        };
+        let lease = join(&store, &NodeRecord::default(), timing).await.unwrap();
+        let joined = Instant::now();
+        // Every commit from now on conflicts: renewals retry, back off and
+        // never land.
+        store.kv().set_faults(Faults {
+            conflict: 1.0,
+            ..Faults::none()
+        });
+        let (tracker, shutdown, lost) = (
+            TaskTracker::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        spawn_renewals(
+            &tracker,
+            store,
+            lease,
+            timing,
+            NodeRecord::default,
+            shutdown,
+            lost.clone(),
+        );
+        lost.cancelled().await;
+        let stopped = joined.elapsed();
+        assert!(
+            stopped >= timing.expiry && stopped <= timing.expiry + Duration::from_millis(10),
+            "stopped {stopped:?} after joining, with a {:?} lease",
+            timing.expiry
+        );
+    }
 }
