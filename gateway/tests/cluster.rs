@@ -584,6 +584,7 @@ async fn the_node_link_caps_handshakes_in_progress() {
     let (_store, nodes) = two_linked_nodes().await;
     let link = nodes[0].link_addr().unwrap();
     let before = nodes[0].metrics().cluster_links_refused.get();
+    let opened = tokio::time::Instant::now();
     let mut silent = Vec::new();
     for _ in 0..64 {
         silent.push(tokio::net::TcpStream::connect(link).await.unwrap());
@@ -597,8 +598,11 @@ async fn the_node_link_caps_handshakes_in_progress() {
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     }
     assert!(seen.is_empty(), "refused before the node's hello");
-    // Only the 65th so far: the 64 are within their deadline.
-    assert_eq!(nodes[0].metrics().cluster_links_refused.get(), before + 1);
+    // Only the 65th so far: the 64 are within their deadline (unless a
+    // loaded machine took most of it to get here).
+    if opened.elapsed() < Duration::from_secs(4) {
+        assert_eq!(nodes[0].metrics().cluster_links_refused.get(), before + 1);
+    }
     drop(silent);
     shutdown_all(nodes).await;
 }
