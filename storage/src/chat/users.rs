@@ -6,6 +6,32 @@ use super::records::UserRecord;
 use super::{decode, keys, transact, ChatStore, StoreError};
 use crate::kv::{Kv, KvTxn};
 
+/// The account record under `key`, deleted or not, read with a conflict
+/// check.
+///
+/// # Errors
+///
+/// [`StoreError::NotFound`] for an unknown user.
+async fn record<T: KvTxn>(txn: &T, key: &[u8]) -> Result<UserRecord, StoreError> {
+    let Some(v) = txn.get(key, false).await? else {
+        return Err(StoreError::NotFound("user"));
+    };
+    decode::<UserRecord>(&v, "users")
+}
+
+/// The account record under `key`, read with a conflict check.
+///
+/// # Errors
+///
+/// [`StoreError::NotFound`] for an unknown or deleted user.
+async fn live_record<T: KvTxn>(txn: &T, key: &[u8]) -> Result<UserRecord, StoreError> {
+    let rec = record(txn, key).await?;
+    if rec.deleted {
+        return Err(StoreError::NotFound("user"));
+    }
+    Ok(rec)
+}
+
 /// Usernames are unique regardless of case.
 fn fold(username: &str) -> String {
     username.to_lowercase()
@@ -150,13 +176,7 @@ impl<K: Kv> ChatStore<K> {
     ) -> Result<UserRecord, StoreError> {
         let key = keys::user(user_id);
         transact!(&self.kv, |txn| {
-            let Some(v) = txn.get(&key, false).await? else {
-                return Err(StoreError::NotFound("user"));
-            };
-            let mut rec = decode::<UserRecord>(&v, "users")?;
-            if rec.deleted {
-                return Err(StoreError::NotFound("user"));
-            }
+            let mut rec = live_record(&txn, &key).await?;
             let username = rec.username.clone();
             update(&mut rec);
             rec.username = username;
@@ -174,10 +194,7 @@ impl<K: Kv> ChatStore<K> {
     pub async fn delete_user(&self, user_id: u64, now_ms: u64) -> Result<(), StoreError> {
         let key = keys::user(user_id);
         transact!(&self.kv, |txn| {
-            let Some(v) = txn.get(&key, false).await? else {
-                return Err(StoreError::NotFound("user"));
-            };
-            let mut rec = decode::<UserRecord>(&v, "users")?;
+            let mut rec = record(&txn, &key).await?;
             if rec.deleted {
                 return Ok(());
             }
@@ -208,13 +225,7 @@ impl<K: Kv> ChatStore<K> {
     pub async fn revoke_tokens(&self, user_id: u64, now_ms: u64) -> Result<(), StoreError> {
         let key = keys::user(user_id);
         transact!(&self.kv, |txn| {
-            let Some(v) = txn.get(&key, false).await? else {
-                return Err(StoreError::NotFound("user"));
-            };
-            let mut rec = decode::<UserRecord>(&v, "users")?;
-            if rec.deleted {
-                return Err(StoreError::NotFound("user"));
-            }
+            let mut rec = live_record(&txn, &key).await?;
             rec.tokens_valid_after = rec.tokens_valid_after.max(now_ms);
             txn.set(&key, &rec.encode_to_vec());
             self.account_changed(&mut txn, user_id);
