@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hanmadi_client::{Client, Event, Target};
+use hanmadi_gateway::conn::ConnConfig;
+use hanmadi_gateway::registry::RegistryLimits;
 use hanmadi_gateway::ServerOptions;
 use hanmadi_proto::pb;
 
@@ -54,22 +56,31 @@ fn held(node: &common::Node, user: u64) -> (bool, usize) {
     )
 }
 
+/// Options for a node with `registry` and `conn` whose senders are never
+/// rate limited: only the outbound limits under test close connections.
+fn unthrottled(registry: RegistryLimits, conn: ConnConfig) -> ServerOptions {
+    ServerOptions {
+        registry,
+        conn: ConnConfig {
+            rate_per_sec: 100_000,
+            rate_burst: 100_000,
+            ..conn
+        },
+        ..ServerOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_and_others_get_everything() {
-    let node = common::start(ServerOptions {
-        registry: hanmadi_gateway::registry::RegistryLimits {
+    let node = common::start(unthrottled(
+        RegistryLimits {
             per_user: 16,
             per_ip: 1000,
             outbound_bytes: 64 * 1024,
             ..ServerOptions::default().registry
         },
-        conn: hanmadi_gateway::conn::ConnConfig {
-            rate_per_sec: 100_000,
-            rate_burst: 100_000,
-            ..Default::default()
-        },
-        ..ServerOptions::default()
-    })
+        ConnConfig::default(),
+    ))
     .await;
     let members: Vec<u64> = (1..=11).collect();
     let group = node.group_of("chat", &members).await;
@@ -167,19 +178,16 @@ async fn slow_consumer_is_closed_and_others_get_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
     const QUEUE_LIMIT: usize = 64 << 20;
-    let node = common::start(ServerOptions {
-        registry: hanmadi_gateway::registry::RegistryLimits {
+    let node = common::start(unthrottled(
+        RegistryLimits {
             outbound_bytes: QUEUE_LIMIT,
             ..ServerOptions::default().registry
         },
-        conn: hanmadi_gateway::conn::ConnConfig {
-            rate_per_sec: 100_000,
-            rate_burst: 100_000,
+        ConnConfig {
             write_timeout: Duration::from_millis(300),
-            ..Default::default()
+            ..ConnConfig::default()
         },
-        ..ServerOptions::default()
-    })
+    ))
     .await;
     node.user(1).await;
     node.user(2).await;
@@ -238,18 +246,13 @@ async fn a_websocket_that_stops_reading_is_closed_as_a_slow_consumer() {
     use tokio_tungstenite::tungstenite::Message;
 
     const QUEUE_LIMIT: usize = 64 * 1024;
-    let node = common::start(ServerOptions {
-        registry: hanmadi_gateway::registry::RegistryLimits {
+    let node = common::start(unthrottled(
+        RegistryLimits {
             outbound_bytes: QUEUE_LIMIT,
             ..ServerOptions::default().registry
         },
-        conn: hanmadi_gateway::conn::ConnConfig {
-            rate_per_sec: 100_000,
-            rate_burst: 100_000,
-            ..Default::default()
-        },
-        ..ServerOptions::default()
-    })
+        ConnConfig::default(),
+    ))
     .await;
     node.user(1).await;
     node.user(2).await;
