@@ -56,6 +56,28 @@ fn held(node: &common::Node, user: u64) -> (bool, usize) {
     )
 }
 
+/// Sends 16 KiB bodies to user 2 (at most 2,000) until its connections on
+/// `node` are gone, checking after each that at most `max_queued` bytes
+/// wait for them. Whether they went.
+async fn sends_until_closed(node: &common::Node, sender: &Client, max_queued: usize) -> bool {
+    let body = "x".repeat(16 * 1024);
+    for _ in 0..2_000 {
+        sender
+            .send(Target::User(2), body.clone())
+            .await
+            .expect("send");
+        let (open, queued) = held(node, 2);
+        assert!(
+            queued <= max_queued,
+            "{queued} bytes queued, past {max_queued}"
+        );
+        if !open {
+            return true;
+        }
+    }
+    false
+}
+
 /// Options for a node with `registry` and `conn` whose senders are never
 /// rate limited: only the outbound limits under test close connections.
 fn unthrottled(registry: RegistryLimits, conn: ConnConfig) -> ServerOptions {
@@ -193,22 +215,9 @@ async fn a_write_stalled_past_the_write_timeout_closes_the_connection() {
     node.user(2).await;
     let (sender, _deliveries) = node.connect(1, "d", common::Transport::Tcp).await;
     let mut stalled = not_reading(&node, 2).await;
-    // 16 KiB bodies until the socket's buffers are full and a write waits;
-    // a few MiB on loopback.
-    let body = "x".repeat(16 * 1024);
-    let mut closed = false;
-    for _ in 0..2_000 {
-        sender
-            .send(Target::User(2), body.clone())
-            .await
-            .expect("send");
-        let (open, queued) = held(&node, 2);
-        assert!(queued < QUEUE_LIMIT, "the queue never overflows: {queued}");
-        if !open {
-            closed = true;
-            break;
-        }
-    }
+    // Until the socket's buffers are full and a write waits (a few MiB on
+    // loopback); the queue never overflows.
+    let mut closed = sends_until_closed(&node, &sender, QUEUE_LIMIT - 1).await;
     if !closed {
         // Everything is sent; the stalled write now runs out its time.
         let gone = async {
@@ -280,23 +289,7 @@ async fn a_websocket_that_stops_reading_is_closed_as_a_slow_consumer() {
     };
     let welcome = ws.next().await.expect("a reply").expect("welcome");
     common::assert_welcome(&frame(welcome).expect("a binary frame"));
-    let body = "x".repeat(16 * 1024);
-    let mut closed = false;
-    for _ in 0..2_000 {
-        sender
-            .send(Target::User(2), body.clone())
-            .await
-            .expect("send");
-        let (open, queued) = held(&node, 2);
-        assert!(
-            queued <= QUEUE_LIMIT + 32 * 1024,
-            "the queue stays bounded: {queued}"
-        );
-        if !open {
-            closed = true;
-            break;
-        }
-    }
+    let closed = sends_until_closed(&node, &sender, QUEUE_LIMIT + 32 * 1024).await;
     assert!(closed, "the slow WebSocket was closed");
     // Deliveries, then the close reason.
     let mut last = None;
